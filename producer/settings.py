@@ -1,0 +1,30 @@
+"""Client-side settings (environment prefix ``LORAQ_``, ``.env`` supported)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.keys import DEFAULT_PREFIX
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ClientSettings(BaseSettings):
+    """What a producer needs: where Redis is and which key prefix to use."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", env_file=".env", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description=f"Redis URL; unset means {DEFAULT_REDIS_URL} or the embedded server."
+    )
+    prefix: str = Field(DEFAULT_PREFIX, min_length=1, description="Key prefix {P}.")
+    job_ttl_s: int = Field(7 * 86400, ge=60, description="TTL of a job record until it ends.")
+    result_ttl_s: int = Field(86400, ge=1, description="Default TTL of a record after the end.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Socket connect timeout.")
+    connect_retries: int = Field(3, ge=0, description="Retries of a failed connection.")
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The configured URL, or the default one."""
+        return self.redis_url or DEFAULT_REDIS_URL

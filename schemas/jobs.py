@@ -1,0 +1,86 @@
+"""The job a producer submits: wire protocol v1, field ``job`` of a ``{P}:jobs`` entry."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# A leading letter or digit rules out "." and ".."; no separators rules out paths.
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+MAX_PROMPT_CHARS = 200_000
+MAX_MESSAGES = 256
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 128
+MAX_NEW_TOKENS = 8192
+MAX_RESULT_TTL_S = 30 * 86400
+MAX_METADATA_BYTES = 16_384
+
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+AdapterName = Annotated[str, StringConstraints(pattern=ADAPTER_NAME_PATTERN)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class GenerationParams(BaseModel):
+    """Sampling and length parameters of one generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=1000, description="0 turns top-k filtering off.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+
+
+class Message(BaseModel):
+    """One chat message; rendered through the model's chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class Job(BaseModel):
+    """A generation job. Exactly one of ``prompt`` and ``messages`` is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: JobId | None = Field(
+        None, description="If absent, the stream entry ID returned by XADD is the job id."
+    )
+    adapter: AdapterName | Literal[""] | None = Field(
+        None, description='Registered adapter name; null or "" selects the base model.'
+    )
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    deadline: float | None = Field(
+        None, gt=0, description="Epoch seconds; a job not started by then ends 'expired'."
+    )
+    result_ttl: int | None = Field(
+        None, ge=1, le=MAX_RESULT_TTL_S, description="Seconds the record lives after the end."
+    )
+    metadata: dict[str, JsonValue] | None = Field(
+        None, description="Echoed back untouched in the job record."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Job:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' and 'messages' is required")
+        if self.metadata is not None:
+            import orjson
+
+            if len(orjson.dumps(self.metadata)) > MAX_METADATA_BYTES:
+                raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
+        return self
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The adapter to use, ``None`` for the base model."""
+        return self.adapter or None

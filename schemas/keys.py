@@ -1,0 +1,56 @@
+"""Every Redis key of wire protocol v1, spelled in one place.
+
+`{P}` in the protocol is the prefix. A prefix wrapped in braces (``{loraq}``) makes every
+key hash to one Redis Cluster slot, which the multi-key Lua scripts need there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+DEFAULT_PREFIX = "loraq"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key layout for one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def jobs(self) -> str:
+        """Stream of submitted jobs (field ``job`` = job JSON)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def group(self) -> str:
+        """Consumer group of the workers on :attr:`jobs`."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def events(self) -> str:
+        """Capped stream with one entry per status change of any job."""
+        return f"{self.prefix}:events"
+
+    @property
+    def dead(self) -> str:
+        """Dead-letter stream."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def adapters(self) -> str:
+        """Hash of adapters registered at run time: name -> JSON ``{"path": ...}``."""
+        return f"{self.prefix}:adapters"
+
+    def job(self, job_id: str) -> str:
+        """Hash holding one job's record."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream of one job's status changes and text chunks."""
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def cancel(self, job_id: str) -> str:
+        """String whose presence asks for the job to be cancelled."""
+        return f"{self.prefix}:cancel:{job_id}"

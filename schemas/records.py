@@ -1,0 +1,140 @@
+"""The job record (``{P}:job:{id}`` hash), its result and error, and job events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from schemas import codec
+
+
+class JobStatus(str, Enum):
+    """Job statuses: ``queued -> running -> succeeded | failed | cancelled | expired``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether no further change can follow (a final status is written once)."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+
+_ALLOWED = {
+    JobStatus.QUEUED: {JobStatus.RUNNING} | FINAL_STATUSES,
+    # A transient failure puts a running job back in the queue for another attempt.
+    JobStatus.RUNNING: {JobStatus.QUEUED, JobStatus.RUNNING} | FINAL_STATUSES,
+}
+
+
+def can_transition(current: JobStatus | None, new: JobStatus) -> bool:
+    """Whether a record in ``current`` (``None``: no record yet) may move to ``new``."""
+    if current is None:
+        return True
+    return new in _ALLOWED.get(current, frozenset())
+
+
+class ErrorType(str, Enum):
+    """Why a job failed; the ``type`` of :class:`JobError`."""
+
+    VALIDATION = "validation"
+    UNKNOWN_ADAPTER = "unknown_adapter"
+    INCOMPATIBLE_ADAPTER = "incompatible_adapter"
+    TIMEOUT = "timeout"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    INTERNAL = "internal"
+
+
+class JobError(BaseModel):
+    """A failure, in words a client can act on."""
+
+    type: ErrorType
+    message: str
+
+
+class Timings(BaseModel):
+    """Where the time of a job went, in milliseconds."""
+
+    queue_ms: float | None = None
+    generation_ms: float | None = None
+    total_ms: float | None = None
+
+
+class JobResult(BaseModel):
+    """The output of a succeeded (or cancelled while running) job."""
+
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    adapter: str | None = None
+    timings: Timings = Field(default_factory=Timings)
+
+
+class JobRecord(BaseModel):
+    """One job's record as stored in the ``{P}:job:{id}`` hash."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: JobStatus
+    adapter: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    result: JobResult | None = None
+    error: JobError | None = None
+    worker: str | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+    @classmethod
+    def from_hash(cls, job_id: str, fields: Mapping[Any, Any]) -> JobRecord:
+        """Build a record from HGETALL output (bytes or text)."""
+        raw = codec.decode_fields(fields)
+        data: dict[str, Any] = {"id": job_id}
+        for name, value in raw.items():
+            if name in ("result", "error", "metadata"):
+                data[name] = codec.loads(value) if value else None
+            elif value != "":
+                data[name] = value
+        return cls.model_validate(data)
+
+    def to_hash(self) -> dict[str, str]:
+        """Fields for HSET: JSON for nested values, text for the rest, ``None`` left out."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json", exclude={"id"}).items():
+            if value is None:
+                continue
+            out[name] = codec.dumps(value) if isinstance(value, dict) else str(value)
+        return out
+
+
+class JobEvent(BaseModel):
+    """One entry of ``{P}:job:{id}:events``: a status change or a chunk of text."""
+
+    event: Literal["status", "chunk"]
+    status: JobStatus | None = None
+    text: str | None = None
+    ts: float | None = None
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> JobEvent:
+        """Build an event from a stream entry's fields."""
+        return cls.model_validate(codec.decode_fields(fields))
+
+    @property
+    def is_final(self) -> bool:
+        """Whether this event carries a final status (the last entry of the stream)."""
+        return self.event == "status" and self.status is not None and self.status.is_final

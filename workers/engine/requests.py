@@ -1,0 +1,66 @@
+"""What the engine takes and gives back; plain data that crosses Ray process boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas import ErrorType, GenerationParams, Job, Message
+
+
+@dataclass
+class GenerationRequest:
+    """One row of generation: an adapter (``None`` = base model) and a prompt or messages."""
+
+    adapter: str | None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    request_id: str | None = None
+
+    @classmethod
+    def from_job(cls, job: Job, request_id: str | None = None) -> GenerationRequest:
+        """The request that runs ``job``."""
+        return cls(
+            adapter=job.adapter_name,
+            prompt=job.prompt,
+            messages=job.messages,
+            params=job.params,
+            request_id=request_id or job.id,
+        )
+
+
+@dataclass
+class TextDelta:
+    """New text of a row, handed out while it generates."""
+
+    text: str
+
+
+@dataclass
+class GenerationOutput:
+    """The finished row."""
+
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    prompt_tokens: int
+    completion_tokens: int
+    adapter: str | None
+    generation_ms: float = 0.0
+    replica: str | None = None
+
+
+class EngineError(Exception):
+    """A failure of one request that its client caused or can act on.
+
+    Carries the protocol's error ``type``; other rows of the same batch are unaffected.
+    """
+
+    def __init__(self, type: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[EngineError], tuple[ErrorType, str]]:
+        # Ray pickles exceptions across processes; keep both fields.
+        return (EngineError, (self.type, self.message))
