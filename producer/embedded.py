@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,13 @@ def resolve_redis_url(configured: str | None, default: str) -> tuple[str, Embedd
     """The URL to use, starting an embedded server when needed.
 
     A configured URL is used as is. Otherwise the default URL is used when a server
-    answers there, else an embedded server is started; the caller must stop it.
+    answers there, else an embedded server is started on the default URL's port (so that
+    clients with no settings find it); the caller must stop it.
     """
     if configured:
         return configured, None
     if answers(default):
         return default, None
-    server = EmbeddedRedis().start()
+    port = urlparse(default).port or 6379
+    server = EmbeddedRedis(port=port).start()
     return server.url, server
