@@ -16,12 +16,14 @@ from schemas.records import (
     Timings,
     can_transition,
 )
+from schemas.validation import InvalidJob, describe, parse_job, validate_job
 
 __all__ = [
     "DEFAULT_PREFIX",
     "FINAL_STATUSES",
     "PROTOCOL_VERSION",
     "ErrorType",
+    "InvalidJob",
     "GenerationParams",
     "Job",
     "JobError",
@@ -33,4 +35,7 @@ __all__ = [
     "Message",
     "Timings",
     "can_transition",
+    "describe",
+    "parse_job",
+    "validate_job",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # A leading letter or digit rules out "." and ".."; no separators rules out paths.
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# On the wire "" also means the base model.
+ADAPTER_FIELD_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
 MAX_PROMPT_CHARS = 200_000
 MAX_MESSAGES = 256
@@ -48,12 +51,21 @@ class Message(BaseModel):
 class Job(BaseModel):
     """A generation job. Exactly one of ``prompt`` and ``messages`` is required."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # The "exactly one input" rule of the validator below, for JSON Schema users.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ]
+        },
+    )
 
     id: JobId | None = Field(
         None, description="If absent, the stream entry ID returned by XADD is the job id."
     )
-    adapter: AdapterName | Literal[""] | None = Field(
+    adapter: Annotated[str, StringConstraints(pattern=ADAPTER_FIELD_PATTERN)] | None = Field(
         None, description='Registered adapter name; null or "" selects the base model.'
     )
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
@@ -74,8 +86,6 @@ class Job(BaseModel):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("exactly one of 'prompt' and 'messages' is required")
         if self.metadata is not None:
-            import orjson
-
             if len(orjson.dumps(self.metadata)) > MAX_METADATA_BYTES:
                 raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
         return self

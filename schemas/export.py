@@ -1,0 +1,54 @@
+"""Write the JSON Schema files of the wire contract: ``python -m schemas.export``.
+
+The files under ``schemas/json/`` are checked in so that clients in other languages can
+validate against them; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.jobs import GenerationParams, Job
+from schemas.records import JobError, JobEvent, JobRecord, JobResult
+
+JSON_DIR = Path(__file__).resolve().parent / "json"
+
+MODELS: dict[str, type[BaseModel]] = {
+    "job": Job,
+    "generation_params": GenerationParams,
+    "job_record": JobRecord,
+    "job_result": JobResult,
+    "job_error": JobError,
+    "job_event": JobEvent,
+}
+
+
+def render(model: type[BaseModel]) -> str:
+    """The JSON Schema of ``model`` as stable, pretty-printed text."""
+    schema = model.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://loraq.dev/schemas/v1/{model.__name__}.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def rendered() -> dict[Path, str]:
+    """Every schema file's path and expected content."""
+    return {JSON_DIR / f"{name}.json": render(model) for name, model in MODELS.items()}
+
+
+def main() -> int:
+    """Write the files; print what changed."""
+    JSON_DIR.mkdir(exist_ok=True)
+    for path, text in rendered().items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(JSON_DIR.parent.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
