@@ -85,9 +85,8 @@ class Job(BaseModel):
     def _one_input(self) -> Job:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("exactly one of 'prompt' and 'messages' is required")
-        if self.metadata is not None:
-            if len(orjson.dumps(self.metadata)) > MAX_METADATA_BYTES:
-                raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
+        if self.metadata is not None and len(orjson.dumps(self.metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
         return self
 
     @property

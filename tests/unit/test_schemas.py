@@ -76,7 +76,7 @@ def test_bad_jobs_rejected_by_model_and_schema(case: str) -> None:
 
 def test_non_json_metadata_is_rejected_naming_the_field() -> None:
     # JSON text cannot hold such a value; only Python callers can send one.
-    with pytest.raises(InvalidJob, match="metadata.when"):
+    with pytest.raises(InvalidJob, match=r"metadata\.when"):
         validate_job({"prompt": "x", "metadata": {"when": object()}})
 
 
