@@ -44,3 +44,40 @@ class WorkerSettings(ClientSettings):
     batch_wait_ms: float = Field(5.0, ge=0)
     max_input_tokens: int = Field(2048, ge=1)
     max_new_tokens: int = Field(512, ge=1, description="Cap on a job's max_new_tokens.")
+
+    # Serve application
+    app_name: str = Field("loraq", min_length=1, description="Serve application name.")
+    num_model_replicas: int = Field(1, ge=1, description="LoRAModel replicas.")
+    num_consumer_replicas: int = Field(1, ge=1, description="JobConsumer replicas.")
+    model_num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per LoRAModel replica.")
+    model_num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per LoRAModel replica.")
+    consumer_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs per JobConsumer replica.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests a LoRAModel replica takes at once (Serve's limit)."
+    )
+    affinity_routing: bool = Field(
+        True, description="Send the adapter as Serve's multiplexed model id (adapter affinity)."
+    )
+    http_host: str = Field("127.0.0.1", description="Serve HTTP host.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Serve HTTP port.")
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="Time in-flight jobs get to finish when a replica stops."
+    )
+
+    # Queue consumer
+    max_in_flight: int = Field(32, ge=1, description="Jobs one consumer replica runs at once.")
+    read_block_ms: int = Field(500, ge=1, description="XREADGROUP BLOCK time of the consumer.")
+    visibility_timeout_s: float = Field(
+        30.0, gt=0, description="Idle time after which another consumer reclaims an entry."
+    )
+    lease_renew_s: float = Field(5.0, gt=0, description="How often a consumer renews leases.")
+    max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is dead.")
+    retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each try.")
+    max_retry_backoff_s: float = Field(10.0, ge=0, description="Cap on the retry delay.")
+    events_maxlen: int = Field(100_000, ge=1, description="Approximate cap of {P}:events.")
+    stream_chunk_ms: float = Field(
+        50.0, ge=0, description="Text is streamed in chunks at most this often per job."
+    )
+    stream_chunk_chars: int = Field(
+        16, ge=1, description="A chunk is sent early once it holds this many characters."
+    )
