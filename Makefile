@@ -1,0 +1,40 @@
+# Every target sets itself up: a fresh checkout needs nothing before `make demo` or `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install lint test demo bench schemas clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (torch 2.13.0 CPU wheel is for CPython 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a looser requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[worker,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q -ra
+
+demo: install
+	$(VENV)/bin/loraq demo
+
+bench: install
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+schemas: install
+	$(PY) -m schemas.export
+
+clean:
+	rm -rf $(VENV) .loraq .mypy_cache .ruff_cache .pytest_cache
