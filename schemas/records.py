@@ -53,6 +53,7 @@ class ErrorType(str, Enum):
     INCOMPATIBLE_ADAPTER = "incompatible_adapter"
     TIMEOUT = "timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 
@@ -79,6 +80,7 @@ class JobResult(BaseModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     adapter: str | None = None
+    replica: str | None = Field(None, description="The model replica that generated it.")
     timings: Timings = Field(default_factory=Timings)
 
 
