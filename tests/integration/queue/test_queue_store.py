@@ -1,0 +1,180 @@
+"""The queue scripts against the real Redis server: start, final write once, leases, reclaim."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from schemas import JobStatus, Keys, codec
+from workers.queue.store import FinalWrite, JobStore, MarkOutcome
+
+
+@pytest.fixture
+async def store(redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    job_store = JobStore(client, Keys(prefix), events_maxlen=1000)
+    assert await job_store.ensure_group()
+    yield job_store
+    await client.aclose()
+
+
+async def push(store: JobStore, payload: dict[str, object]) -> str:
+    entry_id = await store.client.xadd(store.keys.jobs, {"job": orjson.dumps(payload)})
+    return codec.as_text(entry_id)
+
+
+async def mark_running(store: JobStore, job_id: str, max_attempts: int = 3) -> MarkOutcome:
+    mark = await store.mark(
+        job_id,
+        JobStatus.RUNNING,
+        adapter="upper",
+        worker="c-0",
+        created_at=1.5,
+        ttl_s=600,
+        max_attempts=max_attempts,
+    )
+    return mark.outcome
+
+
+def final(entry_id: str, job_id: str, status: JobStatus, text: str, **extra: object) -> FinalWrite:
+    return FinalWrite(
+        entry_id=entry_id,
+        job_id=job_id,
+        status=status,
+        adapter="upper",
+        created_at=1.5,
+        ttl_s=120,
+        fields={"result": codec.dumps({"text": text}), "worker": "c-0"},
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def events(r: redis.Redis, key: str) -> list[dict[str, str]]:
+    return [codec.decode_fields(fields) for _, fields in r.xrange(key)]
+
+
+async def test_the_group_starts_at_the_stream_start_and_creation_is_idempotent(
+    store: JobStore, r: redis.Redis
+) -> None:
+    r.delete(store.keys.jobs)  # a stream with entries older than the group
+    entry_id = await push(store, {"prompt": "early"})
+    assert await store.ensure_group()
+    assert not await store.ensure_group()
+    entries = await store.read("c-0", count=10, block_ms=10)
+    assert [e.entry_id for e in entries] == [entry_id]
+    assert orjson.loads(entries[0].fields["job"]) == {"prompt": "early"}
+
+
+async def test_running_creates_the_record_of_a_raw_job_and_counts_attempts(
+    store: JobStore, r: redis.Redis
+) -> None:
+    assert await mark_running(store, "j1") is MarkOutcome.OK
+    record = codec.decode_fields(r.hgetall(store.keys.job("j1")))
+    assert record["status"] == "running"
+    assert (record["attempts"], record["adapter"], record["worker"]) == ("1", "upper", "c-0")
+    assert record["created_at"] == "1.5"
+    assert 0 < r.ttl(store.keys.job("j1")) <= 600
+    assert [e["status"] for e in events(r, store.keys.job_events("j1"))] == ["running"]
+    assert events(r, store.keys.events)[-1]["id"] == "j1"
+    assert await mark_running(store, "j1") is MarkOutcome.OK
+    assert r.hget(store.keys.job("j1"), "attempts") == b"2"
+
+
+async def test_running_is_refused_when_cancelled_exhausted_or_final(
+    store: JobStore, r: redis.Redis
+) -> None:
+    r.set(store.keys.cancel("c"), 1)
+    assert await mark_running(store, "c") is MarkOutcome.CANCEL
+    assert not r.exists(store.keys.job("c"))
+    for _ in range(2):
+        assert await mark_running(store, "x", max_attempts=2) is MarkOutcome.OK
+    assert await mark_running(store, "x", max_attempts=2) is MarkOutcome.EXHAUSTED
+    r.hset(store.keys.job("done"), "status", "succeeded")
+    assert await mark_running(store, "done") is MarkOutcome.FINAL
+
+
+async def test_the_final_write_happens_once_and_acknowledges_both_writers(
+    store: JobStore, r: redis.Redis
+) -> None:
+    entry_id = await push(store, {"id": "j2", "prompt": "hi"})
+    await store.read("c-0", count=1, block_ms=10)
+    await mark_running(store, "j2")
+    assert await store.finish(final(entry_id, "j2", JobStatus.SUCCEEDED, "FIRST"))
+    # A second delivery of the same job (a resumed slow consumer) finishing later.
+    again = await push(store, {"id": "j2", "prompt": "hi"})
+    await store.read("c-1", count=1, block_ms=10)
+    assert not await store.finish(final(again, "j2", JobStatus.FAILED, "SECOND"))
+    record = codec.decode_fields(r.hgetall(store.keys.job("j2")))
+    assert record["status"] == "succeeded"
+    assert orjson.loads(record["result"]) == {"text": "FIRST"}
+    assert r.xpending(store.keys.jobs, store.keys.group)["pending"] == 0
+    statuses = [e["status"] for e in events(r, store.keys.job_events("j2"))]
+    assert statuses == ["running", "succeeded"]
+    assert 0 < r.ttl(store.keys.job("j2")) <= 120
+    assert 0 < r.ttl(store.keys.job_events("j2")) <= 120
+    assert r.xlen(store.keys.dead) == 0
+
+
+async def test_a_failed_job_is_copied_to_the_dead_letters(store: JobStore, r: redis.Redis) -> None:
+    entry_id = await push(store, {"prompt": "hi"})
+    await store.read("c-0", count=1, block_ms=10)
+    write = final(entry_id, entry_id, JobStatus.FAILED, "", dead_payload="raw", dead_error="{}")
+    assert await store.finish(write)
+    [(_, fields)] = r.xrange(store.keys.dead)
+    dead = codec.decode_fields(fields)
+    assert (dead["id"], dead["entry"], dead["payload"]) == (entry_id, entry_id, "raw")
+    assert dead["attempts"] == "0"
+    assert r.hget(store.keys.job(entry_id), "created_at") == b"1.5"
+
+
+async def test_chunks_go_to_the_job_events(store: JobStore, r: redis.Redis) -> None:
+    await mark_running(store, "j3")
+    await store.append_chunk("j3", "HEL")
+    await store.append_chunk("j3", "LO")
+    chunks = [e["text"] for e in events(r, store.keys.job_events("j3")) if e["event"] == "chunk"]
+    assert chunks == ["HEL", "LO"]
+
+
+async def test_renewal_keeps_own_entries_and_reports_lost_ones(
+    store: JobStore, r: redis.Redis
+) -> None:
+    mine = await push(store, {"prompt": "a"})
+    theirs = await push(store, {"prompt": "b"})
+    await store.read("me", count=2, block_ms=10)
+    await asyncio.sleep(0.05)
+    r.xclaim(store.keys.jobs, store.keys.group, "other", 0, [theirs], justid=True)
+    assert await store.renew("me", [mine, theirs]) == [theirs]
+    pending = {
+        codec.as_text(p["message_id"]): p
+        for p in r.xpending_range(store.keys.jobs, store.keys.group, "-", "+", 10)
+    }
+    assert codec.as_text(pending[theirs]["consumer"]) == "other"
+    assert pending[mine]["time_since_delivered"] < 50
+    assert pending[mine]["times_delivered"] == 1  # renewal is not a delivery
+
+
+async def test_reclaim_takes_idle_entries_and_reports_deleted_ones(
+    store: JobStore, r: redis.Redis
+) -> None:
+    stale = await push(store, {"prompt": "a"})
+    gone = await push(store, {"prompt": "b"})
+    await store.read("dead-consumer", count=2, block_ms=10)
+    r.xdel(store.keys.jobs, gone)
+    await asyncio.sleep(0.05)
+    cursor, entries, deleted = await store.reclaim("me", min_idle_ms=20, count=10)
+    assert cursor == "0-0"
+    assert [e.entry_id for e in entries] == [stale]
+    assert deleted == [gone]
+    resumed = await store.read_pending("me", count=10)
+    assert [e.entry_id for e in resumed] == [stale]
+
+
+async def test_cancel_requests_are_found(store: JobStore, r: redis.Redis) -> None:
+    r.set(store.keys.cancel("b"), 1)
+    assert await store.cancel_requested(["a", "b"]) == {"b"}
+    assert await store.cancel_requested([]) == set()

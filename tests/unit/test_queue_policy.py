@@ -1,0 +1,126 @@
+"""The consumer's pure decisions: reads, payload parsing, expiry, retries, dead letters."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from schemas import ErrorType, Job, JobStatus
+from workers.queue import policy
+from workers.serve.chunks import ChunkBuffer
+
+ENTRY = "1795873779512-0"
+
+
+def entry(payload: object) -> dict[str, str]:
+    return {"job": payload if isinstance(payload, str) else orjson.dumps(payload).decode()}
+
+
+@pytest.mark.parametrize(
+    ("free", "cap", "expected"), [(0, 32, 0), (-1, 32, 0), (5, 32, 5), (50, 32, 32)]
+)
+def test_read_count_never_exceeds_free_slots(free: int, cap: int, expected: int) -> None:
+    assert policy.read_count(free, cap) == expected
+
+
+def test_created_at_is_the_entry_ids_milliseconds() -> None:
+    assert policy.created_at_of(ENTRY) == pytest.approx(1795873779.512)
+    assert policy.created_at_of("garbage") == 0.0
+
+
+def test_a_valid_job_without_id_takes_the_entry_id() -> None:
+    job = policy.parse_entry(ENTRY, entry({"adapter": "upper", "prompt": "hi"}))
+    assert isinstance(job, Job)
+    assert (job.id, job.adapter_name, job.prompt) == (ENTRY, "upper", "hi")
+
+
+def test_a_valid_job_keeps_its_own_id() -> None:
+    job = policy.parse_entry(ENTRY, entry({"id": "mine-1", "prompt": "hi"}))
+    assert isinstance(job, Job) and job.id == "mine-1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "job_id", "words"),
+    [
+        ("not json {", ENTRY, "not valid JSON"),
+        ("[1, 2]", ENTRY, "expected a JSON object"),
+        ({"id": "x-1", "adapter": "upper"}, "x-1", "exactly one of 'prompt' and 'messages'"),
+        ({"id": "x-2", "prompt": "hi", "params": {"max_new_tokens": 0}}, "x-2", "max_new_tokens"),
+        ({"id": "x-3", "prompt": "hi", "params": {"top_p": 7}}, "x-3", "params.top_p"),
+        ({"id": "../etc", "prompt": "hi"}, ENTRY, "id"),
+        ({"prompt": "hi", "adapter": "../x"}, ENTRY, "adapter"),
+        ({"prompt": "hi", "surprise": 1}, ENTRY, "surprise"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_the_id_to_answer(
+    payload: object, job_id: str, words: str
+) -> None:
+    fields = entry(payload)
+    rejected = policy.parse_entry(ENTRY, fields)
+    assert isinstance(rejected, policy.Rejected)
+    assert rejected.job_id == job_id
+    assert words in rejected.message
+    assert rejected.payload == fields["job"]
+
+
+def test_an_entry_without_job_field_is_rejected_under_its_entry_id() -> None:
+    rejected = policy.parse_entry(ENTRY, {"prompt": "hi"})
+    assert isinstance(rejected, policy.Rejected)
+    assert rejected.job_id == ENTRY
+    assert "no 'job' field" in rejected.message and "prompt" in rejected.message
+
+
+def test_expiry_looks_at_the_deadline_only() -> None:
+    job = Job(prompt="hi", deadline=1000.0)
+    assert policy.is_expired(job, 1000.5)
+    assert not policy.is_expired(job, 999.0)
+    assert not policy.is_expired(Job(prompt="hi"), 1e12)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    delays = [policy.retry_delay_s(n, 0.5, 3.0) for n in range(1, 6)]
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def failure(caused_by_job: bool, attempts: int) -> policy.Retry | policy.GiveUp:
+    return policy.after_failure(
+        caused_by_job=caused_by_job,
+        error_type=ErrorType.UNKNOWN_ADAPTER if caused_by_job else ErrorType.INTERNAL,
+        message="boom",
+        attempts=attempts,
+        max_attempts=3,
+        base_s=0.5,
+        cap_s=10.0,
+    )
+
+
+def test_failures_the_job_caused_are_final_at_once() -> None:
+    assert failure(True, 1) == policy.GiveUp(ErrorType.UNKNOWN_ADAPTER, "boom")
+
+
+def test_other_failures_retry_until_attempts_are_exhausted() -> None:
+    assert failure(False, 1) == policy.Retry(0.5)
+    assert failure(False, 2) == policy.Retry(1.0)
+    given_up = failure(False, 3)
+    assert isinstance(given_up, policy.GiveUp)
+    assert given_up.type is ErrorType.ATTEMPTS_EXHAUSTED
+    assert "3 attempts" in given_up.message and "boom" in given_up.message
+
+
+def test_only_failed_jobs_are_dead_lettered() -> None:
+    assert policy.dead_letters(JobStatus.FAILED)
+    for status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.EXPIRED):
+        assert not policy.dead_letters(status)
+
+
+def test_chunks_come_by_time_or_size_and_lose_nothing() -> None:
+    buffer = ChunkBuffer(interval_s=0.05, max_chars=8, now=0.0)
+    assert buffer.add("ab", 0.01) is None
+    assert buffer.add("cd", 0.02) is None
+    assert buffer.add("e", 0.06) == "abcde"  # the interval passed
+    assert buffer.add("0123456789", 0.07) == "0123456789"  # big enough at once
+    assert buffer.add("", 0.5) is None  # nothing held, nothing sent
+    assert buffer.add("z", 0.51) == "z"
+    assert buffer.add("tail", 0.52) is None
+    assert buffer.flush() == "tail"
+    assert buffer.flush() is None

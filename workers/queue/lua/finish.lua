@@ -1,0 +1,30 @@
+-- Store a job's final status, its terminal event, and acknowledge its stream entry: the
+-- one write that ends a job. It writes only when the job is not final yet, so a job
+-- delivered twice (a slow consumer that resumed) keeps its first answer; the second
+-- writer still acknowledges its entry.
+-- KEYS: 1 job hash, 2 job events, 3 all events, 4 jobs stream, 5 dead-letter stream
+-- ARGV: 1 group, 2 entry id, 3 job id, 4 final status, 5 adapter, 6 now,
+--       7 created_at (used if the hash has none), 8 result ttl seconds, 9 events maxlen,
+--       10 '1' to copy the job to the dead-letter stream, 11 its original payload,
+--       12 its error JSON, 13.. more record fields as name, value pairs
+-- Returns {1, status} when written, {0, existing status} when the job was already final.
+local current = redis.call('HGET', KEYS[1], 'status')
+if FINAL[current] then
+  redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'adapter', ARGV[5], 'finished_at', ARGV[6])
+if #ARGV >= 13 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+end
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[7])
+add_status_event(KEYS[2], KEYS[3], ARGV[9], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+if ARGV[10] == '1' then
+  redis.call('XADD', KEYS[5], '*', 'id', ARGV[3], 'entry', ARGV[2], 'payload', ARGV[11],
+    'error', ARGV[12], 'attempts', redis.call('HGET', KEYS[1], 'attempts') or '0',
+    'ts', ARGV[6])
+end
+redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+return {1, ARGV[4]}

@@ -1,0 +1,132 @@
+"""Pure decisions of the queue consumer: what to read, what a payload is, when to retry.
+
+Nothing here talks to Redis or Ray; the consumer carries the decisions out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas import ErrorType, Job, JobStatus
+from schemas.jobs import JOB_ID_PATTERN
+from schemas.validation import InvalidJob, parse_job
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+JOB_FIELD = "job"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A stream entry that is not a valid job, with the id to answer it under."""
+
+    job_id: str
+    message: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run the job again after ``delay_s``."""
+
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """End the job ``failed`` with this error."""
+
+    type: ErrorType
+    message: str
+
+
+def read_count(free_slots: int, max_read: int) -> int:
+    """How many entries to read: never more than the free in-flight slots.
+
+    Reading only what can start now keeps waiting jobs in Redis, where any consumer can
+    take them, instead of in this replica's memory.
+    """
+    return max(0, min(free_slots, max_read))
+
+
+def created_at_of(entry_id: str) -> float:
+    """Epoch seconds of a stream entry ID (``<ms>-<seq>``): when it was added."""
+    millis, _, _ = entry_id.partition("-")
+    return int(millis) / 1000 if millis.isdigit() else 0.0
+
+
+def recover_job_id(entry_id: str, data: Any) -> str:
+    """The id to answer a payload under: its own ``id`` when valid, else the entry ID."""
+    if isinstance(data, dict):
+        candidate = data.get("id")
+        if isinstance(candidate, str) and _JOB_ID.match(candidate):
+            return candidate
+    return entry_id
+
+
+def parse_entry(entry_id: str, fields: Mapping[str, str]) -> Job | Rejected:
+    """The job of a ``{P}:jobs`` entry, or why it is not one.
+
+    A job without an ``id`` takes the entry ID, which is what its producer got back from
+    XADD; so does a payload that cannot be read at all.
+    """
+    payload = fields.get(JOB_FIELD)
+    if payload is None:
+        names = ", ".join(sorted(fields)) or "none"
+        return Rejected(entry_id, f"entry has no '{JOB_FIELD}' field (fields: {names})", "")
+    try:
+        job = parse_job(payload)
+    except InvalidJob as exc:
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            data = None
+        return Rejected(recover_job_id(entry_id, data), str(exc), payload)
+    if job.id is None:
+        job = job.model_copy(update={"id": entry_id})
+    return job
+
+
+def is_expired(job: Job, now: float) -> bool:
+    """Whether the job's deadline passed before it started."""
+    return job.deadline is not None and now > job.deadline
+
+
+def retry_delay_s(attempts: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff after the ``attempts``-th failed start: base, 2·base, … ≤ cap."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+def after_failure(
+    *,
+    caused_by_job: bool,
+    error_type: ErrorType,
+    message: str,
+    attempts: int,
+    max_attempts: int,
+    base_s: float,
+    cap_s: float,
+) -> Retry | GiveUp:
+    """What to do after an attempt failed.
+
+    Failures the job caused (validation, unknown or incompatible adapter) are final at
+    once; others (a replica died, the device ran out of memory) are retried with backoff
+    until the job has been started ``max_attempts`` times.
+    """
+    if caused_by_job:
+        return GiveUp(error_type, message)
+    if attempts < max_attempts:
+        return Retry(retry_delay_s(attempts, base_s, cap_s))
+    return GiveUp(
+        ErrorType.ATTEMPTS_EXHAUSTED,
+        f"the job failed on each of its {attempts} attempts; last error: {message}",
+    )
+
+
+def dead_letters(status: JobStatus) -> bool:
+    """Whether a job ending in ``status`` is copied to ``{P}:dead`` for an operator."""
+    return status is JobStatus.FAILED

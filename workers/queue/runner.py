@@ -1,0 +1,280 @@
+"""One job's way through a consumer: parse, check, start, generate, store the end, ack.
+
+The order is the delivery guarantee: the entry is acknowledged only by the script that
+stores the final status, so a consumer that dies at any point leaves the entry pending
+for another one to reclaim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
+from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.queue import policy
+from workers.queue.store import Entry, FinalWrite, JobStore, MarkOutcome
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Where a consumer sends generation requests (the LoRAModel deployment)."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text deltas while the request generates, then its output last."""
+        ...
+
+
+class Cancelled(Exception):
+    """The job's generation was stopped because its cancellation was asked."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("cancelled while running")
+        self.text = text
+
+
+@dataclass
+class InFlight:
+    """A job a consumer holds: its entry, and its generation while one runs."""
+
+    entry_id: str
+    job_id: str | None = None
+    generation: asyncio.Task[GenerationOutput] | None = None
+    cancel_requested: bool = False
+    text: list[str] = field(default_factory=list)
+
+    def request_cancel(self) -> bool:
+        """Stop the running generation; ``False`` when none runs."""
+        self.cancel_requested = True
+        if self.generation is None or self.generation.done():
+            return False
+        return self.generation.cancel()
+
+
+def engine_error(exc: BaseException) -> EngineError | None:
+    """The :class:`EngineError` behind ``exc``, also when Ray wrapped it in its own error."""
+    for candidate in (getattr(exc, "cause", None), exc, exc.__cause__):
+        if isinstance(candidate, EngineError) and hasattr(candidate, "type"):
+            return candidate
+    return None
+
+
+class JobRunner:
+    """Runs one stream entry to its final, acknowledged status."""
+
+    def __init__(
+        self, store: JobStore, dispatcher: Dispatcher, settings: WorkerSettings, worker: str
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.worker = worker
+
+    async def run(self, entry: Entry, slot: InFlight) -> None:
+        """Take ``entry`` from parse to acknowledgement."""
+        if not entry.fields:
+            # XREADGROUP returns deleted entries of the pending list without fields.
+            log.warning("entry %s was deleted from the stream; acknowledging it", entry.entry_id)
+            await self.store.ack(entry.entry_id)
+            return
+        parsed = policy.parse_entry(entry.entry_id, entry.fields)
+        if isinstance(parsed, policy.Rejected):
+            log.info("job %s rejected: %s", parsed.job_id, parsed.message)
+            await self._end(
+                entry,
+                parsed.job_id,
+                None,
+                JobStatus.FAILED,
+                error=JobError(type=ErrorType.VALIDATION, message=parsed.message),
+                payload=parsed.payload,
+            )
+            return
+        job = parsed
+        slot.job_id = job.id
+        if policy.is_expired(job, time.time()):
+            error = _error(ErrorType.TIMEOUT, "the deadline passed before the job started")
+            await self._end_job(entry, job, JobStatus.EXPIRED, error=error)
+            return
+        await self._attempts(entry, job, slot)
+
+    async def _attempts(self, entry: Entry, job: Job, slot: InFlight) -> None:
+        """Start the job and run it, again after failures it did not cause."""
+        job_id = str(job.id)
+        while True:
+            mark = await self.store.mark(
+                job_id,
+                JobStatus.RUNNING,
+                adapter=job.adapter_name,
+                worker=self.worker,
+                created_at=policy.created_at_of(entry.entry_id),
+                ttl_s=self.settings.job_ttl_s,
+                max_attempts=self.settings.max_attempts,
+            )
+            if mark.outcome is MarkOutcome.FINAL:
+                await self.store.ack(entry.entry_id)
+                return
+            if mark.outcome is MarkOutcome.CANCEL:
+                await self._end_job(entry, job, JobStatus.CANCELLED, error=_cancelled())
+                return
+            if mark.outcome is MarkOutcome.EXHAUSTED:
+                message = f"the job was started {mark.attempts} times without finishing"
+                error = _error(ErrorType.ATTEMPTS_EXHAUSTED, message)
+                await self._end_job(entry, job, JobStatus.FAILED, error=error)
+                return
+            started_at = time.time()
+            try:
+                output = await self._generate(job, slot)
+            except Cancelled as exc:
+                result = _result(job, None, exc.text, entry, started_at)
+                await self._end_job(entry, job, JobStatus.CANCELLED, result=result)
+                return
+            except Exception as exc:
+                if await self._after_failure(entry, job, exc, mark.attempts):
+                    continue
+                return
+            result = _result(job, output, output.text, entry, started_at)
+            await self._end_job(entry, job, JobStatus.SUCCEEDED, result=result)
+            return
+
+    async def _generate(self, job: Job, slot: InFlight) -> GenerationOutput:
+        """Run the generation as a task of its own, so a cancel request can stop it."""
+        slot.text.clear()
+        slot.generation = asyncio.ensure_future(self._stream(job, slot))
+        try:
+            return await asyncio.shield(slot.generation)
+        except asyncio.CancelledError:
+            if slot.cancel_requested and slot.generation.cancelled():
+                raise Cancelled("".join(slot.text)) from None
+            slot.generation.cancel()
+            raise
+        finally:
+            slot.generation = None
+
+    async def _stream(self, job: Job, slot: InFlight) -> GenerationOutput:
+        """Forward the text as it grows to the job's events stream; return the output."""
+        request = GenerationRequest.from_job(job)
+        async for item in self.dispatcher.stream(request):
+            if isinstance(item, GenerationOutput):
+                return item
+            slot.text.append(item.text)
+            await self.store.append_chunk(str(job.id), item.text)
+        raise RuntimeError("the model's stream ended without an output")
+
+    async def _after_failure(self, entry: Entry, job: Job, exc: Exception, attempts: int) -> bool:
+        """End the job or set it up for another attempt; ``True`` to run it again."""
+        known = engine_error(exc)
+        plan = policy.after_failure(
+            caused_by_job=known is not None,
+            error_type=known.type if known else ErrorType.INTERNAL,
+            message=known.message if known else f"{type(exc).__name__}: {exc}",
+            attempts=attempts,
+            max_attempts=self.settings.max_attempts,
+            base_s=self.settings.retry_backoff_s,
+            cap_s=self.settings.max_retry_backoff_s,
+        )
+        if isinstance(plan, policy.GiveUp):
+            log.info("job %s failed: %s: %s", job.id, plan.type.value, plan.message)
+            error = JobError(type=plan.type, message=plan.message)
+            await self._end_job(entry, job, JobStatus.FAILED, error=error)
+            return False
+        log.warning(
+            "job %s attempt %d failed, retrying in %.1fs: %r", job.id, attempts, plan.delay_s, exc
+        )
+        await self.store.mark(
+            str(job.id),
+            JobStatus.QUEUED,
+            adapter=job.adapter_name,
+            worker=self.worker,
+            created_at=policy.created_at_of(entry.entry_id),
+            ttl_s=self.settings.job_ttl_s,
+            max_attempts=self.settings.max_attempts,
+        )
+        await asyncio.sleep(plan.delay_s)
+        return True
+
+    async def _end_job(
+        self,
+        entry: Entry,
+        job: Job,
+        status: JobStatus,
+        *,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        await self._end(
+            entry,
+            str(job.id),
+            job,
+            status,
+            result=result,
+            error=error,
+            payload=entry.fields.get(policy.JOB_FIELD, ""),
+        )
+
+    async def _end(
+        self,
+        entry: Entry,
+        job_id: str,
+        job: Job | None,
+        status: JobStatus,
+        *,
+        payload: str,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        """Store the final status (once), its event, a dead letter if due; acknowledge."""
+        fields = {"worker": self.worker}
+        if result is not None:
+            fields["result"] = codec.dumps(result)
+        if error is not None:
+            fields["error"] = codec.dumps(error)
+        if job is not None and job.metadata is not None:
+            fields["metadata"] = codec.dumps(job.metadata)
+        write = FinalWrite(
+            entry_id=entry.entry_id,
+            job_id=job_id,
+            status=status,
+            adapter=job.adapter_name if job else None,
+            created_at=policy.created_at_of(entry.entry_id),
+            ttl_s=(job.result_ttl if job and job.result_ttl else self.settings.result_ttl_s),
+            fields=fields,
+            dead_payload=payload if policy.dead_letters(status) else None,
+            dead_error=codec.dumps(error) if error else "",
+        )
+        if not await self.store.finish(write):
+            log.info("job %s already had a final status; acknowledged only", job_id)
+
+
+def _error(type: ErrorType, message: str) -> JobError:
+    return JobError(type=type, message=message)
+
+
+def _cancelled() -> JobError:
+    return _error(ErrorType.CANCELLED, "cancelled before it started")
+
+
+def _result(
+    job: Job, output: GenerationOutput | None, text: str, entry: Entry, started_at: float
+) -> JobResult:
+    """The result record of a generation (``output`` is ``None`` when it was cancelled)."""
+    now = time.time()
+    created_at = policy.created_at_of(entry.entry_id)
+    return JobResult(
+        text=text,
+        finish_reason=output.finish_reason if output else "cancelled",
+        prompt_tokens=output.prompt_tokens if output else 0,
+        completion_tokens=output.completion_tokens if output else 0,
+        adapter=job.adapter_name,
+        replica=output.replica if output else None,
+        timings=Timings(
+            queue_ms=round((started_at - created_at) * 1000, 3),
+            generation_ms=round(output.generation_ms, 3) if output else None,
+            total_ms=round((now - created_at) * 1000, 3),
+        ),
+    )

@@ -1,0 +1,226 @@
+"""The consumer's Redis side: the consumer group, its reads, and the job state scripts.
+
+Every change that touches more than one key is one Lua script (``lua/*.lua``), so a job
+is never seen half-written. Keys are all passed in ``KEYS`` so that a ``{prefix}`` hash
+tag keeps them in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from schemas import JobStatus, Keys, codec
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of ``lua/{name}.lua`` behind the shared helpers of ``lua/common.lua``."""
+    return (LUA_DIR / "common.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of ``{P}:jobs`` as read by a consumer."""
+
+    entry_id: str
+    fields: dict[str, str]
+
+
+class MarkOutcome(str, Enum):
+    """What :meth:`JobStore.mark` did."""
+
+    OK = "ok"
+    FINAL = "final"  # the job had ended already: nothing changed
+    CANCEL = "cancel"  # cancellation was asked: nothing changed
+    EXHAUSTED = "exhausted"  # started max_attempts times already: nothing changed
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The outcome of :meth:`JobStore.mark` and the attempts count (or final status)."""
+
+    outcome: MarkOutcome
+    value: str
+
+    @property
+    def attempts(self) -> int:
+        """Times the job has been started (for ``OK`` and ``EXHAUSTED``)."""
+        return int(self.value) if self.value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class FinalWrite:
+    """Everything the final write of one job stores."""
+
+    entry_id: str
+    job_id: str
+    status: JobStatus
+    adapter: str | None
+    created_at: float
+    ttl_s: int
+    fields: dict[str, str]
+    dead_payload: str | None = None
+    dead_error: str = ""
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """Entries of an XREADGROUP/XAUTOCLAIM reply (deleted entries come back empty)."""
+    return [
+        Entry(codec.as_text(entry_id), codec.decode_fields(fields or {}))
+        for entry_id, fields in reply
+    ]
+
+
+class JobStore:
+    """Typed wrappers around the consumer group commands and the queue scripts."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, events_maxlen: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.events_maxlen = events_maxlen
+        self._mark: AsyncScript = client.register_script(script_source("mark"))
+        self._finish: AsyncScript = client.register_script(script_source("finish"))
+        self._renew: AsyncScript = client.register_script(script_source("renew"))
+
+    async def ensure_group(self) -> bool:
+        """Create the consumer group from the stream's start; ``False`` if it existed."""
+        try:
+            await self.client.xgroup_create(self.keys.jobs, self.keys.group, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def read(self, consumer: str, *, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` entries never delivered before, waiting up to ``block_ms``."""
+        reply: Any = await self.client.xreadgroup(
+            self.keys.group, consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
+        )
+        return _entries(reply[0][1]) if reply else []
+
+    async def read_pending(self, consumer: str, *, count: int, after: str = "0") -> list[Entry]:
+        """Up to ``count`` of this consumer's own unacknowledged entries after ``after``.
+
+        What a restarted consumer reads first: entries it took before it stopped. An entry
+        deleted from the stream meanwhile comes back with no fields.
+        """
+        reply: Any = await self.client.xreadgroup(
+            self.keys.group, consumer, {self.keys.jobs: after}, count=count
+        )
+        return _entries(reply[0][1]) if reply else []
+
+    async def reclaim(
+        self, consumer: str, *, min_idle_ms: int, count: int, cursor: str = "0-0"
+    ) -> tuple[str, list[Entry], list[str]]:
+        """Take over entries idle longer than ``min_idle_ms`` (their consumer died).
+
+        Returns the cursor to continue from (``0-0``: scan complete), the claimed entries,
+        and the ids of entries deleted from the stream meanwhile (lost; already unpending).
+        """
+        reply = await self.client.xautoclaim(
+            self.keys.jobs, self.keys.group, consumer, min_idle_ms, cursor, count=count
+        )
+        deleted = [codec.as_text(i) for i in reply[2]] if len(reply) > 2 else []
+        return codec.as_text(reply[0]), _entries(reply[1]), deleted
+
+    async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:
+        """Renew the leases of ``entry_ids``; returns those this consumer no longer owns."""
+        if not entry_ids:
+            return []
+        lost = await self._renew(
+            keys=[self.keys.jobs], args=[self.keys.group, consumer, *entry_ids]
+        )
+        return [codec.as_text(i) for i in lost]
+
+    async def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` have a cancellation request."""
+        if not job_ids:
+            return set()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(self.keys.cancel(job_id))
+            found = await pipe.execute()
+        return {job_id for job_id, hit in zip(job_ids, found, strict=True) if hit}
+
+    async def mark(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        adapter: str | None,
+        worker: str,
+        created_at: float,
+        ttl_s: int,
+        max_attempts: int,
+    ) -> Mark:
+        """Set a non-final status (``running`` counts an attempt) and its events."""
+        reply = await self._mark(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.job_events(job_id),
+                self.keys.events,
+                self.keys.cancel(job_id),
+            ],
+            args=[
+                job_id,
+                status.value,
+                adapter or "",
+                worker,
+                repr(time.time()),
+                repr(created_at),
+                ttl_s,
+                self.events_maxlen,
+                max_attempts,
+            ],
+        )
+        return Mark(MarkOutcome(codec.as_text(reply[0])), codec.as_text(reply[1]))
+
+    async def append_chunk(self, job_id: str, text: str) -> None:
+        """Append generated text to the job's events stream."""
+        await self.client.xadd(
+            self.keys.job_events(job_id), {"event": "chunk", "text": text, "ts": repr(time.time())}
+        )
+
+    async def finish(self, write: FinalWrite) -> bool:
+        """Store the final status once, then acknowledge; ``False`` if it was already final."""
+        pairs = [item for pair in write.fields.items() for item in pair]
+        reply = await self._finish(
+            keys=[
+                self.keys.job(write.job_id),
+                self.keys.job_events(write.job_id),
+                self.keys.events,
+                self.keys.jobs,
+                self.keys.dead,
+            ],
+            args=[
+                self.keys.group,
+                write.entry_id,
+                write.job_id,
+                write.status.value,
+                write.adapter or "",
+                repr(time.time()),
+                repr(write.created_at),
+                write.ttl_s,
+                self.events_maxlen,
+                "1" if write.dead_payload is not None else "0",
+                write.dead_payload or "",
+                write.dead_error,
+                *pairs,
+            ],
+        )
+        return bool(reply[0])
+
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge an entry whose job needs no write (it had ended already)."""
+        await self.client.xack(self.keys.jobs, self.keys.group, entry_id)
