@@ -1,0 +1,1 @@
+"""The Ray Serve application: LoRAModel, JobConsumer, and the app builder."""

@@ -1,0 +1,70 @@
+"""JobConsumer: the Serve deployment that runs one queue consumer loop per replica."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from schemas import Keys
+from workers.queue.consumer import QueueConsumer
+from workers.queue.runner import JobRunner
+from workers.queue.store import JobStore
+from workers.serve.dispatch import ServeDispatcher
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# Shutdown keeps this much of Serve's graceful timeout for itself (closing connections).
+SHUTDOWN_MARGIN_S = 2.0
+
+
+def consumer_name(app_name: str, rank: Any) -> str:
+    """A stable consumer name: the same for the replica that replaces a dead one.
+
+    Serve keeps replica ranks 0..n-1, so a restarted replica takes over the name, and
+    with it the pending entries, of the one it replaces.
+    """
+    return f"{app_name}-{getattr(rank, 'rank', rank)}"
+
+
+@serve.deployment(name="JobConsumer")
+class JobConsumer:
+    """Pulls jobs from Redis, runs them on LoRAModel, stores their results.
+
+    The loop runs in the background, not as a Serve request: ``check_health`` reports it
+    dead, and shutdown gives in-flight jobs the graceful timeout to finish.
+    """
+
+    def __init__(self, model: DeploymentHandle[Any], settings: WorkerSettings) -> None:
+        # Serve runs the constructor on the replica's event loop: the loop can start here.
+        context = serve.get_replica_context()
+        self.settings = settings
+        self.name = consumer_name(settings.app_name, context.rank)
+        self.client = aioredis.Redis.from_url(
+            settings.effective_redis_url,
+            socket_connect_timeout=settings.connect_timeout_s,
+            health_check_interval=30,
+        )
+        store = JobStore(self.client, Keys(settings.prefix), events_maxlen=settings.events_maxlen)
+        dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
+        runner = JobRunner(store, dispatcher, settings, self.name)
+        self.consumer = QueueConsumer(store, runner, settings, self.name)
+        self.consumer.start()
+        log.info("consumer %s reading %s", self.name, store.keys.jobs)
+
+    def check_health(self) -> None:
+        """Raise when the consumer loop has died (Serve then replaces the replica)."""
+        self.consumer.raise_if_dead()
+
+    async def stats(self) -> dict[str, Any]:
+        """This consumer's name and counters."""
+        return {"consumer": self.name, **self.consumer.stats()}
+
+    async def __del__(self) -> None:
+        timeout_s = max(0.0, self.settings.graceful_shutdown_timeout_s - SHUTDOWN_MARGIN_S)
+        await self.consumer.stop(timeout_s)
+        await self.client.aclose()

@@ -1,0 +1,45 @@
+"""How a consumer reaches the LoRAModel deployment: a streaming handle call per job."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
+
+
+class ServeDispatcher:
+    """Sends each request to LoRAModel, the adapter as Serve's multiplexed model id.
+
+    The model id is what lets Serve's router prefer a replica that has the adapter warm;
+    base-model requests carry none and are balanced over all replicas. With
+    ``affinity=False`` no request carries one (the baseline the affinity test compares).
+    """
+
+    def __init__(self, handle: DeploymentHandle[Any], *, affinity: bool = True) -> None:
+        self.handle = handle
+        self.affinity = affinity
+
+    def _handle_for(self, request: GenerationRequest) -> DeploymentHandle[Any]:
+        if self.affinity and request.adapter:
+            return self.handle.options(stream=True, multiplexed_model_id=request.adapter)
+        return self.handle.options(stream=True)
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text chunks while ``request`` generates, then its output."""
+        response: DeploymentResponseGenerator[Any] = self._handle_for(request).stream.remote(
+            request
+        )  # type: ignore[assignment]
+        finished = False
+        try:
+            async for item in response:
+                yield item
+            finished = True
+        finally:
+            if not finished:
+                # Stops the generation on the replica when this job is cancelled.
+                response.cancel()  # type: ignore[no-untyped-call]
