@@ -1,0 +1,103 @@
+"""Adapter names → folders: the only place that turns a request's name into a path.
+
+Sources: the static map (``LORAQ_ADAPTERS``), a scan of ``LORAQ_ADAPTER_DIR`` (one
+sub-folder with ``adapter_config.json`` per adapter), and run-time registrations. The
+configured roots are the scanned folder and the statically mapped folders; a folder
+outside them (after resolving symlinks) is refused, so a client's name can never make
+the worker open an arbitrary path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+
+from schemas import ErrorType
+from schemas.jobs import ADAPTER_NAME_PATTERN
+from workers.engine.requests import EngineError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+_NAME = re.compile(ADAPTER_NAME_PATTERN)
+
+
+def check_name(name: str) -> None:
+    """Raise a ``validation`` error unless ``name`` is a well-formed adapter name."""
+    if not _NAME.fullmatch(name):
+        raise EngineError(
+            ErrorType.VALIDATION,
+            f"adapter name {name!r} is invalid: use 1-128 of [A-Za-z0-9._-], starting with a "
+            "letter or digit (no path separators, no '..')",
+        )
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+class AdapterRegistry:
+    """Thread-safe map of adapter names to folders under the configured roots."""
+
+    def __init__(self, static: dict[str, str], adapter_dir: str | None) -> None:
+        self._lock = threading.Lock()
+        self._dir = Path(adapter_dir).resolve() if adapter_dir else None
+        self._roots: list[Path] = [self._dir] if self._dir else []
+        self._folders: dict[str, Path] = {}
+        self._scan()
+        for name, folder in static.items():
+            resolved = Path(folder).resolve()
+            self._roots.append(resolved)
+            self.add(name, str(resolved))
+
+    @property
+    def roots(self) -> list[Path]:
+        """Folders that registered adapters must live in."""
+        return list(self._roots)
+
+    def names(self) -> list[str]:
+        """Registered adapter names, sorted."""
+        with self._lock:
+            return sorted(self._folders)
+
+    def add(self, name: str, folder: str) -> None:
+        """Register (or re-point) ``name``; the folder must lie under a configured root."""
+        check_name(name)
+        resolved = Path(folder).resolve()
+        if not any(_is_within(resolved, root) for root in self._roots):
+            raise EngineError(
+                ErrorType.VALIDATION,
+                f"adapter folder {folder!r} is outside the configured adapter roots",
+            )
+        with self._lock:
+            self._folders[name] = resolved
+
+    def resolve(self, name: str) -> Path:
+        """The folder of ``name``; ``unknown_adapter`` when it is not registered.
+
+        A folder dropped into the scanned directory after start is found here too.
+        """
+        check_name(name)
+        with self._lock:
+            folder = self._folders.get(name)
+        if folder is None and self._dir is not None:
+            candidate = self._dir / name
+            if (candidate / CONFIG_FILE).is_file():
+                self.add(name, str(candidate))
+                folder = candidate.resolve()
+        if folder is None:
+            raise EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
+        return folder
+
+    def _scan(self) -> None:
+        if self._dir is None or not self._dir.is_dir():
+            return
+        for child in sorted(self._dir.iterdir()):
+            if not (child / CONFIG_FILE).is_file():
+                continue
+            if not _NAME.fullmatch(child.name):
+                log.warning("skipping adapter folder %s: not a valid adapter name", child)
+                continue
+            self._folders[child.name] = child.resolve()
