@@ -48,6 +48,7 @@ class GenerationOutput:
     adapter: str | None
     generation_ms: float = 0.0
     replica: str | None = None
+    token_ids: list[int] = field(default_factory=list)
 
 
 class EngineError(Exception):

@@ -1,0 +1,249 @@
+"""The engine: one base model, many adapters, mixed-adapter batches, for asyncio callers.
+
+Threads: the caller's event loop only validates, waits and hands results out; one model
+thread (:class:`ModelWorker`) owns the model and runs adapter loads and decode steps; one
+tokenizer thread encodes prompts. Rows report back with ``call_soon_threadsafe``, so the
+engine serves any event loop, one after another (a Serve replica has one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from schemas import ErrorType
+from workers.adapters.cache import AdapterCachePolicy
+from workers.adapters.manager import AdapterManager
+from workers.adapters.registry import AdapterRegistry
+from workers.adapters.validation import base_module_shapes, validate_adapter
+from workers.engine.batcher import Batcher
+from workers.engine.decode import DecodeBatch, FinishReason, Row
+from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
+from workers.engine.model_loader import LoadedModel, load_model
+from workers.engine.prompts import encode_request
+from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.engine.sampling import RowSampler
+from workers.engine.stats import PassStats
+from workers.engine.stopping import TextTracker
+from workers.engine.worker import ModelWorker
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Event = TextDelta | GenerationOutput | EngineError
+Update = TextDelta | GenerationOutput
+
+
+class Engine:
+    """Generates text for requests of any adapter, batching them into shared passes."""
+
+    def __init__(self, settings: WorkerSettings, loaded: LoadedModel) -> None:
+        self._settings = settings
+        self._tokenizer = loaded.tokenizer
+        self._device = loaded.device
+        # Module shapes of the bare base model, before PEFT wraps any layer.
+        shapes = base_module_shapes(loaded.model)
+        self._model = MultiLoraModel(loaded.model)
+        self._stats = PassStats()
+        batch = DecodeBatch(
+            self._model, self._tokenizer, device=self._device, on_pass=self._stats.record_pass
+        )
+        batcher: Batcher[Row] = Batcher(
+            max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms
+        )
+        self._worker = ModelWorker(batch, batcher)
+        self._registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
+        self._adapters = AdapterManager(
+            registry=self._registry,
+            policy=AdapterCachePolicy(settings.max_adapters_per_replica),
+            validate=functools.partial(
+                validate_adapter, shapes=shapes, max_rank=settings.max_lora_rank
+            ),
+            device=self._model,
+            run_on_model=self._worker.call,
+        )
+        # One thread, so that encodes never overlap on the tokenizer.
+        self._tokenize = concurrent.futures.ThreadPoolExecutor(1, "loraq-tokenize")
+        self._rows_lock = threading.Lock()
+        self._rows: dict[str, list[Row]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings | None = None) -> Engine:
+        """Load the base model and tokenizer that ``settings`` name (default: the demo kit)."""
+        settings = settings or WorkerSettings()
+        return cls(settings, load_model(settings))
+
+    @property
+    def tokenizer(self) -> object:
+        """The tokenizer the engine encodes prompts with."""
+        return self._tokenizer
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
+        async for event in self._events(request, stream=False):
+            if isinstance(event, GenerationOutput):
+                return event
+        raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text deltas of ``request`` as they are made, then its output, last."""
+        async for event in self._events(request, stream=True):
+            yield event
+
+    async def ensure_adapter(self, name: str) -> None:
+        """Make ``name`` warm on the device (validating it first if it is cold)."""
+        await self._adapters.acquire(name)
+        self._adapters.release(name)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop the rows of ``request_id`` at the next step; their output ends ``cancelled``."""
+        with self._rows_lock:
+            rows = self._rows.get(request_id, [])
+            for row in rows:
+                row.cancelled = True
+        return bool(rows)
+
+    def adapter_names(self) -> list[str]:
+        """Registered adapter names."""
+        return self._registry.names()
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapters on the device now, least recently used first."""
+        return self._adapters.loaded()
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Register ``name`` at run time; ``path`` must lie under a configured adapter root."""
+        self._registry.add(name, path)
+
+    def recent_passes(self) -> list[frozenset[str]]:
+        """The distinct adapters of each of the latest forward passes, oldest first."""
+        return list(self._stats.recent)
+
+    def stats(self) -> dict[str, float]:
+        """Counters of the decode loop and the adapter cache."""
+        counters = self._adapters.policy.counters
+        with self._rows_lock:
+            in_flight = sum(len(rows) for rows in self._rows.values())
+        return {
+            **self._stats.as_dict(),
+            "rows_in_flight": in_flight,
+            "cache_hits": counters.hits,
+            "cache_loads": counters.loads,
+            "cache_load_failures": counters.load_failures,
+            "cache_evictions": counters.evictions,
+            "adapter_load_ms_total": self._adapters.load_ms_total,
+            "adapters_loaded": len(self._adapters.loaded()),
+            "adapters_registered": len(self._registry.names()),
+        }
+
+    async def close(self) -> None:
+        """Finish the rows in flight, then stop the model thread."""
+        await asyncio.to_thread(self._worker.close)
+        self._tokenize.shutdown(wait=False)
+
+    async def _events(self, request: GenerationRequest, *, stream: bool) -> AsyncIterator[Update]:
+        loop = asyncio.get_running_loop()
+        prompt_ids = await loop.run_in_executor(
+            self._tokenize,
+            functools.partial(
+                encode_request,
+                self._tokenizer,
+                request,
+                max_input_tokens=self._settings.max_input_tokens,
+                max_new_tokens=self._settings.max_new_tokens,
+            ),
+        )
+        sink = _RequestSink(self, loop, stream=stream)
+        row = Row(
+            prompt_ids=prompt_ids,
+            adapter=request.adapter or BASE_ADAPTER,
+            max_new_tokens=request.params.max_new_tokens,
+            sampler=RowSampler.create(request.params, self._device),
+            sink=sink,
+            text=TextTracker(request.params.stop),
+            request_id=request.request_id,
+        )
+        if request.adapter:
+            # Pinned from here until the row leaves the batch (released on the model thread).
+            await self._adapters.acquire(request.adapter)
+        self._track(row)
+        self._worker.submit(row)
+        finished = False
+        try:
+            while not finished:
+                event = await sink.events.get()
+                if isinstance(event, EngineError):
+                    raise event
+                finished = isinstance(event, GenerationOutput)
+                yield event
+        finally:
+            # A caller that stops listening (or is cancelled) stops the row's compute.
+            row.cancelled = not finished or row.cancelled
+
+    def _track(self, row: Row) -> None:
+        if row.request_id is not None:
+            with self._rows_lock:
+                self._rows.setdefault(row.request_id, []).append(row)
+
+    def _row_done(self, row: Row) -> None:
+        """Model thread: the row has left; unpin its adapter and forget it."""
+        if row.adapter != BASE_ADAPTER:
+            self._adapters.release(row.adapter)
+        self._stats.rows += 1
+        self._stats.tokens_generated += len(row.tokens)
+        if row.request_id is not None:
+            with self._rows_lock:
+                rows = self._rows.get(row.request_id, [])
+                if row in rows:
+                    rows.remove(row)
+                if not rows:
+                    self._rows.pop(row.request_id, None)
+
+
+class _RequestSink:
+    """Carries one row's events from the model thread to its caller's event loop."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, *, stream: bool) -> None:
+        self._engine = engine
+        self._loop = loop
+        self._stream = stream
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def delta(self, text: str) -> None:
+        if self._stream and text:
+            self._post(TextDelta(text))
+
+    def finish(self, row: Row, reason: FinishReason) -> None:
+        self.delta(row.text.flush())
+        self._engine._row_done(row)
+        adapter = None if row.adapter == BASE_ADAPTER else row.adapter
+        self._post(
+            GenerationOutput(
+                text=row.text.text,
+                finish_reason=reason,
+                prompt_tokens=len(row.prompt_ids),
+                completion_tokens=len(row.tokens),
+                adapter=adapter,
+                generation_ms=(time.perf_counter() - row.started) * 1000,
+                token_ids=list(row.tokens),
+            )
+        )
+
+    def fail(self, row: Row, error: Exception) -> None:
+        self._engine._row_done(row)
+        if not isinstance(error, EngineError):
+            error = EngineError(ErrorType.INTERNAL, str(error))
+        self._post(error)
+
+    def _post(self, event: Event) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the caller's loop is gone; nobody is listening
+            log.debug("dropped an event for a closed event loop")

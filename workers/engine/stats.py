@@ -1,0 +1,46 @@
+"""Counters of the decode loop: forward passes, the adapters they held, tokens."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from workers.engine.lora_model import BASE_ADAPTER
+
+
+@dataclass
+class PassStats:
+    """Written by the model thread only; read from anywhere (plain int/float fields)."""
+
+    forward_passes: int = 0
+    multi_adapter_passes: int = 0
+    max_adapters_in_pass: int = 0
+    max_rows_in_pass: int = 0
+    row_steps: int = 0
+    rows: int = 0
+    tokens_generated: int = 0
+    # The distinct adapters of the latest passes, for tests and debugging.
+    recent: deque[frozenset[str]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def record_pass(self, adapters: Sequence[str]) -> None:
+        """One forward pass ran with these per-row adapter names."""
+        distinct = frozenset(adapters) - {BASE_ADAPTER}
+        self.forward_passes += 1
+        self.row_steps += len(adapters)
+        self.multi_adapter_passes += len(distinct) > 1
+        self.max_adapters_in_pass = max(self.max_adapters_in_pass, len(distinct))
+        self.max_rows_in_pass = max(self.max_rows_in_pass, len(adapters))
+        self.recent.append(distinct)
+
+    def as_dict(self) -> dict[str, float]:
+        """The counters as numbers."""
+        return {
+            "forward_passes": self.forward_passes,
+            "multi_adapter_passes": self.multi_adapter_passes,
+            "max_adapters_in_pass": self.max_adapters_in_pass,
+            "max_rows_in_pass": self.max_rows_in_pass,
+            "row_steps": self.row_steps,
+            "rows": self.rows,
+            "tokens_generated": self.tokens_generated,
+        }
