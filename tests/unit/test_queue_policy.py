@@ -82,10 +82,9 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
-def failure(caused_by_job: bool, attempts: int) -> policy.Retry | policy.GiveUp:
+def failure(error_type: ErrorType, attempts: int) -> policy.Retry | policy.GiveUp:
     return policy.after_failure(
-        caused_by_job=caused_by_job,
-        error_type=ErrorType.UNKNOWN_ADAPTER if caused_by_job else ErrorType.INTERNAL,
+        error_type=error_type,
         message="boom",
         attempts=attempts,
         max_attempts=3,
@@ -94,14 +93,16 @@ def failure(caused_by_job: bool, attempts: int) -> policy.Retry | policy.GiveUp:
     )
 
 
-def test_failures_the_job_caused_are_final_at_once() -> None:
-    assert failure(True, 1) == policy.GiveUp(ErrorType.UNKNOWN_ADAPTER, "boom")
+@pytest.mark.parametrize("error_type", sorted(policy.JOB_CAUSED))
+def test_failures_the_job_caused_are_final_at_once(error_type: ErrorType) -> None:
+    assert failure(error_type, 1) == policy.GiveUp(error_type, "boom")
 
 
-def test_other_failures_retry_until_attempts_are_exhausted() -> None:
-    assert failure(False, 1) == policy.Retry(0.5)
-    assert failure(False, 2) == policy.Retry(1.0)
-    given_up = failure(False, 3)
+@pytest.mark.parametrize("error_type", [ErrorType.INTERNAL, ErrorType.TIMEOUT])
+def test_other_failures_retry_until_attempts_are_exhausted(error_type: ErrorType) -> None:
+    assert failure(error_type, 1) == policy.Retry(0.5)
+    assert failure(error_type, 2) == policy.Retry(1.0)
+    given_up = failure(error_type, 3)
     assert isinstance(given_up, policy.GiveUp)
     assert given_up.type is ErrorType.ATTEMPTS_EXHAUSTED
     assert "3 attempts" in given_up.message and "boom" in given_up.message

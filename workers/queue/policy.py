@@ -101,9 +101,14 @@ def retry_delay_s(attempts: int, base_s: float, cap_s: float) -> float:
     return float(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
 
 
+# Failures the job itself caused: running it again gives the same answer.
+JOB_CAUSED = frozenset(
+    {ErrorType.VALIDATION, ErrorType.UNKNOWN_ADAPTER, ErrorType.INCOMPATIBLE_ADAPTER}
+)
+
+
 def after_failure(
     *,
-    caused_by_job: bool,
     error_type: ErrorType,
     message: str,
     attempts: int,
@@ -117,7 +122,7 @@ def after_failure(
     once; others (a replica died, the device ran out of memory) are retried with backoff
     until the job has been started ``max_attempts`` times.
     """
-    if caused_by_job:
+    if error_type in JOB_CAUSED:
         return GiveUp(error_type, message)
     if attempts < max_attempts:
         return Retry(retry_delay_s(attempts, base_s, cap_s))

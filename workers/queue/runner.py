@@ -170,7 +170,6 @@ class JobRunner:
         """End the job or set it up for another attempt; ``True`` to run it again."""
         known = engine_error(exc)
         plan = policy.after_failure(
-            caused_by_job=known is not None,
             error_type=known.type if known else ErrorType.INTERNAL,
             message=known.message if known else f"{type(exc).__name__}: {exc}",
             attempts=attempts,
