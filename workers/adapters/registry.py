@@ -97,7 +97,7 @@ class AdapterRegistry:
         for child in sorted(self._dir.iterdir()):
             if not (child / CONFIG_FILE).is_file():
                 continue
-            if not _NAME.fullmatch(child.name):
-                log.warning("skipping adapter folder %s: not a valid adapter name", child)
+            if not _NAME.fullmatch(child.name) or not _is_within(child.resolve(), self._dir):
+                log.warning("skipping adapter folder %s: bad name or outside the root", child)
                 continue
             self._folders[child.name] = child.resolve()

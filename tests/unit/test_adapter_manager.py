@@ -1,0 +1,160 @@
+"""The adapter manager's concurrency: one load per cold adapter, waits for a free slot.
+
+A fake device stands in for the model (this tests the glue's logic, not PEFT); loads run
+on one worker thread as they do in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from schemas import ErrorType
+from workers.adapters.cache import AdapterCachePolicy
+from workers.adapters.manager import AdapterManager
+from workers.adapters.registry import AdapterRegistry
+from workers.engine.requests import EngineError
+
+T = TypeVar("T")
+
+
+class FakeDevice:
+    def __init__(self, load_s: float = 0.05, broken: frozenset[str] = frozenset()) -> None:
+        self.load_s = load_s
+        self.broken = broken
+        self.on_device: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    def add(self, name: str, folder: Path) -> None:
+        self.calls.append(("add", name))
+        time.sleep(self.load_s)
+        if name in self.broken:
+            raise RuntimeError("size mismatch")
+        self.on_device.add(name)
+
+    def remove(self, name: str) -> None:
+        self.calls.append(("remove", name))
+        self.on_device.discard(name)
+
+
+@pytest.fixture
+def model_thread() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def make(
+    tmp_path: Path,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    device: FakeDevice,
+    capacity: int = 2,
+    validate: Callable[[Path], None] = lambda folder: None,
+) -> AdapterManager:
+    for name in "abcde":
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+
+    def run_on_model(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        return pool.submit(fn)
+
+    return AdapterManager(
+        registry=AdapterRegistry({}, str(tmp_path)),
+        policy=AdapterCachePolicy(capacity),
+        validate=validate,
+        device=device,
+        run_on_model=run_on_model,
+    )
+
+
+async def test_concurrent_requests_for_a_cold_adapter_load_it_once(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    device = FakeDevice()
+    manager = make(tmp_path, model_thread, device)
+    await asyncio.gather(*[manager.acquire("a") for _ in range(8)])
+    assert device.calls == [("add", "a")]
+    assert manager.policy.pin_count("a") == 8
+    for _ in range(8):
+        manager.release("a")
+    assert manager.policy.pin_count("a") == 0
+
+
+async def test_a_pinned_adapter_stays_while_others_wait_for_a_slot(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    device = FakeDevice()
+    manager = make(tmp_path, model_thread, device, capacity=1)
+    await manager.acquire("a")
+    waiting = asyncio.create_task(manager.acquire("b"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done() and device.on_device == {"a"}
+    manager.release("a")
+    await asyncio.wait_for(waiting, 5)
+    assert device.on_device == {"b"}
+    assert device.calls == [("add", "a"), ("remove", "a"), ("add", "b")]
+    assert manager.policy.counters.evictions == 1
+
+
+async def test_a_failed_load_fails_every_waiter_and_frees_the_slot(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    device = FakeDevice(broken=frozenset({"c"}))
+    manager = make(tmp_path, model_thread, device, capacity=1)
+    results = await asyncio.gather(
+        *[manager.acquire("c") for _ in range(3)], return_exceptions=True
+    )
+    assert all(
+        isinstance(r, EngineError) and r.type is ErrorType.INCOMPATIBLE_ADAPTER for r in results
+    )
+    assert manager.policy.state("c") is None and manager.policy.pin_count("c") == 0
+    await manager.acquire("a")
+    assert manager.loaded() == ["a"]
+
+
+async def test_validation_failure_evicts_nothing(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    def validate(folder: Path) -> None:
+        if folder.name == "d":
+            raise EngineError(ErrorType.INCOMPATIBLE_ADAPTER, "rank over max")
+
+    device = FakeDevice()
+    manager = make(tmp_path, model_thread, device, capacity=1, validate=validate)
+    await manager.acquire("a")
+    manager.release("a")
+    with pytest.raises(EngineError):
+        await manager.acquire("d")
+    assert device.calls == [("add", "a")]
+
+
+async def test_a_cancelled_waiter_leaves_no_pin_behind(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    device = FakeDevice(load_s=0.3)
+    manager = make(tmp_path, model_thread, device)
+    task = asyncio.create_task(manager.acquire("a"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)
+    assert manager.loaded() == ["a"] and manager.policy.pin_count("a") == 0
+
+
+async def test_release_from_another_thread_wakes_a_waiter(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    manager = make(tmp_path, model_thread, FakeDevice(load_s=0), capacity=1)
+    await manager.acquire("a")
+    waiting = asyncio.create_task(manager.acquire("b"))
+    await asyncio.sleep(0.05)
+    threading.Thread(target=manager.release, args=("a",)).start()
+    await asyncio.wait_for(waiting, 5)
+    assert manager.loaded() == ["b"]
