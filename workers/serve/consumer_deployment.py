@@ -31,7 +31,6 @@ def consumer_name(app_name: str, rank: Any) -> str:
     return f"{app_name}-{getattr(rank, 'rank', rank)}"
 
 
-@serve.deployment(name="JobConsumer")
 class JobConsumer:
     """Pulls jobs from Redis, runs them on LoRAModel, stores their results.
 

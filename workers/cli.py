@@ -1,0 +1,108 @@
+"""Worker verbs of the ``loraq`` command: ``serve`` and ``demo``.
+
+``producer.cli`` calls :func:`register` when the worker extra is installed, so that a
+producer-only install has a ``loraq`` command without Ray or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("loraq.serve")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``demo`` to the ``loraq`` parser."""
+    sub = subparsers.add_parser(
+        "serve",
+        help="Run the Serve application until Ctrl-C.",
+        description="Start (or join, with RAY_ADDRESS) Ray and serve the queue and the model. "
+        "Settings come from LORAQ_* variables and .env; with none at all it serves the "
+        "bundled demo kit against the local or an embedded Redis.",
+    )
+    _deployment_options(sub)
+    sub.add_argument("--dashboard", action="store_true", help="start Ray's dashboard too")
+    sub.set_defaults(func=run_serve, needs_producer=False)
+
+    sub = subparsers.add_parser(
+        "demo",
+        help="Serve the demo kit, run a job per adapter, print the results, stop.",
+        description="Starts everything on the demo kit, submits a job for every demo adapter "
+        "and the base model through the producer and one through plain redis-cli, waits, "
+        "prints a table, shuts down. Exit 0 when every job gave its adapter's output.",
+    )
+    _deployment_options(sub)
+    sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for jobs")
+    sub.set_defaults(func=run_demo, needs_producer=False)
+
+
+def _deployment_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--num-model-replicas", type=int, help="LoRAModel replicas")
+    sub.add_argument("--num-consumer-replicas", type=int, help="JobConsumer replicas")
+    sub.add_argument("--http-host", help="Serve HTTP host (default 127.0.0.1)")
+    sub.add_argument("--http-port", type=int, help="Serve HTTP port (default 8000)")
+
+
+def settings_from(args: argparse.Namespace, **defaults: Any) -> WorkerSettings:
+    """Worker settings: ``defaults``, then LORAQ_* and .env, then the command line."""
+    names = ("redis_url", "prefix", "num_model_replicas", "num_consumer_replicas")
+    overrides = {
+        name: getattr(args, name)
+        for name in (*names, "http_host", "http_port")
+        if getattr(args, name, None) is not None
+    }
+    env_set = WorkerSettings().model_fields_set
+    base = {name: value for name, value in defaults.items() if name not in env_set}
+    return WorkerSettings(**{**base, **overrides})
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("loraq", "workers", "producer"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``loraq serve``: deploy, log where everything is, wait for a signal, shut down."""
+    from workers.serve import launch
+
+    _configure_logging()
+    settings = settings_from(args)
+    running = launch.deploy(settings, dashboard=args.dashboard)
+    for line in running.notes:
+        log.info("%s", line)
+    log.info("serving; Ctrl-C or SIGTERM stops")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop.wait()
+        log.info("shutting down: in-flight jobs get %.0fs", settings.graceful_shutdown_timeout_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        launch.shutdown(running)
+    log.info("stopped")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``loraq demo``: see :mod:`workers.demo_command`."""
+    from workers.demo_command import run
+
+    return run(args)

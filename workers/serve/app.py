@@ -1,0 +1,49 @@
+"""The Serve application, built from one settings object.
+
+``build_app`` is what ``loraq serve`` runs; ``app_builder`` is the same for Serve's own
+tools: ``serve run workers.serve.app:app_builder`` or ``serve deploy serve_config.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from workers.serve.consumer_deployment import JobConsumer
+from workers.serve.model_deployment import LoRAModel
+from workers.settings import WorkerSettings
+
+MODEL_DEPLOYMENT = "LoRAModel"
+CONSUMER_DEPLOYMENT = "JobConsumer"
+
+
+def build_app(settings: WorkerSettings) -> Application:
+    """The LoRAModel replicas and the JobConsumer replicas that feed them from Redis."""
+    model = serve.deployment(
+        name=MODEL_DEPLOYMENT,
+        num_replicas=settings.num_model_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": settings.model_num_cpus,
+            "num_gpus": settings.model_num_gpus,
+        },
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+    )(LoRAModel)
+    consumer = serve.deployment(
+        name=CONSUMER_DEPLOYMENT,
+        num_replicas=settings.num_consumer_replicas,
+        ray_actor_options={"num_cpus": settings.consumer_num_cpus},
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+    )(JobConsumer)
+    return consumer.bind(model.bind(settings), settings)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve's app-builder entry point: settings from ``LORAQ_*`` and ``.env``, then ``args``.
+
+    ``args`` are the ``args:`` of a Serve config file or ``key=value`` pairs of
+    ``serve run``, named like the settings (``num_model_replicas: 2``).
+    """
+    return build_app(WorkerSettings(**args))

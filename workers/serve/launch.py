@@ -1,0 +1,120 @@
+"""Start (or join) Ray, deploy the application, and take it all down again.
+
+Used by ``loraq serve``, ``loraq demo``, the end-to-end tests and the benchmarks, so that
+they all run the application the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from producer.embedded import EmbeddedRedis, resolve_redis_url
+from producer.errors import mask_url
+from producer.settings import DEFAULT_REDIS_URL
+from workers.adapters.registry import AdapterRegistry
+from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """A deployed application and what was started for it."""
+
+    settings: WorkerSettings
+    started_ray: bool
+    embedded_redis: EmbeddedRedis | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> DeploymentHandle[Any]:
+        """A handle to the LoRAModel deployment."""
+        return serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.settings.app_name)
+
+    @property
+    def consumer(self) -> DeploymentHandle[Any]:
+        """A handle to the JobConsumer deployment."""
+        return serve.get_deployment_handle(CONSUMER_DEPLOYMENT, app_name=self.settings.app_name)
+
+
+def cpus_needed(settings: WorkerSettings) -> float:
+    """Ray CPUs the application asks for."""
+    return (
+        settings.model_num_cpus * settings.num_model_replicas
+        + settings.consumer_num_cpus * settings.num_consumer_replicas
+    )
+
+
+def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
+    """Join the cluster at ``RAY_ADDRESS``, or start a local one; ``True`` if started here.
+
+    A local Ray gets at least as many logical CPUs as the application asks for: on a
+    small machine fractional replicas share the cores rather than wait for them.
+    """
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(settings)))
+    ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
+    return True
+
+
+def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
+    """Start what is missing (Redis, Ray) and deploy the application; returns once ready."""
+    redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
+    settings = settings.model_copy(update={"redis_url": redis_url})
+    running = Running(settings, started_ray=False, embedded_redis=embedded)
+    try:
+        running.started_ray = start_ray(settings, dashboard=dashboard)
+        serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+        serve.run(build_app(settings), name=settings.app_name, route_prefix=None)
+    except BaseException:
+        shutdown(running)
+        raise
+    running.notes = describe(running)
+    return running
+
+
+def describe(running: Running) -> list[str]:
+    """Where everything is, one line each, for the log (passwords masked)."""
+    settings = running.settings
+    registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
+    where = "embedded server" if running.embedded_redis else "external server"
+    return [
+        f"redis: {mask_url(settings.effective_redis_url)} ({where}), prefix {settings.prefix!r}",
+        f"queue: XADD {settings.prefix}:jobs * job '<json>'",
+        f"http: http://{settings.http_host}:{settings.http_port}",
+        f"ray: {'local cluster' if running.started_ray else 'joined ' + _ray_address()}",
+        f"model: {settings.model} on {settings.num_model_replicas} replica(s), "
+        f"{settings.num_consumer_replicas} consumer(s)",
+        f"adapters: {', '.join(registry.names()) or '(none)'}",
+    ]
+
+
+def _ray_address() -> str:
+    return os.environ.get("RAY_ADDRESS") or "running cluster"
+
+
+def shutdown(running: Running) -> None:
+    """Remove the application; stop Ray and the embedded Redis if they were started here."""
+    try:
+        if running.started_ray:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
+        elif ray.is_initialized():
+            serve.delete(running.settings.app_name)
+    finally:
+        if running.embedded_redis is not None:
+            running.embedded_redis.stop()

@@ -1,0 +1,101 @@
+"""LoRAModel: one base model and its adapters per replica, served through Ray Serve.
+
+A thin shell around :class:`workers.engine.engine.Engine`; the engine batches requests of
+different adapters into one forward pass and owns the adapter cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from schemas import ErrorType
+from workers.engine.engine import Engine
+from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.serve.chunks import ChunkBuffer
+from workers.settings import WorkerSettings
+
+
+class LoRAModel:
+    """Generation for any registered adapter (or the base model) on this replica.
+
+    Callers pass the adapter as ``multiplexed_model_id`` so that Serve's router sends
+    the request to a replica that has it warm. Serve's multiplexing keeps its own LRU of
+    model ids; here that LRU only tells the router what is warm. Its eviction unloads
+    nothing: the engine's cache decides, and never evicts an adapter a request still uses
+    (Serve's LRU does not know about requests in flight).
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.engine = Engine.from_settings(settings)
+        self.replica = serve.get_replica_context().replica_tag
+        self.routed_loads = 0
+
+        async def load(adapter: str) -> str:
+            # The returned name has no __del__: Serve's eviction of it is a no-op.
+            self.routed_loads += 1
+            await self.engine.ensure_adapter(adapter)
+            return adapter
+
+        self._load_adapter = serve.multiplexed(
+            max_num_models_per_replica=settings.max_adapters_per_replica
+        )(load)
+
+    async def _route(self, request: GenerationRequest) -> None:
+        """Register the request's multiplexed model id with Serve (loading it if cold)."""
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            return
+        if model_id != (request.adapter or ""):
+            raise EngineError(
+                ErrorType.VALIDATION,
+                f"multiplexed model id {model_id!r} differs from the request's adapter "
+                f"{request.adapter!r}",
+            )
+        await self._load_adapter(model_id)
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        """The finished generation of ``request``."""
+        await self._route(request)
+        output = await self.engine.generate(request)
+        output.replica = self.replica
+        return output
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text chunks of ``request`` as it generates, then its output (last)."""
+        await self._route(request)
+        chunks = ChunkBuffer(
+            interval_s=self.settings.stream_chunk_ms / 1000,
+            max_chars=self.settings.stream_chunk_chars,
+            now=time.monotonic(),
+        )
+        # Leaving this generator early (the caller went away) cancels the engine's row.
+        async for item in self.engine.stream(request):
+            if isinstance(item, GenerationOutput):
+                rest = chunks.flush()
+                if rest:
+                    yield TextDelta(rest)
+                item.replica = self.replica
+                yield item
+                return
+            chunk = chunks.add(item.text, time.monotonic())
+            if chunk:
+                yield TextDelta(chunk)
+
+    async def stats(self) -> dict[str, Any]:
+        """This replica's id, its warm adapters and the engine's counters."""
+        return {
+            "replica": self.replica,
+            "adapters": list(self.engine.loaded_adapters()),
+            "routed_loads": self.routed_loads,
+            **self.engine.stats(),
+        }
+
+    async def __del__(self) -> None:
+        await self.engine.close()
