@@ -31,6 +31,7 @@ class LlamaShape:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
+    initializer_range: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def build_llama(path: Path, *, shape: LlamaShape | None = None, seed: int = 0) -
         num_attention_heads=shape.num_attention_heads,
         num_key_value_heads=shape.num_key_value_heads,
         max_position_embeddings=shape.max_position_embeddings,
+        initializer_range=shape.initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
