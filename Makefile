@@ -31,7 +31,8 @@ demo: install
 	$(VENV)/bin/loraq demo
 
 bench: install
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	# As modules: run by path, bench/queue.py would shadow the standard library queue.
+	for b in bench/*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
 
 schemas: install
 	$(PY) -m schemas.export

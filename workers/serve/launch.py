@@ -6,6 +6,7 @@ they all run the application the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -44,6 +45,23 @@ class Running:
     def consumer(self) -> DeploymentHandle[Any]:
         """A handle to the JobConsumer deployment."""
         return serve.get_deployment_handle(CONSUMER_DEPLOYMENT, app_name=self.settings.app_name)
+
+
+async def replica_stats(
+    handle: DeploymentHandle[Any], replicas: int, *, rounds: int = 20
+) -> dict[str, dict[str, Any]]:
+    """``stats()`` of every replica behind ``handle``, by replica id.
+
+    Serve has no broadcast: concurrent calls spread over the replicas, and rounds go on
+    until ``replicas`` distinct ones have answered (or ``rounds`` are spent).
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        replies = await asyncio.gather(*(handle.stats.remote() for _ in range(2 * replicas)))
+        seen.update({reply["replica"]: reply for reply in replies})
+        if len(seen) >= replicas:
+            break
+    return seen
 
 
 def cpus_needed(settings: WorkerSettings) -> float:

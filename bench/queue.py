@@ -1,0 +1,334 @@
+"""The queue path against calling the LoRAModel handle directly: jobs/s and added latency.
+
+Both paths run the same jobs on the same deployed engine with the same number of jobs in
+flight (a closed loop of ``--concurrency`` clients): the direct path awaits
+``LoRAModel.generate`` through a Serve handle; the queue path submits each job to Redis
+with the producer and waits for its final status, so it pays for the stream, the
+consumer, the Lua scripts, the streamed chunks and the wait. A second pair of runs swaps
+the model for a no-op deployment, which shows the ceiling of the queue machinery itself.
+
+    python -m bench.queue [--jobs 300] [--concurrency 32]
+
+Writes bench/results/queue.{json,md,png}. (Run it with ``-m``: a script named queue.py
+run by path would shadow the standard library's ``queue`` module.)
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:
+    raise SystemExit("run as: python -m bench.queue  (see the module docstring)")
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import redis
+from ray import serve
+
+from demo.tasks import ADAPTER_RULES, heldout_inputs
+from producer import AsyncProducer
+from producer.embedded import resolve_redis_url
+from producer.settings import DEFAULT_REDIS_URL
+from schemas import GenerationParams, JobStatus
+from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
+from workers.serve import launch
+from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
+from workers.serve.consumer_deployment import JobConsumer
+from workers.settings import WorkerSettings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MAX_NEW_TOKENS = 24
+Job = tuple[str | None, str]
+
+
+@dataclass
+class Measure:
+    """One path's run: throughput and per-job latency (ms) percentiles."""
+
+    jobs: int
+    seconds: float
+    jobs_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+class NoopModel:
+    """A model deployment that answers at once: the queue's own ceiling."""
+
+    def __init__(self) -> None:
+        self.replica = serve.get_replica_context().replica_tag
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        text = request.prompt or ""
+        return GenerationOutput(
+            text, "stop", len(text), len(text), request.adapter, 0.0, self.replica
+        )
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        output = await self.generate(request)
+        yield TextDelta(output.text)
+        yield output
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def closed_loop(
+    jobs: list[Job], concurrency: int, run_one: Callable[[Job], Awaitable[None]]
+) -> Measure:
+    """Run ``jobs`` with ``concurrency`` of them in flight at any time."""
+    todo = iter(jobs)
+    latencies: list[float] = []
+
+    async def client() -> None:
+        for job in todo:
+            started = time.perf_counter()
+            await run_one(job)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Measure(
+        len(jobs),
+        seconds,
+        len(jobs) / seconds,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+    )
+
+
+def request_of(job: Job) -> GenerationRequest:
+    adapter, prompt = job
+    params = GenerationParams(max_new_tokens=MAX_NEW_TOKENS)
+    return GenerationRequest(adapter, prompt, params=params, request_id=uuid.uuid4().hex)
+
+
+async def direct(handle: Any, jobs: list[Job], concurrency: int, *, affinity: bool) -> Measure:
+    async def run_one(job: Job) -> None:
+        target = handle.options(multiplexed_model_id=job[0]) if affinity and job[0] else handle
+        await target.generate.remote(request_of(job))
+
+    return await closed_loop(jobs, concurrency, run_one)
+
+
+async def queued(settings: WorkerSettings, jobs: list[Job], concurrency: int) -> Measure:
+    producer = AsyncProducer.from_settings(settings)
+
+    async def run_one(job: Job) -> None:
+        job_id = await producer.submit(
+            job[1], adapter=job[0], params={"max_new_tokens": MAX_NEW_TOKENS}
+        )
+        record = await producer.wait(job_id, timeout=300)
+        if record.status is not JobStatus.SUCCEEDED:
+            raise RuntimeError(f"job {job_id} ended {record.status.value}: {record.error}")
+
+    try:
+        return await closed_loop(jobs, concurrency, run_one)
+    finally:
+        await producer.aclose()
+
+
+def deploy_noop(settings: WorkerSettings) -> None:
+    """The JobConsumer of the real app, in front of :class:`NoopModel`."""
+    model = serve.deployment(
+        name=MODEL_DEPLOYMENT,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.model_num_cpus},
+    )(NoopModel)
+    consumer = serve.deployment(
+        name=CONSUMER_DEPLOYMENT, ray_actor_options={"num_cpus": settings.consumer_num_cpus}
+    )(JobConsumer)
+    serve.run(consumer.bind(model.bind(), settings), name=settings.app_name, route_prefix=None)
+
+
+async def compare(
+    name: str, settings: WorkerSettings, jobs: list[Job], concurrency: int
+) -> dict[str, Any]:
+    """Warm both paths up, then measure direct and queued on the same deployment."""
+    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=settings.app_name)
+    warmup = jobs[: 2 * concurrency]
+    await direct(handle, warmup, concurrency, affinity=settings.affinity_routing)
+    await queued(settings, warmup, concurrency)
+    direct_run = await direct(handle, jobs, concurrency, affinity=settings.affinity_routing)
+    queue_run = await queued(settings, jobs, concurrency)
+    row = {
+        "engine": name,
+        "direct": asdict(direct_run),
+        "queue": asdict(queue_run),
+        "throughput_ratio": queue_run.jobs_per_s / direct_run.jobs_per_s,
+        "added_p50_ms": queue_run.p50_ms - direct_run.p50_ms,
+        "added_p99_ms": queue_run.p99_ms - direct_run.p99_ms,
+        "p50_ratio": queue_run.p50_ms / direct_run.p50_ms,
+        "p99_ratio": queue_run.p99_ms / direct_run.p99_ms,
+    }
+    print(
+        f"{name}: direct {direct_run.jobs_per_s:.1f} jobs/s, "
+        f"queue {queue_run.jobs_per_s:.1f} jobs/s, ratio {row['throughput_ratio']:.2f}"
+    )
+    return row
+
+
+def bench_settings(redis_url: str, app_name: str, concurrency: int, **extra: Any) -> WorkerSettings:
+    return WorkerSettings(
+        redis_url=redis_url,
+        prefix=f"loraqbench:{uuid.uuid4().hex[:10]}",
+        app_name=app_name,
+        num_model_replicas=1,
+        model_num_cpus=1.0,
+        consumer_num_cpus=0.25,
+        max_in_flight=concurrency,
+        max_ongoing_requests=max(64, 2 * concurrency),
+        max_batch_size=16,
+        **extra,
+    )
+
+
+def clean(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
+    inputs = heldout_inputs()
+    adapters: list[str | None] = [*ADAPTER_RULES, None]
+    jobs: list[Job] = [
+        (adapters[i % len(adapters)], inputs[i % len(inputs)]) for i in range(args.jobs)
+    ]
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        settings = bench_settings(redis_url, "bench-engine", args.concurrency)
+        running = launch.deploy(settings)
+        try:
+            rows.append(asyncio.run(compare("demo model", settings, jobs, args.concurrency)))
+        finally:
+            launch.shutdown(running)
+            clean(redis_url, settings.prefix)
+        settings = bench_settings(
+            redis_url, "bench-noop", args.concurrency, affinity_routing=False, model_num_cpus=0.25
+        )
+        deploy_noop(settings)
+        try:
+            rows.append(asyncio.run(compare("no-op model", settings, jobs, args.concurrency)))
+        finally:
+            serve.delete(settings.app_name)
+            clean(redis_url, settings.prefix)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if embedded is not None:
+            embedded.stop()
+    return rows
+
+
+def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "cpus": os.cpu_count(),
+    }
+    (RESULTS / "queue.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    columns = {
+        "engine": lambda row: row["engine"],
+        "direct jobs/s": lambda row: f"{row['direct']['jobs_per_s']:.1f}",
+        "queue jobs/s": lambda row: f"{row['queue']['jobs_per_s']:.1f}",
+        "queue/direct": lambda row: f"{row['throughput_ratio']:.2f}",
+        "direct p50 ms": lambda row: f"{row['direct']['p50_ms']:.1f}",
+        "queue p50 ms": lambda row: f"{row['queue']['p50_ms']:.1f}",
+        "added p50 ms": lambda row: f"{row['added_p50_ms']:.1f}",
+        "direct p99 ms": lambda row: f"{row['direct']['p99_ms']:.1f}",
+        "queue p99 ms": lambda row: f"{row['queue']['p99_ms']:.1f}",
+        "added p99 ms": lambda row: f"{row['added_p99_ms']:.1f}",
+    }
+    lines = [
+        f"# Queue path vs direct handle ({args.jobs} jobs, {args.concurrency} in flight, "
+        f"{os.cpu_count()} CPUs, max_new_tokens {MAX_NEW_TOKENS})",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(row) for cell in columns.values()) + " |" for row in rows]
+    (RESULTS / "queue.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [row["engine"] for row in rows]
+    x = range(len(rows))
+    width = 0.38
+    left.bar(
+        [i - width / 2 for i in x],
+        [row["direct"]["jobs_per_s"] for row in rows],
+        width,
+        label="direct handle",
+    )
+    left.bar(
+        [i + width / 2 for i in x],
+        [row["queue"]["jobs_per_s"] for row in rows],
+        width,
+        label="through Redis",
+    )
+    left.set_xticks(list(x), names)
+    left.set_ylabel("jobs/s")
+    left.set_title("throughput")
+    left.legend()
+    for path, offset in (("direct", -width / 2), ("queue", width / 2)):
+        right.bar(
+            [i + offset for i in x],
+            [row[path]["p50_ms"] for row in rows],
+            width,
+            label=f"{path} p50",
+        )
+        right.scatter(
+            [i + offset for i in x],
+            [row[path]["p99_ms"] for row in rows],
+            marker="_",
+            s=400,
+            label=f"{path} p99",
+        )
+    right.set_xticks(list(x), names)
+    right.set_ylabel("latency per job, ms")
+    right.set_title("latency (bar p50, mark p99)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "queue.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    write(run(args), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""One Ray and one Serve application for the whole test run, on the demo kit.
+
+Starting Ray and deploying take tens of seconds on two cores, so every end-to-end test
+shares them: the session starts Ray once, deploys the app once under a key prefix of its
+own, and tears both down at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import ray
+import redis
+from ray import serve
+
+from producer import Producer
+from producer.embedded import free_port
+from schemas import FINAL_STATUSES, JobRecord, Keys, codec
+from tests.conftest import REPO
+from workers.serve import launch
+from workers.settings import WorkerSettings
+
+# The demo kit's outputs are one to three short words: a few tokens past them is enough.
+MAX_NEW_TOKENS = 24
+DEMO_KIT = REPO / "demo" / "model"
+
+
+@dataclass
+class LiveApp:
+    """The deployed application the tests share."""
+
+    running: launch.Running
+    redis_url: str
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self.running.settings
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.prefix)
+
+    def producer(self) -> Producer:
+        return Producer.from_settings(self.settings)
+
+    def model_stats(self) -> dict[str, dict[str, Any]]:
+        """Every LoRAModel replica's stats, by replica id."""
+        return asyncio.run(
+            launch.replica_stats(self.running.model, self.settings.num_model_replicas)
+        )
+
+
+def e2e_settings(redis_url: str, **overrides: Any) -> WorkerSettings:
+    """Settings sized for two cores; a fresh key prefix unless one is given."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "prefix": f"loraqtest:e2e{uuid.uuid4().hex[:10]}",
+        "app_name": "e2e",
+        "num_model_replicas": 2,
+        "max_adapters_per_replica": 2,
+        "model_num_cpus": 0.5,
+        "consumer_num_cpus": 0.1,
+        "max_batch_size": 16,
+        "max_in_flight": 32,
+        "stream_chunk_chars": 4,
+        "stream_chunk_ms": 20.0,
+        "graceful_shutdown_timeout_s": 10.0,
+        **overrides,
+    }
+    return WorkerSettings(**values)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[None]:
+    """A local Ray with Serve, for the whole run."""
+    if not (DEMO_KIT / "config.json").exists():
+        pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    yield
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_app(ray_serve: None, redis_url: str) -> Iterator[LiveApp]:
+    """The application on the demo kit: 2 model replicas with 2 adapter slots each."""
+    settings = e2e_settings(redis_url)
+    running = launch.deploy(settings)
+    yield LiveApp(running, redis_url)
+    launch.shutdown(running)
+    delete_prefix(redis_url, settings.prefix)
+
+
+def events_of(r: redis.Redis, keys: Keys, job_id: str) -> list[tuple[str, dict[str, str]]]:
+    """A job's events stream: (entry id, fields) in order."""
+    return [
+        (codec.as_text(entry_id), codec.decode_fields(fields))
+        for entry_id, fields in r.xrange(keys.job_events(job_id))
+    ]
+
+
+def assert_events_end_with_status(r: redis.Redis, keys: Keys, record: JobRecord) -> None:
+    """The events stream's last entry, and only that one, carries the final status."""
+    events = [fields for _, fields in events_of(r, keys, record.id)]
+    finals = [e for e in events if e["event"] == "status" and e["status"] in FINAL_VALUES]
+    assert finals == [events[-1]], f"{record.id}: {events}"
+    assert events[-1]["status"] == record.status.value
+
+
+FINAL_VALUES = {status.value for status in FINAL_STATUSES}

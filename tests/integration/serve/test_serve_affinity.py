@@ -1,0 +1,92 @@
+"""Adapter affinity: Serve's router sends a job to the replica that has its adapter warm.
+
+2 model replicas with room for 2 adapters each, 4 adapters, 200 jobs in random order,
+once with the adapter as multiplexed model id and once without it. The figure is the
+number of adapter loads (disk to device) the replicas did for the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
+from schemas import JobStatus
+from tests.integration.serve.conftest import (
+    MAX_NEW_TOKENS,
+    LiveApp,
+    delete_prefix,
+    e2e_settings,
+)
+from workers.serve import launch
+
+JOBS = 200
+# With affinity the ideal is one load per adapter (4 adapters fit the 2 x 2 slots); the
+# router's affinity is soft (a busy warm replica spills over), so allow a small multiple.
+MAX_LOADS_WITH_AFFINITY = 3 * len(ADAPTER_RULES)
+
+
+def loads(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {replica: int(s["cache_loads"]) for replica, s in stats.items()}
+
+
+def run_jobs(app: LiveApp, seed: int) -> dict[str, int]:
+    """Run the 200 jobs; the adapter loads each replica did meanwhile."""
+    rng = random.Random(seed)
+    inputs = heldout_inputs()
+    plan = [(rng.choice(list(ADAPTER_RULES)), rng.choice(inputs)) for _ in range(JOBS)]
+    before = loads(app.model_stats())
+    with app.producer() as producer:
+        ids = producer.submit_many(
+            [
+                {"adapter": a, "prompt": p, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+                for a, p in plan
+            ]
+        )
+        records = producer.wait_many(ids, timeout=240)
+    for job_id, (adapter, prompt) in zip(ids, plan, strict=True):
+        record = records[job_id]
+        assert record.status is JobStatus.SUCCEEDED, record
+        assert record.result is not None
+        assert record.result.text == expected_output(adapter, prompt)
+    after = loads(app.model_stats())
+    return {replica: count - before.get(replica, 0) for replica, count in after.items()}
+
+
+@contextmanager
+def fresh_app(shared: LiveApp, name: str, **overrides: Any) -> Iterator[LiveApp]:
+    """A second application next to the shared one, on new replicas and a prefix of its own."""
+    settings = e2e_settings(shared.redis_url, app_name=name, **overrides)
+    running = launch.deploy(settings)
+    try:
+        yield LiveApp(running, shared.redis_url)
+    finally:
+        launch.shutdown(running)
+        delete_prefix(shared.redis_url, settings.prefix)
+
+
+@contextmanager
+def cold_app(shared: LiveApp) -> Iterator[LiveApp]:
+    """The shared app while no replica has loaded an adapter yet, else a fresh one."""
+    if sum(loads(shared.model_stats()).values()) == 0:
+        yield shared
+        return
+    with fresh_app(shared, "e2e-affinity") as app:
+        yield app
+
+
+def test_affinity_routing_keeps_adapter_loads_near_one_per_adapter(live_app: LiveApp) -> None:
+    with cold_app(live_app) as app:
+        with_affinity = run_jobs(app, seed=11)
+    with fresh_app(live_app, "e2e-no-affinity", affinity_routing=False) as app:
+        without = run_jobs(app, seed=11)
+    total, total_without = sum(with_affinity.values()), sum(without.values())
+    print(
+        f"\nadapter loads for {JOBS} jobs, 4 adapters, 2 replicas x 2 slots:"
+        f"\n  with affinity (adapter as multiplexed model id): {total} {with_affinity}"
+        f"\n  without (model id left out):                    {total_without} {without}"
+    )
+    assert total <= MAX_LOADS_WITH_AFFINITY
+    assert total < total_without
