@@ -22,6 +22,10 @@ class MultiLoraModel:
     def __init__(self, base: PreTrainedModel) -> None:
         self.base = base
         self.peft: PeftModel | None = None
+        # Our names -> PEFT's. Adapter names may hold "." (no torch module name may) or
+        # be a substring of PEFT's "lora_" key prefix, so PEFT sees names of our own.
+        self._peft_names: dict[str, str] = {}
+        self._loads = 0
 
     @property
     def config(self) -> PretrainedConfig:
@@ -31,16 +35,20 @@ class MultiLoraModel:
 
     def names(self) -> list[str]:
         """Adapters on the device."""
-        return list(self.peft.peft_config) if self.peft is not None else []
+        return list(self._peft_names)
 
     def add(self, name: str, folder: Path) -> None:
         """Load the adapter in ``folder`` as ``name``."""
-        self.peft = load_adapter(self.peft or self.base, folder, name)
+        self._loads += 1
+        peft_name = f"adapter{self._loads}"
+        self.peft = load_adapter(self.peft or self.base, folder, peft_name)
+        self._peft_names[name] = peft_name
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
+        peft_name = self._peft_names.pop(name)
         if self.peft is not None:
-            delete_adapter(self.peft, name)
+            delete_adapter(self.peft, peft_name)
 
     @torch.inference_mode()
     def last_logits(
@@ -70,6 +78,10 @@ class MultiLoraModel:
             # behind by deleted adapters pass through.
             output = self.base(**kwargs)
         else:
-            output = self.peft(**kwargs, adapter_names=adapter_names)
+            peft_names = [
+                BASE_ADAPTER if name == BASE_ADAPTER else self._peft_names[name]
+                for name in adapter_names
+            ]
+            output = self.peft(**kwargs, adapter_names=peft_names)
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits

@@ -1,0 +1,88 @@
+"""Per-row sampling, stop strings, length limits and cancellation inside shared batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine_kit import request
+
+from workers.engine.engine import Engine
+from workers.engine.requests import TextDelta
+
+SAMPLED = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
+
+
+async def test_same_seed_same_text_alone_and_in_two_different_batches(engine: Engine) -> None:
+    job = request("b", "sample me please", 24, seed=1234, **SAMPLED)
+    alone = await engine.generate(job)
+    batch_one = await asyncio.gather(
+        engine.generate(request("a", "neighbour one", 24, seed=1, **SAMPLED)),
+        engine.generate(job),
+        engine.generate(request(None, "x", 10)),
+    )
+    batch_two = await asyncio.gather(
+        engine.generate(request("c", "another set of rows entirely", 30, seed=9, **SAMPLED)),
+        engine.generate(request("d", "q", 5)),
+        engine.generate(request("b", "sample me please", 24, seed=77, **SAMPLED)),
+        engine.generate(request("e", "ab", 24, temperature=0.7, seed=5)),
+        engine.generate(job),
+    )
+    assert batch_one[1].text == alone.text == batch_two[4].text
+    assert batch_one[1].token_ids == alone.token_ids == batch_two[4].token_ids
+    # A different seed samples differently: the seed is what pins the text.
+    assert batch_two[2].token_ids != alone.token_ids
+
+
+async def test_sampling_differs_from_greedy(engine: Engine) -> None:
+    greedy = await engine.generate(request("a", "hello", 24))
+    sampled = await engine.generate(request("a", "hello", 24, seed=3, temperature=1.5))
+    assert sampled.token_ids != greedy.token_ids
+
+
+async def test_a_stop_string_ends_the_row_before_it(engine: Engine) -> None:
+    free = await engine.generate(request("c", "stop test", 30))
+    assert len(free.text) > 6
+    stop = free.text[4:6]
+    stopped = await engine.generate(request("c", "stop test", 30, stop=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.find(stop)]
+    assert stop not in stopped.text
+
+
+async def test_each_row_keeps_its_own_length(engine: Engine) -> None:
+    outputs = await asyncio.gather(
+        *[engine.generate(request("a", "same prompt", n)) for n in (1, 5, 17)]
+    )
+    for n, output in zip((1, 5, 17), outputs, strict=True):
+        assert output.completion_tokens <= n
+        if output.finish_reason == "length":
+            assert output.completion_tokens == n
+    assert outputs[2].token_ids[:5] == outputs[1].token_ids
+
+
+async def test_cancel_stops_a_row_and_keeps_its_text(engine: Engine) -> None:
+    job = request("d", "cancel me", 48)
+    job.request_id = "cancel-1"
+    other = asyncio.create_task(engine.generate(request("e", "keep going", 20)))
+    seen = ""
+    async for event in engine.stream(job):
+        if isinstance(event, TextDelta):
+            seen += event.text
+            if len(seen) >= 3:
+                assert engine.cancel("cancel-1")
+        else:
+            output = event
+    assert output.finish_reason == "cancelled"
+    assert output.text.startswith(seen) and output.completion_tokens < 48
+    assert not engine.cancel("cancel-1")  # gone once finished
+    assert (await other).finish_reason in {"length", "stop"}
+
+
+async def test_a_listener_that_walks_away_frees_its_row(engine: Engine) -> None:
+    async for _event in engine.stream(request("a", "abandoned", 48)):
+        break
+    for _ in range(100):
+        if engine.stats()["rows_in_flight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.stats()["rows_in_flight"] == 0
