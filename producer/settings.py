@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.keys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_JOB_TTL_S = 7 * 86400
 
 
 class ClientSettings(BaseSettings):
@@ -19,9 +20,14 @@ class ClientSettings(BaseSettings):
         None, description=f"Redis URL; unset means {DEFAULT_REDIS_URL} or the embedded server."
     )
     prefix: str = Field(DEFAULT_PREFIX, min_length=1, description="Key prefix {P}.")
-    job_ttl_s: int = Field(7 * 86400, ge=60, description="TTL of a job record until it ends.")
+    job_ttl_s: int = Field(
+        DEFAULT_JOB_TTL_S, ge=60, description="TTL of a job record until it ends."
+    )
     result_ttl_s: int = Field(86400, ge=1, description="Default TTL of a record after the end.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Socket connect timeout.")
+    socket_timeout_s: float = Field(
+        10.0, gt=0, description="Socket read timeout; blocking reads stay below it."
+    )
     connect_retries: int = Field(3, ge=0, description="Retries of a failed connection.")
 
     @property

@@ -1,0 +1,244 @@
+"""The ``loraq`` command line: client verbs here, worker verbs from ``workers.cli`` if installed.
+
+A producer-only install (``pip install loraq``) has the client verbs; the worker extra
+adds ``serve``, ``demo`` and the rest through :func:`register_worker_verbs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from producer import verbs
+from producer.client import DEFAULT_CHUNK_SIZE, Producer
+from producer.errors import JobTimeoutError, JobValidationError, LoraqConnectionError
+from producer.settings import ClientSettings
+from schemas.jobs import GenerationParams
+
+log = logging.getLogger(__name__)
+
+EXIT_NO_REDIS = 3
+
+EPILOG = """\
+exit codes: 0 ok; 1 job failed, was cancelled or expired, or a wait timed out;
+2 invalid input; 3 Redis unreachable.
+environment: LORAQ_REDIS_URL (default redis://127.0.0.1:6379/0), LORAQ_PREFIX (default loraq).
+"""
+
+# Parameters whose value is a list: `--param stop=X` given twice collects both.
+_LIST_PARAMS = {
+    name for name, info in GenerationParams.model_fields.items() if info.default_factory is list
+}
+
+ClientVerb = Callable[[argparse.Namespace, Producer], int]
+
+
+class ParamAction(argparse.Action):
+    """Collects repeated ``--param key=value`` into a dict; values are JSON when they parse."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        params = dict(getattr(namespace, self.dest) or {})
+        try:
+            key, value = parse_param(str(values))
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        if key in _LIST_PARAMS and not isinstance(value, list):
+            value = [*params.get(key, []), value]
+        params[key] = value
+        setattr(namespace, self.dest, params)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value as JSON (``0.7``, ``true``, ``["x"]``), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected key=value, got {text!r}")
+    try:
+        return key, orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return key, raw
+
+
+def json_arg(text: str) -> Any:
+    """An argument holding JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    # Accepted before or after the verb; SUPPRESS keeps a value given before it.
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--redis-url", default=argparse.SUPPRESS, help="Redis URL")
+    parent.add_argument("--prefix", default=argparse.SUPPRESS, help="key prefix {P}")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``loraq`` parser, worker verbs included when the worker extra is installed."""
+    parser = argparse.ArgumentParser(
+        prog="loraq",
+        description="One LLM, many LoRA adapters, behind a Redis Streams job queue.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--redis-url", default=None, help="Redis URL (env LORAQ_REDIS_URL; default local)"
+    )
+    parser.add_argument("--prefix", default=None, help="key prefix {P} (env LORAQ_PREFIX)")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add_client_verbs(subparsers, _connection_options())
+    register_worker_verbs(subparsers)
+    return parser
+
+
+def _verb(
+    subparsers: Any, parent: argparse.ArgumentParser, name: str, run: ClientVerb, text: str
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=text, description=text, parents=[parent], epilog=EPILOG
+    )
+    sub.set_defaults(func=run, needs_producer=True)
+    return sub
+
+
+def _wait_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait (default: no limit)"
+    )
+    sub.add_argument(
+        "--follow", action="store_true", help="print text chunks as they are made, then the end"
+    )
+
+
+def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Register submit, submit-file, get, wait, cancel and stats."""
+    sub = _verb(subparsers, parent, "submit", verbs.submit, "Submit one job; print its id.")
+    sub.add_argument("prompt", nargs="?", help="the prompt (or give --messages-json)")
+    sub.add_argument("--adapter", help="adapter name (default: the base model)")
+    sub.add_argument(
+        "--param",
+        action=ParamAction,
+        default={},
+        metavar="KEY=VALUE",
+        help="generation parameter, repeatable: max_new_tokens=32 temperature=0.7 stop=END",
+    )
+    sub.add_argument(
+        "--messages-json", type=json_arg, help='chat messages: \'[{"role":"user","content":"hi"}]\''
+    )
+    sub.add_argument("--metadata-json", type=json_arg, help="JSON object echoed in the record")
+    sub.add_argument("--id", help="job id (default: a new unique id); an existing id is a no-op")
+    sub.add_argument("--result-ttl", type=int, help="seconds the record lives after the end")
+    sub.add_argument("--wait", action="store_true", help="wait and print the record as JSON")
+    _wait_options(sub)
+
+    sub = _verb(
+        subparsers,
+        parent,
+        "submit-file",
+        verbs.submit_file,
+        "Submit a JSON Lines file of jobs (one job object per line; '-' reads stdin). "
+        "Bad lines are reported with their number and skipped.",
+    )
+    sub.add_argument("path", help="jobs.jsonl, or - for stdin")
+    sub.add_argument("--wait", action="store_true", help="wait for all; write records as JSONL")
+    sub.add_argument("--out", help="where ids (or records with --wait) go; default stdout")
+    sub.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")
+    sub.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="jobs per round trip"
+    )
+
+    sub = _verb(subparsers, parent, "get", verbs.get, "Print a job's record as JSON.")
+    sub.add_argument("id")
+
+    sub = _verb(
+        subparsers, parent, "wait", verbs.wait, "Wait until a job ends; print its record as JSON."
+    )
+    sub.add_argument("id")
+    _wait_options(sub)
+
+    sub = _verb(subparsers, parent, "cancel", verbs.cancel, "Ask for a job to be cancelled.")
+    sub.add_argument("id")
+
+    sub = _verb(
+        subparsers,
+        parent,
+        "stats",
+        verbs.stats,
+        "Queue state: stream length, pending, consumers and idle time, lag, dead letters.",
+    )
+    sub.add_argument("--json", action="store_true", help="as one JSON object")
+
+
+def register_worker_verbs(subparsers: Any) -> None:
+    """Let ``workers.cli.register(subparsers)`` add its verbs, when the worker extra is in."""
+    try:
+        module = importlib.import_module("workers.cli")
+    except ImportError as exc:
+        log.debug("no worker verbs: %s", exc)
+        return
+    module.register(subparsers)
+
+
+def settings_from(args: argparse.Namespace) -> ClientSettings:
+    """Client settings from the environment, overridden by ``--redis-url`` / ``--prefix``."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("redis_url", "prefix")
+        if getattr(args, name, None) is not None
+    }
+    return ClientSettings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen verb; expected failures become one line on stderr and an exit code."""
+    if not getattr(args, "needs_producer", False):
+        code: int = args.func(args)
+        return code
+    try:
+        producer = Producer.from_settings(settings_from(args))
+    except ValueError as exc:  # pydantic's ValidationError, or a URL redis-py cannot parse
+        verbs.say(f"loraq: invalid settings: {exc}")
+        return verbs.EXIT_USAGE
+    try:
+        with producer:
+            code = args.func(args, producer)
+            return code
+    except JobValidationError as exc:
+        verbs.say(f"loraq: invalid job: {exc}")
+        return verbs.EXIT_USAGE
+    except JobTimeoutError as exc:
+        verbs.say(f"loraq: {exc}")
+        return verbs.EXIT_JOB_FAILED
+    except LoraqConnectionError as exc:
+        verbs.say(f"loraq: {exc} (set LORAQ_REDIS_URL or --redis-url, or start `loraq serve`)")
+        return EXIT_NO_REDIS
+    except OSError as exc:  # an unreadable jobs file, an unwritable --out
+        verbs.say(f"loraq: {exc}")
+        return verbs.EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``loraq`` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""``Producer`` (sync) and ``AsyncProducer`` (asyncio): submit jobs, read and wait for them.
+
+Both are thin: validation, script arguments and reply parsing live in
+:mod:`producer.submission`, :mod:`producer.following`, :mod:`producer.scripts` and
+:mod:`producer.stats`, shared by the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
+from typing_extensions import Self, Unpack
+
+from producer import connection
+from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of, mask_url
+from producer.following import EventFollower, block_slice_s, final_record, parse_record
+from producer.scripts import CANCEL, ENQUEUE, cancel_args, cancel_took_effect
+from producer.settings import DEFAULT_JOB_TTL_S, ClientSettings
+from producer.stats import QueueStats, parse_stats, queue_commands
+from producer.submission import (
+    EnqueueCall,
+    EnqueueOutcome,
+    JobFields,
+    JobInput,
+    build_job,
+    chunked,
+    enqueue_call,
+    prepare_job,
+    prepare_jobs,
+    sort_replies,
+)
+from schemas.jobs import Job
+from schemas.keys import DEFAULT_PREFIX, Keys
+from schemas.records import JobEvent, JobRecord
+
+DEFAULT_CHUNK_SIZE = 500
+
+ClientT = TypeVar("ClientT", redis.Redis, redis.asyncio.Redis)
+
+
+class _ProducerBase(Generic[ClientT]):
+    """State and pure steps shared by both producers."""
+
+    def __init__(
+        self,
+        client: ClientT,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        job_ttl_s: int = DEFAULT_JOB_TTL_S,
+    ) -> None:
+        kwargs = client.connection_pool.connection_kwargs
+        self.keys = Keys(prefix)
+        self.job_ttl_s = job_ttl_s
+        self._client: ClientT = client
+        self._url = endpoint_of(kwargs)
+        self._slice_s = block_slice_s(kwargs)
+        self._owns_client = False
+        self._enqueue: Script | AsyncScript = client.register_script(ENQUEUE)
+        self._cancel: Script | AsyncScript = client.register_script(CANCEL)
+
+    @property
+    def client(self) -> ClientT:
+        """The Redis client in use."""
+        return self._client
+
+    def _adopt(self, settings: ClientSettings) -> Self:
+        self._url = mask_url(settings.effective_redis_url)
+        self._owns_client = True
+        return self
+
+    def _errors(self) -> AbstractContextManager[None]:
+        return connection_errors(self._url)
+
+    @staticmethod
+    @contextmanager
+    def _refusals(call: EnqueueCall) -> Iterator[None]:
+        try:
+            yield
+        except redis.exceptions.ResponseError as exc:
+            raise SubmitError([], {call.job_id: str(exc)}) from exc
+
+    def _call(self, job: Job) -> EnqueueCall:
+        return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s)
+
+    def _cancel_keys(self, job_id: str) -> list[str]:
+        return [self.keys.job(job_id), self.keys.cancel(job_id)]
+
+    def _follower(self, job_ids: Iterable[str], timeout: float | None) -> EventFollower:
+        return EventFollower(self.keys, job_ids, timeout_s=timeout, slice_s=self._slice_s)
+
+    @staticmethod
+    def _result(outcome: EnqueueOutcome) -> list[str]:
+        if outcome.failed:
+            raise SubmitError(outcome.submitted, outcome.failed)
+        return outcome.submitted
+
+
+class Producer(_ProducerBase[redis.Redis]):
+    """Submits jobs to a loraq queue and reads their records, over a sync Redis client.
+
+    Build it from settings (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...) with
+    :meth:`from_settings`, or around a client of your own: ``Producer(client, prefix=...)``.
+    Redis that cannot be reached raises :class:`LoraqConnectionError` after the client's
+    retries.
+    """
+
+    _enqueue: Script
+    _cancel: Script
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings | None = None) -> Producer:
+        """A producer with its own client; :meth:`close` closes it."""
+        settings = settings or ClientSettings()
+        client = connection.sync_client(settings)
+        return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+
+    def submit(self, prompt: str | None = None, **fields: Unpack[JobFields]) -> str:
+        """Validate and enqueue one job; returns its id (assigned here when not given).
+
+        Keyword arguments are the :class:`~schemas.jobs.Job` fields: ``adapter``,
+        ``messages``, ``params`` (dict or ``GenerationParams``), ``id``, ``deadline``,
+        ``result_ttl``, ``metadata``. Invalid input raises :class:`JobValidationError`
+        (naming each field and bound) and writes nothing. Submitting an ``id`` that already
+        has a record enqueues nothing and returns that id: submission is idempotent, so a
+        retry after a lost reply never runs a job twice. A job Redis refuses (a key of
+        the wrong type at its place) raises :class:`SubmitError` and leaves nothing behind.
+        """
+        return self._submit(build_job(prompt, **fields))
+
+    def submit_job(self, job: Job) -> str:
+        """:meth:`submit` for a :class:`Job` model (validated again; an id assigned if none)."""
+        return self._submit(prepare_job(job))
+
+    def _submit(self, job: Job) -> str:
+        call = self._call(job)
+        with self._errors(), self._refusals(call):
+            self._enqueue(keys=call.keys, args=call.args)
+        return call.job_id
+
+    def submit_many(
+        self, jobs: Iterable[JobInput], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> list[str]:
+        """Enqueue many jobs (``Job`` models or dicts), one round trip per ``chunk_size``.
+
+        Every job is validated before anything is written (:class:`JobValidationError`
+        names the first bad one by index). Returns the ids in input order. Each job is
+        enqueued atomically on its own; jobs that Redis refused raise :class:`SubmitError`
+        at the end, listing which ids went in and which did not.
+        """
+        outcome = EnqueueOutcome()
+        for chunk in chunked([self._call(job) for job in prepare_jobs(jobs)], chunk_size):
+            outcome.extend(self._enqueue_chunk(chunk))
+        return self._result(outcome)
+
+    def _enqueue_chunk(self, calls: Sequence[EnqueueCall]) -> EnqueueOutcome:
+        with self._errors():
+            outcome = sort_replies(calls, self._pipeline_enqueue(calls))
+            if outcome.script_missing:
+                self._client.script_load(ENQUEUE)
+                outcome = sort_replies(calls, self._pipeline_enqueue(calls))
+        return outcome
+
+    def _pipeline_enqueue(self, calls: Sequence[EnqueueCall]) -> list[Any]:
+        # EVALSHA directly: a pipeline given the Script object would first ask
+        # SCRIPT EXISTS, a second round trip per chunk.
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._enqueue.sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, ``None`` when there is none (unknown id, expired, or not yet
+        taken by a worker when a plain client submitted it)."""
+        with self._errors():
+            return parse_record(job_id, self._client.hgetall(self.keys.job(job_id)))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Block until the job ends and return its record; :class:`JobTimeoutError` after
+        ``timeout`` seconds (``None``: no limit). A job that already ended returns at once."""
+        return self.wait_many([job_id], timeout)[job_id]
+
+    def wait_many(
+        self, job_ids: Iterable[str], timeout: float | None = None
+    ) -> dict[str, JobRecord]:
+        """Block until every job ends; their records by id. On timeout,
+        :class:`JobTimeoutError` lists the pending ids and carries the ended ones."""
+        done: dict[str, JobRecord] = {}
+        try:
+            for record in self.as_completed(job_ids, timeout):
+                done[record.id] = record
+        except JobTimeoutError as exc:
+            raise JobTimeoutError(exc.pending, done, cast(float, timeout)) from None
+        return done
+
+    def as_completed(
+        self, job_ids: Iterable[str], timeout: float | None = None
+    ) -> Iterator[JobRecord]:
+        """The records of the jobs, each as soon as it ends (all streams in one XREAD)."""
+        for events in self._follow(job_ids, timeout):
+            finals = {job_id: event for job_id, event in events if event.is_final}
+            if finals:
+                yield from self._final_records(finals)
+
+    def events(self, job_id: str, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's events from the first (status changes, text chunks) up to the final one."""
+        for events in self._follow([job_id], timeout):
+            for _, event in events:
+                yield event
+
+    def _follow(
+        self, job_ids: Iterable[str], timeout: float | None
+    ) -> Iterator[list[tuple[str, JobEvent]]]:
+        follower = self._follower(job_ids, timeout)
+        while (read := follower.next_read()) is not None:
+            with self._errors():
+                reply = self._client.xread(cast(Any, read.streams), block=read.block_ms)
+            yield follower.feed(reply)
+
+    def _final_records(self, finals: Mapping[str, JobEvent]) -> list[JobRecord]:
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in finals:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = pipe.execute()
+        return [final_record(i, f, e) for (i, e), f in zip(finals.items(), replies, strict=True)]
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask for the job to be cancelled; whether it exists and had not ended.
+
+        A queued job then ends ``cancelled`` without running; a running one stops at its
+        next decode step. The flag is set even when there is no record yet (a job from a
+        plain client that no worker has taken), only not when the job already ended.
+        """
+        with self._errors():
+            reply = self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(self.job_ttl_s))
+        return cancel_took_effect(reply)
+
+    def stats(self) -> QueueStats:
+        """Stream length, pending entries, consumers, lag and dead letters of the queue."""
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            queue_commands(pipe, self.keys)
+            return parse_stats(self.keys, pipe.execute(raise_on_error=False))
+
+    def close(self) -> None:
+        """Close the client if this producer made it."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
+    """:class:`Producer` for asyncio, over a ``redis.asyncio`` client; the same methods,
+    awaited (``events`` and ``as_completed`` are async iterators)."""
+
+    _enqueue: AsyncScript
+    _cancel: AsyncScript
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings | None = None) -> AsyncProducer:
+        """A producer with its own client; :meth:`aclose` closes it."""
+        settings = settings or ClientSettings()
+        client = connection.async_client(settings)
+        return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+
+    async def submit(self, prompt: str | None = None, **fields: Unpack[JobFields]) -> str:
+        """See :meth:`Producer.submit` (idempotent for an existing ``id``)."""
+        return await self._submit(build_job(prompt, **fields))
+
+    async def submit_job(self, job: Job) -> str:
+        """See :meth:`Producer.submit_job`."""
+        return await self._submit(prepare_job(job))
+
+    async def _submit(self, job: Job) -> str:
+        call = self._call(job)
+        with self._errors(), self._refusals(call):
+            await self._enqueue(keys=call.keys, args=call.args)
+        return call.job_id
+
+    async def submit_many(
+        self, jobs: Iterable[JobInput], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> list[str]:
+        """See :meth:`Producer.submit_many`."""
+        outcome = EnqueueOutcome()
+        for chunk in chunked([self._call(job) for job in prepare_jobs(jobs)], chunk_size):
+            outcome.extend(await self._enqueue_chunk(chunk))
+        return self._result(outcome)
+
+    async def _enqueue_chunk(self, calls: Sequence[EnqueueCall]) -> EnqueueOutcome:
+        with self._errors():
+            outcome = sort_replies(calls, await self._pipeline_enqueue(calls))
+            if outcome.script_missing:
+                await self._client.script_load(ENQUEUE)
+                outcome = sort_replies(calls, await self._pipeline_enqueue(calls))
+        return outcome
+
+    async def _pipeline_enqueue(self, calls: Sequence[EnqueueCall]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._enqueue.sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """See :meth:`Producer.get`."""
+        with self._errors():
+            return parse_record(job_id, await self._client.hgetall(self.keys.job(job_id)))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """See :meth:`Producer.wait`."""
+        return (await self.wait_many([job_id], timeout))[job_id]
+
+    async def wait_many(
+        self, job_ids: Iterable[str], timeout: float | None = None
+    ) -> dict[str, JobRecord]:
+        """See :meth:`Producer.wait_many`."""
+        done: dict[str, JobRecord] = {}
+        try:
+            async for record in self.as_completed(job_ids, timeout):
+                done[record.id] = record
+        except JobTimeoutError as exc:
+            raise JobTimeoutError(exc.pending, done, cast(float, timeout)) from None
+        return done
+
+    async def as_completed(
+        self, job_ids: Iterable[str], timeout: float | None = None
+    ) -> AsyncIterator[JobRecord]:
+        """See :meth:`Producer.as_completed`."""
+        async for events in self._follow(job_ids, timeout):
+            finals = {job_id: event for job_id, event in events if event.is_final}
+            if finals:
+                for record in await self._final_records(finals):
+                    yield record
+
+    async def events(self, job_id: str, timeout: float | None = None) -> AsyncIterator[JobEvent]:
+        """See :meth:`Producer.events`."""
+        async for events in self._follow([job_id], timeout):
+            for _, event in events:
+                yield event
+
+    async def _follow(
+        self, job_ids: Iterable[str], timeout: float | None
+    ) -> AsyncIterator[list[tuple[str, JobEvent]]]:
+        follower = self._follower(job_ids, timeout)
+        while (read := follower.next_read()) is not None:
+            with self._errors():
+                reply = await self._client.xread(cast(Any, read.streams), block=read.block_ms)
+            yield follower.feed(reply)
+
+    async def _final_records(self, finals: Mapping[str, JobEvent]) -> list[JobRecord]:
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in finals:
+                pipe.hgetall(self.keys.job(job_id))
+            replies = await pipe.execute()
+        return [final_record(i, f, e) for (i, e), f in zip(finals.items(), replies, strict=True)]
+
+    async def cancel(self, job_id: str) -> bool:
+        """See :meth:`Producer.cancel`."""
+        with self._errors():
+            reply = await self._cancel(
+                keys=self._cancel_keys(job_id), args=cancel_args(self.job_ttl_s)
+            )
+        return cancel_took_effect(reply)
+
+    async def stats(self) -> QueueStats:
+        """See :meth:`Producer.stats`."""
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            queue_commands(pipe, self.keys)
+            return parse_stats(self.keys, await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Close the client if this producer made it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

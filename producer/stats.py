@@ -1,0 +1,100 @@
+"""Queue statistics: one pipeline of XLEN / XINFO replies, read into plain data.
+
+The stream and the workers' group may not exist yet (no job submitted, no worker
+started): those read as empty, not as errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio.client
+import redis.client
+import redis.exceptions
+
+from schemas.codec import as_text
+from schemas.keys import Keys
+
+
+@dataclass(frozen=True)
+class ConsumerStats:
+    """One worker consumer of the group."""
+
+    name: str
+    pending: int
+    idle_ms: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The state of one prefix's queue.
+
+    ``lag`` is how many entries the group has not delivered yet (``None``: unknown, as
+    Redis reports after some trims, or no group yet); ``pending`` how many were delivered
+    and not yet acknowledged.
+    """
+
+    stream_length: int
+    dead_letters: int
+    group_exists: bool
+    pending: int = 0
+    lag: int | None = None
+    consumers: list[ConsumerStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return asdict(self)
+
+
+def queue_commands(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, keys: Keys) -> None:
+    """Queue on ``pipe`` the commands whose replies :func:`parse_stats` reads."""
+    pipe.xlen(keys.jobs)
+    pipe.xinfo_groups(keys.jobs)
+    pipe.xinfo_consumers(keys.jobs, keys.group)
+    pipe.xlen(keys.dead)
+
+
+def _missing(reply: Any) -> bool:
+    """Whether a reply is the error of a stream or group that does not exist (yet)."""
+    if not isinstance(reply, redis.exceptions.ResponseError):
+        return False
+    text = str(reply)
+    return text.startswith("NOGROUP") or "no such key" in text
+
+
+def _checked(reply: Any, empty: Any) -> Any:
+    if _missing(reply):
+        return empty
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def parse_stats(keys: Keys, replies: Sequence[Any]) -> QueueStats:
+    """Read the replies of :func:`queue_commands` (errors in place) into :class:`QueueStats`."""
+    length, groups, consumers, dead = (
+        _checked(reply, empty) for reply, empty in zip(replies, (0, [], [], 0), strict=True)
+    )
+    group = _find_group(keys.group, groups)
+    if group is None:
+        return QueueStats(stream_length=length, dead_letters=dead, group_exists=False)
+    lag = group.get("lag")
+    return QueueStats(
+        stream_length=length,
+        dead_letters=dead,
+        group_exists=True,
+        pending=int(group.get("pending", 0)),
+        lag=None if lag is None else int(lag),
+        consumers=[
+            ConsumerStats(
+                name=as_text(c["name"]), pending=int(c["pending"]), idle_ms=int(c["idle"])
+            )
+            for c in consumers
+        ],
+    )
+
+
+def _find_group(name: str, groups: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return next((g for g in groups if as_text(g["name"]) == name), None)

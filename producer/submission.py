@@ -1,0 +1,134 @@
+"""Pure parts of submitting: job ids, validation, the enqueue script's arguments and replies.
+
+Shared by the sync and the async producer; nothing here talks to Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import redis.exceptions
+from pydantic import BaseModel
+from typing_extensions import Unpack
+
+from producer.errors import JobValidationError
+from schemas import codec
+from schemas.jobs import GenerationParams, Job
+from schemas.keys import Keys
+from schemas.validation import InvalidJob, validate_job
+
+JobInput = Job | Mapping[str, Any]
+
+
+def new_job_id() -> str:
+    """A unique job id that sorts by creation time: nanoseconds (hex) then 40 random bits.
+
+    16 hex digits of nanoseconds keep a fixed width (and so a lexical order) until 2554.
+    """
+    return f"{time.time_ns():016x}-{secrets.token_hex(5)}"
+
+
+class JobFields(TypedDict, total=False):
+    """The keyword arguments of ``submit``: the :class:`Job` fields besides ``prompt``."""
+
+    adapter: str | None
+    messages: Sequence[Mapping[str, Any]] | None
+    params: Mapping[str, Any] | GenerationParams | None
+    id: str | None
+    deadline: float | None
+    result_ttl: int | None
+    metadata: Mapping[str, Any] | None
+
+
+def build_job(prompt: str | None = None, **fields: Unpack[JobFields]) -> Job:
+    """A validated :class:`Job` with an id; raises :class:`JobValidationError`."""
+    data: dict[str, Any] = {"prompt": prompt, **fields}
+    if isinstance(data.get("params"), BaseModel):
+        data["params"] = data["params"].model_dump()
+    return prepare_job({k: v for k, v in data.items() if v is not None})
+
+
+def prepare_job(job: JobInput) -> Job:
+    """Validate a job (again, if it is a :class:`Job`: models can be built unchecked) and
+    give it an id when it has none; raises :class:`JobValidationError`."""
+    data = job.model_dump(exclude_none=True) if isinstance(job, Job) else dict(job)
+    if data.get("id") is None:
+        data["id"] = new_job_id()
+    try:
+        return validate_job(data)
+    except InvalidJob as exc:
+        raise JobValidationError(str(exc)) from None
+
+
+def prepare_jobs(jobs: Iterable[JobInput]) -> list[Job]:
+    """:func:`prepare_job` for each job; the error names the first bad job by its index."""
+    prepared = []
+    for index, job in enumerate(jobs):
+        try:
+            prepared.append(prepare_job(job))
+        except JobValidationError as exc:
+            raise JobValidationError(f"jobs[{index}]: {exc}") from None
+    return prepared
+
+
+@dataclass(frozen=True)
+class EnqueueCall:
+    """KEYS and ARGV of the enqueue script for one job."""
+
+    job_id: str
+    keys: list[str]
+    args: list[str]
+
+
+def enqueue_call(keys: Keys, job: Job, *, job_ttl_s: int, now: float | None = None) -> EnqueueCall:
+    """The enqueue script's arguments for a prepared job (see ``producer.scripts.ENQUEUE``)."""
+    assert job.id is not None, "prepare_job() assigns an id"
+    created_at = time.time() if now is None else now
+    metadata = codec.dumps(job.metadata) if job.metadata is not None else ""
+    return EnqueueCall(
+        job_id=job.id,
+        keys=[keys.jobs, keys.job(job.id)],
+        args=[codec.dumps(job), str(job_ttl_s), job.adapter or "", repr(created_at), metadata],
+    )
+
+
+@dataclass
+class EnqueueOutcome:
+    """What a pipeline of enqueue calls did: each id is either submitted or failed."""
+
+    submitted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    script_missing: bool = False
+
+    def extend(self, other: EnqueueOutcome) -> None:
+        """Add the outcome of a later chunk."""
+        self.submitted.extend(other.submitted)
+        self.failed.update(other.failed)
+
+
+def sort_replies(calls: Sequence[EnqueueCall], replies: Sequence[Any]) -> EnqueueOutcome:
+    """Sort a pipeline's replies (errors in place, ``raise_on_error=False``) by outcome.
+
+    ``script_missing`` means the server did not know the script (NOSCRIPT, e.g. after a
+    restart): the caller loads it and sends the whole chunk again, which is safe because
+    enqueueing an id that exists is a no-op.
+    """
+    outcome = EnqueueOutcome()
+    for call, reply in zip(calls, replies, strict=True):
+        if isinstance(reply, Exception):
+            outcome.failed[call.job_id] = str(reply)
+            outcome.script_missing |= isinstance(reply, redis.exceptions.NoScriptError)
+        else:
+            outcome.submitted.append(call.job_id)
+    return outcome
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """``items`` in slices of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    return (items[start : start + size] for start in range(0, len(items), size))
