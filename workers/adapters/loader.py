@@ -31,6 +31,9 @@ def load_adapter(model: PreTrainedModel | PeftModel, folder: Path, name: str) ->
 
 def delete_adapter(model: PeftModel, name: str) -> None:
     """Free the weights of adapter ``name``."""
+    others = [other for other in model.peft_config if other != name]
+    if others and model.active_adapter == name:
+        model.set_adapter(others[0])  # or PEFT warns that it moves the active adapter itself
     model.delete_adapter(name)
     _keep_active_adapter_valid(model)
 
