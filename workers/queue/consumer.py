@@ -17,14 +17,12 @@ import redis.asyncio as aioredis
 
 from workers.queue import policy
 from workers.queue.runner import InFlight, JobRunner
-from workers.queue.store import Entry, JobStore
+from workers.queue.store import REDIS_DOWN, Entry, JobStore, until_reachable
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
-MAX_REDIS_BACKOFF_S = 5.0
 
 
 class ConsumerDied(RuntimeError):
@@ -193,18 +191,12 @@ class QueueConsumer:
                 slot.request_cancel()
 
     async def _redis(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call``, waiting out Redis outages with capped backoff (one log line each)."""
-        delay_s = 0.1
+        """Run ``call`` through Redis outages; re-create the group if it was deleted."""
         while True:
             try:
-                return await call()
-            except REDIS_DOWN as exc:
-                if delay_s == 0.1:
-                    log.warning("redis unreachable, consumer %s retrying: %s", self.name, exc)
-                await asyncio.sleep(delay_s)
-                delay_s = min(MAX_REDIS_BACKOFF_S, delay_s * 2)
+                return await until_reachable(call, f"consumer {self.name}")
             except aioredis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("consumer group of %s is gone; creating it again", self.store.keys.jobs)
-                await self.store.ensure_group()
+                await until_reachable(self.store.ensure_group, f"consumer {self.name}")

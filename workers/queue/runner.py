@@ -12,12 +12,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.queue import policy
-from workers.queue.store import Entry, FinalWrite, JobStore, MarkOutcome
+from workers.queue.store import (
+    REDIS_DOWN,
+    Entry,
+    FinalWrite,
+    JobStore,
+    MarkOutcome,
+    until_reachable,
+)
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -163,7 +171,11 @@ class JobRunner:
             if isinstance(item, GenerationOutput):
                 return item
             slot.text.append(item.text)
-            await self.store.append_chunk(str(job.id), item.text)
+            try:
+                await self.store.append_chunk(str(job.id), item.text)
+            except REDIS_DOWN as exc:
+                # The generation goes on; the final record will hold the whole text.
+                log.warning("job %s: a text chunk was not streamed: %s", job.id, exc)
         raise RuntimeError("the model's stream ended without an output")
 
     async def _after_failure(self, entry: Entry, job: Job, exc: Exception, attempts: int) -> bool:
@@ -246,7 +258,9 @@ class JobRunner:
             dead_payload=payload if policy.dead_letters(status) else None,
             dead_error=codec.dumps(error) if error else "",
         )
-        if not await self.store.finish(write):
+        # Kept in memory through an outage: a finished generation is not run again.
+        written = await until_reachable(partial(self.store.finish, write), f"job {job_id}")
+        if not written:
             log.info("job %s already had a final status; acknowledged only", job_id)
 
 

@@ -7,12 +7,15 @@ tag keeps them in one Redis Cluster slot.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -20,6 +23,28 @@ from redis.commands.core import AsyncScript
 from schemas import JobStatus, Keys, codec
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
+# What a Redis outage looks like to redis-py: connection refused or reset, timeouts.
+REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
+MAX_OUTAGE_BACKOFF_S = 5.0
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+async def until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``call``, waiting out Redis outages with capped backoff.
+
+    One warning per outage, not one per try: a long outage must not flood the logs.
+    """
+    delay_s = 0.1
+    while True:
+        try:
+            return await call()
+        except REDIS_DOWN as exc:
+            if delay_s == 0.1:
+                log.warning("redis unreachable (%s), retrying: %s", what, exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(MAX_OUTAGE_BACKOFF_S, delay_s * 2)
 
 
 @cache
