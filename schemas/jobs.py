@@ -53,6 +53,8 @@ class Job(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        # NaN and infinities are not JSON: orjson would silently write them as null.
+        allow_inf_nan=False,
         # The "exactly one input" rule of the validator below, for JSON Schema users.
         json_schema_extra={
             "oneOf": [

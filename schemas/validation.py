@@ -19,7 +19,8 @@ def describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
         where = ".".join(str(p) for p in item["loc"]) or "job"
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
