@@ -2,9 +2,10 @@
 
 Both paths run the same jobs on the same deployed engine with the same number of jobs in
 flight (a closed loop of ``--concurrency`` clients): the direct path awaits
-``LoRAModel.generate`` through a Serve handle; the queue path submits each job to Redis
-with the producer and waits for its final status, so it pays for the stream, the
-consumer, the Lua scripts, the streamed chunks and the wait. A second pair of runs swaps
+``LoRAModel.generate`` through a Serve handle (by value, the consumer's transport); the
+queue path submits each job to Redis with the producer and waits for its final status,
+so it pays for the stream, the consumer, the Lua scripts, the streamed chunks and the
+wait. A second pair of runs swaps
 the model for a no-op deployment, which shows the ceiling of the queue machinery itself.
 
     python -m bench.queue [--jobs 300] [--concurrency 32]
@@ -117,6 +118,10 @@ def request_of(job: Job) -> GenerationRequest:
 
 
 async def direct(handle: Any, jobs: list[Job], concurrency: int, *, affinity: bool) -> Measure:
+    # The transport the consumer uses too (by value, over Serve's gRPC): the comparison
+    # is then of the queue alone.
+    handle = handle.options(_by_reference=False)
+
     async def run_one(job: Job) -> None:
         target = handle.options(multiplexed_model_id=job[0]) if affinity and job[0] else handle
         await target.generate.remote(request_of(job))
@@ -181,19 +186,21 @@ async def compare(
     return row
 
 
-def bench_settings(redis_url: str, app_name: str, concurrency: int, **extra: Any) -> WorkerSettings:
-    return WorkerSettings(
-        redis_url=redis_url,
-        prefix=f"loraqbench:{uuid.uuid4().hex[:10]}",
-        app_name=app_name,
-        num_model_replicas=1,
-        model_num_cpus=1.0,
-        consumer_num_cpus=0.25,
-        max_in_flight=concurrency,
-        max_ongoing_requests=max(64, 2 * concurrency),
-        max_batch_size=16,
-        **extra,
-    )
+def bench_settings(
+    redis_url: str, app_name: str, concurrency: int, **overrides: Any
+) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "prefix": f"loraqbench:{uuid.uuid4().hex[:10]}",
+        "app_name": app_name,
+        "num_model_replicas": 1,
+        "model_num_cpus": 1.0,
+        "consumer_num_cpus": 0.25,
+        "max_in_flight": concurrency,
+        "max_ongoing_requests": max(64, 2 * concurrency),
+        "max_batch_size": 16,
+    }
+    return WorkerSettings(**{**values, **overrides})
 
 
 def clean(redis_url: str, prefix: str) -> None:

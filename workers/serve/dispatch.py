@@ -23,9 +23,13 @@ class ServeDispatcher:
         self.affinity = affinity
 
     def _handle_for(self, request: GenerationRequest) -> DeploymentHandle[Any]:
+        # By value over Serve's inter-deployment gRPC rather than through the object store:
+        # each streamed chunk is then a message, not an object, which on two cores lifted
+        # the queue path from 0.6 to 0.8 of the direct handle's throughput (bench/queue.py).
+        handle = self.handle.options(stream=True, _by_reference=False)
         if self.affinity and request.adapter:
-            return self.handle.options(stream=True, multiplexed_model_id=request.adapter)
-        return self.handle.options(stream=True)
+            return handle.options(multiplexed_model_id=request.adapter)
+        return handle
 
     async def stream(
         self, request: GenerationRequest
