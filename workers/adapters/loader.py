@@ -33,7 +33,9 @@ def delete_adapter(model: PeftModel, name: str) -> None:
     """Free the weights of adapter ``name``."""
     others = [other for other in model.peft_config if other != name]
     if others and model.active_adapter == name:
-        model.set_adapter(others[0])  # or PEFT warns that it moves the active adapter itself
+        model.set_adapter(
+            others[0], inference_mode=True
+        )  # or PEFT warns that it moves the active adapter itself
     model.delete_adapter(name)
     _keep_active_adapter_valid(model)
 
@@ -43,4 +45,4 @@ def _keep_active_adapter_valid(model: PeftModel) -> None:
     # PEFT leaves a deleted adapter active in some cases, so point it at a live one.
     names = list(model.peft_config)
     if names and model.active_adapter not in names:
-        model.set_adapter(names[0])
+        model.set_adapter(names[0], inference_mode=True)

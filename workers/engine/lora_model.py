@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from workers.adapters.loader import delete_adapter, load_adapter
@@ -16,7 +20,11 @@ BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 class MultiLoraModel:
     """The base model wrapped once in a PEFT model that holds many adapters.
 
-    Not thread-safe: only the engine's model thread calls it.
+    A mixed batch goes through PEFT's per-row LoRA path (``adapter_names``), injected by
+    forward pre-hooks that stay registered on the LoRA layers; PEFT's own forward would
+    walk every module twice per call to add and remove such hooks. A batch of one adapter
+    takes PEFT's plain path with that adapter active, as ``set_adapter`` + ``generate``
+    would. Not thread-safe: only the engine's model thread calls it.
     """
 
     def __init__(self, base: PreTrainedModel) -> None:
@@ -26,6 +34,8 @@ class MultiLoraModel:
         # be a substring of PEFT's "lora_" key prefix, so PEFT sees names of our own.
         self._peft_names: dict[str, str] = {}
         self._loads = 0
+        self._hooked: set[int] = set()
+        self._row_adapters: list[str] | None = None  # what the hooks inject, when set
 
     @property
     def config(self) -> PretrainedConfig:
@@ -43,6 +53,7 @@ class MultiLoraModel:
         peft_name = f"adapter{self._loads}"
         self.peft = load_adapter(self.peft or self.base, folder, peft_name)
         self._peft_names[name] = peft_name
+        self._hook_new_layers()
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
@@ -65,23 +76,48 @@ class MultiLoraModel:
         ``input_ids``/``position_ids`` are ``[rows, new]``, ``attention_mask`` is
         ``[rows, cached + new]``; row ``i`` runs with adapter ``adapter_names[i]``.
         """
-        kwargs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "cache": cache,
-            "use_cache": True,
-            "logits_to_keep": 1,
-        }
-        if self.peft is None or not self.peft.peft_config:
-            # No adapter on the device: every row is a base row, and LoRA layers left
-            # behind by deleted adapters pass through.
-            output = self.base(**kwargs)
+        self._route(adapter_names)
+        try:
+            output = self.base(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        finally:
+            self._row_adapters = None
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    def _route(self, adapter_names: list[str]) -> None:
+        """Choose the LoRA path for this pass: plain with one active adapter, or per row."""
+        distinct = set(adapter_names)
+        if self.peft is None or not self._peft_names or distinct == {BASE_ADAPTER}:
+            # Base rows only: PEFT's per-row path with every row on the base marker.
+            self._row_adapters = [BASE_ADAPTER] * len(adapter_names) if self.peft else None
+        elif len(distinct) == 1:
+            peft_name = self._peft_names[adapter_names[0]]
+            if self.peft.active_adapter != peft_name:
+                self.peft.set_adapter(peft_name, inference_mode=True)
         else:
-            peft_names = [
+            self._row_adapters = [
                 BASE_ADAPTER if name == BASE_ADAPTER else self._peft_names[name]
                 for name in adapter_names
             ]
-            output = self.peft(**kwargs, adapter_names=peft_names)
-        logits: torch.Tensor = output.logits[:, -1, :]
-        return logits
+
+    def _hook_new_layers(self) -> None:
+        # A new adapter may target modules no earlier adapter touched: hook those too.
+        for module in self.base.modules():
+            hookable = isinstance(module, LoraLayer | AuxiliaryTrainingWrapper)
+            if hookable and id(module) not in self._hooked:
+                module.register_forward_pre_hook(self._inject, with_kwargs=True)
+                self._hooked.add(id(module))
+
+    def _inject(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self._row_adapters is not None:
+            kwargs["adapter_names"] = self._row_adapters
+        return args, kwargs
