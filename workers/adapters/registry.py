@@ -62,8 +62,11 @@ class AdapterRegistry:
         with self._lock:
             return sorted(self._folders)
 
-    def add(self, name: str, folder: str) -> None:
-        """Register (or re-point) ``name``; the folder must lie under a configured root."""
+    def add(self, name: str, folder: str, *, replace: bool = True) -> None:
+        """Register ``name``; the folder must lie under a configured root.
+
+        With ``replace=False`` a name already registered to another folder is refused.
+        """
         check_name(name)
         resolved = Path(folder).resolve()
         if not any(_is_within(resolved, root) for root in self._roots):
@@ -72,6 +75,13 @@ class AdapterRegistry:
                 f"adapter folder {folder!r} is outside the configured adapter roots",
             )
         with self._lock:
+            current = self._folders.get(name)
+            if not replace and current is not None and current != resolved:
+                raise EngineError(
+                    ErrorType.VALIDATION,
+                    f"adapter {name!r} is already registered to another folder; "
+                    "register the new version under a new name",
+                )
             self._folders[name] = resolved
 
     def resolve(self, name: str) -> Path:

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
+import torch
+
 from schemas import ErrorType
 from workers.adapters.cache import AdapterCachePolicy
 from workers.adapters.manager import AdapterManager
@@ -83,6 +85,14 @@ class Engine:
         """The tokenizer the engine encodes prompts with."""
         return self._tokenizer
 
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The base model with the LoRA layers PEFT injected, for inspection only.
+
+        The model thread owns it: never run it or change it from elsewhere.
+        """
+        return self._model.base
+
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
         async for event in self._events(request, stream=False):
@@ -119,12 +129,16 @@ class Engine:
         return self._adapters.loaded()
 
     def add_adapter(self, name: str, path: str) -> None:
-        """Register ``name`` at run time; ``path`` must lie under a configured adapter root."""
-        self._registry.add(name, path)
+        """Register ``name`` at run time; ``path`` must lie under a configured adapter root.
+
+        Registering a name again with the same folder changes nothing; another folder is
+        refused, since the adapter may be on the device with the old weights.
+        """
+        self._registry.add(name, path, replace=False)
 
     def recent_passes(self) -> list[frozenset[str]]:
         """The distinct adapters of each of the latest forward passes, oldest first."""
-        return list(self._stats.recent)
+        return self._stats.recent_passes()
 
     def stats(self) -> dict[str, float]:
         """Counters of the decode loop and the adapter cache."""
@@ -170,10 +184,17 @@ class Engine:
             text=TextTracker(request.params.stop),
             request_id=request.request_id,
         )
-        if request.adapter:
-            # Pinned from here until the row leaves the batch (released on the model thread).
-            await self._adapters.acquire(request.adapter)
+        # Tracked before the adapter is ready, so that a cancel during its load counts:
+        # the model thread ends a cancelled row as soon as it sees it.
         self._track(row)
+        if request.adapter:
+            try:
+                # Pinned from here until the row leaves the batch (released on the model
+                # thread).
+                await self._adapters.acquire(request.adapter)
+            except BaseException:
+                self._untrack(row)
+                raise
         self._worker.submit(row)
         finished = False
         try:
@@ -198,6 +219,9 @@ class Engine:
             self._adapters.release(row.adapter)
         self._stats.rows += 1
         self._stats.tokens_generated += len(row.tokens)
+        self._untrack(row)
+
+    def _untrack(self, row: Row) -> None:
         if row.request_id is not None:
             with self._rows_lock:
                 rows = self._rows.get(row.request_id, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from workers.engine.lora_model import BASE_ADAPTER
 
 @dataclass
 class PassStats:
-    """Written by the model thread only; read from anywhere (plain int/float fields)."""
+    """Written by the model thread only; read from anywhere."""
 
     forward_passes: int = 0
     multi_adapter_passes: int = 0
@@ -21,7 +22,8 @@ class PassStats:
     rows: int = 0
     tokens_generated: int = 0
     # The distinct adapters of the latest passes, for tests and debugging.
-    recent: deque[frozenset[str]] = field(default_factory=lambda: deque(maxlen=256))
+    _recent: deque[frozenset[str]] = field(default_factory=lambda: deque(maxlen=256))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record_pass(self, adapters: Sequence[str]) -> None:
         """One forward pass ran with these per-row adapter names."""
@@ -31,7 +33,13 @@ class PassStats:
         self.multi_adapter_passes += len(distinct) > 1
         self.max_adapters_in_pass = max(self.max_adapters_in_pass, len(distinct))
         self.max_rows_in_pass = max(self.max_rows_in_pass, len(adapters))
-        self.recent.append(distinct)
+        with self._lock:
+            self._recent.append(distinct)
+
+    def recent_passes(self) -> list[frozenset[str]]:
+        """The distinct adapters of each of the latest passes, oldest first."""
+        with self._lock:
+            return list(self._recent)
 
     def as_dict(self) -> dict[str, float]:
         """The counters as numbers."""
