@@ -103,3 +103,11 @@ async def test_chat_messages_use_the_template(engine: Engine, reference: Referen
     chat.params.max_new_tokens = 8
     output = await engine.generate(chat)
     assert output.token_ids == reference("a", "user: hi\nassistant: ", 8)
+
+
+def test_a_registered_name_is_not_re_pointed(engine: Engine, kit: Kit) -> None:
+    engine.add_adapter("late", str(kit.extra / "late"))  # the same folder: no change
+    with pytest.raises(EngineError) as caught:
+        engine.add_adapter("late", str(kit.extra / "too-big"))
+    assert caught.value.type is ErrorType.VALIDATION
+    assert "new name" in caught.value.message

@@ -86,3 +86,14 @@ async def test_a_listener_that_walks_away_frees_its_row(engine: Engine) -> None:
             break
         await asyncio.sleep(0.02)
     assert engine.stats()["rows_in_flight"] == 0
+
+
+async def test_cancel_as_soon_as_the_request_is_known(engine: Engine) -> None:
+    job = request("e", "cancelled early", 48)
+    job.request_id = "cancel-early"
+    task = asyncio.create_task(engine.generate(job))
+    while not engine.cancel("cancel-early"):
+        await asyncio.sleep(0)
+    output = await task
+    assert output.finish_reason == "cancelled"
+    assert output.completion_tokens < 48
