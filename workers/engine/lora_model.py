@@ -13,6 +13,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from workers.adapters.loader import delete_adapter, load_adapter
+from workers.engine.stacked_lora import StackedLora, qualifies
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 
@@ -20,11 +21,12 @@ BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 class MultiLoraModel:
     """The base model wrapped once in a PEFT model that holds many adapters.
 
-    A mixed batch goes through PEFT's per-row LoRA path (``adapter_names``), injected by
-    forward pre-hooks that stay registered on the LoRA layers; PEFT's own forward would
-    walk every module twice per call to add and remove such hooks. A batch of one adapter
-    takes PEFT's plain path with that adapter active, as ``set_adapter`` + ``generate``
-    would. Not thread-safe: only the engine's model thread calls it.
+    A pass of one adapter takes PEFT's plain path with that adapter active, as
+    ``set_adapter`` + ``generate`` would. A mixed pass adds each row's LoRA delta from
+    stacked weights (:mod:`stacked_lora`) when all adapters are plain LoRA, else takes
+    PEFT's per-row path (``adapter_names``). Both are driven by hooks that stay
+    registered on the LoRA layers (PEFT's own forward would walk every module twice per
+    call to add and remove its hooks). Not thread-safe: only the model thread calls it.
     """
 
     def __init__(self, base: PreTrainedModel) -> None:
@@ -36,6 +38,8 @@ class MultiLoraModel:
         self._loads = 0
         self._hooked: set[int] = set()
         self._row_adapters: list[str] | None = None  # what the hooks inject, when set
+        self._stacked = StackedLora()
+        self._stacked_ok = False
 
     @property
     def config(self) -> PretrainedConfig:
@@ -54,12 +58,19 @@ class MultiLoraModel:
         self.peft = load_adapter(self.peft or self.base, folder, peft_name)
         self._peft_names[name] = peft_name
         self._hook_new_layers()
+        self._restack()
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
         peft_name = self._peft_names.pop(name)
         if self.peft is not None:
             delete_adapter(self.peft, peft_name)
+        self._restack()
+
+    def _restack(self) -> None:
+        self._stacked_ok = qualifies(self.base, self._peft_names)
+        if self._stacked_ok:
+            self._stacked.rebuild(self.base, self._peft_names)
 
     @torch.inference_mode()
     def last_logits(
@@ -76,7 +87,7 @@ class MultiLoraModel:
         ``input_ids``/``position_ids`` are ``[rows, new]``, ``attention_mask`` is
         ``[rows, cached + new]``; row ``i`` runs with adapter ``adapter_names[i]``.
         """
-        self._route(adapter_names)
+        self._route(adapter_names, input_ids.device)
         try:
             output = self.base(
                 input_ids=input_ids,
@@ -88,19 +99,26 @@ class MultiLoraModel:
             )
         finally:
             self._row_adapters = None
+            self._stacked.end()
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits
 
-    def _route(self, adapter_names: list[str]) -> None:
-        """Choose the LoRA path for this pass: plain with one active adapter, or per row."""
+    def _route(self, adapter_names: list[str], device: torch.device) -> None:
+        """Choose the LoRA path of this pass: none, plain, stacked or PEFT's per-row one."""
         distinct = set(adapter_names)
-        if self.peft is None or not self._peft_names or distinct == {BASE_ADAPTER}:
+        if self.peft is None:
+            return
+        if not self._peft_names or distinct == {BASE_ADAPTER}:
             # Base rows only: PEFT's per-row path with every row on the base marker.
-            self._row_adapters = [BASE_ADAPTER] * len(adapter_names) if self.peft else None
+            self._row_adapters = [BASE_ADAPTER] * len(adapter_names)
         elif len(distinct) == 1:
             peft_name = self._peft_names[adapter_names[0]]
             if self.peft.active_adapter != peft_name:
                 self.peft.set_adapter(peft_name, inference_mode=True)
+        elif self._stacked_ok:
+            # PEFT computes the base output only; the stacked hooks add each row's delta.
+            self._row_adapters = [BASE_ADAPTER] * len(adapter_names)
+            self._stacked.begin(adapter_names, device)
         else:
             self._row_adapters = [
                 BASE_ADAPTER if name == BASE_ADAPTER else self._peft_names[name]
@@ -113,6 +131,7 @@ class MultiLoraModel:
             hookable = isinstance(module, LoraLayer | AuxiliaryTrainingWrapper)
             if hookable and id(module) not in self._hooked:
                 module.register_forward_pre_hook(self._inject, with_kwargs=True)
+                module.register_forward_hook(self._stacked.add_delta, with_kwargs=True)
                 self._hooked.add(id(module))
 
     def _inject(

@@ -1,0 +1,75 @@
+"""The three LoRA paths of a pass agree: plain (one adapter), stacked, and PEFT's per-row."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import torch
+from engine_kit import ADAPTERS, Kit, request, start_engine, stop_engine
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
+
+NAMES = ["a", "b", BASE_ADAPTER, "a", "c", "d", "e", "b"]
+
+
+def logits(model: MultiLoraModel, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
+    rows, width = ids.shape
+    return model.last_logits(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        position_ids=torch.arange(width).expand(rows, width),
+        cache=DynamicCache(config=model.config),
+        adapter_names=names,
+    )
+
+
+def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
+    model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval())
+    for name in ADAPTERS:
+        model.add(name, kit.adapters / name)
+    ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(0))
+    assert model._stacked_ok
+    stacked = logits(model, ids, NAMES)
+    model._stacked_ok = False
+    per_row = logits(model, ids, NAMES)
+    model._stacked_ok = True
+    alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
+    torch.testing.assert_close(stacked, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(per_row, alone, rtol=1e-4, atol=1e-4)
+    # The adapters matter: a row's own adapter, not a neighbour's, made its logits.
+    assert not torch.allclose(alone[0], logits(model, ids[:1], ["b"]), atol=1e-3)
+
+
+def test_an_adapter_with_lora_bias_falls_back_to_peft_and_stays_correct(
+    kit: Kit, tmp_path: Path
+) -> None:
+    torch.manual_seed(21)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], lora_bias=True, init_lora_weights=False
+    )
+    base = AutoModelForCausalLM.from_pretrained(kit.base)
+    get_peft_model(base, config).save_pretrained(str(tmp_path / "biased"))
+    engine = start_engine(kit.settings(adapters={"biased": str(tmp_path / "biased")}))
+    try:
+
+        async def run() -> list[list[int]]:
+            outputs = await asyncio.gather(
+                engine.generate(request("biased", "with a bias", 10)),
+                engine.generate(request("a", "without", 10)),
+            )
+            return [output.token_ids for output in outputs]
+
+        biased, _ = asyncio.run(run())
+        assert not engine._model._stacked_ok  # PEFT's per-row path served the mixed pass
+    finally:
+        stop_engine(engine)
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(kit.base), str(tmp_path / "biased")
+    ).eval()
+    encoded = engine.tokenizer("with a bias", return_tensors="pt")  # type: ignore[operator]
+    with torch.inference_mode():
+        expected = reference.generate(**encoded, max_new_tokens=10, do_sample=False)
+    assert biased == expected[0, encoded["input_ids"].shape[1] :].tolist()
