@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
-from engine_kit import request
+import pytest
+from engine_kit import Kit, Reference, request, start_engine, stop_engine
 
 from workers.engine.engine import Engine
 from workers.engine.requests import TextDelta
 
 SAMPLED = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
+LONG = 120
+
+
+@pytest.fixture(scope="module")
+def engine(kit: Kit) -> Iterator[Engine]:
+    engine = start_engine(kit.settings(max_new_tokens=LONG))
+    yield engine
+    stop_engine(engine)
 
 
 async def test_same_seed_same_text_alone_and_in_two_different_batches(engine: Engine) -> None:
@@ -60,20 +70,24 @@ async def test_each_row_keeps_its_own_length(engine: Engine) -> None:
     assert outputs[2].token_ids[:5] == outputs[1].token_ids
 
 
-async def test_cancel_stops_a_row_and_keeps_its_text(engine: Engine) -> None:
-    job = request("d", "cancel me", 48)
+async def test_cancel_stops_a_row_and_keeps_its_text(engine: Engine, reference: Reference) -> None:
+    # A prompt whose row would run its full length: only the cancel can end it early.
+    prompt = next(
+        p for p in (f"cancel me {i}" for i in range(20)) if len(reference("d", p, LONG)) == LONG
+    )
+    job = request("d", prompt, LONG)
     job.request_id = "cancel-1"
     other = asyncio.create_task(engine.generate(request("e", "keep going", 20)))
     seen = ""
     async for event in engine.stream(job):
         if isinstance(event, TextDelta):
-            seen += event.text
-            if len(seen) >= 3:
+            if not seen:
                 assert engine.cancel("cancel-1")
+            seen += event.text
         else:
             output = event
     assert output.finish_reason == "cancelled"
-    assert output.text.startswith(seen) and output.completion_tokens < 48
+    assert output.text.startswith(seen) and output.completion_tokens < LONG
     assert not engine.cancel("cancel-1")  # gone once finished
     assert (await other).finish_reason in {"length", "stop"}
 
