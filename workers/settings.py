@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from producer.settings import ClientSettings
@@ -81,3 +81,35 @@ class WorkerSettings(ClientSettings):
     stream_chunk_chars: int = Field(
         16, ge=1, description="A chunk is sent early once it holds this many characters."
     )
+
+    # HTTP gateway
+    http_route_prefix: str = Field(
+        "/", pattern=r"^/", description="Path under which Serve's proxy exposes the gateway."
+    )
+    num_gateway_replicas: int = Field(1, ge=1, description="Gateway (HTTP ingress) replicas.")
+    gateway_num_cpus: float = Field(0.1, ge=0, description="Ray CPUs per gateway replica.")
+    gateway_max_ongoing_requests: int = Field(
+        512, ge=1, description="HTTP requests a gateway replica holds at once (waits included)."
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys; when set, every HTTP endpoint but /healthz and "
+        "/readyz needs 'Authorization: Bearer <key>'.",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413."
+    )
+    served_model_name: str | None = Field(
+        None, min_length=1, description="The base model's name in the OpenAI API (default: model)."
+    )
+    http_max_wait_s: float = Field(
+        300.0, gt=0, description="Longest wait of GET /v1/jobs/{id}/wait (longer are shortened)."
+    )
+    http_redis_timeout_s: float = Field(
+        2.0, gt=0, description="Redis connect/read timeout of the gateway's queue endpoints."
+    )
+
+    @property
+    def base_model_name(self) -> str:
+        """The base model's name in the OpenAI-compatible API."""
+        return self.served_model_name or self.model

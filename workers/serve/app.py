@@ -11,16 +11,19 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from workers.gateway.deployment import Gateway
 from workers.serve.consumer_deployment import JobConsumer
 from workers.serve.model_deployment import LoRAModel
 from workers.settings import WorkerSettings
 
 MODEL_DEPLOYMENT = "LoRAModel"
 CONSUMER_DEPLOYMENT = "JobConsumer"
+GATEWAY_DEPLOYMENT = "Gateway"
 
 
 def build_app(settings: WorkerSettings) -> Application:
-    """The LoRAModel replicas and the JobConsumer replicas that feed them from Redis."""
+    """The LoRAModel replicas, the JobConsumer replicas that feed them from Redis, and the
+    HTTP gateway (the ingress) in front of both."""
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
         num_replicas=settings.num_model_replicas,
@@ -37,7 +40,14 @@ def build_app(settings: WorkerSettings) -> Application:
         ray_actor_options={"num_cpus": settings.consumer_num_cpus},
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
     )(JobConsumer)
-    return consumer.bind(model.bind(settings), settings)
+    gateway = serve.deployment(
+        name=GATEWAY_DEPLOYMENT,
+        num_replicas=settings.num_gateway_replicas,
+        max_ongoing_requests=settings.gateway_max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.gateway_num_cpus},
+    )(Gateway)
+    model_app = model.bind(settings)
+    return gateway.bind(model_app, consumer.bind(model_app, settings), settings)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -6,7 +6,6 @@ they all run the application the same way.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from producer.errors import mask_url
 from producer.settings import DEFAULT_REDIS_URL
 from workers.adapters.registry import AdapterRegistry
 from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
+from workers.serve.replicas import replica_stats as replica_stats  # re-exported
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -47,28 +47,12 @@ class Running:
         return serve.get_deployment_handle(CONSUMER_DEPLOYMENT, app_name=self.settings.app_name)
 
 
-async def replica_stats(
-    handle: DeploymentHandle[Any], replicas: int, *, rounds: int = 20
-) -> dict[str, dict[str, Any]]:
-    """``stats()`` of every replica behind ``handle``, by replica id.
-
-    Serve has no broadcast: concurrent calls spread over the replicas, and rounds go on
-    until ``replicas`` distinct ones have answered (or ``rounds`` are spent).
-    """
-    seen: dict[str, dict[str, Any]] = {}
-    for _ in range(rounds):
-        replies = await asyncio.gather(*(handle.stats.remote() for _ in range(2 * replicas)))
-        seen.update({reply["replica"]: reply for reply in replies})
-        if len(seen) >= replicas:
-            break
-    return seen
-
-
 def cpus_needed(settings: WorkerSettings) -> float:
     """Ray CPUs the application asks for."""
     return (
         settings.model_num_cpus * settings.num_model_replicas
         + settings.consumer_num_cpus * settings.num_consumer_replicas
+        + settings.gateway_num_cpus * settings.num_gateway_replicas
     )
 
 
@@ -97,7 +81,9 @@ def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
     try:
         running.started_ray = start_ray(settings, dashboard=dashboard)
         serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-        serve.run(build_app(settings), name=settings.app_name, route_prefix=None)
+        serve.run(
+            build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
+        )
     except BaseException:
         shutdown(running)
         raise

@@ -1,0 +1,1 @@
+"""The HTTP gateway: FastAPI ingress of the Serve app (sync generation, the queue, OpenAI API)."""

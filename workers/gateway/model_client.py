@@ -1,0 +1,75 @@
+"""How the gateway reaches LoRAModel: through its Serve handle, never through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+from ray.serve.handle import DeploymentHandle
+
+from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
+from workers.gateway.errors import engine_errors
+from workers.serve.dispatch import ServeDispatcher
+from workers.serve.replicas import replica_stats
+
+Update = TextDelta | GenerationOutput
+
+
+class ModelClient:
+    """Sync and streamed generation on LoRAModel, the adapter as multiplexed model id.
+
+    Failures the request caused arrive as :class:`~workers.gateway.errors.ApiError`.
+    """
+
+    def __init__(
+        self, handle: DeploymentHandle[Any], *, affinity: bool = True, replicas: int = 1
+    ) -> None:
+        self._handle = handle
+        self._affinity = affinity
+        self._replicas = replicas
+        self._dispatcher = ServeDispatcher(handle, affinity=affinity)
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        """The finished generation of ``request``."""
+        handle = self._handle
+        if self._affinity and request.adapter:
+            handle = handle.options(multiplexed_model_id=request.adapter)
+        with engine_errors():
+            output: GenerationOutput = await handle.generate.remote(request)
+        return output
+
+    async def open_stream(self, request: GenerationRequest) -> AsyncIterator[Update]:
+        """Text chunks of ``request``, then its output.
+
+        The first item has already arrived when this returns, so that a refused request
+        (unknown adapter, prompt too long) fails here, before an HTTP response has begun.
+        """
+        stream = cast(AsyncGenerator[Update, None], self._dispatcher.stream(request))
+        try:
+            with engine_errors():
+                first = await anext(stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _prepend(first, stream)
+
+    async def ping(self, timeout_s: float) -> str:
+        """The id of a replica that answered within ``timeout_s`` (it has its model loaded:
+        Serve routes only to replicas whose constructor finished)."""
+        stats = await asyncio.wait_for(self._handle.stats.remote(), timeout_s)
+        return str(stats["replica"])
+
+    async def replica_stats(self, timeout_s: float) -> dict[str, dict[str, Any]]:
+        """``stats()`` of every model replica, by replica id."""
+        return await asyncio.wait_for(replica_stats(self._handle, self._replicas), timeout_s)
+
+
+async def _prepend(first: Update, rest: AsyncGenerator[Update, None]) -> AsyncIterator[Update]:
+    try:
+        yield first
+        with engine_errors():
+            async for item in rest:
+                yield item
+    finally:
+        await rest.aclose()

@@ -1,0 +1,194 @@
+"""Bodies of the OpenAI-compatible API (the subset loraq serves).
+
+Requests accept and ignore fields not listed here (clients send many optional ones);
+listed fields are validated with the same bounds as a job's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.jobs import MAX_MESSAGES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_STOP_STRINGS
+from schemas.jobs import StopString as StopText
+
+MAX_PROMPTS = 16
+FinishReason = Literal["stop", "length"]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Stop = StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_STRINGS)] | None
+
+
+class StreamOptions(BaseModel):
+    """Options of a streamed response."""
+
+    include_usage: bool = Field(False, description="Send a last chunk with the token usage.")
+
+
+class SamplingFields(BaseModel):
+    """What completions and chat completions share; mapped onto a job's parameters."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str = Field(
+        min_length=1, description="An adapter name, or the base model's name (GET /v1/models)."
+    )
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 1; 0 is greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: Stop = Field(None, description="Up to 8 strings that end the text (not included).")
+    n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"model": "upper", "prompt": "hello world", "temperature": 0}]
+        }
+    )
+
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ChatMessage(BaseModel):
+    """One message; ``developer`` is read as ``system``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | list[TextPart]
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "reverse",
+                    "messages": [{"role": "user", "content": "hello world"}],
+                    "stream": True,
+                }
+            ]
+        }
+    )
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS, description="Newer name of max_tokens (wins over it)."
+    )
+
+
+class Usage(BaseModel):
+    """Token counts of a request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    """One generated text (in a chunk: the new text; ``finish_reason`` set on the last)."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    """Response of ``POST /v1/completions`` (also the shape of its stream chunks)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    """The generated message."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    """One generated message."""
+
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """Response of ``POST /v1/chat/completions``."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    """New content of a streamed message."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    """One choice of a stream chunk."""
+
+    index: int
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    """The base model or an adapter (``parent`` is the base model's name)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "loraq"
+    root: str
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    """Response of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
