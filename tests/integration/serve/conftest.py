@@ -1,4 +1,4 @@
-"""One Ray and one Serve application for the whole test run, on the demo kit.
+"""One Serve application for the whole test run, on the demo kit.
 
 Starting Ray and deploying take tens of seconds on two cores, so every end-to-end test
 shares them: the session starts Ray once, deploys the app once under a key prefix of its
@@ -8,19 +8,15 @@ own, and tears both down at the end.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import ray
 import redis
-from ray import serve
 
 from producer import Producer
-from producer.embedded import free_port
 from schemas import FINAL_STATUSES, JobRecord, Keys, codec
 from tests.conftest import REPO
 from workers.serve import launch
@@ -87,19 +83,7 @@ def delete_prefix(url: str, prefix: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_serve() -> Iterator[None]:
-    """A local Ray with Serve, for the whole run."""
-    if not (DEMO_KIT / "config.json").exists():
-        pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    yield
-    serve.shutdown()  # type: ignore[no-untyped-call]
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def live_app(ray_serve: None, redis_url: str) -> Iterator[LiveApp]:
+def live_app(ray_serve: str, redis_url: str) -> Iterator[LiveApp]:
     """The application on the demo kit: 2 model replicas with 2 adapter slots each."""
     settings = e2e_settings(redis_url)
     running = launch.deploy(settings)

@@ -71,6 +71,7 @@ def test_loraq_serve_joins_ray_serves_and_stops_on_sigterm(
         own_prefix,
         RAY_ADDRESS=ray.get_runtime_context().gcs_address,
         LORAQ_APP_NAME="e2e-serve",
+        LORAQ_HTTP_ROUTE_PREFIX="/e2e-serve",
         LORAQ_MODEL_NUM_CPUS="0.25",
         LORAQ_CONSUMER_NUM_CPUS="0.1",
     )

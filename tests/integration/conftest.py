@@ -1,0 +1,33 @@
+"""One Ray and one Serve instance for every end-to-end test of the run.
+
+The Serve tests and the gateway tests deploy their applications into it, each under an
+application name and HTTP route prefix of its own; starting Ray twice in one process fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import ray
+from ray import serve
+
+from producer.embedded import free_port
+from tests.conftest import REPO
+
+DEMO_KIT = REPO / "demo" / "model"
+SERVE_HTTP_HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[str]:
+    """A local Ray with Serve for the whole run; the base URL of Serve's HTTP proxy."""
+    if not (DEMO_KIT / "config.json").exists():
+        pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
+    port = free_port()
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": SERVE_HTTP_HOST, "port": port})
+    yield f"http://{SERVE_HTTP_HOST}:{port}"
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()

@@ -1,0 +1,89 @@
+"""API keys: every endpoint but the health checks needs one; keys never reach the logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.gateway.conftest import API_KEYS, GatewayApp, bearer
+from tests.integration.gateway.test_gateway_generate import assert_error
+
+GUARDED = [
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/adapters", None),
+    ("POST", "/v1/generate", {"adapter": "upper", "prompt": "ab", "params": {"max_new_tokens": 8}}),
+    ("POST", "/v1/completions", {"model": "upper", "prompt": "ab", "max_tokens": 8}),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"model": "upper", "messages": [{"role": "user", "content": "ab"}]},
+    ),
+    ("POST", "/v1/jobs", {"adapter": "upper", "prompt": "ab"}),
+    ("GET", "/v1/jobs/some-job", None),
+    ("GET", "/v1/jobs/some-job/wait?timeout=0", None),
+    ("DELETE", "/v1/jobs/some-job", None),
+]
+WRONG = [
+    {},
+    bearer("not-a-key"),
+    bearer(API_KEYS[0][:-1]),
+    bearer(API_KEYS[0] + "x"),
+    {"Authorization": API_KEYS[0]},
+    {"Authorization": f"Basic {API_KEYS[0]}"},
+    bearer(",".join(API_KEYS)),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), GUARDED)
+def test_guarded_endpoints_need_a_right_key(
+    secured_gateway: GatewayApp, method: str, path: str, body: object
+) -> None:
+    for headers in WRONG:
+        reply = secured_gateway.request(method, path, json=body, headers=headers)
+        message = assert_error(reply, 401, "unauthorized")
+        assert reply.headers["www-authenticate"] == "Bearer"
+        assert not any(key in message for key in API_KEYS)
+    for key in API_KEYS:
+        reply = secured_gateway.request(method, path, json=body, headers=bearer(key))
+        assert reply.status_code != 401, reply.text
+        assert reply.status_code in (200, 202, 404), reply.text
+
+
+def test_health_checks_are_open(secured_gateway: GatewayApp) -> None:
+    assert secured_gateway.request("GET", "/healthz", headers={}).status_code == 200
+    ready = secured_gateway.request("GET", "/readyz", headers={})
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_openai_client_with_the_key(secured_gateway: GatewayApp) -> None:
+    url = secured_gateway.url + "/v1"
+    with openai.OpenAI(base_url=url, api_key=API_KEYS[0], max_retries=0) as client:
+        reply = client.completions.create(model="upper", prompt="ab cd", temperature=0)
+        assert reply.choices[0].text == "AB CD"
+    with (
+        openai.OpenAI(base_url=url, api_key="wrong", max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        client.models.list()
+
+
+def test_openapi_document_declares_bearer_auth(secured_gateway: GatewayApp) -> None:
+    document = secured_gateway.request("GET", "/openapi.json", headers={}).json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    generate = document["paths"]["/v1/generate"]["post"]
+    assert generate["security"] == [{"HTTPBearer": []}] and "401" in generate["responses"]
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+def test_keys_appear_in_no_log(secured_gateway: GatewayApp) -> None:
+    assert not any(key in repr(secured_gateway.settings) for key in API_KEYS)
+    logs = Path("/tmp/ray/session_latest/logs")
+    if not logs.is_dir():
+        pytest.skip("no Ray session logs at /tmp/ray/session_latest/logs")
+    for path in logs.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaked = [key for key in (*API_KEYS, "not-a-key") if key.encode() in data]
+            assert not leaked, f"{leaked} in {path}"
