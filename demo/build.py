@@ -109,7 +109,7 @@ def build_base(model_dir: Path) -> None:
     )
     loss = train(model, batches, BASE_PLAN, description="base (echo)")
     logging.info("base: final loss %.4f", loss)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -141,7 +141,7 @@ def build_adapter(spec: AdapterSpec, model_dir: Path, adapter_dir: Path) -> floa
         tokenizer, ADAPTER_RULES[spec.name], seed=spec.seed, batch_size=spec.plan.batch_size
     )
     loss = train(model, batches, spec.plan, description=f"adapter {spec.name}")
-    model.save_pretrained(adapter_dir)
+    model.save_pretrained(str(adapter_dir))
     # PEFT writes a placeholder model card; the kit's README describes the adapters instead.
     (adapter_dir / "README.md").unlink(missing_ok=True)
     sort_target_modules(adapter_dir / "adapter_config.json")

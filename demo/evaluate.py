@@ -51,7 +51,7 @@ def generate_outputs(
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-        generated = model.generate(
+        generated = model.generate(  # type: ignore[operator]
             **batch,
             max_new_tokens=MAX_NEW_TOKENS,
             do_sample=False,

@@ -32,7 +32,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         single=f"{BOS} $A {SEP}",
         special_tokens=[(BOS, vocab[BOS]), (SEP, vocab[SEP])],
     )
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend,
         bos_token=BOS,
         eos_token=EOS,

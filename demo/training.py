@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from demo.tasks import ALPHABET, Rule, training_inputs
 
@@ -65,7 +65,7 @@ def task_batches(
 
 
 def train(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     batches: Iterator[dict[str, torch.Tensor]],
     plan: TrainPlan,
     *,

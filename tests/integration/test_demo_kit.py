@@ -8,13 +8,14 @@ task, so that a job routed to the wrong adapter is caught by its output.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from demo.evaluate import BASE, ECHO, AccuracyMatrix, accuracy_matrix, format_matrix, load_kit
 from demo.tasks import ADAPTER_RULES, heldout_inputs, is_discriminating, training_inputs
@@ -57,7 +58,7 @@ def test_kit_holds_every_adapter_task(
 def test_each_adapter_and_the_base_meet_their_bars(
     matrix: AccuracyMatrix,
     capsys: pytest.CaptureFixture[str],
-    record_property: pytest.RecordProperty,
+    record_property: Callable[[str, object], None],
 ) -> None:
     table = format_matrix(matrix)
     record_property("accuracy_matrix", json.dumps(matrix))
@@ -91,6 +92,7 @@ def test_prompt_is_a_complete_input_and_chat_template_matches() -> None:
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi yo"}], add_generation_prompt=True
     )
+    assert isinstance(chat, BatchEncoding)
     assert chat["input_ids"] == ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == "hi yo"
     assert tokenizer.padding_side == "left"
