@@ -42,3 +42,12 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     # The most likely token always stays, even when it alone is over top_p.
     row = sampler(temperature=1.0, top_p=0.1, seed=3)
     assert {row.sample(logits) for _ in range(50)} == {0}
+
+
+def test_extreme_temperature_and_top_p_still_give_a_token() -> None:
+    # Values a fuzzer sends: denormal temperature and top_p, and a top_k over the vocabulary.
+    logits = torch.tensor([1.0, 2.0, 3.0, -1e9])
+    for params in ({"temperature": 5e-324}, {"temperature": 1.0, "top_p": 5e-324}):
+        assert sampler(**params, seed=1).sample(logits) == 2
+    row = sampler(temperature=2.0, top_k=1000, seed=1)
+    assert {row.sample(logits) for _ in range(100)} <= {0, 1, 2}

@@ -40,7 +40,12 @@ class RowSampler:
 
     def sample(self, logits: torch.Tensor) -> int:
         """Draw a token from ``logits`` (shape ``[vocab]``)."""
-        scores = logits.float() / self.temperature
+        # Shifted so that the best score is 0, and a temperature that float32 would round to
+        # 0 raised to its smallest normal: scores then reach -inf at worst, never NaN.
+        # Softmax and the filters ignore the shift.
+        logits = logits.float()
+        temperature = max(self.temperature, torch.finfo(torch.float32).tiny)
+        scores = (logits - logits.max()) / temperature
         if 0 < self.top_k < scores.numel():
             kth = torch.topk(scores, self.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -56,6 +61,8 @@ def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     probs = torch.softmax(sorted_scores, dim=-1)
     # A token goes when the tokens before it already reach top_p; the first always stays.
     drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= top_p
+    # Also when top_p is below float32's smallest value and rounds to 0.
+    drop_sorted[0] = False
     drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
     return scores.masked_fill(drop, float("-inf"))
 
