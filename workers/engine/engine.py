@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import torch
 
@@ -72,7 +73,8 @@ class Engine:
         # One thread, so that encodes never overlap on the tokenizer.
         self._tokenize = concurrent.futures.ThreadPoolExecutor(1, "loraq-tokenize")
         self._rows_lock = threading.Lock()
-        self._rows: dict[str, list[Row]] = {}
+        self._rows: dict[str, list[Row]] = {}  # by request id, for cancel
+        self._in_flight = 0
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings | None = None) -> Engine:
@@ -95,17 +97,24 @@ class Engine:
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
-        async for event in self._events(request, stream=False):
-            if isinstance(event, GenerationOutput):
-                return event
+        async with contextlib.aclosing(self._events(request, stream=False)) as events:
+            async for event in events:
+                if isinstance(event, GenerationOutput):
+                    return event
         raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
 
     async def stream(
         self, request: GenerationRequest
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
-        """Text deltas of ``request`` as they are made, then its output, last."""
-        async for event in self._events(request, stream=True):
-            yield event
+        """Text deltas of ``request`` as they are made, then its output, last.
+
+        Closing the iterator early (``aclose``, or cancelling the task that reads it)
+        cancels the row.
+        """
+        # aclosing: closing this iterator closes the inner one now, not at collection.
+        async with contextlib.aclosing(self._events(request, stream=True)) as events:
+            async for event in events:
+                yield event
 
     async def ensure_adapter(self, name: str) -> None:
         """Make ``name`` warm on the device (validating it first if it is cold)."""
@@ -144,7 +153,7 @@ class Engine:
         """Counters of the decode loop and the adapter cache."""
         counters = self._adapters.policy.counters
         with self._rows_lock:
-            in_flight = sum(len(rows) for rows in self._rows.values())
+            in_flight = self._in_flight
         return {
             **self._stats.as_dict(),
             "rows_in_flight": in_flight,
@@ -162,7 +171,9 @@ class Engine:
         await asyncio.to_thread(self._worker.close)
         self._tokenize.shutdown(wait=False)
 
-    async def _events(self, request: GenerationRequest, *, stream: bool) -> AsyncIterator[Update]:
+    async def _events(
+        self, request: GenerationRequest, *, stream: bool
+    ) -> AsyncGenerator[Update, None]:
         loop = asyncio.get_running_loop()
         prompt_ids = await loop.run_in_executor(
             self._tokenize,
@@ -209,8 +220,9 @@ class Engine:
             row.cancelled = not finished or row.cancelled
 
     def _track(self, row: Row) -> None:
-        if row.request_id is not None:
-            with self._rows_lock:
+        with self._rows_lock:
+            self._in_flight += 1
+            if row.request_id is not None:
                 self._rows.setdefault(row.request_id, []).append(row)
 
     def _row_done(self, row: Row) -> None:
@@ -222,13 +234,13 @@ class Engine:
         self._untrack(row)
 
     def _untrack(self, row: Row) -> None:
-        if row.request_id is not None:
-            with self._rows_lock:
-                rows = self._rows.get(row.request_id, [])
-                if row in rows:
-                    rows.remove(row)
-                if not rows:
-                    self._rows.pop(row.request_id, None)
+        with self._rows_lock:
+            self._in_flight -= 1
+            rows = self._rows.get(row.request_id or "", [])
+            if row in rows:
+                rows.remove(row)
+            if not rows:
+                self._rows.pop(row.request_id or "", None)
 
 
 class _RequestSink:

@@ -15,6 +15,12 @@ SAMPLED = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
 LONG = 120
 
 
+def full_length_prompt(reference: Reference, adapter: str, stem: str) -> str:
+    """A prompt whose row runs LONG tokens (no EOS): only a cancel can end it early."""
+    candidates = (f"{stem} {i}" for i in range(20))
+    return next(p for p in candidates if len(reference(adapter, p, LONG)) == LONG)
+
+
 @pytest.fixture(scope="module")
 def engine(kit: Kit) -> Iterator[Engine]:
     engine = start_engine(kit.settings(max_new_tokens=LONG))
@@ -71,10 +77,7 @@ async def test_each_row_keeps_its_own_length(engine: Engine) -> None:
 
 
 async def test_cancel_stops_a_row_and_keeps_its_text(engine: Engine, reference: Reference) -> None:
-    # A prompt whose row would run its full length: only the cancel can end it early.
-    prompt = next(
-        p for p in (f"cancel me {i}" for i in range(20)) if len(reference("d", p, LONG)) == LONG
-    )
+    prompt = full_length_prompt(reference, "d", "cancel me")
     job = request("d", prompt, LONG)
     job.request_id = "cancel-1"
     other = asyncio.create_task(engine.generate(request("e", "keep going", 20)))
@@ -92,14 +95,21 @@ async def test_cancel_stops_a_row_and_keeps_its_text(engine: Engine, reference: 
     assert (await other).finish_reason in {"length", "stop"}
 
 
-async def test_a_listener_that_walks_away_frees_its_row(engine: Engine) -> None:
-    async for _event in engine.stream(request("a", "abandoned", 48)):
+async def test_a_listener_that_walks_away_frees_its_row(
+    engine: Engine, reference: Reference
+) -> None:
+    prompt = full_length_prompt(reference, "a", "abandoned")
+    tokens_before = engine.stats()["tokens_generated"]
+    events = engine.stream(request("a", prompt, LONG))
+    async for _event in events:
         break
-    for _ in range(100):
+    await events.aclose()  # what a dropped HTTP stream or a cancelled task does
+    for _ in range(200):
         if engine.stats()["rows_in_flight"] == 0:
             break
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.01)
     assert engine.stats()["rows_in_flight"] == 0
+    assert engine.stats()["tokens_generated"] - tokens_before < LONG
 
 
 async def test_cancel_as_soon_as_the_request_is_known(engine: Engine) -> None:
