@@ -10,15 +10,19 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from workers.gateway.deployment import Gateway
 from workers.serve.consumer_deployment import JobConsumer
 from workers.serve.model_deployment import LoRAModel
+from workers.serve.routing import AdapterAffinityRouter
 from workers.settings import WorkerSettings
 
 MODEL_DEPLOYMENT = "LoRAModel"
 CONSUMER_DEPLOYMENT = "JobConsumer"
 GATEWAY_DEPLOYMENT = "Gateway"
+# Import path of the adapter-affinity router; Serve imports it in every caller's process.
+ROUTER = f"{AdapterAffinityRouter.__module__}.{AdapterAffinityRouter.__qualname__}"
 
 
 def build_app(settings: WorkerSettings) -> Application:
@@ -33,6 +37,8 @@ def build_app(settings: WorkerSettings) -> Application:
             "num_gpus": settings.model_num_gpus,
         },
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        # (mypy misreads this pydantic field of Ray's as a dict)
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER),  # type: ignore[arg-type]
     )(LoRAModel)
     consumer = serve.deployment(
         name=CONSUMER_DEPLOYMENT,

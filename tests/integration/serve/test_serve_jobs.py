@@ -10,7 +10,7 @@ import time
 import orjson
 import redis
 
-from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
+from demo.tasks import ADAPTER_RULES, expected_output
 from schemas import JobStatus
 from tests.conftest import redis_cli
 from tests.integration.serve.conftest import (
@@ -23,10 +23,9 @@ from tests.integration.serve.conftest import (
 ADAPTERS: list[str | None] = [*ADAPTER_RULES, None]
 
 
-def job_plan(count: int, seed: int) -> list[tuple[str | None, str]]:
+def job_plan(prompts: list[str], count: int, seed: int) -> list[tuple[str | None, str]]:
     """``count`` (adapter, prompt) pairs over every demo adapter and the base model."""
-    inputs = heldout_inputs()
-    plan = [(ADAPTERS[i % len(ADAPTERS)], inputs[i % len(inputs)]) for i in range(count)]
+    plan = [(ADAPTERS[i % len(ADAPTERS)], prompts[i % len(prompts)]) for i in range(count)]
     random.Random(seed).shuffle(plan)
     return plan
 
@@ -38,10 +37,10 @@ def raw_job(adapter: str | None, prompt: str) -> str:
 
 
 def test_120_jobs_from_the_producer_and_redis_cli_give_each_adapters_output(
-    live_app: LiveApp, r: redis.Redis
+    live_app: LiveApp, kit_prompts: list[str], r: redis.Redis
 ) -> None:
     keys = live_app.keys
-    plan = job_plan(120, seed=1)
+    plan = job_plan(kit_prompts, 120, seed=1)
     by_producer, by_cli = plan[:100], plan[100:]
     with live_app.producer() as producer:
         ids = producer.submit_many(
@@ -75,10 +74,10 @@ def test_120_jobs_from_the_producer_and_redis_cli_give_each_adapters_output(
 
 
 def test_streamed_chunks_make_the_final_text_and_come_before_the_end(
-    live_app: LiveApp, r: redis.Redis
+    live_app: LiveApp, kit_prompts: list[str], r: redis.Redis
 ) -> None:
     keys = live_app.keys
-    plan = job_plan(10, seed=2)
+    plan = job_plan(kit_prompts, 10, seed=2)
     with live_app.producer() as producer:
         ids = producer.submit_many(
             [
@@ -104,9 +103,10 @@ def test_streamed_chunks_make_the_final_text_and_come_before_the_end(
     assert several, "no job streamed more than one chunk"
 
 
-def test_loraq_wait_follow_prints_the_text(live_app: LiveApp) -> None:
+def test_loraq_wait_follow_prints_the_text(live_app: LiveApp, kit_prompts: list[str]) -> None:
+    prompt = kit_prompts[2]
     with live_app.producer() as producer:
-        job_id = producer.submit("abc def", adapter="upper", params={"max_new_tokens": 16})
+        job_id = producer.submit(prompt, adapter="upper", params={"max_new_tokens": 16})
     started = time.monotonic()
     out = subprocess.run(
         [
@@ -118,16 +118,18 @@ def test_loraq_wait_follow_prints_the_text(live_app: LiveApp) -> None:
         timeout=120,
         check=True,
     )
-    assert "ABC DEF" in out.stdout, out
+    assert prompt.upper() in out.stdout, out
     assert time.monotonic() - started < 60
 
 
-def test_forward_passes_mix_adapters_in_the_served_path(live_app: LiveApp) -> None:
+def test_forward_passes_mix_adapters_in_the_served_path(
+    live_app: LiveApp, kit_prompts: list[str]
+) -> None:
     with live_app.producer() as producer:
         ids = producer.submit_many(
             [
                 {"adapter": a, "prompt": p, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
-                for a, p in job_plan(40, seed=3)
+                for a, p in job_plan(kit_prompts, 40, seed=3)
             ]
         )
         producer.wait_many(ids, timeout=120)

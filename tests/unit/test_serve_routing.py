@@ -1,0 +1,40 @@
+"""The adapter-affinity ranking of LoRAModel replicas (pure policy)."""
+
+from __future__ import annotations
+
+from workers.serve.routing import affinity_ranks, rendezvous_score
+
+REPLICAS = {"r1": {"upper", "reverse"}, "r2": {"rot13"}, "r3": {"upper", "title"}}
+
+
+def test_replicas_holding_the_adapter_come_first_and_only_they() -> None:
+    ranks = affinity_ranks("upper", REPLICAS)
+    assert sorted(ranks[0]) == ["r1", "r3"]
+    assert ranks[1:] == [["r2"]]
+
+
+def test_a_cold_adapter_goes_to_the_replica_with_fewest_adapters_then_the_rest() -> None:
+    assert affinity_ranks("sql", REPLICAS)[0] == ["r2"]
+    assert sorted(affinity_ranks("sql", REPLICAS)[1]) == ["r1", "r3"]
+
+
+def test_ties_between_cold_replicas_are_broken_the_same_way_everywhere() -> None:
+    even = {f"r{i}": {"a", "b"} for i in range(8)}
+    homes = {affinity_ranks(name, even)[0][0] for name in ("x",) * 20}
+    assert len(homes) == 1  # every router, every time, picks one home for "x"
+    spread = {affinity_ranks(f"adapter-{i}", even)[0][0] for i in range(200)}
+    assert len(spread) == 8  # different adapters get different homes
+    assert rendezvous_score("x", "r1") == rendezvous_score("x", "r1")
+
+
+def test_base_model_requests_go_to_two_random_replicas_then_all() -> None:
+    first, everyone = affinity_ranks("", REPLICAS)
+    assert len(first) == 2 and set(first) <= set(REPLICAS)
+    assert sorted(everyone) == sorted(REPLICAS)
+    assert affinity_ranks("", {}) == []
+    assert affinity_ranks("upper", {}) == []
+
+
+def test_a_single_replica_is_every_rank_there_is() -> None:
+    assert affinity_ranks("upper", {"only": set()}) == [["only"]]
+    assert affinity_ranks("", {"only": set()}) == [["only"], ["only"]]
