@@ -18,7 +18,7 @@ from producer.embedded import free_port
 from producer.settings import ClientSettings
 from schemas import JobStatus
 from tests.conftest import REPO
-from tests.integration.serve.conftest import LiveApp, delete_prefix
+from tests.integration.serve.conftest import delete_prefix
 
 LORAQ = [sys.executable, "-m", "producer.cli"]
 
@@ -64,7 +64,7 @@ def test_loraq_demo_runs_every_adapter_and_exits_0(redis_url: str, own_prefix: s
 
 @pytest.mark.timeout(300)
 def test_loraq_serve_joins_ray_serves_and_stops_on_sigterm(
-    live_app: LiveApp, redis_url: str, own_prefix: str
+    ray_serve: str, redis_url: str, own_prefix: str
 ) -> None:
     env = command_env(
         redis_url,
@@ -96,6 +96,6 @@ def test_loraq_serve_joins_ray_serves_and_stops_on_sigterm(
         assert record.result is not None and record.result.text == "AB CD"
     finally:
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=120)
+        _, rest = process.communicate(timeout=120)
     assert process.returncode == 0, "".join(log) + (rest or "")
     assert "stopped" in (rest or "")
