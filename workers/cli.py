@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
         help="Serve the demo kit, run a job per adapter, print the results, stop.",
         description="Starts everything on the demo kit, submits a job for every demo adapter "
         "and the base model through the producer and one through plain redis-cli, waits, "
-        "prints a table, shuts down. Exit 0 when every job gave its adapter's output.",
+        "calls the synchronous HTTP endpoint once, prints a table, shuts down. Exit 0 when "
+        "every request gave its adapter's output.",
     )
     _deployment_options(sub)
     sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for jobs")

@@ -2,7 +2,8 @@
 
 Serves the demo model, submits one job per demo adapter and one for the base model
 through the Python producer and one through plain ``redis-cli`` (the any-language path),
-waits, prints what came back, and shuts everything down.
+waits, calls the gateway's synchronous HTTP endpoint once, prints what came back, and
+shuts everything down.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -31,7 +35,7 @@ DEMO_DEFAULTS = {"model_num_cpus": 0.5, "consumer_num_cpus": 0.1, "max_batch_siz
 
 @dataclass(frozen=True)
 class DemoJob:
-    """One submitted demo job and how it was sent."""
+    """One demo request and how it was sent (``job_id`` is empty for the HTTP call)."""
 
     job_id: str
     adapter: str | None
@@ -42,6 +46,16 @@ class DemoJob:
     def expected(self) -> str:
         """The output the adapter's rule predicts."""
         return expected_output(self.adapter, self.prompt)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back for a demo request."""
+
+    ok: bool
+    text: str
+    latency_ms: float | None = None
+    replica: str | None = None
 
 
 def redis_cli_submit(url: str, keys: Keys, adapter: str, prompt: str) -> str | None:
@@ -60,9 +74,10 @@ def redis_cli_submit(url: str, keys: Keys, adapter: str, prompt: str) -> str | N
     return out.stdout.strip()
 
 
-def submit_demo_jobs(producer: Producer, settings: WorkerSettings) -> list[DemoJob]:
+def submit_demo_jobs(
+    producer: Producer, settings: WorkerSettings, prompts: Iterator[str]
+) -> list[DemoJob]:
     """A job for every demo adapter and the base model, and one more through redis-cli."""
-    prompts = iter(heldout_inputs())
     params = {"max_new_tokens": DEMO_MAX_NEW_TOKENS}
     jobs = []
     for adapter in [*ADAPTER_RULES, None]:
@@ -76,41 +91,72 @@ def submit_demo_jobs(producer: Producer, settings: WorkerSettings) -> list[DemoJ
     return jobs
 
 
-def results_table(jobs: list[DemoJob], records: dict[str, JobRecord]) -> tuple[Table, int]:
-    """The table of what came back, and how many jobs did not give the expected output."""
+def answer_of(record: JobRecord | None, job: DemoJob) -> Answer:
+    """A queued job's answer, from its final record."""
+    if record is None:
+        return Answer(False, "(no answer)")
+    result = record.result
+    if record.status is not JobStatus.SUCCEEDED or result is None:
+        why = record.error.message if record.error else ""
+        return Answer(False, f"{record.status.value}: {why}")
+    return Answer(result.text == job.expected, result.text, result.timings.total_ms, result.replica)
+
+
+def http_generate(settings: WorkerSettings, job: DemoJob) -> Answer:
+    """The same model over the gateway's synchronous ``POST /v1/generate`` (no Redis)."""
+    prefix = settings.http_route_prefix.rstrip("/")
+    url = f"http://{settings.http_host}:{settings.http_port}{prefix}/v1/generate"
+    body = {"adapter": job.adapter, "prompt": job.prompt}
+    body["params"] = {"max_new_tokens": DEMO_MAX_NEW_TOKENS}  # type: ignore[assignment]
+    headers = {"Content-Type": "application/json"}
+    if settings.api_keys is not None:
+        key = settings.api_keys.get_secret_value().split(",")[0].strip()
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, orjson.dumps(body), headers, method="POST")
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result = orjson.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return Answer(False, f"HTTP call failed: {exc}")
+    latency_ms = (time.perf_counter() - started) * 1000
+    return Answer(result["text"] == job.expected, result["text"], latency_ms, result.get("replica"))
+
+
+def results_table(rows: list[tuple[DemoJob, Answer]]) -> Table:
+    """One line per demo request: what was asked, what came back, whether it is right."""
     table = Table(title="loraq demo: one base model, many adapters")
     for column in ("adapter", "via", "prompt", "output", "ok", "latency ms", "replica"):
         table.add_column(column)
-    wrong = 0
-    for job in jobs:
-        record = records.get(job.job_id)
-        result = record.result if record else None
-        output = result.text if result else _failure(record)
-        ok = record is not None and record.status is JobStatus.SUCCEEDED and output == job.expected
-        wrong += not ok
-        latency = result.timings.total_ms if result and result.timings.total_ms else None
+    for job, answer in rows:
         table.add_row(
             job.adapter or "(base)",
             job.via,
             job.prompt,
-            output,
-            "yes" if ok else f"no (expected {job.expected!r})",
-            f"{latency:.0f}" if latency is not None else "-",
-            (result.replica if result else None) or "-",
+            answer.text,
+            "yes" if answer.ok else f"no (expected {job.expected!r})",
+            f"{answer.latency_ms:.0f}" if answer.latency_ms is not None else "-",
+            answer.replica or "-",
         )
-    return table, wrong
+    return table
 
 
-def _failure(record: JobRecord | None) -> str:
-    if record is None:
-        return "(no answer)"
-    if record.error is not None:
-        return f"{record.status.value}: {record.error.message}"
-    return record.status.value
+def run_requests(running: launch.Running, timeout_s: float) -> list[tuple[DemoJob, Answer]]:
+    """Submit the demo jobs, wait for them, and make the one HTTP call."""
+    prompts = iter(heldout_inputs())
+    with Producer.from_settings(running.settings) as producer:
+        jobs = submit_demo_jobs(producer, running.settings, prompts)
+        try:
+            records = producer.wait_many([job.job_id for job in jobs], timeout=timeout_s)
+        except JobTimeoutError as exc:
+            records = dict(exc.done)
+    rows = [(job, answer_of(records.get(job.job_id), job)) for job in jobs]
+    http_job = DemoJob("", "reverse", next(prompts), "http")
+    return [*rows, (http_job, http_generate(running.settings, http_job))]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 when every job gave the output its adapter's rule predicts."""
+    """Run the demo; 0 when every request gave the output its adapter's rule predicts."""
     console = Console()
     settings = settings_from(args, **DEMO_DEFAULTS)
     console.print("[bold]starting[/bold] Ray, the demo model and the queue consumer …")
@@ -118,20 +164,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         for line in running.notes:
             console.print(f"  {line}")
-        with Producer.from_settings(running.settings) as producer:
-            jobs = submit_demo_jobs(producer, running.settings)
-            console.print(f"submitted {len(jobs)} jobs; waiting …")
-            try:
-                records = producer.wait_many([job.job_id for job in jobs], timeout=args.timeout)
-            except JobTimeoutError as exc:
-                records = dict(exc.done)
-        table, wrong = results_table(jobs, records)
-        console.print(table)
+        console.print(
+            "submitting a job per adapter (Python producer, redis-cli) and one HTTP call …"
+        )
+        rows = run_requests(running, args.timeout)
+        console.print(results_table(rows))
     finally:
         console.print("shutting down …")
         launch.shutdown(running)
+    wrong = sum(not answer.ok for _, answer in rows)
     if wrong:
-        console.print(f"[red]{wrong} of {len(jobs)} jobs did not give the expected output[/red]")
+        console.print(
+            f"[red]{wrong} of {len(rows)} requests did not give the expected output[/red]"
+        )
         return 1
-    console.print(f"[green]all {len(jobs)} jobs gave their adapter's output[/green]")
+    console.print(f"[green]all {len(rows)} requests gave their adapter's output[/green]")
     return 0

@@ -56,8 +56,8 @@ def test_loraq_demo_runs_every_adapter_and_exits_0(redis_url: str, own_prefix: s
     )
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "all 6 jobs gave their adapter's output" in out.stdout
-    for column in ("adapter", "prompt", "output", "latency", "replica", "redis-cli"):
+    assert "all 7 requests gave their adapter's output" in out.stdout
+    for column in ("adapter", "prompt", "output", "latency", "replica", "redis-cli", "http"):
         assert column in out.stdout
     print(f"loraq demo took {time.monotonic() - started:.0f}s")
 
