@@ -22,13 +22,13 @@ class Gateway:
     """FastAPI ingress: sync generation and the OpenAI API on ``model``, the queue on Redis.
 
     ``consumer`` is bound only so that the JobConsumer deployment belongs to the same
-    application (Serve deploys what the ingress binds).
+    application (Serve deploys what the ingress binds); ``None`` deploys no consumer.
     """
 
     def __init__(
         self,
         model: DeploymentHandle[Any],
-        consumer: DeploymentHandle[Any],
+        consumer: DeploymentHandle[Any] | None,
         settings: WorkerSettings,
     ) -> None:
         client = ModelClient(

@@ -32,7 +32,8 @@ class ModelClient:
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """The finished generation of ``request``."""
-        handle = self._handle
+        # By value over Serve's gRPC, like the consumer's streamed calls: no object store.
+        handle = self._handle.options(_by_reference=False)
         if self._affinity and request.adapter:
             handle = handle.options(multiplexed_model_id=request.adapter)
         with engine_errors():
