@@ -51,7 +51,7 @@ class Engine:
         self._device = loaded.device
         # Module shapes of the bare base model, before PEFT wraps any layer.
         shapes = base_module_shapes(loaded.model)
-        self._model = MultiLoraModel(loaded.model)
+        self._model = MultiLoraModel(loaded.model, capacity=settings.max_adapters_per_replica)
         self._stats = PassStats()
         batch = DecodeBatch(
             self._model, self._tokenizer, device=self._device, on_pass=self._stats.record_pass

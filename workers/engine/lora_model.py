@@ -13,7 +13,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from workers.adapters.loader import delete_adapter, load_adapter
-from workers.engine.stacked_lora import StackedLora, qualifies
+from workers.engine.stacked_lora import StackedLora
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 
@@ -29,7 +29,7 @@ class MultiLoraModel:
     call to add and remove its hooks). Not thread-safe: only the model thread calls it.
     """
 
-    def __init__(self, base: PreTrainedModel) -> None:
+    def __init__(self, base: PreTrainedModel, *, capacity: int) -> None:
         self.base = base
         self.peft: PeftModel | None = None
         # Our names -> PEFT's. Adapter names may hold "." (no torch module name may) or
@@ -38,14 +38,20 @@ class MultiLoraModel:
         self._loads = 0
         self._hooked: set[int] = set()
         self._row_adapters: list[str] | None = None  # what the hooks inject, when set
-        self._stacked = StackedLora()
-        self._stacked_ok = False
+        self._stacked = StackedLora(capacity)
+        # False sends every mixed pass through PEFT's per-row path (for comparisons).
+        self.prefer_stacked = True
 
     @property
     def config(self) -> PretrainedConfig:
         """The base model's config."""
         config: PretrainedConfig = self.base.config
         return config
+
+    @property
+    def stacked_in_use(self) -> bool:
+        """Whether mixed passes now take the stacked path."""
+        return self.prefer_stacked and self._stacked.usable
 
     def names(self) -> list[str]:
         """Adapters on the device."""
@@ -58,19 +64,14 @@ class MultiLoraModel:
         self.peft = load_adapter(self.peft or self.base, folder, peft_name)
         self._peft_names[name] = peft_name
         self._hook_new_layers()
-        self._restack()
+        self._stacked.add(self.base, name, peft_name)
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
         peft_name = self._peft_names.pop(name)
         if self.peft is not None:
             delete_adapter(self.peft, peft_name)
-        self._restack()
-
-    def _restack(self) -> None:
-        self._stacked_ok = qualifies(self.base, self._peft_names)
-        if self._stacked_ok:
-            self._stacked.rebuild(self.base, self._peft_names)
+        self._stacked.remove(name)
 
     @torch.inference_mode()
     def last_logits(
@@ -115,7 +116,7 @@ class MultiLoraModel:
             peft_name = self._peft_names[adapter_names[0]]
             if self.peft.active_adapter != peft_name:
                 self.peft.set_adapter(peft_name, inference_mode=True)
-        elif self._stacked_ok:
+        elif self.stacked_in_use:
             # PEFT computes the base output only; the stacked hooks add each row's delta.
             self._row_adapters = [BASE_ADAPTER] * len(adapter_names)
             self._stacked.begin(adapter_names, device)

@@ -27,15 +27,27 @@ def logits(model: MultiLoraModel, ids: torch.Tensor, names: list[str]) -> torch.
 
 
 def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
-    model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval())
-    for name in ADAPTERS:
+    base = AutoModelForCausalLM.from_pretrained(kit.base).eval()
+    model = MultiLoraModel(base, capacity=len(ADAPTERS))
+    # Small ranks first, so that later loads widen the stacks of layers already stacked.
+    for name in ["d", "a", "c", "b", "e"]:
         model.add(name, kit.adapters / name)
     ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(0))
-    assert model._stacked_ok
+    assert model.stacked_in_use
+    check_paths(model, ids)
+    # Evicted adapters' slots change hands: "a" (q, v) takes the slot "c" (k, up) held.
+    model.remove("a")
+    model.remove("c")
+    model.add("a", kit.adapters / "a")
+    model.add("c", kit.adapters / "c")
+    check_paths(model, ids)
+
+
+def check_paths(model: MultiLoraModel, ids: torch.Tensor) -> None:
     stacked = logits(model, ids, NAMES)
-    model._stacked_ok = False
+    model.prefer_stacked = False
     per_row = logits(model, ids, NAMES)
-    model._stacked_ok = True
+    model.prefer_stacked = True
     alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
     torch.testing.assert_close(stacked, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(per_row, alone, rtol=1e-4, atol=1e-4)
@@ -63,7 +75,7 @@ def test_an_adapter_with_lora_bias_falls_back_to_peft_and_stays_correct(
             return [output.token_ids for output in outputs]
 
         biased, _ = asyncio.run(run())
-        assert not engine._model._stacked_ok  # PEFT's per-row path served the mixed pass
+        assert not engine._model.stacked_in_use  # PEFT's per-row path served the mixed pass
     finally:
         stop_engine(engine)
     reference = PeftModel.from_pretrained(
