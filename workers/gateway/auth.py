@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -22,7 +23,8 @@ class ApiKeys:
 
     def __init__(self, secret: SecretStr | None) -> None:
         raw = secret.get_secret_value() if secret is not None else ""
-        self._keys = [key.strip().encode() for key in raw.split(",") if key.strip()]
+        # Digests, compared digest to digest: equal lengths, so not even a key's length leaks.
+        self._keys = [_digest(key.strip()) for key in raw.split(",") if key.strip()]
 
     @property
     def enabled(self) -> bool:
@@ -32,7 +34,7 @@ class ApiKeys:
     def accepts(self, presented: str) -> bool:
         """Whether ``presented`` is one of the keys; the time taken does not depend on
         which key, nor on how much of one, matched."""
-        candidate = presented.encode()
+        candidate = _digest(presented)
         matched = False
         for key in self._keys:
             # Every key is compared, so the time does not tell which one matched.
@@ -43,6 +45,10 @@ class ApiKeys:
         return f"ApiKeys({len(self._keys)} keys)"
 
     __str__ = __repr__
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 def _unauthorized(message: str) -> ApiError:

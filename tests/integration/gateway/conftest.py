@@ -119,7 +119,14 @@ def secured_gateway(
     """The gateway app with API keys, on a Redis server of its own (tests may stop it)."""
     server = EmbeddedRedis(state_dir=tmp_path_factory.mktemp("gw-redis")).start()
     settings = gateway_settings(
-        server.url, "gwsec", api_keys=",".join(API_KEYS), http_redis_timeout_s=1.0
+        server.url,
+        "gwsec",
+        api_keys=",".join(API_KEYS),
+        http_redis_timeout_s=1.0,
+        # After a Redis restart the consumer may leave its first entry pending on a stale
+        # connection until it is reclaimed: keep that short here.
+        visibility_timeout_s=5.0,
+        lease_renew_s=1.0,
     )
     try:
         app = deploy(settings, ray_serve, redis=server, headers=bearer(API_KEYS[1]))
