@@ -342,7 +342,7 @@ def write(results: dict[str, Any]) -> None:
         f"- runs side by side (median of per-turn ratios): (b)/(a) = "
         f"**{ratios['b_over_a_paired']:.2f}x**; (b)/(c) = {ratios['b_over_c_paired']:.2f}; "
         f"(e)/(c) = {ratios['e_over_c_paired']:.2f} (PEFT's per-row path)",
-        f"- passes in (b) with more than one adapter: "
+        f"- passes holding more than one adapter in runs (b) and (e): "
         f"{results['b_mixed_batch']['multi_adapter_passes']:.0f}; most adapters in one pass: "
         f"{results['b_mixed_batch']['max_adapters_in_pass']:.0f}",
         f"- cold load of one adapter (validate + PEFT load_adapter): median "
