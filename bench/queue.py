@@ -8,7 +8,7 @@ so it pays for the stream, the consumer, the Lua scripts, the streamed chunks an
 wait. A second pair of runs swaps
 the model for a no-op deployment, which shows the ceiling of the queue machinery itself.
 
-    python -m bench.queue [--jobs 300] [--concurrency 32]
+    python -m bench.queue [--jobs 200] [--rounds 3] [--concurrency 32]
 
 Writes bench/results/queue.{json,md,png}. (Run it with ``-m``: a script named queue.py
 run by path would shadow the standard library's ``queue`` module.)
@@ -146,6 +146,28 @@ async def queued(settings: WorkerSettings, jobs: list[Job], concurrency: int) ->
         await producer.aclose()
 
 
+async def queued_bulk(settings: WorkerSettings, jobs: list[Job]) -> float:
+    """Jobs/s of the queue used in bulk: all jobs submitted at once, then all awaited.
+
+    The consumer's in-flight bound (``max_in_flight``, set to the same concurrency) is then
+    what keeps that many jobs at the engine; the client costs little.
+    """
+    async with AsyncProducer.from_settings(settings) as producer:
+        params = {"max_new_tokens": MAX_NEW_TOKENS}
+        started = time.perf_counter()
+        ids = await producer.submit_many(
+            [{"adapter": adapter, "prompt": prompt, "params": params} for adapter, prompt in jobs]
+        )
+        records = await producer.wait_many(ids, timeout=300)
+        seconds = time.perf_counter() - started
+    failed = [
+        job_id for job_id, record in records.items() if record.status is not JobStatus.SUCCEEDED
+    ]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs did not succeed, e.g. {records[failed[0]]}")
+    return len(jobs) / seconds
+
+
 def deploy_noop(settings: WorkerSettings) -> None:
     """The JobConsumer of the real app, in front of :class:`NoopModel`."""
     model = serve.deployment(
@@ -156,32 +178,55 @@ def deploy_noop(settings: WorkerSettings) -> None:
     consumer = serve.deployment(
         name=CONSUMER_DEPLOYMENT, ray_actor_options={"num_cpus": settings.consumer_num_cpus}
     )(JobConsumer)
-    serve.run(consumer.bind(model.bind(), settings), name=settings.app_name, route_prefix=None)
+    serve.run(
+        consumer.bind(model.bind(), settings),
+        name=settings.app_name,
+        route_prefix=settings.http_route_prefix,
+    )
 
 
 async def compare(
-    name: str, settings: WorkerSettings, jobs: list[Job], concurrency: int
+    name: str, settings: WorkerSettings, jobs: list[Job], args: Any
 ) -> dict[str, Any]:
-    """Warm both paths up, then measure direct and queued on the same deployment."""
+    """Warm both paths up, then measure direct and queued in interleaved rounds.
+
+    Other work on the machine shifts single runs; pairing each queue run with a direct run
+    taken just before it and reporting the median round keeps that out of the ratio.
+    """
     handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=settings.app_name)
+    concurrency, affinity = args.concurrency, settings.affinity_routing
     warmup = jobs[: 2 * concurrency]
-    await direct(handle, warmup, concurrency, affinity=settings.affinity_routing)
+    await direct(handle, warmup, concurrency, affinity=affinity)
     await queued(settings, warmup, concurrency)
-    direct_run = await direct(handle, jobs, concurrency, affinity=settings.affinity_routing)
-    queue_run = await queued(settings, jobs, concurrency)
+    rounds, bulk_ratios = [], []
+    for _ in range(args.rounds):
+        direct_run = await direct(handle, jobs, concurrency, affinity=affinity)
+        rounds.append((direct_run, await queued(settings, jobs, concurrency)))
+        bulk_ratios.append(await queued_bulk(settings, jobs) / direct_run.jobs_per_s)
+    rounds.sort(key=lambda pair: pair[1].jobs_per_s / pair[0].jobs_per_s)
+    direct_run, queue_run = rounds[len(rounds) // 2]
+    ratios = [q.jobs_per_s / d.jobs_per_s for d, q in rounds]
+    bulk_ratios.sort()
     row = {
         "engine": name,
         "direct": asdict(direct_run),
         "queue": asdict(queue_run),
         "throughput_ratio": queue_run.jobs_per_s / direct_run.jobs_per_s,
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+        "bulk_ratio": bulk_ratios[len(bulk_ratios) // 2],
+        "bulk_ratio_min": bulk_ratios[0],
+        "bulk_ratio_max": bulk_ratios[-1],
+        "rounds": [{"direct": asdict(d), "queue": asdict(q)} for d, q in rounds],
         "added_p50_ms": queue_run.p50_ms - direct_run.p50_ms,
         "added_p99_ms": queue_run.p99_ms - direct_run.p99_ms,
         "p50_ratio": queue_run.p50_ms / direct_run.p50_ms,
         "p99_ratio": queue_run.p99_ms / direct_run.p99_ms,
     }
     print(
-        f"{name}: direct {direct_run.jobs_per_s:.1f} jobs/s, "
-        f"queue {queue_run.jobs_per_s:.1f} jobs/s, ratio {row['throughput_ratio']:.2f}"
+        f"{name}: direct {direct_run.jobs_per_s:.1f} jobs/s, queue {queue_run.jobs_per_s:.1f} "
+        f"jobs/s, ratio {row['throughput_ratio']:.2f} (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}), "
+        f"bulk ratio {row['bulk_ratio']:.2f}"
     )
     return row
 
@@ -193,6 +238,7 @@ def bench_settings(
         "redis_url": redis_url,
         "prefix": f"loraqbench:{uuid.uuid4().hex[:10]}",
         "app_name": app_name,
+        "http_route_prefix": f"/{app_name}",
         "num_model_replicas": 1,
         "model_num_cpus": 1.0,
         "consumer_num_cpus": 0.25,
@@ -224,7 +270,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         settings = bench_settings(redis_url, "bench-engine", args.concurrency)
         running = launch.deploy(settings)
         try:
-            rows.append(asyncio.run(compare("demo model", settings, jobs, args.concurrency)))
+            rows.append(asyncio.run(compare("demo model", settings, jobs, args)))
         finally:
             launch.shutdown(running)
             clean(redis_url, settings.prefix)
@@ -233,7 +279,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         deploy_noop(settings)
         try:
-            rows.append(asyncio.run(compare("no-op model", settings, jobs, args.concurrency)))
+            rows.append(asyncio.run(compare("no-op model", settings, jobs, args)))
         finally:
             serve.delete(settings.app_name)
             clean(redis_url, settings.prefix)
@@ -248,6 +294,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
+        "rounds": args.rounds,
         "jobs": args.jobs,
         "concurrency": args.concurrency,
         "max_new_tokens": MAX_NEW_TOKENS,
@@ -259,6 +306,8 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "direct jobs/s": lambda row: f"{row['direct']['jobs_per_s']:.1f}",
         "queue jobs/s": lambda row: f"{row['queue']['jobs_per_s']:.1f}",
         "queue/direct": lambda row: f"{row['throughput_ratio']:.2f}",
+        "range": lambda row: f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
+        "bulk/direct": lambda row: f"{row['bulk_ratio']:.2f}",
         "direct p50 ms": lambda row: f"{row['direct']['p50_ms']:.1f}",
         "queue p50 ms": lambda row: f"{row['queue']['p50_ms']:.1f}",
         "added p50 ms": lambda row: f"{row['added_p50_ms']:.1f}",
@@ -267,8 +316,12 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "added p99 ms": lambda row: f"{row['added_p99_ms']:.1f}",
     }
     lines = [
-        f"# Queue path vs direct handle ({args.jobs} jobs, {args.concurrency} in flight, "
-        f"{os.cpu_count()} CPUs, max_new_tokens {MAX_NEW_TOKENS})",
+        f"# Queue path vs direct handle ({args.jobs} jobs x {args.rounds} rounds, "
+        f"{args.concurrency} in flight, {os.cpu_count()} CPUs, max_new_tokens {MAX_NEW_TOKENS})",
+        "",
+        "Median round shown; range = queue/direct over all rounds. queue: 32 clients each "
+        "submitting a job and waiting for it; bulk: all jobs submitted at once "
+        "(`submit_many`), then awaited (`wait_many`), the consumer keeping 32 in flight.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -331,7 +384,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=200, help="jobs per path and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved direct/queue rounds")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     write(run(args), args)
