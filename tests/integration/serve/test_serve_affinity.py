@@ -50,16 +50,23 @@ def run_plan(app: LiveApp, plan: list[tuple[str, str]]) -> None:
         assert record.result.text == expected_output(adapter, prompt)
 
 
-def measured_loads(app: LiveApp, prompts: list[str], seed: int) -> dict[str, int]:
-    """Adapter loads per replica for the 200 jobs, after a warm-up that is not counted
-    (so that neither run pays for the first load of each adapter)."""
+def measured_loads(
+    app: LiveApp, prompts: list[str], seed: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Adapter loads per replica during a short warm-up (two jobs per adapter), and then
+    during the 200 jobs; only the latter is compared, so neither run pays there for the
+    first load of each adapter."""
     rng = random.Random(seed)
     adapters = list(ADAPTER_RULES)
+    start = loads(app.model_stats())
     run_plan(app, [(adapters[i % len(adapters)], prompts[i]) for i in range(2 * len(adapters))])
-    plan = [(rng.choice(adapters), rng.choice(prompts)) for _ in range(JOBS)]
-    before = loads(app.model_stats())
-    run_plan(app, plan)
-    after = loads(app.model_stats())
+    warm = loads(app.model_stats())
+    run_plan(app, [(rng.choice(adapters), rng.choice(prompts)) for _ in range(JOBS)])
+    end = loads(app.model_stats())
+    return delta(start, warm), delta(warm, end)
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {replica: count - before.get(replica, 0) for replica, count in after.items()}
 
 
@@ -78,14 +85,17 @@ def fresh_app(shared: LiveApp, name: str, **overrides: Any) -> Iterator[LiveApp]
 def test_affinity_routing_keeps_adapter_loads_near_one_per_adapter(
     live_app: LiveApp, kit_prompts: list[str]
 ) -> None:
-    with_affinity = measured_loads(live_app, kit_prompts, seed=11)
+    warmup, with_affinity = measured_loads(live_app, kit_prompts, seed=11)
     with fresh_app(live_app, "e2e-no-affinity", affinity_routing=False) as app:
-        without = measured_loads(app, kit_prompts, seed=11)
+        warmup_without, without = measured_loads(app, kit_prompts, seed=11)
     total, total_without = sum(with_affinity.values()), sum(without.values())
     print(
-        f"\nadapter loads for {JOBS} jobs, 4 adapters, 2 replicas x 2 slots:"
+        f"\nadapter loads for {JOBS} jobs, 4 adapters, 2 replicas x 2 slots (after a warm-up "
+        f"of 8 jobs):"
         f"\n  with affinity (adapter as multiplexed model id): {total} {with_affinity}"
+        f" (warm-up: {sum(warmup.values())})"
         f"\n  without (model id left out):                    {total_without} {without}"
+        f" (warm-up: {sum(warmup_without.values())})"
     )
     assert total <= MAX_LOADS_WITH_AFFINITY
     assert total < total_without
