@@ -87,7 +87,7 @@ class Job(BaseModel):
     def _one_input(self) -> Job:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("exactly one of 'prompt' and 'messages' is required")
-        if self.metadata is not None and len(orjson.dumps(self.metadata)) > MAX_METADATA_BYTES:
+        if self.metadata is not None and len(_metadata_json(self.metadata)) > MAX_METADATA_BYTES:
             raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
         return self
 
@@ -95,3 +95,12 @@ class Job(BaseModel):
     def adapter_name(self) -> str | None:
         """The adapter to use, ``None`` for the base model."""
         return self.adapter or None
+
+
+def _metadata_json(metadata: dict[str, JsonValue]) -> bytes:
+    """``metadata`` as the JSON a record stores; ``ValueError`` for what JSON cannot hold
+    (integers past 64 bits, which Python's own JSON parser accepts)."""
+    try:
+        return orjson.dumps(metadata)
+    except TypeError as exc:
+        raise ValueError(f"'metadata' cannot be stored as JSON: {exc}") from None

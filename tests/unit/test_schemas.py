@@ -150,3 +150,8 @@ def test_event_from_stream_fields() -> None:
     assert event.is_final and event.ts == 1.5
     chunk = JobEvent.from_fields({"event": "chunk", "text": "ab"})
     assert not chunk.is_final and chunk.text == "ab"
+
+
+def test_metadata_json_cannot_hold_is_a_validation_error() -> None:
+    with pytest.raises(InvalidJob, match="metadata"):
+        validate_job({"prompt": "ab", "metadata": {"n": 2**70}})
