@@ -99,7 +99,8 @@ def describe(running: Running) -> list[str]:
     return [
         f"redis: {mask_url(settings.effective_redis_url)} ({where}), prefix {settings.prefix!r}",
         f"queue: XADD {settings.prefix}:jobs * job '<json>'",
-        f"http: http://{settings.http_host}:{settings.http_port}",
+        f"http: http://{settings.http_host}:{settings.http_port}{settings.http_route_prefix} "
+        "(OpenAPI at openapi.json, pages at docs)",
         f"ray: {'local cluster' if running.started_ray else 'joined ' + _ray_address()}",
         f"model: {settings.model} on {settings.num_model_replicas} replica(s), "
         f"{settings.num_consumer_replicas} consumer(s)",
