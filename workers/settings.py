@@ -78,8 +78,11 @@ class WorkerSettings(ClientSettings):
     stream_chunk_ms: float = Field(
         50.0, ge=0, description="Text is streamed in chunks at most this often per job."
     )
+    stream_chunk_tokens: int = Field(
+        4, ge=1, description="A streamed chunk holds at least this many tokens (unless last)."
+    )
     stream_chunk_chars: int = Field(
-        16, ge=1, description="A chunk is sent early once it holds this many characters."
+        64, ge=1, description="A chunk is sent early once it holds this many characters."
     )
 
     # HTTP gateway

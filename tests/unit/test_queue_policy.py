@@ -114,14 +114,22 @@ def test_only_failed_jobs_are_dead_lettered() -> None:
         assert not policy.dead_letters(status)
 
 
-def test_chunks_come_by_time_or_size_and_lose_nothing() -> None:
-    buffer = ChunkBuffer(interval_s=0.05, max_chars=8, now=0.0)
-    assert buffer.add("ab", 0.01) is None
-    assert buffer.add("cd", 0.02) is None
-    assert buffer.add("e", 0.06) == "abcde"  # the interval passed
-    assert buffer.add("0123456789", 0.07) == "0123456789"  # big enough at once
+def test_chunks_come_every_few_tokens_after_the_interval_or_when_big() -> None:
+    buffer = ChunkBuffer(interval_s=0.05, min_deltas=3, max_chars=8, now=0.0)
+    assert buffer.add("a", 0.01) is None
+    assert buffer.add("b", 0.10) is None  # the interval passed, but only two tokens
+    assert buffer.add("c", 0.11) == "abc"
+    assert buffer.add("d", 0.12) is None
+    assert buffer.add("e", 0.13) is None
+    assert buffer.add("f", 0.14) is None  # three tokens, but too soon after the last chunk
+    assert buffer.add("0123456789", 0.15) == "def0123456789"  # big enough at once
     assert buffer.add("", 0.5) is None  # nothing held, nothing sent
-    assert buffer.add("z", 0.51) == "z"
     assert buffer.add("tail", 0.52) is None
     assert buffer.flush() == "tail"
     assert buffer.flush() is None
+
+
+def test_slow_tokens_still_come_in_chunks_of_several() -> None:
+    buffer = ChunkBuffer(interval_s=0.05, min_deltas=4, max_chars=64, now=0.0)
+    chunks = [buffer.add("x", 0.2 * step) for step in range(1, 13)]
+    assert [c for c in chunks if c] == ["xxxx"] * 3

@@ -1,18 +1,21 @@
-"""Coalescing of generated text into stream chunks: a few per second, not one per token."""
+"""Coalescing of generated text into stream chunks: every few tokens, not one per token."""
 
 from __future__ import annotations
 
 
 class ChunkBuffer:
-    """Collects text deltas and hands out a chunk at most every ``interval_s`` seconds,
-    or earlier once it holds ``max_chars`` characters.
+    """Collects text deltas (about one per decode step) and hands out a chunk once it holds
+    ``min_deltas`` of them and ``interval_s`` has passed since the last chunk, or at once
+    when it holds ``max_chars`` characters.
 
     Each chunk costs a Ray message and a Redis entry, so per-token chunks would cost more
-    than the tokens; a subscriber still sees text within ``interval_s``.
+    than the tokens, and more so when decode steps are slow; a subscriber still sees the
+    text grow every few tokens.
     """
 
-    def __init__(self, *, interval_s: float, max_chars: int, now: float) -> None:
+    def __init__(self, *, interval_s: float, min_deltas: int, max_chars: int, now: float) -> None:
         self.interval_s = interval_s
+        self.min_deltas = min_deltas
         self.max_chars = max_chars
         self._parts: list[str] = []
         self._size = 0
@@ -23,9 +26,8 @@ class ChunkBuffer:
         if text:
             self._parts.append(text)
             self._size += len(text)
-        if self._size and (
-            self._size >= self.max_chars or now - self._last_flush >= self.interval_s
-        ):
+        due = len(self._parts) >= self.min_deltas and now - self._last_flush >= self.interval_s
+        if self._size and (due or self._size >= self.max_chars):
             self._last_flush = now
             return self.flush()
         return None

@@ -72,6 +72,7 @@ class LoRAModel:
         await self._route(request)
         chunks = ChunkBuffer(
             interval_s=self.settings.stream_chunk_ms / 1000,
+            min_deltas=self.settings.stream_chunk_tokens,
             max_chars=self.settings.stream_chunk_chars,
             now=time.monotonic(),
         )
