@@ -108,6 +108,17 @@ def test_other_failures_retry_until_attempts_are_exhausted(error_type: ErrorType
     assert "3 attempts" in given_up.message and "boom" in given_up.message
 
 
+def test_redis_without_aof_or_with_eviction_is_warned_about() -> None:
+    assert (
+        policy.persistence_warnings({"appendonly": "yes", "maxmemory-policy": "noeviction"}) == []
+    )
+    assert policy.persistence_warnings({}) == []  # CONFIG disabled: nothing known
+    [aof] = policy.persistence_warnings({"appendonly": "no", "maxmemory-policy": "noeviction"})
+    assert "appendonly yes" in aof
+    [evict] = policy.persistence_warnings({"appendonly": "yes", "maxmemory-policy": "allkeys-lru"})
+    assert "allkeys-lru" in evict and "noeviction" in evict
+
+
 def test_only_failed_jobs_are_dead_lettered() -> None:
     assert policy.dead_letters(JobStatus.FAILED)
     for status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.EXPIRED):

@@ -94,6 +94,8 @@ class QueueConsumer:
 
     async def _run(self) -> None:
         await self._redis(self.store.ensure_group)
+        for warning in policy.persistence_warnings(await self._redis(self.store.server_config)):
+            log.warning("%s", warning)
         await self._resume_own_pending()
         while not self._stopping.is_set():
             await self._wait_for_slot()

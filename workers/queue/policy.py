@@ -132,6 +132,23 @@ def after_failure(
     )
 
 
+def persistence_warnings(config: Mapping[str, str]) -> list[str]:
+    """What a Redis server's settings (``CONFIG GET`` output) risk for the queue."""
+    warnings = []
+    if config.get("appendonly", "yes") != "yes":
+        warnings.append(
+            "Redis runs without AOF (appendonly no): jobs and results of the last moments "
+            "before a restart are lost; set appendonly yes and appendfsync everysec"
+        )
+    policy_name = config.get("maxmemory-policy", "noeviction")
+    if policy_name != "noeviction":
+        warnings.append(
+            f"Redis maxmemory-policy is {policy_name}: under memory pressure it may evict "
+            "jobs, records or the stream itself; set maxmemory-policy noeviction"
+        )
+    return warnings
+
+
 def dead_letters(status: JobStatus) -> bool:
     """Whether a job ending in ``status`` is copied to ``{P}:dead`` for an operator."""
     return status is JobStatus.FAILED

@@ -127,6 +127,15 @@ class JobStore:
             raise
         return True
 
+    async def server_config(self) -> dict[str, str]:
+        """The server's persistence and eviction settings; empty where CONFIG is disabled."""
+        try:
+            reply = await self.client.config_get("appendonly")
+            reply.update(await self.client.config_get("maxmemory-policy"))
+        except aioredis.ResponseError:  # managed Redis often renames or disables CONFIG
+            return {}
+        return codec.decode_fields(reply)
+
     async def read(self, consumer: str, *, count: int, block_ms: int) -> list[Entry]:
         """Up to ``count`` entries never delivered before, waiting up to ``block_ms``."""
         reply: Any = await self.client.xreadgroup(

@@ -178,3 +178,9 @@ async def test_cancel_requests_are_found(store: JobStore, r: redis.Redis) -> Non
     r.set(store.keys.cancel("b"), 1)
     assert await store.cancel_requested(["a", "b"]) == {"b"}
     assert await store.cancel_requested([]) == set()
+
+
+async def test_the_server_config_shows_persistence_and_eviction(store: JobStore) -> None:
+    config = await store.server_config()
+    assert config["appendonly"] in ("yes", "no")
+    assert "maxmemory-policy" in config
