@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from typing_extensions import Self
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # A leading letter or digit rules out "." and ".."; no separators rules out paths.
@@ -48,31 +49,51 @@ class Message(BaseModel):
     content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class Job(BaseModel):
-    """A generation job. Exactly one of ``prompt`` and ``messages`` is required."""
+# The "exactly one input" rule of the validator below, for JSON Schema users.
+ONE_INPUT_SCHEMA: list[JsonValue] = [
+    {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+    {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+]
+
+
+class GenerationInput(BaseModel):
+    """What to generate from: an adapter and exactly one of ``prompt`` and ``messages``.
+
+    Shared by the queued :class:`Job` and the synchronous HTTP request.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         # NaN and infinities are not JSON: orjson would silently write them as null.
         allow_inf_nan=False,
-        # The "exactly one input" rule of the validator below, for JSON Schema users.
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
-                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
-            ]
-        },
+        json_schema_extra={"oneOf": ONE_INPUT_SCHEMA},
     )
 
-    id: JobId | None = Field(
-        None, description="If absent, the stream entry ID returned by XADD is the job id."
-    )
     adapter: Annotated[str, StringConstraints(pattern=ADAPTER_FIELD_PATTERN)] | None = Field(
         None, description='Registered adapter name; null or "" selects the base model.'
     )
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
     messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     params: GenerationParams = Field(default_factory=GenerationParams)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Self:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' and 'messages' is required")
+        return self
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The adapter to use, ``None`` for the base model."""
+        return self.adapter or None
+
+
+class Job(GenerationInput):
+    """A generation job. Exactly one of ``prompt`` and ``messages`` is required."""
+
+    id: JobId | None = Field(
+        None, description="If absent, the stream entry ID returned by XADD is the job id."
+    )
     deadline: float | None = Field(
         None, gt=0, description="Epoch seconds; a job not started by then ends 'expired'."
     )
@@ -84,17 +105,10 @@ class Job(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_input(self) -> Job:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("exactly one of 'prompt' and 'messages' is required")
+    def _metadata_fits(self) -> Job:
         if self.metadata is not None and len(_metadata_json(self.metadata)) > MAX_METADATA_BYTES:
             raise ValueError(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON")
         return self
-
-    @property
-    def adapter_name(self) -> str | None:
-        """The adapter to use, ``None`` for the base model."""
-        return self.adapter or None
 
 
 def _metadata_json(metadata: dict[str, JsonValue]) -> bytes:

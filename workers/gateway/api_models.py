@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-
-from schemas import GenerationParams, JobStatus, Message
-from schemas.jobs import ADAPTER_FIELD_PATTERN, MAX_MESSAGES, MAX_PROMPT_CHARS
+from schemas import JobStatus
+from schemas.jobs import ONE_INPUT_SCHEMA, GenerationInput
 
 MAX_JOBS_PER_REQUEST = 1000
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(GenerationInput):
     """A synchronous generation: exactly one of ``prompt`` and ``messages``."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        allow_inf_nan=False,
         json_schema_extra={
-            "oneOf": [
-                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
-                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
-            ],
+            "oneOf": ONE_INPUT_SCHEMA,
             # Adapters of the bundled demo kit.
             "examples": [
-                {"adapter": "upper", "prompt": "hello world", "params": {"max_new_tokens": 16}},
+                {"adapter": "upper", "prompt": "big cat", "params": {"max_new_tokens": 16}},
                 {"adapter": None, "messages": [{"role": "user", "content": "echo me"}]},
             ],
         },
     )
-
-    adapter: Annotated[str, StringConstraints(pattern=ADAPTER_FIELD_PATTERN)] | None = Field(
-        None, description='Registered adapter name; null or "" selects the base model.'
-    )
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
-    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
-    params: GenerationParams = Field(default_factory=GenerationParams)
-
-    @model_validator(mode="after")
-    def _one_input(self) -> GenerateRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("exactly one of 'prompt' and 'messages' is required")
-        return self
 
 
 class JobsAccepted(BaseModel):
