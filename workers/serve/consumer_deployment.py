@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from producer.connection import async_client
 from schemas import Keys
 from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
@@ -43,11 +43,9 @@ class JobConsumer:
         context = serve.get_replica_context()
         self.settings = settings
         self.name = consumer_name(settings.app_name, context.rank)
-        self.client = aioredis.Redis.from_url(
-            settings.effective_redis_url,
-            socket_connect_timeout=settings.connect_timeout_s,
-            health_check_interval=30,
-        )
+        # Retries on a broken connection: after a Redis restart the first command on a
+        # stale pooled connection reconnects instead of failing its job's step.
+        self.client = async_client(settings)
         store = JobStore(self.client, Keys(settings.prefix), events_maxlen=settings.events_maxlen)
         dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
         runner = JobRunner(store, dispatcher, settings, self.name)
