@@ -79,6 +79,17 @@ def json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
+def positive_int(text: str) -> int:
+    """An argument holding a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _connection_options() -> argparse.ArgumentParser:
     # Accepted before or after the verb; SUPPRESS keeps a value given before it.
     parent = argparse.ArgumentParser(add_help=False)
@@ -125,7 +136,7 @@ def _wait_options(sub: argparse.ArgumentParser) -> None:
 
 
 def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    """Register submit, submit-file, get, wait, cancel and stats."""
+    """Register submit, submit-file, get, wait, cancel, stats and dead."""
     sub = _verb(subparsers, parent, "submit", verbs.submit, "Submit one job; print its id.")
     sub.add_argument("prompt", nargs="?", help="the prompt (or give --messages-json)")
     sub.add_argument("--adapter", help="adapter name (default: the base model)")
@@ -181,6 +192,28 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "Queue state: stream length, pending, consumers and idle time, lag, dead letters.",
     )
     sub.add_argument("--json", action="store_true", help="as one JSON object")
+    add_dead_verbs(subparsers, parent)
+
+
+def add_dead_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Register ``dead list``, ``dead retry ID`` and ``dead purge``."""
+    dead = subparsers.add_parser(
+        "dead", help="Dead letters: list, retry, purge.", description="Dead letters ({P}:dead)."
+    )
+    verbs_of_dead = dead.add_subparsers(dest="dead_verb", metavar="ACTION", required=True)
+    sub = _verb(verbs_of_dead, parent, "list", verbs.dead_list, "Print the oldest dead letters.")
+    sub.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub = _verb(
+        verbs_of_dead,
+        parent,
+        "retry",
+        verbs.dead_retry,
+        "Requeue a dead letter's job as a new attempt (record back to queued); print its id.",
+    )
+    sub.add_argument("id", help="the dead letter's id (first column of `dead list`)")
+    sub = _verb(verbs_of_dead, parent, "purge", verbs.dead_purge, "Delete every dead letter.")
+    sub.add_argument("--yes", action="store_true", help="really delete them")
 
 
 def register_worker_verbs(subparsers: Any) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from producer.client import Producer
+from producer.dead_letters import DeadLetterError, DeadLetters
 from producer.errors import JobTimeoutError, SubmitError
 from producer.jobfile import read_job_lines
 from producer.progress import progress_bar
@@ -213,3 +214,41 @@ def _open_output(path: str | None) -> Iterator[IO[str]]:
         return
     with Path(path).open("w", encoding="utf-8") as handle:
         yield handle
+
+
+def _dead_letters(producer: Producer) -> DeadLetters:
+    return DeadLetters(producer.client, producer.keys, job_ttl_s=producer.job_ttl_s)
+
+
+def dead_list(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq dead list``: the oldest dead letters, as text or ``--json`` lines."""
+    letters = _dead_letters(producer)
+    found = letters.oldest(args.limit)
+    for letter in found:
+        if args.json:
+            print_json(letter.to_dict())
+        else:
+            print(letter.line())
+    say(f"{len(found)} of {letters.count()} dead letters shown")
+    return EXIT_OK
+
+
+def dead_retry(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq dead retry``: requeue a dead letter's job as a new attempt; print its id."""
+    try:
+        job_id = _dead_letters(producer).retry(args.id)
+    except DeadLetterError as exc:
+        say(f"loraq: cannot retry {exc}")
+        return EXIT_JOB_FAILED
+    print(job_id)
+    return EXIT_OK
+
+
+def dead_purge(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq dead purge``: delete every dead letter; refuses without ``--yes``."""
+    letters = _dead_letters(producer)
+    if not args.yes:
+        say(f"loraq: {letters.count()} dead letters would be deleted; add --yes to do it")
+        return EXIT_USAGE
+    say(f"deleted {letters.purge()} dead letters")
+    return EXIT_OK
