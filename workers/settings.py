@@ -74,6 +74,9 @@ class WorkerSettings(ClientSettings):
     max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is dead.")
     retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each try.")
     max_retry_backoff_s: float = Field(10.0, ge=0, description="Cap on the retry delay.")
+    trim_interval_s: float = Field(
+        60.0, gt=0, description="How often a consumer trims acknowledged entries of {P}:jobs."
+    )
     events_maxlen: int = Field(100_000, ge=1, description="Approximate cap of {P}:events.")
     stream_chunk_ms: float = Field(
         50.0, ge=0, description="Text is streamed in chunks at most this often per job."

@@ -48,6 +48,7 @@ class QueueConsumer:
         self._lease_task: asyncio.Task[None] | None = None
         self._reclaim_cursor = "0-0"
         self._next_reclaim = 0.0
+        self._next_trim = 0.0
 
     def start(self) -> None:
         """Start the loop and the lease keeper as background tasks."""
@@ -125,6 +126,10 @@ class QueueConsumer:
         """Stale entries of dead consumers first (now and then), else new ones."""
         count = policy.read_count(self.free_slots, self.settings.max_in_flight)
         now = time.monotonic()
+        if now >= self._next_trim:
+            trimmed = await self.store.trim()
+            log.debug("consumer %s trimmed %d acknowledged entries", self.name, trimmed)
+            self._next_trim = now + self.settings.trim_interval_s
         if now >= self._next_reclaim:
             self._reclaim_cursor, entries, deleted = await self.store.reclaim(
                 self.name,

@@ -116,6 +116,7 @@ class JobStore:
         self._mark: AsyncScript = client.register_script(script_source("mark"))
         self._finish: AsyncScript = client.register_script(script_source("finish"))
         self._renew: AsyncScript = client.register_script(script_source("renew"))
+        self._trim: AsyncScript = client.register_script(script_source("trim"))
 
     async def ensure_group(self) -> bool:
         """Create the consumer group from the stream's start; ``False`` if it existed."""
@@ -176,6 +177,13 @@ class JobStore:
             keys=[self.keys.jobs], args=[self.keys.group, consumer, *entry_ids]
         )
         return [codec.as_text(i) for i in lost]
+
+    async def trim(self) -> int:
+        """Drop acknowledged entries from the stream (never pending or undelivered ones).
+
+        Returns how many entries were removed.
+        """
+        return int(await self._trim(keys=[self.keys.jobs], args=[self.keys.group]))
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have a cancellation request."""

@@ -146,3 +146,33 @@ async def test_stopping_lets_in_flight_jobs_finish(
     assert statuses(r, keys, ids) == {"succeeded"}
     assert r.xpending(keys.jobs, keys.group)["pending"] == 0
     consumer.raise_if_dead()  # a stopped consumer is not a dead one
+
+
+async def until_stream_length(r: redis.Redis, keys: Keys, length: int) -> None:
+    for _ in range(100):
+        if r.xlen(keys.jobs) == length:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{keys.jobs} has {r.xlen(keys.jobs)} entries, not {length}")
+
+
+async def test_the_consumer_trims_acknowledged_entries_and_keeps_pending_ones(
+    client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    consumer = make_consumer(client, engine, prefix, "c-0", trim_interval_s=0.1)
+    await consumer.store.ensure_group()
+    ids = push(r, keys, 4)
+    consumer.start()
+    await wait_final(r, keys, ids)
+    await until_stream_length(r, keys, 0)
+    # Another live consumer takes a new entry (in one transaction, so c-0 cannot take it).
+    with r.pipeline(transaction=True) as pipe:
+        pipe.xadd(keys.jobs, {"job": orjson.dumps({"prompt": "held"})})
+        pipe.xreadgroup(keys.group, "other", {keys.jobs: ">"}, count=1)
+        held = codec.as_text(pipe.execute()[0])
+    await asyncio.sleep(0.5)  # several trim intervals
+    consumer.raise_if_dead()
+    await consumer.stop(5)
+    assert [codec.as_text(i) for i, _ in r.xrange(keys.jobs)] == [held]
+    assert r.xpending(keys.jobs, keys.group)["pending"] == 1
