@@ -37,6 +37,7 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.report import RESULTS
 from schemas import GenerationParams
 from workers.engine.engine import Engine
 from workers.engine.model_loader import load_model
@@ -44,7 +45,6 @@ from workers.engine.requests import GenerationRequest
 from workers.engine.synthetic import LlamaShape, LoraSpec, build_llama, build_lora
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = LlamaShape(
     hidden_size=512,
     intermediate_size=1536,

@@ -21,11 +21,9 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import uuid
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,13 +32,13 @@ import redis
 from ray import serve
 
 from bench.queue import MAX_NEW_TOKENS, Job, Measure, NoopModel, clean, closed_loop, direct
+from bench.report import RESULTS, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer.embedded import free_port
 from workers.gateway.deployment import Gateway
 from workers.serve.app import GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 HOST = "127.0.0.1"
 
 
@@ -161,14 +159,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "requests": args.requests,
         "concurrency": args.concurrency,
         "max_new_tokens": MAX_NEW_TOKENS,
         "cpus": os.cpu_count(),
     }
-    (RESULTS / "http.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     columns = {
         "engine": lambda row: row["engine"],
         "in flight": lambda row: str(row["concurrency"]),
@@ -185,13 +181,10 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"# POST /v1/generate vs the direct handle ({args.requests} requests per run, "
         f"{os.cpu_count()} CPUs, max_new_tokens {MAX_NEW_TOKENS})",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
+        *table(columns, rows),
     ]
-    lines += ["| " + " | ".join(cell(row) for cell in columns.values()) + " |" for row in rows]
-    (RESULTS / "http.md").write_text("\n".join(lines) + "\n")
+    save("http", {"meta": meta, "rows": rows}, lines)
     plot(rows)
-    print("\n".join(lines))
 
 
 def plot(rows: list[dict[str, Any]]) -> None:

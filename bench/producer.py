@@ -30,18 +30,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
 
+from bench.report import RESULTS
 from producer import Producer
 from producer.embedded import EmbeddedRedis, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL, ClientSettings
 from producer.submission import prepare_jobs
 from schemas import codec
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "Translate to SQL: list the ten customers with the most orders in 2025."
 
 

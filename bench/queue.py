@@ -21,19 +21,18 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import asyncio
-import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 import redis
 from ray import serve
 
+from bench.report import RESULTS, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer import AsyncProducer
 from producer.embedded import resolve_redis_url
@@ -45,7 +44,6 @@ from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.serve.consumer_deployment import JobConsumer
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MAX_NEW_TOKENS = 24
 Job = tuple[str | None, str]
 
@@ -292,7 +290,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "rounds": args.rounds,
         "jobs": args.jobs,
@@ -300,7 +297,6 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "max_new_tokens": MAX_NEW_TOKENS,
         "cpus": os.cpu_count(),
     }
-    (RESULTS / "queue.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     columns = {
         "engine": lambda row: row["engine"],
         "direct jobs/s": lambda row: f"{row['direct']['jobs_per_s']:.1f}",
@@ -323,13 +319,10 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "submitting a job and waiting for it; bulk: all jobs submitted at once "
         "(`submit_many`), then awaited (`wait_many`), the consumer keeping 32 in flight.",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
+        *table(columns, rows),
     ]
-    lines += ["| " + " | ".join(cell(row) for cell in columns.values()) + " |" for row in rows]
-    (RESULTS / "queue.md").write_text("\n".join(lines) + "\n")
+    save("queue", {"meta": meta, "rows": rows}, lines)
     plot(rows)
-    print("\n".join(lines))
 
 
 def plot(rows: list[dict[str, Any]]) -> None:
