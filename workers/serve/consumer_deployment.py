@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -58,8 +59,8 @@ class JobConsumer:
         self.consumer.raise_if_dead()
 
     async def stats(self) -> dict[str, Any]:
-        """This consumer's name and counters."""
-        return {"consumer": self.name, **self.consumer.stats()}
+        """This consumer's name, process and counters."""
+        return {"consumer": self.name, "pid": os.getpid(), **self.consumer.stats()}
 
     async def __del__(self) -> None:
         timeout_s = max(0.0, self.settings.graceful_shutdown_timeout_s - SHUTDOWN_MARGIN_S)

@@ -6,6 +6,7 @@ different adapters into one forward pass and owns the adapter cache.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -93,6 +94,8 @@ class LoRAModel:
         """This replica's id, its warm adapters and the engine's counters."""
         return {
             "replica": self.replica,
+            # The process, for operators (and the chaos tests that kill it).
+            "pid": os.getpid(),
             "adapters": list(self.engine.loaded_adapters()),
             "routed_loads": self.routed_loads,
             **self.engine.stats(),
