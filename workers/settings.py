@@ -23,11 +23,15 @@ class WorkerSettings(ClientSettings):
 
     # Base model
     model: str = Field(str(DEMO_DIR / "model"), description="Base model name or path.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype: auto, float32, float16, bfloat16."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.")
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager.")
-    quantization: Literal["none", "8bit", "4bit"] = "none"
-    trust_remote_code: bool = False
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes quantization: none, 8bit, 4bit."
+    )
+    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
 
     # Adapters
     adapters: dict[str, str] = Field(
@@ -36,13 +40,17 @@ class WorkerSettings(ClientSettings):
     adapter_dir: str | None = Field(
         str(DEMO_DIR / "adapters"), description="Folder scanned for adapter sub-folders."
     )
-    max_adapters_per_replica: int = Field(8, ge=1)
-    max_lora_rank: int = Field(64, ge=1)
+    max_adapters_per_replica: int = Field(
+        8, ge=1, description="Adapters held on the device per replica (LRU, in-use ones pinned)."
+    )
+    max_lora_rank: int = Field(64, ge=1, description="Adapters of a higher rank are refused.")
 
     # Batching and limits
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_ms: float = Field(5.0, ge=0)
-    max_input_tokens: int = Field(2048, ge=1)
+    max_batch_size: int = Field(16, ge=1, description="Rows in one forward pass.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long the batcher waits to fill a batch."
+    )
+    max_input_tokens: int = Field(2048, ge=1, description="Longer prompts fail validation.")
     max_new_tokens: int = Field(512, ge=1, description="Cap on a job's max_new_tokens.")
 
     # Serve application
