@@ -38,9 +38,9 @@ local parsed, job = pcall(cjson.decode, fields['payload'] or '')
 if not parsed or type(job) ~= 'table' then
   return 'no_payload'
 end
-redis.call('XADD', KEYS[2], '*', 'job', fields['payload'])
+local entry = redis.call('XADD', KEYS[2], '*', 'job', fields['payload'])
 redis.call('HDEL', KEYS[3], 'result', 'error', 'finished_at')
-redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', '0')
+redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', '0', 'entry', entry)
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('XDEL', KEYS[1], ARGV[1])

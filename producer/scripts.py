@@ -24,9 +24,10 @@ end
 if kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is a ' .. kind .. ', not a job record')
 end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+-- The entry owns the id: a raw push that reuses it cannot replace this job's answer.
 redis.call('HSET', KEYS[2], 'status', 'queued', 'adapter', ARGV[3],
-           'created_at', ARGV[4], 'attempts', '0')
+           'created_at', ARGV[4], 'attempts', '0', 'entry', entry)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'metadata', ARGV[5])
 end

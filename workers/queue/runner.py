@@ -118,6 +118,7 @@ class JobRunner:
             mark = await self.store.mark(
                 job_id,
                 JobStatus.RUNNING,
+                entry_id=entry.entry_id,
                 adapter=job.adapter_name,
                 worker=self.worker,
                 created_at=policy.created_at_of(entry.entry_id),
@@ -129,6 +130,11 @@ class JobRunner:
                 return
             if mark.outcome is MarkOutcome.CANCEL:
                 await self._end_job(entry, job, JobStatus.CANCELLED, error=_cancelled())
+                return
+            if mark.outcome is MarkOutcome.REFUSED:
+                # The final write dead-letters it under its entry id, with this reason.
+                error = _error(ErrorType.VALIDATION, mark.value)
+                await self._end_job(entry, job, JobStatus.FAILED, error=error)
                 return
             if mark.outcome is MarkOutcome.EXHAUSTED:
                 message = f"the job was started {mark.attempts} times without finishing"
@@ -200,6 +206,7 @@ class JobRunner:
         await self.store.mark(
             str(job.id),
             JobStatus.QUEUED,
+            entry_id=entry.entry_id,
             adapter=job.adapter_name,
             worker=self.worker,
             created_at=policy.created_at_of(entry.entry_id),
@@ -261,7 +268,7 @@ class JobRunner:
         # Kept in memory through an outage: a finished generation is not run again.
         written = await until_reachable(partial(self.store.finish, write), f"job {job_id}")
         if not written:
-            log.info("job %s already had a final status; acknowledged only", job_id)
+            log.info("job %s: final status not stored (already final, or id refused)", job_id)
 
 
 def _error(type: ErrorType, message: str) -> JobError:

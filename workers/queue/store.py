@@ -68,6 +68,7 @@ class MarkOutcome(str, Enum):
     FINAL = "final"  # the job had ended already: nothing changed
     CANCEL = "cancel"  # cancellation was asked: nothing changed
     EXHAUSTED = "exhausted"  # started max_attempts times already: nothing changed
+    REFUSED = "refused"  # the job's id cannot take its record (value: why): nothing changed
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class JobStore:
         job_id: str,
         status: JobStatus,
         *,
+        entry_id: str,
         adapter: str | None,
         worker: str,
         created_at: float,
@@ -224,6 +226,7 @@ class JobStore:
                 ttl_s,
                 self.events_maxlen,
                 max_attempts,
+                entry_id,
             ],
         )
         return Mark(MarkOutcome(codec.as_text(reply[0])), codec.as_text(reply[1]))
@@ -235,7 +238,12 @@ class JobStore:
         )
 
     async def finish(self, write: FinalWrite) -> bool:
-        """Store the final status once, then acknowledge; ``False`` if it was already final."""
+        """Store the final status once, then acknowledge; ``False`` if nothing was stored.
+
+        Nothing is stored when the job was already final, or when its id cannot take the
+        record (another entry owns it, or its keys clash with other keys of the queue):
+        then the entry goes to the dead letters under its entry id.
+        """
         pairs = [item for pair in write.fields.items() for item in pair]
         reply = await self._finish(
             keys=[

@@ -67,7 +67,8 @@ def test_submit_writes_the_protocol_keys_and_fields(
     }
 
     record = cli_hash(redis_url, keys.job(job_id))
-    assert set(record) == {"status", "adapter", "created_at", "attempts", "metadata"}
+    assert set(record) == {"status", "adapter", "created_at", "attempts", "metadata", "entry"}
+    assert record["entry"] == redis_cli(redis_url, "XRANGE", keys.jobs, "-", "+").split()[0]
     assert record["status"] == "queued"
     assert record["adapter"] == "upper"
     assert record["attempts"] == "0"

@@ -28,10 +28,13 @@ async def push(store: JobStore, payload: dict[str, object]) -> str:
     return codec.as_text(entry_id)
 
 
-async def mark_running(store: JobStore, job_id: str, max_attempts: int = 3) -> MarkOutcome:
+async def mark_running(
+    store: JobStore, job_id: str, max_attempts: int = 3, entry_id: str = "1-0"
+) -> MarkOutcome:
     mark = await store.mark(
         job_id,
         JobStatus.RUNNING,
+        entry_id=entry_id,
         adapter="upper",
         worker="c-0",
         created_at=1.5,
@@ -103,12 +106,11 @@ async def test_the_final_write_happens_once_and_acknowledges_both_writers(
 ) -> None:
     entry_id = await push(store, {"id": "j2", "prompt": "hi"})
     await store.read("c-0", count=1, block_ms=10)
-    await mark_running(store, "j2")
+    await mark_running(store, "j2", entry_id=entry_id)
     assert await store.finish(final(entry_id, "j2", JobStatus.SUCCEEDED, "FIRST"))
-    # A second delivery of the same job (a resumed slow consumer) finishing later.
-    again = await push(store, {"id": "j2", "prompt": "hi"})
+    # The same entry delivered again (reclaimed from a slow consumer that then resumed).
     await store.read("c-1", count=1, block_ms=10)
-    assert not await store.finish(final(again, "j2", JobStatus.FAILED, "SECOND"))
+    assert not await store.finish(final(entry_id, "j2", JobStatus.FAILED, "SECOND"))
     record = codec.decode_fields(r.hgetall(store.keys.job("j2")))
     assert record["status"] == "succeeded"
     assert orjson.loads(record["result"]) == {"text": "FIRST"}
@@ -118,6 +120,56 @@ async def test_the_final_write_happens_once_and_acknowledges_both_writers(
     assert 0 < r.ttl(store.keys.job("j2")) <= 120
     assert 0 < r.ttl(store.keys.job_events("j2")) <= 120
     assert r.xlen(store.keys.dead) == 0
+
+
+async def test_another_entry_with_a_taken_id_is_dead_lettered_and_changes_nothing(
+    store: JobStore, r: redis.Redis
+) -> None:
+    first = await push(store, {"id": "j4", "prompt": "hi"})
+    second = await push(store, {"id": "j4", "prompt": "ho"})
+    await store.read("c-0", count=2, block_ms=10)
+    assert await mark_running(store, "j4", entry_id=first) is MarkOutcome.OK
+    mark = await store.mark(
+        "j4",
+        JobStatus.RUNNING,
+        entry_id=second,
+        adapter=None,
+        worker="c-0",
+        created_at=1.5,
+        ttl_s=600,
+        max_attempts=3,
+    )
+    assert mark.outcome is MarkOutcome.REFUSED
+    assert mark.value == f"job id j4 is already used by stream entry {first}"
+    # Neither before nor after the owner's answer may the other entry write one.
+    for status in (JobStatus.FAILED, JobStatus.SUCCEEDED):
+        assert not await store.finish(final(second, "j4", status, "OTHER"))
+    assert await store.finish(final(first, "j4", JobStatus.SUCCEEDED, "MINE"))
+    assert not await store.finish(final(second, "j4", JobStatus.FAILED, "OTHER"))
+    record = codec.decode_fields(r.hgetall(store.keys.job("j4")))
+    assert (record["status"], orjson.loads(record["result"])) == ("succeeded", {"text": "MINE"})
+    dead = [codec.decode_fields(f) for _, f in r.xrange(store.keys.dead)]
+    assert [(d["id"], d["entry"]) for d in dead] == [(second, second)] * 3
+    assert "already used by stream entry" in orjson.loads(dead[0]["error"])["message"]
+    assert r.xpending(store.keys.jobs, store.keys.group)["pending"] == 0
+
+
+async def test_an_id_that_lands_on_another_key_is_refused_without_partial_writes(
+    store: JobStore, r: redis.Redis
+) -> None:
+    owner = await push(store, {"id": "j5", "prompt": "hi"})
+    clash = await push(store, {"id": "j5:events", "prompt": "hi"})
+    await store.read("c-0", count=2, block_ms=10)
+    await mark_running(store, "j5", entry_id=owner)  # creates the j5:events stream
+    before = {key: r.type(key) for key in r.scan_iter(match=f"{store.keys.prefix}:*")}
+    assert await mark_running(store, "j5:events", entry_id=clash) is MarkOutcome.REFUSED
+    assert not await store.finish(final(clash, "j5:events", JobStatus.FAILED, ""))
+    after = {key: r.type(key) for key in r.scan_iter(match=f"{store.keys.prefix}:*")}
+    assert after == {**before, store.keys.dead.encode(): b"stream"}
+    [(_, fields)] = r.xrange(store.keys.dead)
+    dead = codec.decode_fields(fields)
+    assert dead["id"] == clash
+    assert "clashes with another key" in orjson.loads(dead["error"])["message"]
 
 
 async def test_a_failed_job_is_copied_to_the_dead_letters(store: JobStore, r: redis.Redis) -> None:

@@ -7,7 +7,17 @@
 --       7 created_at (used if the hash has none), 8 result ttl seconds, 9 events maxlen,
 --       10 '1' to copy the job to the dead-letter stream, 11 its original payload,
 --       12 its error JSON, 13.. more record fields as name, value pairs
--- Returns {1, status} when written, {0, existing status} when the job was already final.
+-- Returns {1, status} when written, {0, existing status} when the job was already final,
+-- {0, ''} when its keys could not take the record (job_keys_problem): the entry is then
+-- dead-lettered under its entry id, with the problem, and acknowledged.
+local problem = job_keys_problem(KEYS[1], KEYS[2], ARGV[3], ARGV[2])
+if problem then
+  redis.call('XADD', KEYS[5], '*', 'id', ARGV[2], 'entry', ARGV[2], 'payload', ARGV[11],
+    'error', cjson.encode({type = 'validation', message = problem}), 'cause', ARGV[12],
+    'attempts', '0', 'ts', ARGV[6])
+  redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+  return {0, ''}
+end
 local current = redis.call('HGET', KEYS[1], 'status')
 if FINAL[current] then
   redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
@@ -18,6 +28,7 @@ if #ARGV >= 13 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[7])
+redis.call('HSETNX', KEYS[1], 'entry', ARGV[2])
 add_status_event(KEYS[2], KEYS[3], ARGV[9], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
