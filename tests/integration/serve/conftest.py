@@ -101,6 +101,11 @@ def live_app(ray_serve: str, redis_url: str) -> Iterator[LiveApp]:
 
 @pytest.fixture(scope="session")
 def kit_prompts(live_app: LiveApp) -> list[str]:
+    """Held-out inputs on which every demo model of the shared app is right."""
+    return prompts_right_on_every_model(live_app.running.model)
+
+
+def prompts_right_on_every_model(handle: Any, size: int = POOL_SIZE) -> list[str]:
     """Held-out inputs on which every demo model, called directly, gives its rule's output.
 
     The kit is 98.5-100 % exact on each task (demo/README.md), so a few held-out inputs
@@ -108,9 +113,8 @@ def kit_prompts(live_app: LiveApp) -> list[str]:
     to the rule on every job. Asking the models directly goes through the same routing,
     so a wrong route would empty the pool: at least 90 % of it must remain.
     """
-    inputs = heldout_inputs()[:POOL_SIZE]
+    inputs = heldout_inputs()[:size]
     pairs = [(model, text) for text in inputs for model in MODELS]
-    handle = live_app.running.model
 
     async def ask_all() -> list[str]:
         calls = []
