@@ -136,7 +136,7 @@ def _wait_options(sub: argparse.ArgumentParser) -> None:
 
 
 def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    """Register submit, submit-file, get, wait, cancel, stats and dead."""
+    """Register submit, submit-file, get, wait, cancel, stats, top and dead."""
     sub = _verb(subparsers, parent, "submit", verbs.submit, "Submit one job; print its id.")
     sub.add_argument("prompt", nargs="?", help="the prompt (or give --messages-json)")
     sub.add_argument("--adapter", help="adapter name (default: the base model)")
@@ -189,9 +189,21 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "stats",
         verbs.stats,
-        "Queue state: stream length, pending, consumers and idle time, lag, dead letters.",
+        "Queue state: stream length, pending, consumers and idle time, lag, dead letters, "
+        "jobs by status over the last minute, live model replicas.",
     )
     sub.add_argument("--json", action="store_true", help="as one JSON object")
+
+    sub = _verb(
+        subparsers,
+        parent,
+        "top",
+        verbs.top,
+        "Live view: queue, consumers, model replicas and their warm adapters, throughput.",
+    )
+    sub.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    sub.add_argument("--frames", type=positive_int, help="draw this many frames, then exit")
+    sub.add_argument("--once", action="store_true", help="print one frame and exit")
     add_dead_verbs(subparsers, parent)
 
 

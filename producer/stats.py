@@ -1,4 +1,5 @@
-"""Queue statistics: one pipeline of XLEN / XINFO replies, read into plain data.
+"""Queue statistics: one pipeline of XLEN / XINFO / XREVRANGE / HGETALL replies, read
+into plain data.
 
 The stream and the workers' group may not exist yet (no job submitted, no worker
 started): those read as empty, not as errors.
@@ -6,6 +7,7 @@ started): those read as empty, not as errors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,8 +16,16 @@ import redis.asyncio.client
 import redis.client
 import redis.exceptions
 
+from producer.activity import (
+    MAX_WINDOW_EVENTS,
+    RecentActivity,
+    count_events,
+    live_replicas,
+    window_start_id,
+)
 from schemas.codec import as_text
 from schemas.keys import Keys
+from schemas.replicas import ReplicaHeartbeat
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,8 @@ class QueueStats:
 
     ``lag`` is how many entries the group has not delivered yet (``None``: unknown, as
     Redis reports after some trims, or no group yet); ``pending`` how many were delivered
-    and not yet acknowledged.
+    and not yet acknowledged. ``recent`` counts the jobs' status events of the last
+    minute; ``replicas`` are the model replicas whose heartbeat is fresh.
     """
 
     stream_length: int
@@ -42,18 +53,32 @@ class QueueStats:
     pending: int = 0
     lag: int | None = None
     consumers: list[ConsumerStats] = field(default_factory=list)
+    recent: RecentActivity = field(default_factory=RecentActivity)
+    replicas: list[ReplicaHeartbeat] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
-        return asdict(self)
+        return {
+            **{name: value for name, value in asdict(self).items() if name != "replicas"},
+            "recent": self.recent.to_dict(),
+            "replicas": [beat.model_dump() for beat in self.replicas],
+        }
 
 
-def queue_commands(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, keys: Keys) -> None:
+def queue_commands(
+    pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline,
+    keys: Keys,
+    *,
+    now: float | None = None,
+) -> None:
     """Queue on ``pipe`` the commands whose replies :func:`parse_stats` reads."""
     pipe.xlen(keys.jobs)
     pipe.xinfo_groups(keys.jobs)
     pipe.xinfo_consumers(keys.jobs, keys.group)
     pipe.xlen(keys.dead)
+    start = window_start_id(time.time() if now is None else now)
+    pipe.xrevrange(keys.events, max="+", min=start, count=MAX_WINDOW_EVENTS)
+    pipe.hgetall(keys.replicas)
 
 
 def _missing(reply: Any) -> bool:
@@ -72,19 +97,25 @@ def _checked(reply: Any, empty: Any) -> Any:
     return reply
 
 
-def parse_stats(keys: Keys, replies: Sequence[Any]) -> QueueStats:
+def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None) -> QueueStats:
     """Read the replies of :func:`queue_commands` (errors in place) into :class:`QueueStats`."""
-    length, groups, consumers, dead = (
-        _checked(reply, empty) for reply, empty in zip(replies, (0, [], [], 0), strict=True)
+    empties: tuple[Any, ...] = (0, [], [], 0, [], {})
+    length, groups, consumers, dead, events, replicas = (
+        _checked(reply, empty) for reply, empty in zip(replies, empties, strict=True)
     )
+    common: dict[str, Any] = {
+        "stream_length": length,
+        "dead_letters": dead,
+        "recent": count_events(events),
+        "replicas": live_replicas(replicas, time.time() if now is None else now),
+    }
     group = _find_group(keys.group, groups)
     if group is None:
-        return QueueStats(stream_length=length, dead_letters=dead, group_exists=False)
+        return QueueStats(group_exists=False, **common)
     lag = group.get("lag")
     return QueueStats(
-        stream_length=length,
-        dead_letters=dead,
         group_exists=True,
+        **common,
         pending=int(group.get("pending", 0)),
         lag=None if lag is None else int(lag),
         consumers=[

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -130,6 +130,21 @@ def stats(args: argparse.Namespace, producer: Producer) -> int:
     return EXIT_OK
 
 
+def top(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq top``: a live view of the queue, consumers and replicas; Ctrl-C leaves."""
+    try:
+        from rich.console import Console
+
+        from producer.top import run_top
+    except ImportError:  # a producer-only install has no rich
+        say("loraq: `loraq top` needs rich (pip install rich, or the worker extra)")
+        return EXIT_USAGE
+    frames = 1 if args.once else args.frames
+    with suppress(KeyboardInterrupt):
+        run_top(producer, interval_s=args.interval, frames=frames, console=Console())
+    return EXIT_OK
+
+
 def stats_lines(stream: str, group: str, found: QueueStats) -> list[str]:
     """The stats as lines of text."""
     lines = [f"stream {stream}: {found.stream_length} entries"]
@@ -143,6 +158,13 @@ def stats_lines(stream: str, group: str, found: QueueStats) -> list[str]:
             idle_s = consumer.idle_ms / 1000
             lines.append(f"  {consumer.name}: {consumer.pending} pending, idle {idle_s:.1f}s")
     lines.append(f"dead letters: {found.dead_letters}")
+    recent = found.recent
+    counts = ", ".join(f"{n} {status}" for status, n in recent.by_status.items()) or "none"
+    lines.append(f"status events, last {recent.window_s:.0f}s: {counts}")
+    lines.append(f"model replicas: {len(found.replicas)}")
+    for beat in found.replicas:
+        adapters = ", ".join(beat.adapters) or "none warm"
+        lines.append(f"  {beat.replica}: {beat.rows_in_flight} rows in flight; {adapters}")
     return lines
 
 

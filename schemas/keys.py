@@ -43,6 +43,11 @@ class Keys:
         """Hash of adapters registered at run time: name -> JSON ``{"path": ...}``."""
         return f"{self.prefix}:adapters"
 
+    @property
+    def replicas(self) -> str:
+        """Hash of model replicas' heartbeats: replica id -> JSON status (informational)."""
+        return f"{self.prefix}:replicas"
+
     def job(self, job_id: str) -> str:
         """Hash holding one job's record."""
         return f"{self.prefix}:job:{job_id}"

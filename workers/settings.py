@@ -96,6 +96,11 @@ class WorkerSettings(ClientSettings):
         64, ge=1, description="A chunk is sent early once it holds this many characters."
     )
 
+    # Observability
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a model replica writes its status to {P}:replicas."
+    )
+
     # HTTP gateway
     http_route_prefix: str = Field(
         "/", pattern=r"^/", description="Path under which Serve's proxy exposes the gateway."

@@ -6,10 +6,12 @@ import argparse
 
 import pytest
 
+from producer.activity import RecentActivity
 from producer.cli import build_parser, parse_param, settings_from
 from producer.jobfile import read_job_lines
 from producer.stats import ConsumerStats, QueueStats
 from producer.verbs import stats_lines
+from schemas.replicas import ReplicaHeartbeat
 
 
 def test_parse_param_reads_json_values_else_text() -> None:
@@ -75,6 +77,12 @@ def test_stats_lines() -> None:
         pending=2,
         lag=3,
         consumers=[ConsumerStats("w1", 2, 2500)],
+        recent=RecentActivity(by_status={"running": 4, "succeeded": 3}),
+        replicas=[
+            ReplicaHeartbeat(
+                replica="r1", adapters=["sql", "upper"], rows_in_flight=2, ts=1.0, interval_s=5
+            )
+        ],
     )
     assert stats_lines("p:jobs", "p:workers", busy) == [
         "stream p:jobs: 9 entries",
@@ -82,4 +90,7 @@ def test_stats_lines() -> None:
         "consumers: 1",
         "  w1: 2 pending, idle 2.5s",
         "dead letters: 1",
+        "status events, last 60s: 4 running, 3 succeeded",
+        "model replicas: 1",
+        "  r1: 2 rows in flight; sql, upper",
     ]

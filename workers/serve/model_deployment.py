@@ -11,12 +11,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 
-from schemas import ErrorType
+from producer.connection import async_client
+from schemas import ErrorType, Keys
+from schemas.replicas import ReplicaHeartbeat
 from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.serve.chunks import ChunkBuffer
+from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.settings import WorkerSettings
 
 
@@ -45,6 +49,22 @@ class LoRAModel:
         self._load_adapter = serve.multiplexed(
             max_num_models_per_replica=settings.max_adapters_per_replica
         )(load)
+        # Serve runs the constructor on the replica's event loop: the heartbeat can start.
+        self._redis = async_client(settings)
+        self.heartbeat = HeartbeatWriter(
+            self._redis, Keys(settings.prefix), self._heartbeat, settings.heartbeat_s
+        )
+        self.heartbeat.start()
+
+    def _heartbeat(self) -> ReplicaHeartbeat:
+        return heartbeat_of(
+            replica=self.replica,
+            node=ray.get_runtime_context().get_node_id(),
+            adapters=self.engine.loaded_adapters(),
+            engine_stats=self.engine.stats(),
+            interval_s=self.settings.heartbeat_s,
+            now=time.time(),
+        )
 
     async def _route(self, request: GenerationRequest) -> None:
         """Register the request's multiplexed model id with Serve (loading it if cold)."""
@@ -102,4 +122,6 @@ class LoRAModel:
         }
 
     async def __del__(self) -> None:
+        await self.heartbeat.stop()
+        await self._redis.aclose()
         await self.engine.close()

@@ -1,0 +1,146 @@
+"""The frame of ``loraq top`` as a rich renderable, from plain data (no Redis here).
+
+Sized for the terminal: the tables get the rows the height leaves, and say how many
+more there are.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from producer.rates import Throughput
+from producer.stats import QueueStats
+from schemas.records import JobStatus
+
+# Lines the frame takes besides table rows: the queue panel (5) and, per table, its
+# title, header and the box's top, header rule and bottom (5 each).
+FIXED_LINES = 15
+_SHORT_ID = 12
+
+
+@dataclass(frozen=True)
+class TopFrame:
+    """Everything one frame shows."""
+
+    prefix: str
+    stats: QueueStats
+    throughput: Throughput
+    now: float
+
+
+def row_budget(height: int, consumers: int, replicas: int) -> tuple[int, int]:
+    """Lines for the consumers' and the replicas' rows so that the frame fits ``height``.
+
+    Replicas come first (they are what an operator watches), leaving the consumers at
+    least one line; a table that is cut ends with a ``… n more`` line.
+    """
+    budget = max(2, height - FIXED_LINES)
+    replica_rows = min(replicas, budget - 1 if consumers else budget)
+    return min(consumers, budget - replica_rows), replica_rows
+
+
+def render(frame: TopFrame, height: int) -> RenderableType:
+    """The whole frame for a terminal ``height`` lines high."""
+    stats = frame.stats
+    consumer_rows, replica_rows = row_budget(height, len(stats.consumers), len(stats.replicas))
+    return Group(
+        _queue_panel(frame),
+        _consumers_table(stats, consumer_rows),
+        _replicas_table(frame, replica_rows),
+    )
+
+
+def _queue_panel(frame: TopFrame) -> Panel:
+    stats = frame.stats
+    lag = "?" if stats.lag is None else str(stats.lag)
+    group = "" if stats.group_exists else "  (no consumer group yet)"
+    queue = Text.assemble(
+        ("queue      ", "bold"),
+        f"length {stats.stream_length}  lag {lag}  pending {stats.pending}  ",
+        ("dead " + str(stats.dead_letters), "red" if stats.dead_letters else ""),
+        group,
+    )
+    counts = stats.recent.by_status
+    window = Text.assemble(
+        (f"{f'last {stats.recent.window_s:.0f}s':<11}", "bold"),
+        "  ".join(f"{status.value} {counts.get(status.value, 0)}" for status in JobStatus),
+        " (truncated)" if stats.recent.truncated else "",
+    )
+    rate = frame.throughput
+    errors = "–" if rate.error_rate is None else f"{rate.error_rate:.1%}"
+    tokens = "–" if rate.tokens_per_s is None else f"{rate.tokens_per_s:.1f}"
+    throughput = Text.assemble(
+        ("throughput ", "bold"),
+        f"{rate.jobs_per_s:.2f} jobs/s  {tokens} tokens/s  errors {errors}",
+    )
+    clock = time.strftime("%H:%M:%S", time.localtime(frame.now))
+    for line in (queue, window, throughput):
+        # One line each, cut on a narrow terminal: the frame's height must not change.
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return Panel(
+        Group(queue, window, throughput),
+        title=f"loraq top · {frame.prefix} · {clock}",
+        title_align="left",
+        box=box.ROUNDED,
+    )
+
+
+def _table(title: str) -> Table:
+    return Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=True, pad_edge=False
+    )
+
+
+def _consumers_table(stats: QueueStats, rows: int) -> Table:
+    table = _table(f"consumers ({len(stats.consumers)})")
+    table.add_column("name", ratio=1, no_wrap=True, overflow="ellipsis")
+    table.add_column("pending", justify="right", width=8)
+    table.add_column("idle", justify="right", width=8)
+    shown = _shown(len(stats.consumers), rows)
+    for consumer in stats.consumers[:shown]:
+        table.add_row(consumer.name, str(consumer.pending), f"{consumer.idle_ms / 1000:.1f}s")
+    _more(table, len(stats.consumers) - shown)
+    return table
+
+
+def _replicas_table(frame: TopFrame, rows: int) -> Table:
+    replicas = frame.stats.replicas
+    table = _table(f"model replicas ({len(replicas)})")
+    table.add_column("replica", width=16, no_wrap=True, overflow="ellipsis")
+    table.add_column("node", width=_SHORT_ID, no_wrap=True)
+    table.add_column("rows", justify="right", width=5)
+    table.add_column("warm adapters", ratio=1, no_wrap=True, overflow="ellipsis")
+    table.add_column("hit/load/evict", justify="right", width=14, no_wrap=True)
+    table.add_column("tok/s", justify="right", width=7)
+    table.add_column("beat", justify="right", width=5)
+    shown = _shown(len(replicas), rows)
+    for beat in replicas[:shown]:
+        rate = frame.throughput.tokens_per_s_by_replica.get(beat.replica)
+        table.add_row(
+            beat.replica,
+            beat.node[:_SHORT_ID],
+            str(beat.rows_in_flight),
+            ", ".join(beat.adapters) or "–",
+            f"{beat.cache_hits}/{beat.cache_loads}/{beat.cache_evictions}",
+            "–" if rate is None else f"{rate:.1f}",
+            f"{max(0.0, frame.now - beat.ts):.0f}s",
+        )
+    _more(table, len(replicas) - shown)
+    return table
+
+
+def _shown(total: int, rows: int) -> int:
+    """Rows of data shown when ``rows`` lines are free: one goes to ``… n more`` if cut."""
+    return total if total <= rows else max(0, rows - 1)
+
+
+def _more(table: Table, hidden: int) -> None:
+    if hidden > 0:
+        table.add_row(Text(f"… {hidden} more", style="dim"))

@@ -1,0 +1,33 @@
+"""The heartbeat a model replica writes to ``{P}:replicas``: informational, not part of
+the job contract (a client that never reads it loses nothing)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A replica whose last heartbeat is older than this many intervals is taken as gone.
+MISSED_BEATS = 3
+
+
+class ReplicaHeartbeat(BaseModel):
+    """One model replica's status at ``ts``; the field of ``{P}:replicas`` is ``replica``."""
+
+    # Readers ignore fields a newer writer adds.
+    model_config = ConfigDict(extra="ignore")
+
+    replica: str = Field(min_length=1, description="Serve replica id.")
+    node: str = Field("", description="Ray node id the replica runs on.")
+    adapters: list[str] = Field(
+        default_factory=list, description="Adapters on the device, least recently used first."
+    )
+    rows_in_flight: int = Field(0, ge=0, description="Generation rows running now.")
+    cache_hits: int = Field(0, ge=0, description="Adapter requests served warm (counter).")
+    cache_loads: int = Field(0, ge=0, description="Adapter loads (counter).")
+    cache_evictions: int = Field(0, ge=0, description="Adapter evictions (counter).")
+    tokens_generated: int = Field(0, ge=0, description="Tokens generated (counter).")
+    ts: float = Field(description="Epoch seconds of this heartbeat.")
+    interval_s: float = Field(gt=0, description="Seconds between this replica's heartbeats.")
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the replica still counts as alive at ``now`` (epoch seconds)."""
+        return now - self.ts <= MISSED_BEATS * self.interval_s

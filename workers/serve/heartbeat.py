@@ -1,0 +1,106 @@
+"""A model replica's heartbeat: its status as JSON in ``{P}:replicas`` every few seconds.
+
+Informational only (``loraq top``, ``loraq stats``): nothing in the job path reads it,
+so a failed write is logged and the next beat tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+import redis.asyncio as aioredis
+
+from producer.activity import stale_replicas
+from schemas.keys import Keys
+from schemas.replicas import MISSED_BEATS, ReplicaHeartbeat
+from workers.queue.store import REDIS_DOWN
+
+log = logging.getLogger(__name__)
+
+
+def heartbeat_of(
+    *,
+    replica: str,
+    node: str,
+    adapters: list[str],
+    engine_stats: Mapping[str, float],
+    interval_s: float,
+    now: float,
+) -> ReplicaHeartbeat:
+    """The heartbeat of a replica from its engine's counters (:meth:`Engine.stats`)."""
+    return ReplicaHeartbeat(
+        replica=replica,
+        node=node,
+        adapters=adapters,
+        rows_in_flight=int(engine_stats.get("rows_in_flight", 0)),
+        cache_hits=int(engine_stats.get("cache_hits", 0)),
+        cache_loads=int(engine_stats.get("cache_loads", 0)),
+        cache_evictions=int(engine_stats.get("cache_evictions", 0)),
+        tokens_generated=int(engine_stats.get("tokens_generated", 0)),
+        ts=now,
+        interval_s=interval_s,
+    )
+
+
+def hash_ttl_s(interval_s: float) -> int:
+    """TTL of the whole hash: it outlives a beat or two missed, and dies with the last replica."""
+    return max(1, math.ceil(MISSED_BEATS * interval_s))
+
+
+class HeartbeatWriter:
+    """Writes ``status()`` to ``{P}:replicas`` every ``interval_s`` from a background task."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        status: Callable[[], ReplicaHeartbeat],
+        interval_s: float,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.status = status
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._field: str | None = None
+
+    def start(self) -> None:
+        """Beat now and then every interval, until :meth:`stop` (needs a running loop)."""
+        self._task = asyncio.ensure_future(self._run())
+
+    async def beat(self) -> None:
+        """Write one heartbeat, refresh the hash's TTL, and drop replicas that are gone."""
+        status = self.status()
+        self._field = status.replica
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.replicas, status.replica, status.model_dump_json())
+        pipe.expire(self.keys.replicas, hash_ttl_s(self.interval_s))
+        pipe.hgetall(self.keys.replicas)
+        *_, fields = await pipe.execute()
+        stale = stale_replicas(fields, status.ts)
+        if stale:
+            await self.client.hdel(self.keys.replicas, *stale)
+
+    async def stop(self) -> None:
+        """Stop beating and remove this replica's entry (readers see it gone at once)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._field is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.client.hdel(self.keys.replicas, self._field)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except REDIS_DOWN as exc:
+                log.warning("heartbeat not written (redis unreachable): %s", exc)
+            except Exception:
+                # Informational: a bug here must not take the replica down.
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.interval_s)
