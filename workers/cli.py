@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 from typing import Any
 
+from workers.logs import configure_logging
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("loraq.serve")
@@ -65,22 +65,12 @@ def settings_from(args: argparse.Namespace, **defaults: Any) -> WorkerSettings:
     return WorkerSettings(**{**base, **overrides})
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("loraq", "workers", "producer"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """``loraq serve``: deploy, log where everything is, wait for a signal, shut down."""
     from workers.serve import launch
 
-    _configure_logging()
     settings = settings_from(args)
+    configure_logging(settings)
     running = launch.deploy(settings, dashboard=args.dashboard)
     for line in running.notes:
         log.info("%s", line)

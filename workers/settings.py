@@ -100,6 +100,12 @@ class WorkerSettings(ClientSettings):
     heartbeat_s: float = Field(
         5.0, gt=0, description="How often a model replica writes its status to {P}:replicas."
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Worker log level; lines about single jobs are DEBUG."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker logs as text, or one JSON object per line."
+    )
 
     # HTTP gateway
     http_route_prefix: str = Field(

@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from workers.gateway.app import create_app
 from workers.gateway.model_client import ModelClient
 from workers.gateway.services import Services
+from workers.logs import configure_logging
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Gateway:
         consumer: DeploymentHandle[Any] | None,
         settings: WorkerSettings,
     ) -> None:
+        configure_logging(settings)
         client = ModelClient(
             model, affinity=settings.affinity_routing, replicas=settings.num_model_replicas
         )

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
+from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.store import REDIS_DOWN, Entry, JobStore, until_reachable
@@ -171,7 +172,11 @@ class QueueConsumer:
         except Exception:
             # Left unacknowledged: its lease lapses and the entry is reclaimed and retried.
             self.counters["errors"] += 1
-            log.exception("job entry %s could not be completed; left pending", entry.entry_id)
+            log.exception(
+                "job entry %s could not be completed; left pending",
+                entry.entry_id,
+                extra=job_extra(slot.job_id, slot.adapter),
+            )
         finally:
             self.in_flight.pop(entry.entry_id, None)
             self._slot_freed.set()
@@ -194,7 +199,11 @@ class QueueConsumer:
         cancelled = await self.store.cancel_requested([str(slot.job_id) for slot in running])
         for slot in running:
             if slot.job_id in cancelled and not slot.cancel_requested:
-                log.info("job %s: cancellation requested", slot.job_id)
+                log.debug(
+                    "job %s: cancellation requested",
+                    slot.job_id,
+                    extra=job_extra(slot.job_id, slot.adapter),
+                )
                 slot.request_cancel()
 
     async def _redis(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.store import (
     REDIS_DOWN,
@@ -53,6 +54,7 @@ class InFlight:
 
     entry_id: str
     job_id: str | None = None
+    adapter: str | None = None
     generation: asyncio.Task[GenerationOutput] | None = None
     cancel_requested: bool = False
     text: list[str] = field(default_factory=list)
@@ -93,7 +95,12 @@ class JobRunner:
             return
         parsed = policy.parse_entry(entry.entry_id, entry.fields)
         if isinstance(parsed, policy.Rejected):
-            log.info("job %s rejected: %s", parsed.job_id, parsed.message)
+            log.debug(
+                "job %s rejected: %s",
+                parsed.job_id,
+                parsed.message,
+                extra=job_extra(parsed.job_id, None),
+            )
             await self._end(
                 entry,
                 parsed.job_id,
@@ -104,7 +111,7 @@ class JobRunner:
             )
             return
         job = parsed
-        slot.job_id = job.id
+        slot.job_id, slot.adapter = job.id, job.adapter_name
         if policy.is_expired(job, time.time()):
             error = _error(ErrorType.TIMEOUT, "the deadline passed before the job started")
             await self._end_job(entry, job, JobStatus.EXPIRED, error=error)
@@ -181,7 +188,12 @@ class JobRunner:
                 await self.store.append_chunk(str(job.id), item.text)
             except REDIS_DOWN as exc:
                 # The generation goes on; the final record will hold the whole text.
-                log.warning("job %s: a text chunk was not streamed: %s", job.id, exc)
+                log.warning(
+                    "job %s: a text chunk was not streamed: %s",
+                    job.id,
+                    exc,
+                    extra=job_extra(job.id, job.adapter_name),
+                )
         raise RuntimeError("the model's stream ended without an output")
 
     async def _after_failure(self, entry: Entry, job: Job, exc: Exception, attempts: int) -> bool:
@@ -196,12 +208,23 @@ class JobRunner:
             cap_s=self.settings.max_retry_backoff_s,
         )
         if isinstance(plan, policy.GiveUp):
-            log.info("job %s failed: %s: %s", job.id, plan.type.value, plan.message)
+            log.debug(
+                "job %s failed: %s: %s",
+                job.id,
+                plan.type.value,
+                plan.message,
+                extra=job_extra(job.id, job.adapter_name),
+            )
             error = JobError(type=plan.type, message=plan.message)
             await self._end_job(entry, job, JobStatus.FAILED, error=error)
             return False
         log.warning(
-            "job %s attempt %d failed, retrying in %.1fs: %r", job.id, attempts, plan.delay_s, exc
+            "job %s attempt %d failed, retrying in %.1fs: %r",
+            job.id,
+            attempts,
+            plan.delay_s,
+            exc,
+            extra=job_extra(job.id, job.adapter_name),
         )
         await self.store.mark(
             str(job.id),
@@ -267,8 +290,15 @@ class JobRunner:
         )
         # Kept in memory through an outage: a finished generation is not run again.
         written = await until_reachable(partial(self.store.finish, write), f"job {job_id}")
+        extra = job_extra(job_id, job.adapter_name if job else None)
         if not written:
-            log.info("job %s: final status not stored (already final, or id refused)", job_id)
+            log.debug(
+                "job %s: final status not stored (already final, or id refused)",
+                job_id,
+                extra=extra,
+            )
+        else:
+            log.debug("job %s ended %s", job_id, status.value, extra=extra)
 
 
 def _error(type: ErrorType, message: str) -> JobError:

@@ -16,6 +16,7 @@ from workers.gateway.deployment import Gateway
 from workers.serve.consumer_deployment import JobConsumer
 from workers.serve.model_deployment import LoRAModel
 from workers.serve.routing import AdapterAffinityRouter
+from workers.serve.serve_logging import serve_logging_config
 from workers.settings import WorkerSettings
 
 MODEL_DEPLOYMENT = "LoRAModel"
@@ -30,6 +31,7 @@ def build_app(settings: WorkerSettings) -> Application:
     HTTP gateway (the ingress) in front of both."""
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
+        logging_config=serve_logging_config(settings),
         num_replicas=settings.num_model_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={
@@ -42,12 +44,14 @@ def build_app(settings: WorkerSettings) -> Application:
     )(LoRAModel)
     consumer = serve.deployment(
         name=CONSUMER_DEPLOYMENT,
+        logging_config=serve_logging_config(settings),
         num_replicas=settings.num_consumer_replicas,
         ray_actor_options={"num_cpus": settings.consumer_num_cpus},
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
     )(JobConsumer)
     gateway = serve.deployment(
         name=GATEWAY_DEPLOYMENT,
+        logging_config=serve_logging_config(settings),
         num_replicas=settings.num_gateway_replicas,
         max_ongoing_requests=settings.gateway_max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.gateway_num_cpus},

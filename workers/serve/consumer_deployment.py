@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from producer.connection import async_client
 from schemas import Keys
+from workers.logs import configure_logging
 from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
 from workers.queue.store import JobStore
@@ -41,6 +42,7 @@ class JobConsumer:
 
     def __init__(self, model: DeploymentHandle[Any], settings: WorkerSettings) -> None:
         # Serve runs the constructor on the replica's event loop: the loop can start here.
+        configure_logging(settings)
         context = serve.get_replica_context()
         self.settings = settings
         self.name = consumer_name(settings.app_name, context.rank)

@@ -19,6 +19,7 @@ from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
 from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.logs import configure_logging
 from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.settings import WorkerSettings
@@ -35,6 +36,7 @@ class LoRAModel:
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
+        configure_logging(settings)
         self.settings = settings
         self.engine = Engine.from_settings(settings)
         self.replica = serve.get_replica_context().replica_tag
