@@ -71,6 +71,16 @@ class WorkerSettings(ClientSettings):
     graceful_shutdown_timeout_s: float = Field(
         30.0, gt=0, description="Time in-flight jobs get to finish when a replica stops."
     )
+    metrics_export_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Port of Ray's Prometheus endpoint (/metrics) when loraq serve starts Ray "
+        "(0: any free port); nodes of a cluster use ray start --metrics-export-port.",
+    )
+    metrics_interval_s: float = Field(
+        5.0, gt=0, description="How often replicas update the queue, in-flight and engine metrics."
+    )
 
     # Queue consumer
     max_in_flight: int = Field(32, ge=1, description="Jobs one consumer replica runs at once.")

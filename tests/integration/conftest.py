@@ -18,6 +18,7 @@ from tests.conftest import REPO
 
 DEMO_KIT = REPO / "demo" / "model"
 SERVE_HTTP_HOST = "127.0.0.1"
+METRICS_REPORT_INTERVAL_MS = 1000
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,14 @@ def ray_serve() -> Iterator[str]:
     if not (DEMO_KIT / "config.json").exists():
         pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
     port = free_port()
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=max(4, os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+        # Metrics reach the node's /metrics (see workers.serve.launch.metrics_urls) within
+        # about a second instead of Ray's default ten.
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+    )
     serve.start(http_options={"host": SERVE_HTTP_HOST, "port": port})
     yield f"http://{SERVE_HTTP_HOST}:{port}"
     serve.shutdown()  # type: ignore[no-untyped-call]

@@ -68,6 +68,8 @@ class AdapterManager:
         self._loads: dict[str, concurrent.futures.Future[None]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.load_ms_total = 0.0
+        # Called on the model thread with each successful load's seconds.
+        self.on_load: Callable[[float], None] | None = None
 
     @property
     def policy(self) -> AdapterCachePolicy:
@@ -149,6 +151,8 @@ class AdapterManager:
             self._policy.loaded(plan.name)
             del self._loads[plan.name]
             self.load_ms_total += elapsed_ms
+        if self.on_load is not None:
+            self.on_load(elapsed_ms / 1000)
         if plan.evict:
             log.info("evicted adapters %s to load %s", list(plan.evict), plan.name)
         log.debug("loaded adapter %s in %.1f ms", plan.name, elapsed_ms)

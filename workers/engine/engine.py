@@ -31,7 +31,7 @@ from workers.engine.model_loader import LoadedModel, load_model
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.sampling import RowSampler
-from workers.engine.stats import PassStats
+from workers.engine.stats import EngineObserver, PassStats
 from workers.engine.stopping import TextTracker
 from workers.engine.worker import ModelWorker
 from workers.settings import WorkerSettings
@@ -148,6 +148,11 @@ class Engine:
     def recent_passes(self) -> list[frozenset[str]]:
         """The distinct adapters of each of the latest forward passes, oldest first."""
         return self._stats.recent_passes()
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Report every forward pass and adapter load to ``observer`` from now on."""
+        self._stats.observer = observer
+        self._adapters.on_load = observer.adapter_loaded
 
     def stats(self) -> dict[str, float]:
         """Counters of the decode loop and the adapter cache."""

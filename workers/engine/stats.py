@@ -6,8 +6,23 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from workers.engine.lora_model import BASE_ADAPTER
+
+
+class EngineObserver(Protocol):
+    """Told of every forward pass and adapter load, on the model thread: must be cheap.
+
+    This is how the metrics of the Serve layer see the engine without the engine
+    importing Ray.
+    """
+
+    def forward_pass(self, rows: int, adapters: int) -> None:
+        """One pass ran ``rows`` rows of ``adapters`` distinct adapters (base not counted)."""
+
+    def adapter_loaded(self, seconds: float) -> None:
+        """An adapter was loaded onto the device in ``seconds`` (evictions included)."""
 
 
 @dataclass
@@ -23,6 +38,7 @@ class PassStats:
     tokens_generated: int = 0
     # The distinct adapters of the latest passes, for tests and debugging.
     _recent: deque[frozenset[str]] = field(default_factory=lambda: deque(maxlen=256))
+    observer: EngineObserver | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record_pass(self, adapters: Sequence[str]) -> None:
@@ -35,6 +51,8 @@ class PassStats:
         self.max_rows_in_pass = max(self.max_rows_in_pass, len(adapters))
         with self._lock:
             self._recent.append(distinct)
+        if self.observer is not None:
+            self.observer.forward_pass(len(adapters), len(distinct))
 
     def recent_passes(self) -> list[frozenset[str]]:
         """The distinct adapters of each of the latest passes, oldest first."""

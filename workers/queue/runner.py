@@ -40,6 +40,20 @@ class Dispatcher(Protocol):
         ...
 
 
+class JobObserver(Protocol):
+    """Told of each final status a consumer stores (the metrics of the Serve layer)."""
+
+    def job_finished(
+        self,
+        job: Job | None,
+        status: JobStatus,
+        *,
+        result: JobResult | None,
+        error: JobError | None,
+    ) -> None:
+        """``job`` (``None``: it could not be parsed) ended with ``status``."""
+
+
 class Cancelled(Exception):
     """The job's generation was stopped because its cancellation was asked."""
 
@@ -79,12 +93,19 @@ class JobRunner:
     """Runs one stream entry to its final, acknowledged status."""
 
     def __init__(
-        self, store: JobStore, dispatcher: Dispatcher, settings: WorkerSettings, worker: str
+        self,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        settings: WorkerSettings,
+        worker: str,
+        *,
+        observer: JobObserver | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
         self.worker = worker
+        self.observer = observer
 
     async def run(self, entry: Entry, slot: InFlight) -> None:
         """Take ``entry`` from parse to acknowledgement."""
@@ -299,6 +320,8 @@ class JobRunner:
             )
         else:
             log.debug("job %s ended %s", job_id, status.value, extra=extra)
+            if self.observer is not None:
+                self.observer.job_finished(job, status, result=result, error=error)
 
 
 def _error(type: ErrorType, message: str) -> JobError:

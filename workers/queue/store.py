@@ -99,6 +99,16 @@ class FinalWrite:
     dead_error: str = ""
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The size of the queue as Redis reports it (``lag`` ``None``: unknown, or no group)."""
+
+    length: int
+    lag: int | None
+    pending: int
+    dead_letters: int
+
+
 def _entries(reply: Any) -> list[Entry]:
     """Entries of an XREADGROUP/XAUTOCLAIM reply (deleted entries come back empty)."""
     return [
@@ -185,6 +195,29 @@ class JobStore:
         Returns how many entries were removed.
         """
         return int(await self._trim(keys=[self.keys.jobs], args=[self.keys.group]))
+
+    async def backlog(self) -> Backlog:
+        """Stream length, the group's lag and pending count, dead letters: one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.jobs)
+            pipe.xinfo_groups(self.keys.jobs)
+            pipe.xlen(self.keys.dead)
+            length, groups, dead = await pipe.execute(raise_on_error=False)
+        for reply in (length, dead):
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(groups, aioredis.ResponseError):  # no stream yet: no job, no consumer
+            groups = []
+        group = next((g for g in groups if codec.as_text(g["name"]) == self.keys.group), None)
+        if group is None:
+            return Backlog(length=int(length), lag=None, pending=0, dead_letters=int(dead))
+        lag = group.get("lag")
+        return Backlog(
+            length=int(length),
+            lag=None if lag is None else int(lag),
+            pending=int(group["pending"]),
+            dead_letters=int(dead),
+        )
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have a cancellation request."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
 from workers.queue.store import JobStore
 from workers.serve.dispatch import ServeDispatcher
+from workers.serve.metrics import ConsumerMetrics, report_every
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,13 @@ class JobConsumer:
         self.client = async_client(settings)
         store = JobStore(self.client, Keys(settings.prefix), events_maxlen=settings.events_maxlen)
         dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
-        runner = JobRunner(store, dispatcher, settings, self.name)
+        self.metrics = ConsumerMetrics(settings.app_name, self.name)
+        runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)
         self.consumer = QueueConsumer(store, runner, settings, self.name)
         self.consumer.start()
+        self._metrics_task = asyncio.ensure_future(
+            report_every(settings.metrics_interval_s, self._report_metrics, self.name)
+        )
         log.info("consumer %s reading %s", self.name, store.keys.jobs)
 
     def check_health(self) -> None:
@@ -64,7 +70,13 @@ class JobConsumer:
         """This consumer's name, process and counters."""
         return {"consumer": self.name, "pid": os.getpid(), **self.consumer.stats()}
 
+    async def _report_metrics(self) -> None:
+        # One round trip per interval, whatever the job rate.
+        backlog = await self.consumer.store.backlog()
+        self.metrics.report(backlog, len(self.consumer.in_flight))
+
     async def __del__(self) -> None:
+        self._metrics_task.cancel()
         timeout_s = max(0.0, self.settings.graceful_shutdown_timeout_s - SHUTDOWN_MARGIN_S)
         await self.consumer.stop(timeout_s)
         await self.client.aclose()

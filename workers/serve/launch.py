@@ -69,8 +69,22 @@ def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
         ray.init(address=address, log_to_driver=False)
         return False
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(settings)))
-    ray.init(num_cpus=cpus, include_dashboard=dashboard, log_to_driver=False)
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=dashboard,
+        log_to_driver=False,
+        _metrics_export_port=settings.metrics_export_port or None,
+    )
     return True
+
+
+def metrics_urls() -> list[str]:
+    """The Prometheus endpoint of every live Ray node (loraq's and Serve's metrics)."""
+    return [
+        f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node["Alive"]
+    ]
 
 
 def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
@@ -105,6 +119,7 @@ def describe(running: Running) -> list[str]:
         f"model: {settings.model} on {settings.num_model_replicas} replica(s), "
         f"{settings.num_consumer_replicas} consumer(s)",
         f"adapters: {', '.join(registry.names()) or '(none)'}",
+        f"metrics: {' '.join(metrics_urls())}",
     ]
 
 

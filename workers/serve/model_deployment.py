@@ -6,6 +6,7 @@ different adapters into one forward pass and owns the adapter cache.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from workers.engine.requests import EngineError, GenerationOutput, GenerationReq
 from workers.logs import configure_logging
 from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
+from workers.serve.metrics import ModelMetrics, report_every
 from workers.settings import WorkerSettings
 
 
@@ -41,6 +43,11 @@ class LoRAModel:
         self.engine = Engine.from_settings(settings)
         self.replica = serve.get_replica_context().replica_tag
         self.routed_loads = 0
+        self.metrics = ModelMetrics(settings.app_name, self.replica)
+        self.engine.observe(self.metrics)
+        self._metrics_task = asyncio.ensure_future(
+            report_every(settings.metrics_interval_s, self._report_metrics, self.replica)
+        )
 
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
@@ -123,7 +130,11 @@ class LoRAModel:
             **self.engine.stats(),
         }
 
+    async def _report_metrics(self) -> None:
+        self.metrics.report(self.engine.stats(), time.monotonic())
+
     async def __del__(self) -> None:
+        self._metrics_task.cancel()
         await self.heartbeat.stop()
         await self._redis.aclose()
         await self.engine.close()

@@ -13,9 +13,10 @@ from ray.serve.handle import DeploymentHandle
 
 
 async def replica_stats(
-    handle: DeploymentHandle[Any], replicas: int, *, rounds: int = 20
+    handle: DeploymentHandle[Any], replicas: int, *, key: str = "replica", rounds: int = 20
 ) -> dict[str, dict[str, Any]]:
-    """``stats()`` of every replica behind ``handle``, by replica id.
+    """``stats()`` of every replica behind ``handle``, by the ``key`` field of each reply
+    (the replica id; ``consumer`` for the consumer replicas).
 
     Serve has no broadcast: concurrent calls spread over the replicas, and rounds go on
     until ``replicas`` distinct ones have answered (or ``rounds`` are spent).
@@ -23,7 +24,7 @@ async def replica_stats(
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(rounds):
         replies = await asyncio.gather(*(handle.stats.remote() for _ in range(2 * replicas)))
-        seen.update({reply["replica"]: reply for reply in replies})
+        seen.update({reply[key]: reply for reply in replies})
         if len(seen) >= replicas:
             break
     return seen

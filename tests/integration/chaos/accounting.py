@@ -1,0 +1,124 @@
+"""The accounting every chaos scenario ends with, read straight from Redis.
+
+For every submitted id: exactly one final record (none lost, none left ``running``), an
+events stream with exactly one final entry (its last), one final entry in ``{P}:events``
+(no second answer), and, when it succeeded, the text its adapter's rule predicts. For the
+group: nothing pending.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from schemas import FINAL_STATUSES, JobRecord, Keys, codec
+
+FINAL_VALUES = {status.value for status in FINAL_STATUSES}
+
+
+@dataclass
+class Tally:
+    """What one scenario counted; ``problems`` is empty when every guarantee held."""
+
+    scenario: str
+    jobs: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    lost: int = 0
+    stuck: int = 0
+    duplicates: int = 0
+    wrong_output: int = 0
+    pending: int = 0
+    reruns: int = 0
+    last_finished_at: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """The scenario's figures on one line, for the terminal summary."""
+        statuses = " ".join(f"{k}={v}" for k, v in sorted(self.statuses.items()))
+        extra = " ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.figures.items()
+        )
+        return (
+            f"{self.scenario}: jobs={self.jobs} {statuses} lost={self.lost} stuck={self.stuck} "
+            f"duplicates={self.duplicates} wrong={self.wrong_output} pending={self.pending} "
+            f"reruns={self.reruns} {extra}"
+        )
+
+    def check(self) -> None:
+        """Fail the scenario with the first problems found."""
+        assert not self.problems, f"{len(self.problems)} problems: {self.problems[:10]}"
+
+
+# Every scenario's tally, for the terminal summary (conftest.py); kept here because pytest
+# imports a conftest under a module name of its own.
+FIGURES: list[Tally] = []
+
+
+def final_events(client: redis.Redis, keys: Keys) -> Counter[str]:
+    """Final status entries per job id in ``{P}:events``."""
+    counts: Counter[str] = Counter()
+    last = "-"
+    while True:
+        batch = client.xrange(keys.events, min=last, count=10_000)
+        if last != "-":
+            batch = batch[1:]
+        if not batch:
+            return counts
+        for _, raw in batch:
+            fields = codec.decode_fields(raw)
+            if fields.get("status") in FINAL_VALUES:
+                counts[fields["id"]] += 1
+        last = codec.as_text(batch[-1][0])
+
+
+def account(
+    client: redis.Redis, keys: Keys, expected: Mapping[str, str | None], scenario: str
+) -> Tally:
+    """Check every guarantee for the jobs in ``expected`` (id -> predicted text, or ``None``
+    when any final status will do) and the group; the counts and problems found."""
+    tally = Tally(scenario, jobs=len(expected))
+    finals = final_events(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for job_id in expected:
+        pipe.hgetall(keys.job(job_id))
+        pipe.xrange(keys.job_events(job_id))
+    replies = pipe.execute()
+    for index, (job_id, text) in enumerate(expected.items()):
+        raw, events = replies[2 * index], replies[2 * index + 1]
+        if not raw:
+            tally.lost += 1
+            tally.problems.append(f"{job_id}: no record")
+            continue
+        record = JobRecord.from_hash(job_id, raw)
+        tally.statuses[record.status.value] += 1
+        if record.status.value not in FINAL_VALUES:
+            tally.stuck += 1
+            tally.problems.append(f"{job_id}: still {record.status.value}")
+            continue
+        if record.attempts > 1:
+            tally.reruns += 1
+        tally.last_finished_at = max(tally.last_finished_at, record.finished_at or 0.0)
+        statuses = [
+            fields["status"]
+            for fields in (codec.decode_fields(f) for _, f in events)
+            if fields.get("event") == "status"
+        ]
+        ends = [s for s in statuses if s in FINAL_VALUES]
+        if ends != [record.status.value] or statuses[-1] != record.status.value:
+            tally.problems.append(f"{job_id}: events {statuses} for a {record.status.value} job")
+        if finals[job_id] != 1:
+            tally.duplicates += finals[job_id] > 1
+            tally.problems.append(f"{job_id}: {finals[job_id]} final entries in {keys.events}")
+        if text is not None and record.status.value == "succeeded":
+            got = record.result.text if record.result else None
+            if got != text:
+                tally.wrong_output += 1
+                tally.problems.append(f"{job_id}: {got!r} instead of {text!r}")
+    tally.pending = int(client.xpending(keys.jobs, keys.group)["pending"])
+    if tally.pending:
+        tally.problems.append(f"{tally.pending} entries still pending in {keys.group}")
+    return tally

@@ -1,0 +1,211 @@
+"""The chaos suite: real replicas killed, Redis restarted and fed garbage; every job counted.
+
+Each scenario runs a workload on a deployed application, breaks something, and ends with
+the same accounting (:mod:`tests.integration.chaos.accounting`). Its figures are printed
+in pytest's terminal summary, so a CI log shows them without ``-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from ray import serve
+
+from demo.tasks import ADAPTER_RULES, expected_output
+from producer import Producer
+from producer.embedded import EmbeddedRedis
+from schemas import Keys
+from tests.integration.chaos.accounting import FIGURES
+from tests.integration.serve.conftest import (
+    MAX_NEW_TOKENS,
+    delete_prefix,
+    e2e_settings,
+    prompts_right_on_every_model,
+)
+from workers.serve import launch
+from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
+from workers.settings import WorkerSettings
+
+JOBS = 300
+# Short leases so that a dead or paused consumer's jobs move on within seconds.
+VISIBILITY_TIMEOUT_S = 4.0
+LEASE_RENEW_S = 1.0
+HEALTHY_TIMEOUT_S = 180.0
+MODELS: list[str | None] = [*ADAPTER_RULES, None]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line of figures per chaos scenario that ran."""
+    if not FIGURES:
+        return
+    terminalreporter.section("chaos figures")
+    for tally in FIGURES:
+        terminalreporter.write_line(tally.line())
+
+
+@dataclass
+class ChaosApp:
+    """A deployed application the chaos tests break, and the pool of inputs it is exact on."""
+
+    running: launch.Running
+    base_url: str
+    pool: list[str] = field(default_factory=list)
+    redis_server: EmbeddedRedis | None = None
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self.running.settings
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.prefix)
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return self.base_url + self.settings.http_route_prefix
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.effective_redis_url)
+
+    def producer(self) -> Producer:
+        return Producer.from_settings(self.settings)
+
+    def submit(self, count: int, seed: int) -> dict[str, str]:
+        """``count`` greedy jobs over every adapter and the base model: id -> expected text."""
+        rng = random.Random(seed)
+        picks = [(rng.choice(MODELS), rng.choice(self.pool)) for _ in range(count)]
+        jobs = [
+            {"adapter": model, "prompt": text, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+            for model, text in picks
+        ]
+        with self.producer() as producer:
+            ids = producer.submit_many(jobs)
+        return {
+            job_id: expected_output(model, text)
+            for job_id, (model, text) in zip(ids, picks, strict=True)
+        }
+
+    def finished(self, ids: list[str]) -> int:
+        """How many of ``ids`` have a final record now."""
+        client = self.client()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "status")
+            statuses = pipe.execute()
+        finally:
+            client.close()
+        return sum(s in (b"succeeded", b"failed", b"cancelled", b"expired") for s in statuses)
+
+    def wait_finished(self, ids: list[str], count: int, timeout_s: float = 300.0) -> float:
+        """Seconds until at least ``count`` of ``ids`` are final."""
+        started = time.monotonic()
+        while self.finished(ids) < count:
+            if time.monotonic() - started > timeout_s:
+                done = self.finished(ids)
+                raise AssertionError(f"{done} of {count} jobs final after {timeout_s}s")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def model_pids(self) -> dict[str, int]:
+        """Process id of each LoRAModel replica."""
+        stats = launch.replica_stats(self.running.model, self.settings.num_model_replicas)
+        return {replica: int(s["pid"]) for replica, s in _run(stats).items()}
+
+    def consumer_pids(self) -> dict[str, int]:
+        """Process id of each JobConsumer replica, by consumer name."""
+        return {name: int(s["pid"]) for name, s in self._consumer_stats().items()}
+
+    def consumer_errors(self) -> int:
+        """Jobs the consumers could not complete and left pending (their ``errors``)."""
+        return sum(int(s["errors"]) for s in self._consumer_stats().values())
+
+    def _consumer_stats(self) -> dict[str, dict[str, Any]]:
+        count = self.settings.num_consumer_replicas
+        return _run(launch.replica_stats(self.running.consumer, count, key="consumer"))
+
+    def wait_replaced(self, pids: Callable[[], dict[str, int]], count: int, dead: int) -> float:
+        """Seconds until ``count`` replicas answer ``pids()``, none of them process ``dead``."""
+        started = time.monotonic()
+        while time.monotonic() - started < HEALTHY_TIMEOUT_S:
+            try:
+                found = pids()
+                if len(found) == count and dead not in found.values():
+                    return self.wait_healthy() + time.monotonic() - started
+            except Exception:  # a call routed to the dead replica, before Serve noticed
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"the replica of process {dead} was not replaced")
+
+    def wait_healthy(self, timeout_s: float = HEALTHY_TIMEOUT_S) -> float:
+        """Seconds until every model and consumer replica runs again."""
+        started = time.monotonic()
+        wanted = {
+            MODEL_DEPLOYMENT: self.settings.num_model_replicas,
+            CONSUMER_DEPLOYMENT: self.settings.num_consumer_replicas,
+        }
+        while True:
+            app = serve.status().applications.get(self.settings.app_name)
+            states = app.deployments if app else {}
+            if all(
+                name in states
+                and states[name].status == "HEALTHY"
+                and states[name].replica_states.get("RUNNING", 0) == count
+                for name, count in wanted.items()
+            ):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"not healthy after {timeout_s}s: {states}")
+            time.sleep(0.25)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Send ``sig`` to a replica's process (the replicas run on this machine)."""
+    os.kill(pid, sig)
+
+
+def chaos_settings(redis_url: str, name: str, **overrides: Any) -> WorkerSettings:
+    """Two model and two consumer replicas, short leases; default retries and attempts."""
+    values: dict[str, Any] = {
+        "app_name": name,
+        "http_route_prefix": f"/{name}",
+        "num_model_replicas": 2,
+        "num_consumer_replicas": 2,
+        "max_adapters_per_replica": 5,
+        "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
+        "lease_renew_s": LEASE_RENEW_S,
+        **overrides,
+    }
+    return e2e_settings(redis_url, **values)
+
+
+def deploy_chaos_app(
+    base_url: str, settings: WorkerSettings, redis_server: EmbeddedRedis | None = None
+) -> ChaosApp:
+    running = launch.deploy(settings)
+    app = ChaosApp(running, base_url, redis_server=redis_server)
+    app.pool = prompts_right_on_every_model(running.model, size=30)
+    return app
+
+
+@pytest.fixture(scope="package")
+def chaos_app(ray_serve: str, redis_url: str) -> Iterator[ChaosApp]:
+    """The application on the session's Redis, shared by the replica and input scenarios."""
+    app = deploy_chaos_app(ray_serve, chaos_settings(redis_url, "chaos"))
+    yield app
+    launch.shutdown(app.running)
+    delete_prefix(redis_url, app.settings.prefix)

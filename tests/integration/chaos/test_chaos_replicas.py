@@ -1,0 +1,125 @@
+"""Scenarios 1, 2 and 5: a model replica killed, a consumer killed, a consumer paused."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import orjson
+
+from schemas import codec
+from tests.integration.chaos.accounting import FIGURES, account
+from tests.integration.chaos.conftest import JOBS, VISIBILITY_TIMEOUT_S, ChaosApp, kill
+
+# The kill must land while most of the jobs are still to run.
+STARTED_BEFORE_KILL = 30
+LEFT_AT_KILL = 100
+
+
+def kill_mid_run(
+    app: ChaosApp, pid: int, seed: int, sig: signal.Signals
+) -> tuple[dict[str, str], int]:
+    """Submit the workload, send ``sig`` to ``pid`` once it is well under way."""
+    expected = app.submit(JOBS, seed=seed)
+    ids = list(expected)
+    app.wait_finished(ids, STARTED_BEFORE_KILL)
+    left = JOBS - app.finished(ids)
+    kill(pid, sig)
+    assert left >= LEFT_AT_KILL, f"only {left} jobs left when the signal was sent"
+    return expected, left
+
+
+def test_sigkill_of_a_model_replica_with_300_jobs_in_flight(chaos_app: ChaosApp) -> None:
+    app = chaos_app
+    app.wait_healthy()
+    pids = app.model_pids()
+    victim = min(pids)
+    started = time.monotonic()
+    expected, left = kill_mid_run(app, pids[victim], seed=1, sig=signal.SIGKILL)
+    killed_at = time.time()
+    back_s = app.wait_replaced(app.model_pids, len(pids), pids[victim])
+    app.wait_finished(list(expected), JOBS)
+    with app.client() as client:
+        tally = account(client, app.keys, expected, "1 SIGKILL model replica")
+    tally.figures.update(
+        kills=1,
+        left_at_kill=left,
+        replica_back_s=back_s,
+        all_final_after_kill_s=tally.last_finished_at - killed_at,
+        total_s=time.monotonic() - started,
+    )
+    FIGURES.append(tally)
+    tally.check()
+    assert tally.statuses == {"succeeded": JOBS}
+
+
+def test_sigkill_of_a_consumer_replica_with_300_jobs_in_flight(chaos_app: ChaosApp) -> None:
+    app = chaos_app
+    app.wait_healthy()
+    pids = app.consumer_pids()
+    victim = min(pids)
+    started = time.monotonic()
+    expected, left = kill_mid_run(app, pids[victim], seed=2, sig=signal.SIGKILL)
+    killed_at = time.time()
+    back_s = app.wait_replaced(app.consumer_pids, len(pids), pids[victim])
+    app.wait_finished(list(expected), JOBS)
+    with app.client() as client:
+        tally = account(client, app.keys, expected, "2 SIGKILL consumer replica")
+    tally.figures.update(
+        kills=1,
+        left_at_kill=left,
+        replica_back_s=back_s,
+        all_final_after_kill_s=tally.last_finished_at - killed_at,
+        total_s=time.monotonic() - started,
+    )
+    FIGURES.append(tally)
+    tally.check()
+    assert tally.statuses == {"succeeded": JOBS}
+    # The replacement took over the name (and with it the pending entries).
+    assert victim in app.consumer_pids() and app.consumer_pids()[victim] != pids[victim]
+
+
+def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
+    chaos_app: ChaosApp,
+) -> None:
+    app = chaos_app
+    app.wait_healthy()
+    pids = app.consumer_pids()
+    victim = min(pids)
+    started = time.monotonic()
+    expected = app.submit(JOBS, seed=5)
+    ids = list(expected)
+    app.wait_finished(ids, STARTED_BEFORE_KILL)
+    with app.client() as client:
+        kill(pids[victim], signal.SIGSTOP)
+        try:
+            held = client.xpending_range(
+                app.keys.jobs, app.keys.group, min="-", max="+", count=1000, consumername=victim
+            )
+            held_jobs = []
+            for entry in held:
+                entry_id = entry["message_id"]
+                [(_, fields)] = client.xrange(app.keys.jobs, entry_id, entry_id)
+                held_jobs.append(orjson.loads(codec.decode_fields(fields)["job"])["id"])
+            time.sleep(VISIBILITY_TIMEOUT_S * 3)
+        finally:
+            kill(pids[victim], signal.SIGCONT)
+        resumed_at = time.time()
+        app.wait_finished(ids, JOBS)
+        tally = account(client, app.keys, expected, "5 SIGSTOP consumer past visibility")
+        workers = [codec.as_text(client.hget(app.keys.job(j), "worker") or b"") for j in held_jobs]
+    overtaken = sum(worker != victim for worker in workers)
+    tally.figures.update(
+        paused_s=VISIBILITY_TIMEOUT_S * 3,
+        held_when_paused=len(held_jobs),
+        finished_by_other=overtaken,
+        last_final_after_resume_s=tally.last_finished_at - resumed_at,
+        total_s=time.monotonic() - started,
+    )
+    FIGURES.append(tally)
+    tally.check()
+    assert tally.statuses == {"succeeded": JOBS}
+    assert held_jobs, "the paused consumer held no job"
+    assert overtaken >= 1, f"no held job was finished by the other consumer: {workers}"
+    # Paused, not dead: Serve did not replace it.
+    assert app.consumer_pids()[victim] == pids[victim]

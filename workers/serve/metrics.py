@@ -1,0 +1,302 @@
+"""loraq's Prometheus metrics, recorded through Ray's metrics API.
+
+Each Ray node's metrics agent exports them on the node's metrics port (``/metrics``),
+next to Ray Serve's own metrics, under the ``ray_`` prefix Ray gives every name:
+``loraq_jobs_finished`` is scraped as ``ray_loraq_jobs_finished_total``. So the metrics
+of every replica reach Prometheus on any number of nodes, with no port of our own.
+docs/METRICS.md lists them.
+
+Metric objects are made on first use, in the replica's process. The engine's counters are
+read from ``Engine.stats()`` every ``metrics_interval_s`` and added as deltas; only the
+per-pass histograms are recorded as passes run (a few microseconds each, on the model
+thread, against milliseconds per pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+from schemas import ErrorType, Job, JobError, JobResult, JobStatus
+from workers.queue.store import Backlog
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["counter", "gauge", "histogram"]
+# The prefix Ray's exporter puts on every metric name.
+EXPORT_PREFIX = "ray_"
+# ``adapter`` label of base-model jobs, and of jobs whose adapter is unknown or that could
+# not be parsed (one label for those: any name a client makes up would be a new series).
+BASE_LABEL = "__base__"
+UNKNOWN_LABEL = "__unknown__"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its name before Ray's prefix, kind, meaning, labels, buckets."""
+
+    name: str
+    kind: Kind
+    description: str
+    tags: tuple[str, ...]
+    boundaries: tuple[float, ...] = ()
+
+    def exported_names(self) -> tuple[str, ...]:
+        """The series names Prometheus scrapes for this metric."""
+        base = EXPORT_PREFIX + self.name
+        if self.kind == "counter":
+            return (f"{base}_total",)
+        if self.kind == "histogram":
+            return (f"{base}_bucket", f"{base}_count", f"{base}_sum")
+        return (base,)
+
+
+def _counts(*tops: int) -> tuple[float, ...]:
+    """Buckets for whole numbers: one per value up to 16, then wider ones up to ``tops``.
+
+    Ray's exporter rebuilds a histogram's sum from bucket midpoints; with bounds halfway
+    between whole numbers, the midpoint of a one-wide bucket is its value, so the sum
+    of batch sizes is exact.
+    """
+    return tuple(k + 0.5 for k in range(17)) + tuple(top + 0.5 for top in tops)
+
+
+SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+APP = ("application",)
+REPLICA = ("application", "replica")
+
+JOBS_FINISHED = MetricSpec(
+    "loraq_jobs_finished",
+    "counter",
+    "Jobs this consumer gave a final status, by status, adapter and error type.",
+    (*APP, "status", "adapter", "error_type"),
+)
+QUEUE_SECONDS = MetricSpec(
+    "loraq_queue_seconds",
+    "histogram",
+    "Seconds from enqueue to the start of the generation, of jobs that generated.",
+    (*APP, "adapter"),
+    SECONDS,
+)
+GENERATION_SECONDS = MetricSpec(
+    "loraq_generation_seconds",
+    "histogram",
+    "Seconds a job's generation took on the model, of jobs that generated.",
+    (*APP, "adapter"),
+    SECONDS,
+)
+JOBS_IN_FLIGHT = MetricSpec(
+    "loraq_jobs_in_flight", "gauge", "Jobs a consumer replica holds now.", (*APP, "consumer")
+)
+QUEUE_LENGTH = MetricSpec("loraq_queue_length", "gauge", "Entries in {P}:jobs (XLEN).", APP)
+GROUP_LAG = MetricSpec(
+    "loraq_group_lag", "gauge", "Entries of {P}:jobs not yet delivered to any consumer.", APP
+)
+GROUP_PENDING = MetricSpec(
+    "loraq_group_pending", "gauge", "Entries delivered and not yet acknowledged.", APP
+)
+DEAD_LETTERS = MetricSpec("loraq_dead_letters", "gauge", "Entries in {P}:dead (XLEN).", APP)
+BATCH_SIZE = MetricSpec(
+    "loraq_batch_size",
+    "histogram",
+    "Rows in each forward pass (prefill or decode step).",
+    REPLICA,
+    _counts(24, 32, 48, 64, 128, 256),
+)
+ADAPTERS_PER_BATCH = MetricSpec(
+    "loraq_adapters_per_batch",
+    "histogram",
+    "Distinct adapters in each forward pass (the base model not counted).",
+    REPLICA,
+    _counts(32, 64),
+)
+ADAPTER_LOAD_SECONDS = MetricSpec(
+    "loraq_adapter_load_seconds",
+    "histogram",
+    "Seconds to bring an adapter onto the device, evictions included.",
+    REPLICA,
+    SECONDS,
+)
+ADAPTER_HITS = MetricSpec(
+    "loraq_adapter_hits", "counter", "Adapter requests served by a warm adapter.", REPLICA
+)
+ADAPTER_LOADS = MetricSpec("loraq_adapter_loads", "counter", "Adapters loaded.", REPLICA)
+ADAPTER_LOAD_FAILURES = MetricSpec(
+    "loraq_adapter_load_failures", "counter", "Adapter loads that failed.", REPLICA
+)
+ADAPTER_EVICTIONS = MetricSpec(
+    "loraq_adapter_evictions", "counter", "Adapters evicted to make room.", REPLICA
+)
+ADAPTERS_LOADED = MetricSpec(
+    "loraq_adapters_loaded", "gauge", "Adapters on the replica's device now.", REPLICA
+)
+GENERATED_TOKENS = MetricSpec(
+    "loraq_generated_tokens", "counter", "Tokens generated (queue and HTTP).", REPLICA
+)
+TOKENS_PER_SECOND = MetricSpec(
+    "loraq_tokens_per_second",
+    "gauge",
+    "Tokens generated per second over the last metrics interval.",
+    REPLICA,
+)
+
+SPECS = (
+    JOBS_FINISHED,
+    QUEUE_SECONDS,
+    GENERATION_SECONDS,
+    JOBS_IN_FLIGHT,
+    QUEUE_LENGTH,
+    GROUP_LAG,
+    GROUP_PENDING,
+    DEAD_LETTERS,
+    BATCH_SIZE,
+    ADAPTERS_PER_BATCH,
+    ADAPTER_LOAD_SECONDS,
+    ADAPTER_HITS,
+    ADAPTER_LOADS,
+    ADAPTER_LOAD_FAILURES,
+    ADAPTER_EVICTIONS,
+    ADAPTERS_LOADED,
+    GENERATED_TOKENS,
+    TOKENS_PER_SECOND,
+)
+# Counters of ``Engine.stats()`` and the metric each one feeds.
+ENGINE_COUNTERS = {
+    "cache_hits": ADAPTER_HITS,
+    "cache_loads": ADAPTER_LOADS,
+    "cache_load_failures": ADAPTER_LOAD_FAILURES,
+    "cache_evictions": ADAPTER_EVICTIONS,
+    "tokens_generated": GENERATED_TOKENS,
+}
+
+
+@functools.cache
+def counter(spec: MetricSpec) -> Counter:
+    """This process's Ray counter for ``spec``."""
+    return Counter(spec.name, description=spec.description, tag_keys=spec.tags)
+
+
+@functools.cache
+def gauge(spec: MetricSpec) -> Gauge:
+    """This process's Ray gauge for ``spec``."""
+    return Gauge(spec.name, description=spec.description, tag_keys=spec.tags)
+
+
+@functools.cache
+def histogram(spec: MetricSpec) -> Histogram:
+    """This process's Ray histogram for ``spec``."""
+    boundaries = list(spec.boundaries)
+    return Histogram(spec.name, spec.description, boundaries=boundaries, tag_keys=spec.tags)
+
+
+def adapter_label(job: Job | None, error: JobError | None) -> str:
+    """The ``adapter`` label of a finished job (``job`` ``None``: it could not be parsed)."""
+    if job is None or (error is not None and error.type is ErrorType.UNKNOWN_ADAPTER):
+        return UNKNOWN_LABEL
+    return job.adapter_name or BASE_LABEL
+
+
+def counter_deltas(previous: Mapping[str, float], current: Mapping[str, float]) -> dict[str, float]:
+    """How much each engine counter grew since ``previous`` (all of it on the first read)."""
+    return {stat: current[stat] - previous.get(stat, 0.0) for stat in ENGINE_COUNTERS}
+
+
+class ConsumerMetrics:
+    """The metrics one JobConsumer replica records: its jobs, and the queue's backlog."""
+
+    def __init__(self, application: str, consumer: str) -> None:
+        self._app = {"application": application}
+        self._consumer = {**self._app, "consumer": consumer}
+
+    def job_finished(
+        self,
+        job: Job | None,
+        status: JobStatus,
+        *,
+        result: JobResult | None,
+        error: JobError | None,
+    ) -> None:
+        """Count a final status this consumer stored, and the job's timings."""
+        adapter = adapter_label(job, error)
+        tags = {
+            **self._app,
+            "status": status.value,
+            "adapter": adapter,
+            "error_type": error.type.value if error else "",
+        }
+        counter(JOBS_FINISHED).inc(1, tags=tags)
+        timings = result.timings if result is not None else None
+        if timings is None or timings.generation_ms is None or timings.queue_ms is None:
+            return  # it never reached the model
+        by_adapter = {**self._app, "adapter": adapter}
+        # Enqueue time is Redis's clock (the entry id), start time the worker's: they may
+        # disagree a little.
+        histogram(QUEUE_SECONDS).observe(max(0.0, timings.queue_ms / 1000), tags=by_adapter)
+        histogram(GENERATION_SECONDS).observe(timings.generation_ms / 1000, tags=by_adapter)
+
+    def report(self, backlog: Backlog, in_flight: int) -> None:
+        """Set the queue gauges (every consumer replica reports the same queue)."""
+        gauge(QUEUE_LENGTH).set(backlog.length, tags=self._app)
+        gauge(GROUP_PENDING).set(backlog.pending, tags=self._app)
+        gauge(DEAD_LETTERS).set(backlog.dead_letters, tags=self._app)
+        if backlog.lag is not None:
+            gauge(GROUP_LAG).set(backlog.lag, tags=self._app)
+        gauge(JOBS_IN_FLIGHT).set(in_flight, tags=self._consumer)
+
+
+class ModelMetrics:
+    """The metrics of one LoRAModel replica; the engine's observer (see ``Engine.observe``)."""
+
+    def __init__(self, application: str, replica: str) -> None:
+        self._tags = {"application": application, "replica": replica}
+        self._batch_size = histogram(BATCH_SIZE)
+        self._adapters_per_batch = histogram(ADAPTERS_PER_BATCH)
+        self._last: Mapping[str, float] = {}
+        self._last_at = time.monotonic()
+
+    def forward_pass(self, rows: int, adapters: int) -> None:
+        """Model thread: record one pass."""
+        self._batch_size.observe(rows, tags=self._tags)
+        self._adapters_per_batch.observe(adapters, tags=self._tags)
+
+    def adapter_loaded(self, seconds: float) -> None:
+        """Model thread: record one adapter load."""
+        histogram(ADAPTER_LOAD_SECONDS).observe(seconds, tags=self._tags)
+
+    def report(self, stats: Mapping[str, float], now: float) -> None:
+        """Add what the engine's counters ``stats`` grew by; set the gauges."""
+        deltas = counter_deltas(self._last, stats)
+        for stat, delta in deltas.items():
+            if delta > 0:  # Ray's counters take positive steps only
+                counter(ENGINE_COUNTERS[stat]).inc(delta, tags=self._tags)
+        elapsed_s = now - self._last_at
+        if elapsed_s > 0:
+            rate = deltas["tokens_generated"] / elapsed_s
+            gauge(TOKENS_PER_SECOND).set(rate, tags=self._tags)
+        gauge(ADAPTERS_LOADED).set(stats["adapters_loaded"], tags=self._tags)
+        self._last, self._last_at = dict(stats), now
+
+
+async def report_every(interval_s: float, report: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``report`` every ``interval_s`` until cancelled.
+
+    A failed report (Redis down) is retried at the next tick; it is logged once per
+    streak of failures, not once per tick.
+    """
+    failing = False
+    while True:
+        try:
+            await report()
+            failing = False
+        except Exception as exc:
+            if not failing:
+                log.warning("metrics of %s not updated: %r", what, exc)
+            failing = True
+        await asyncio.sleep(interval_s)
