@@ -20,9 +20,11 @@ import jsonschema
 import pytest
 import tomllib
 import yaml
+from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from tests.conftest import REPO
+from workers.serve.app import app_builder
 from workers.settings import WorkerSettings
 
 DATA = REPO / "tests" / "data"
@@ -322,6 +324,7 @@ def test_rayservice_runs_the_repository_serve_config_with_documented_overrides()
     assert {k: v for k, v in theirs.items() if k != "args"} == {
         k: v for k, v in ours.items() if k != "args"
     }
+    assert isinstance(app_builder(theirs["args"]), Application)
     [group] = rayservice()["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert theirs["args"]["num_model_replicas"] == group["replicas"]
     assert theirs["args"]["max_model_replicas_per_node"] == 1
