@@ -1,0 +1,90 @@
+"""Model replicas' heartbeats in ``{P}:replicas``: the writer's loop on Redis, and the
+replicas of the live application as ``loraq top`` shows them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from demo.tasks import ADAPTER_RULES
+from producer import Producer
+from schemas import Keys
+from schemas.replicas import ReplicaHeartbeat
+from tests.integration.producer_api.test_cli_stats_json import loraq
+from tests.integration.serve.conftest import MAX_NEW_TOKENS, LiveApp
+from workers.serve.heartbeat import HeartbeatWriter, hash_ttl_s
+
+
+@pytest.mark.timeout(30)
+async def test_the_writer_beats_every_interval_and_its_entry_goes_when_it_stops(
+    redis_url: str, prefix: str, r: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    beats: list[float] = []
+
+    def status() -> ReplicaHeartbeat:
+        beats.append(time.time())
+        return ReplicaHeartbeat(replica="r-loop", ts=beats[-1], interval_s=0.1)
+
+    client = aioredis.Redis.from_url(redis_url)
+    writer = HeartbeatWriter(client, keys, status, interval_s=0.1)
+    try:
+        writer.start()
+        await asyncio.sleep(0.55)
+        assert 4 <= len(beats) <= 7
+        assert Producer(r, prefix=prefix).stats().replicas[0].replica == "r-loop"
+        assert 0 < r.pttl(keys.replicas) <= hash_ttl_s(0.1) * 1000
+        await writer.stop()
+        assert not r.exists(keys.replicas)
+    finally:
+        await client.aclose()
+
+
+def live_beats(producer: Producer, replicas: int, deadline: float) -> list[ReplicaHeartbeat]:
+    """The fresh heartbeats, once every replica has beaten after it generated tokens."""
+    while True:
+        beats = producer.stats().replicas
+        if len(beats) == replicas and all(b.tokens_generated for b in beats):
+            return beats
+        assert time.monotonic() < deadline, beats
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(180)
+def test_the_live_replicas_report_their_warm_adapters_and_top_shows_them(
+    live_app: LiveApp, kit_prompts: list[str]
+) -> None:
+    adapters = sorted(ADAPTER_RULES)
+    jobs = [
+        {"adapter": adapter, "prompt": prompt, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+        for adapter in adapters
+        for prompt in kit_prompts[:4]
+    ]
+    with live_app.producer() as producer:
+        records = producer.wait_many(producer.submit_many(jobs), timeout=120)
+        assert all(record.result is not None for record in records.values())
+        # Heartbeats come every LORAQ_HEARTBEAT_S: wait for one after the jobs.
+        beats = live_beats(producer, live_app.settings.num_model_replicas, time.monotonic() + 30)
+
+    served = live_app.model_stats()
+    assert {b.replica for b in beats} == set(served)
+    for beat in beats:
+        # A beat may predate a load or eviction the replica made since.
+        assert set(beat.adapters) <= set(adapters)
+        assert beat.cache_loads <= served[beat.replica]["cache_loads"]
+        assert beat.node and beat.interval_s == live_app.settings.heartbeat_s
+    assert set().union(*(b.adapters for b in beats))
+
+    env = {**os.environ, "COLUMNS": "100", "LINES": "30"}
+    frame = loraq(live_app.redis_url, live_app.settings.prefix, "top", "--once", env=env)
+    print(frame)
+    assert len(frame.rstrip("\n").split("\n")) <= 30
+    for beat in beats:
+        [line] = [line for line in frame.splitlines() if beat.replica in line]
+        assert all(adapter in line for adapter in beat.adapters[-1:]), line
+    assert f"{live_app.settings.app_name}-0" in frame  # the JobConsumer's name
