@@ -1,16 +1,19 @@
-"""The metric catalogue against the Grafana dashboard and docs/METRICS.md, and its pure parts."""
+"""The metric catalogue against the Grafana dashboard and docs/METRICS.md; pure parts."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
+import socket
 from typing import Any
 
 import pytest
 
+from producer.embedded import free_port
 from schemas import ErrorType, Job, JobError
 from tests.conftest import REPO
+from workers.serve import launch
 from workers.serve import metrics as m
 
 DASHBOARD = REPO / "deploy" / "grafana" / "loraq-dashboard.json"
@@ -96,3 +99,14 @@ def test_whole_number_buckets_have_their_value_as_midpoint() -> None:
     bounds = m.BATCH_SIZE.boundaries
     midpoints = [(low + high) / 2 for low, high in itertools.pairwise(bounds)]
     assert midpoints[:16] == [float(k) for k in range(1, 17)]
+
+
+def test_a_taken_metrics_port_leaves_the_choice_to_ray() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        assert launch.metrics_port(port) is None
+    free = free_port()
+    assert launch.metrics_port(free) == free
+    assert launch.metrics_port(0) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,26 @@ def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
         num_cpus=cpus,
         include_dashboard=dashboard,
         log_to_driver=False,
-        _metrics_export_port=settings.metrics_export_port or None,
+        _metrics_export_port=metrics_port(settings.metrics_export_port),
     )
     return True
+
+
+def metrics_port(wanted: int) -> int | None:
+    """``wanted`` if it is free, else ``None`` (Ray then picks a free port).
+
+    Ray does not start at all when its metrics port is taken, and says only that the node
+    timed out; a warning and another port are kinder.
+    """
+    if not wanted:
+        return None
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", wanted))  # where Ray's exporter listens
+        except OSError:
+            log.warning("metrics port %d is taken; Ray picks a free one", wanted)
+            return None
+    return wanted
 
 
 def metrics_urls() -> list[str]:
