@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 from typing_extensions import Self
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -22,7 +30,23 @@ MAX_NEW_TOKENS = 8192
 MAX_RESULT_TTL_S = 30 * 86400
 MAX_METADATA_BYTES = 16_384
 
-JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+# The record of job "x" has its events at "{P}:job:x:events", which is also where the
+# record of a job "x:events" would go: such ids are refused.
+EVENTS_KEY_SUFFIX = ":events"
+
+
+def _not_another_jobs_key(job_id: str) -> str:
+    if job_id.endswith(EVENTS_KEY_SUFFIX):
+        raise ValueError(f"must not end in {EVENTS_KEY_SUFFIX!r} (another job's events key)")
+    return job_id
+
+
+JobId = Annotated[
+    str,
+    StringConstraints(pattern=JOB_ID_PATTERN),
+    AfterValidator(_not_another_jobs_key),
+    Field(json_schema_extra={"not": {"pattern": f"{EVENTS_KEY_SUFFIX}$"}}),
+]
 AdapterName = Annotated[str, StringConstraints(pattern=ADAPTER_NAME_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 

@@ -60,6 +60,7 @@ BAD_JOBS: dict[str, tuple[dict[str, Any], str]] = {
     "top_p zero": ({"prompt": "x", "params": {"top_p": 0}}, "top_p"),
     "unknown param": ({"prompt": "x", "params": {"beams": 4}}, "params.beams"),
     "path-like adapter": ({"adapter": "../etc", "prompt": "x"}, "adapter:"),
+    "id on another job's events key": ({"id": "j1:events", "prompt": "x"}, "id: must not end"),
     "empty prompt": ({"prompt": ""}, "prompt:"),
     "too many stop strings": ({"prompt": "x", "params": {"stop": ["a"] * 9}}, "stop"),
 }

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query
 
 from producer.errors import JobTimeoutError, SubmitError
 from schemas import Job, JobRecord
-from schemas.jobs import JOB_ID_PATTERN
+from schemas.jobs import JobId
 from workers.gateway.api_models import MAX_JOBS_PER_REQUEST, CancelReply, JobsAccepted
 from workers.gateway.errors import ApiError, error_responses, queue_errors
 from workers.gateway.services import ServicesDep
@@ -18,7 +18,7 @@ MAX_WAIT_S = 3600.0
 DEFAULT_WAIT_S = 30.0
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The job's id.")]
+JobIdPath = Annotated[JobId, Path(description="The job's id.")]
 JobsBody = Annotated[
     Job | Annotated[list[Job], Body(min_length=1, max_length=MAX_JOBS_PER_REQUEST)],
     Body(

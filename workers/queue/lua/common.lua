@@ -10,12 +10,13 @@ end
 
 -- Why a job's keys cannot take its record, or nil. An id chosen to land on another key of
 -- the queue (the id 'x:events' names job x's events stream) would make a write fail half
--- way; another stream entry that already owns the id must not have its answer replaced.
+-- way, or take the key before job x needs it; another stream entry that already owns the id must not have its answer replaced.
 local function job_keys_problem(record, events, job_id, entry)
   local record_type = redis.call('TYPE', record)['ok']
   local events_type = redis.call('TYPE', events)['ok']
   if (record_type ~= 'hash' and record_type ~= 'none')
-      or (events_type ~= 'stream' and events_type ~= 'none') then
+      or (events_type ~= 'stream' and events_type ~= 'none')
+      or string.sub(job_id, -7) == ':events' then
     return 'job id ' .. job_id .. ' clashes with another key of the queue'
   end
   local owner = redis.call('HGET', record, 'entry')
