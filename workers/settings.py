@@ -82,6 +82,35 @@ class WorkerSettings(ClientSettings):
         5.0, gt=0, description="How often replicas update the queue, in-flight and engine metrics."
     )
 
+    # Autoscaling of the LoRAModel deployment on the queue backlog
+    autoscale: bool = Field(
+        False,
+        description="Scale LoRAModel replicas on the queue backlog (group lag + pending) "
+        "between min_model_replicas and max_model_replicas; num_model_replicas is then unused.",
+    )
+    min_model_replicas: int = Field(1, ge=1, description="Fewest LoRAModel replicas (autoscale).")
+    max_model_replicas: int = Field(4, ge=1, description="Most LoRAModel replicas (autoscale).")
+    target_backlog_per_replica: float = Field(
+        32.0, gt=0, description="Jobs waiting or running that one LoRAModel replica should carry."
+    )
+    scale_up_delay_s: float = Field(
+        10.0, ge=0, description="How long the backlog must ask for more replicas before they start."
+    )
+    scale_down_delay_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long the backlog must ask for fewer replicas before some stop.",
+    )
+    autoscale_metrics_interval_s: float = Field(
+        10.0, gt=0, description="How often model replicas send their backlog readings to Serve."
+    )
+    max_model_replicas_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Most LoRAModel replicas on one Ray node (1 spreads them over the nodes).",
+    )
+
     # Queue consumer
     max_in_flight: int = Field(32, ge=1, description="Jobs one consumer replica runs at once.")
     read_block_ms: int = Field(500, ge=1, description="XREADGROUP BLOCK time of the consumer.")

@@ -13,6 +13,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from workers.gateway.deployment import Gateway
+from workers.serve.autoscaling import autoscaling_config
 from workers.serve.consumer_deployment import JobConsumer
 from workers.serve.model_deployment import LoRAModel
 from workers.serve.routing import AdapterAffinityRouter
@@ -32,7 +33,7 @@ def build_app(settings: WorkerSettings) -> Application:
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
         logging_config=serve_logging_config(settings),
-        num_replicas=settings.num_model_replicas,
+        **model_replicas(settings),
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": settings.model_num_cpus,
@@ -58,6 +59,17 @@ def build_app(settings: WorkerSettings) -> Application:
     )(Gateway)
     model_app = model.bind(settings)
     return gateway.bind(model_app, consumer.bind(model_app, settings), settings)
+
+
+def model_replicas(settings: WorkerSettings) -> dict[str, Any]:
+    """How many LoRAModel replicas run, and where: a fixed count or the backlog autoscaler
+    (Serve refuses both at once), at most ``max_model_replicas_per_node`` on a node."""
+    count: dict[str, Any] = (
+        {"autoscaling_config": autoscaling_config(settings)}
+        if settings.autoscale
+        else {"num_replicas": settings.num_model_replicas}
+    )
+    return {**count, "max_replicas_per_node": settings.max_model_replicas_per_node}
 
 
 def app_builder(args: dict[str, Any]) -> Application:

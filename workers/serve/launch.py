@@ -50,8 +50,11 @@ class Running:
 
 def cpus_needed(settings: WorkerSettings) -> float:
     """Ray CPUs the application asks for."""
+    model_replicas = (
+        settings.max_model_replicas if settings.autoscale else settings.num_model_replicas
+    )
     return (
-        settings.model_num_cpus * settings.num_model_replicas
+        settings.model_num_cpus * model_replicas
         + settings.consumer_num_cpus * settings.num_consumer_replicas
         + settings.gateway_num_cpus * settings.num_gateway_replicas
     )
@@ -134,11 +137,20 @@ def describe(running: Running) -> list[str]:
         f"http: http://{settings.http_host}:{settings.http_port}{settings.http_route_prefix} "
         "(OpenAPI at openapi.json, pages at docs)",
         f"ray: {'local cluster' if running.started_ray else 'joined ' + _ray_address()}",
-        f"model: {settings.model} on {settings.num_model_replicas} replica(s), "
+        f"model: {settings.model} on {_model_replicas(settings)}, "
         f"{settings.num_consumer_replicas} consumer(s)",
         f"adapters: {', '.join(registry.names()) or '(none)'}",
         f"metrics: {' '.join(metrics_urls())}",
     ]
+
+
+def _model_replicas(settings: WorkerSettings) -> str:
+    if settings.autoscale:
+        return (
+            f"{settings.min_model_replicas}-{settings.max_model_replicas} replicas "
+            f"(autoscaled on the queue backlog)"
+        )
+    return f"{settings.num_model_replicas} replica(s)"
 
 
 def _ray_address() -> str:

@@ -21,6 +21,7 @@ from schemas.replicas import ReplicaHeartbeat
 from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.logs import configure_logging
+from workers.serve.autoscaling import read_backlog
 from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.serve.metrics import ModelMetrics, report_every
@@ -129,6 +130,11 @@ class LoRAModel:
             "routed_loads": self.routed_loads,
             **self.engine.stats(),
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The queue backlog, for the backlog autoscaler (Serve calls this only when the
+        deployment autoscales; see :mod:`workers.serve.autoscaling`)."""
+        return await read_backlog(self._redis, Keys(self.settings.prefix))
 
     async def _report_metrics(self) -> None:
         self.metrics.report(self.engine.stats(), time.monotonic())
