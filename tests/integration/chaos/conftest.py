@@ -40,6 +40,8 @@ JOBS = 300
 VISIBILITY_TIMEOUT_S = 4.0
 LEASE_RENEW_S = 1.0
 HEALTHY_TIMEOUT_S = 180.0
+# The cap on max_new_tokens, raised for the long jobs that are cancelled while running.
+LONG_TOKENS = 2048
 MODELS: list[str | None] = [*ADAPTER_RULES, None]
 
 
@@ -188,6 +190,7 @@ def chaos_settings(redis_url: str, name: str, **overrides: Any) -> WorkerSetting
         "max_adapters_per_replica": 5,
         "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
         "lease_renew_s": LEASE_RENEW_S,
+        "max_new_tokens": LONG_TOKENS,
         **overrides,
     }
     return e2e_settings(redis_url, **values)

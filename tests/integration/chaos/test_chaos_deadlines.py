@@ -6,12 +6,13 @@ import time
 
 from schemas import JobRecord, codec
 from tests.integration.chaos.accounting import FIGURES, account
-from tests.integration.chaos.conftest import JOBS, ChaosApp
+from tests.integration.chaos.conftest import JOBS, LONG_TOKENS, ChaosApp
 
 WAITING = 20
-# Long base-model prompts: the demo kit babbles the full max_new_tokens on them (> 1 s).
+# Long base-model prompts: the demo kit babbles the full max_new_tokens on them (several
+# seconds for LONG_TOKENS, well past the consumer's cancel check every lease renewal).
 LONG_PROMPTS = ["abcde" * 30, "vwxyz" * 30, "klmno" * 30]
-LONG_PARAMS = {"max_new_tokens": 512}
+LONG_PARAMS = {"max_new_tokens": LONG_TOKENS}
 
 
 def records(app: ChaosApp, ids: list[str]) -> list[JobRecord]:
