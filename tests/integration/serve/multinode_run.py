@@ -1,0 +1,187 @@
+"""The application on a Ray cluster of two nodes on this machine, one model replica per node.
+
+Two ``ray start --block`` processes on loopback (a head and a worker node, a Ray temp
+dir of their own, every port free-picked), the app deployed with
+``max_model_replicas_per_node=1``, jobs of every demo adapter through the queue. Prints
+one JSON line; exits 0 when every job gave its adapter's output and both nodes served
+jobs. ``test_serve_multinode.py`` runs it in a process of its own, because a pytest
+process holds one Ray already.
+
+    python -m tests.integration.serve.multinode_run REDIS_URL PREFIX RAY_TEMP_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from demo.tasks import expected_output
+from producer import Producer
+from producer.embedded import free_port
+from schemas import JobStatus
+from tests.integration.serve.conftest import (
+    MAX_NEW_TOKENS,
+    e2e_settings,
+    prompts_right_on_every_model,
+)
+from tests.integration.serve.test_serve_jobs import job_plan
+from workers.serve import launch
+
+JOBS = 60
+CPUS_PER_NODE = 2
+NODES_UP_WITHIN_S = 60.0
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def ray_start(*args: str) -> subprocess.Popen[bytes]:
+    """A ``ray start --block`` process: SIGTERM makes it stop every process of its node."""
+    ports = {
+        "dashboard-agent-listen-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "runtime-env-agent-port": free_port(),
+        "metrics-export-port": free_port(),
+    }
+    command = [
+        RAY,
+        "start",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={CPUS_PER_NODE}",
+        "--disable-usage-stats",
+        *(f"--{name}={port}" for name, port in ports.items()),
+        *args,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def two_nodes(temp_dir: str) -> Iterator[str]:
+    """A head and a worker node; yields the cluster's address; stops both at the end."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = [
+        ray_start(
+            "--head",
+            f"--port={port}",
+            f"--ray-client-server-port={free_port()}",
+            "--include-dashboard=false",
+            f"--dashboard-port={free_port()}",
+            # Also where `ray start` records the cluster's address: not /tmp/ray, so a
+            # plain ray.init() elsewhere on the machine does not find this cluster.
+            f"--temp-dir={temp_dir}",
+        )
+    ]
+    try:
+        nodes.append(ray_start(f"--address={address}"))
+        yield address
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+
+
+def wait_for_nodes(count: int) -> list[str]:
+    """Ids of the cluster's alive nodes, once there are ``count``."""
+    deadline = time.monotonic() + NODES_UP_WITHIN_S
+    while True:
+        alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        if len(alive) >= count or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
+
+
+def run_jobs(running: launch.Running) -> dict[str, Any]:
+    """Jobs of every adapter through the queue; which node served each, and any wrong."""
+    # Few direct calls at once (5 models x 12 inputs): below the replicas' max_ongoing_requests.
+    prompts = prompts_right_on_every_model(running.model, size=12)
+    plan = job_plan(prompts, JOBS, seed=11)
+    with Producer.from_settings(running.settings) as producer:
+        ids = producer.submit_many(
+            [
+                {"adapter": a, "prompt": p, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+                for a, p in plan
+            ]
+        )
+        records = producer.wait_many(ids, timeout=150)
+        # Each model replica's heartbeat names its node.
+        replica_nodes = {beat.replica: beat.node for beat in producer.stats().replicas}
+    wrong = [
+        (adapter, prompt, records[job_id].status.value)
+        for job_id, (adapter, prompt) in zip(ids, plan, strict=True)
+        if records[job_id].status is not JobStatus.SUCCEEDED
+        or records[job_id].result is None
+        or records[job_id].result.text != expected_output(adapter, prompt)  # type: ignore[union-attr]
+    ]
+    served = Counter(
+        replica_nodes.get(record.result.replica or "", "unknown")
+        for record in records.values()
+        if record.result is not None
+    )
+    return {"replica_nodes": replica_nodes, "jobs_per_node": dict(served), "wrong": wrong}
+
+
+def progress(started: float, what: str) -> None:
+    """A line on stderr, so that a run stopped at the limit shows how far it got."""
+    print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def main(redis_url: str, prefix: str, temp_dir: str) -> int:
+    # A cluster of loopback nodes for one run: no token authentication (else `ray start`
+    # turns it on when ~/.ray holds a token, and every process must find the same one).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    started = time.monotonic()
+    report: dict[str, Any] = {"jobs": JOBS}
+    with two_nodes(temp_dir) as address:
+        progress(started, f"ray start: head at {address} and a worker node")
+        ray.init(address=address, log_to_driver=False)
+        progress(started, "driver connected")
+        try:
+            report["nodes"] = wait_for_nodes(2)
+            report["cluster_up_s"] = round(time.monotonic() - started, 1)
+            progress(started, f"{len(report['nodes'])} nodes alive")
+            # Both nodes share this host's ports: one HTTP proxy, on the head.
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": free_port(), "location": "HeadOnly"}
+            )
+            settings = e2e_settings(
+                redis_url,
+                prefix=prefix,
+                app_name="multinode",
+                num_model_replicas=2,
+                max_model_replicas_per_node=1,
+            )
+            running = launch.deploy(settings)
+            report["deployed_s"] = round(time.monotonic() - started, 1)
+            progress(started, "app deployed")
+            try:
+                report.update(run_jobs(running))
+            finally:
+                launch.shutdown(running)
+        finally:
+            progress(started, "shutting down")
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
+    report["total_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(report))
+    served_nodes = set(report["jobs_per_node"]) & set(report["nodes"])
+    return 0 if not report["wrong"] and len(served_nodes) == 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
