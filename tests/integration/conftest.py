@@ -28,7 +28,9 @@ def ray_serve() -> Iterator[str]:
         pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
     port = free_port()
     ray.init(
-        num_cpus=max(4, os.cpu_count() or 1),
+        # Logical CPUs, for placement only: the session-long apps (Serve jobs, gateways,
+        # chaos, metrics, autoscaling) must all fit beside each other; they idle mostly.
+        num_cpus=max(8, os.cpu_count() or 1),
         include_dashboard=False,
         log_to_driver=False,
         # Metrics reach the node's /metrics (see workers.serve.launch.metrics_urls) within

@@ -218,6 +218,8 @@ def test_stats_from_replies_with_nothing_created() -> None:
             redis.exceptions.ResponseError("no such key"),
             redis.exceptions.ResponseError("NOGROUP No such consumer group"),
             0,
+            [],
+            {},
         ],
     )
     assert (stats.stream_length, stats.group_exists, stats.lag) == (0, False, None)
@@ -229,7 +231,7 @@ def test_stats_from_replies_with_a_group() -> None:
         {"name": b"p:workers", "pending": 2, "lag": None},
     ]
     consumers = [{"name": b"c1", "pending": 2, "idle": 1500}]
-    stats = parse_stats(KEYS, [7, groups, consumers, 1])
+    stats = parse_stats(KEYS, [7, groups, consumers, 1, [], {}])
     assert (stats.pending, stats.lag, stats.dead_letters) == (2, None, 1)
     assert stats.consumers[0].name == "c1" and stats.consumers[0].idle_ms == 1500
     assert stats.to_dict()["consumers"] == [{"name": "c1", "pending": 2, "idle_ms": 1500}]
@@ -237,4 +239,4 @@ def test_stats_from_replies_with_a_group() -> None:
 
 def test_stats_raise_other_errors() -> None:
     with pytest.raises(redis.exceptions.ResponseError, match="NOPERM"):
-        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0])
+        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}])

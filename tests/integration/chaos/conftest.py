@@ -205,9 +205,13 @@ def deploy_chaos_app(
     return app
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def chaos_app(ray_serve: str, redis_url: str) -> Iterator[ChaosApp]:
-    """The application on the session's Redis, shared by the replica and input scenarios."""
+    """The application on the session's Redis, for the scenarios of one module.
+
+    Module scope, not package: without an ``__init__.py`` pytest would keep a package
+    fixture for the whole session, and the app's CPUs from later tests.
+    """
     app = deploy_chaos_app(ray_serve, chaos_settings(redis_url, "chaos"))
     yield app
     launch.shutdown(app.running)
