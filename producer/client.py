@@ -29,6 +29,7 @@ from producer.submission import (
     JobFields,
     JobInput,
     build_job,
+    checked_job_id,
     chunked,
     enqueue_call,
     prepare_job,
@@ -88,11 +89,15 @@ class _ProducerBase(Generic[ClientT]):
     def _call(self, job: Job) -> EnqueueCall:
         return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s)
 
+    def _record_key(self, job_id: str) -> str:
+        return self.keys.job(checked_job_id(job_id))
+
     def _cancel_keys(self, job_id: str) -> list[str]:
-        return [self.keys.job(job_id), self.keys.cancel(job_id)]
+        return [self._record_key(job_id), self.keys.cancel(job_id)]
 
     def _follower(self, job_ids: Iterable[str], timeout: float | None) -> EventFollower:
-        return EventFollower(self.keys, job_ids, timeout_s=timeout, slice_s=self._slice_s)
+        ids = [checked_job_id(job_id) for job_id in job_ids]
+        return EventFollower(self.keys, ids, timeout_s=timeout, slice_s=self._slice_s)
 
     @staticmethod
     def _result(outcome: EnqueueOutcome) -> list[str]:
@@ -179,7 +184,7 @@ class Producer(_ProducerBase[redis.Redis]):
         """The job's record, ``None`` when there is none (unknown id, expired, or not yet
         taken by a worker when a plain client submitted it)."""
         with self._errors():
-            return parse_record(job_id, self._client.hgetall(self.keys.job(job_id)))
+            return parse_record(job_id, self._client.hgetall(self._record_key(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends and return its record; :class:`JobTimeoutError` after
@@ -321,7 +326,7 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
     async def get(self, job_id: str) -> JobRecord | None:
         """See :meth:`Producer.get`."""
         with self._errors():
-            return parse_record(job_id, await self._client.hgetall(self.keys.job(job_id)))
+            return parse_record(job_id, await self._client.hgetall(self._record_key(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """See :meth:`Producer.wait`."""

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import redis.exceptions
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from typing_extensions import Unpack
 
 from producer.errors import JobValidationError
 from schemas import codec
-from schemas.jobs import GenerationParams, Job
+from schemas.jobs import GenerationParams, Job, JobId
 from schemas.keys import Keys
-from schemas.validation import InvalidJob, validate_job
+from schemas.validation import InvalidJob, describe, validate_job
 
 JobInput = Job | Mapping[str, Any]
 
@@ -30,6 +30,22 @@ def new_job_id() -> str:
     16 hex digits of nanoseconds keep a fixed width (and so a lexical order) until 2554.
     """
     return f"{time.time_ns():016x}-{secrets.token_hex(5)}"
+
+
+_JOB_ID: TypeAdapter[str] = TypeAdapter(JobId)
+
+
+def checked_job_id(job_id: str) -> str:
+    """``job_id`` when it is a valid id; :class:`JobValidationError` otherwise.
+
+    Reading or cancelling goes to keys named after the id: an id such as ``x:events``
+    would name another job's key, and Redis would answer a type error.
+    """
+    try:
+        return _JOB_ID.validate_python(job_id)
+    except ValidationError as exc:
+        problem = describe(exc).removeprefix("job: ")
+        raise JobValidationError(f"id {job_id!r}: {problem}") from None
 
 
 class JobFields(TypedDict, total=False):

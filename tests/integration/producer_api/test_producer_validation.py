@@ -73,3 +73,17 @@ def test_submit_job_validates_a_model_built_without_checks(
 def test_params_may_be_a_model(producer: Producer) -> None:
     job_id = producer.submit("a", params=GenerationParams(max_new_tokens=7, seed=3))
     assert producer.get(job_id) is not None
+
+
+@pytest.mark.parametrize("job_id", ["x:events", "a b", "", "x" * 129])
+def test_reading_or_cancelling_a_bad_id_is_refused_before_redis(
+    job_id: str, producer: Producer, prefix_keys: Callable[[], list[str]]
+) -> None:
+    # "x:events" names job x's events stream: Redis would answer a type error.
+    producer.submit("a", id="x")
+    producer.client.xadd(producer.keys.job_events("x"), {"event": "status"})
+    before = prefix_keys()
+    for call in (producer.get, producer.cancel, lambda i: producer.wait(i, 0.1)):
+        with pytest.raises(JobValidationError, match="id "):
+            call(job_id)
+    assert prefix_keys() == before
