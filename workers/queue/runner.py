@@ -195,6 +195,19 @@ class JobRunner:
                 raise Cancelled("".join(slot.text)) from None
             slot.generation.cancel()
             raise
+        except Exception as exc:
+            # A stopped generation may end in an error rather than as cancelled (Serve
+            # raises RequestCancelledError when its stream was being read): the job was
+            # still cancelled, not failed, and must not be retried.
+            if slot.cancel_requested:
+                log.debug(
+                    "job %s: generation stopped by its cancel: %r",
+                    job.id,
+                    exc,
+                    extra=job_extra(job.id, job.adapter_name),
+                )
+                raise Cancelled("".join(slot.text)) from None
+            raise
         finally:
             slot.generation = None
 

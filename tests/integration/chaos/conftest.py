@@ -36,6 +36,10 @@ from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.settings import WorkerSettings
 
 JOBS = 300
+# A scenario breaks something once this many of its JOBS have ended, with at least
+# LEFT_AT_BREAK still to run.
+STARTED_BEFORE_BREAK = 30
+LEFT_AT_BREAK = 100
 # Short leases so that a dead or paused consumer's jobs move on within seconds.
 VISIBILITY_TIMEOUT_S = 4.0
 LEASE_RENEW_S = 1.0
@@ -96,6 +100,15 @@ class ChaosApp:
             job_id: expected_output(model, text)
             for job_id, (model, text) in zip(ids, picks, strict=True)
         }
+
+    def under_way(self, seed: int) -> tuple[dict[str, str], int]:
+        """Submit the scenario's JOBS and return once they are well under way: the
+        expected texts, and how many jobs were still to end at that moment."""
+        expected = self.submit(JOBS, seed=seed)
+        self.wait_finished(list(expected), STARTED_BEFORE_BREAK)
+        left = JOBS - self.finished(list(expected))
+        assert left >= LEFT_AT_BREAK, f"only {left} jobs left to break things under"
+        return expected, left
 
     def finished(self, ids: list[str]) -> int:
         """How many of ``ids`` have a final record now."""

@@ -12,23 +12,6 @@ from schemas import codec
 from tests.integration.chaos.accounting import FIGURES, account
 from tests.integration.chaos.conftest import JOBS, VISIBILITY_TIMEOUT_S, ChaosApp, kill
 
-# The kill must land while most of the jobs are still to run.
-STARTED_BEFORE_KILL = 30
-LEFT_AT_KILL = 100
-
-
-def kill_mid_run(
-    app: ChaosApp, pid: int, seed: int, sig: signal.Signals
-) -> tuple[dict[str, str], int]:
-    """Submit the workload, send ``sig`` to ``pid`` once it is well under way."""
-    expected = app.submit(JOBS, seed=seed)
-    ids = list(expected)
-    app.wait_finished(ids, STARTED_BEFORE_KILL)
-    left = JOBS - app.finished(ids)
-    kill(pid, sig)
-    assert left >= LEFT_AT_KILL, f"only {left} jobs left when the signal was sent"
-    return expected, left
-
 
 @pytest.mark.parametrize(
     ("scenario", "replicas", "seed"),
@@ -43,7 +26,8 @@ def test_sigkill_of_a_replica_with_300_jobs_in_flight(
     pids = pids_of()
     victim = min(pids)
     started = time.monotonic()
-    expected, left = kill_mid_run(app, pids[victim], seed=seed, sig=signal.SIGKILL)
+    expected, left = app.under_way(seed)
+    kill(pids[victim], signal.SIGKILL)
     killed_at = time.time()
     back_s = app.wait_replaced(pids_of, len(pids), pids[victim])
     app.wait_finished(list(expected), JOBS)
@@ -72,9 +56,8 @@ def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
     pids = app.consumer_pids()
     victim = min(pids)
     started = time.monotonic()
-    expected = app.submit(JOBS, seed=5)
+    expected, _ = app.under_way(seed=5)
     ids = list(expected)
-    app.wait_finished(ids, STARTED_BEFORE_KILL)
     with app.client() as client:
         kill(pids[victim], signal.SIGSTOP)
         try:
