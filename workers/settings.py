@@ -118,6 +118,9 @@ class WorkerSettings(ClientSettings):
         30.0, gt=0, description="Idle time after which another consumer reclaims an entry."
     )
     lease_renew_s: float = Field(5.0, gt=0, description="How often a consumer renews leases.")
+    cancel_poll_s: float = Field(
+        0.5, gt=0, description="How often a consumer looks for cancel requests of running jobs."
+    )
     max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is dead.")
     retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each try.")
     max_retry_backoff_s: float = Field(10.0, ge=0, description="Cap on the retry delay.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
@@ -46,7 +46,7 @@ class ModelClient:
         The first item has already arrived when this returns, so that a refused request
         (unknown adapter, prompt too long) fails here, before an HTTP response has begun.
         """
-        stream = cast(AsyncGenerator[Update, None], self._dispatcher.stream(request))
+        stream = self._dispatcher.stream(request)
         try:
             with engine_errors():
                 first = await anext(stream)

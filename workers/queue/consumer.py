@@ -182,20 +182,30 @@ class QueueConsumer:
             self._slot_freed.set()
 
     async def _keep_leases(self) -> None:
-        """Renew the leases of in-flight entries and pass on cancellation requests."""
-        while True:
-            await asyncio.sleep(self.settings.lease_renew_s)
+        """Renew the leases of in-flight entries; pass on cancellation requests sooner.
+
+        Cancellation is looked for every ``cancel_poll_s`` (one pipelined EXISTS per
+        running job), leases renewed every ``lease_renew_s``.
+        """
+        next_renewal = 0.0
+        # Ends on the flag too: a cancel that lands in a Redis command can be lost.
+        while not self._stopping.is_set():
+            await asyncio.sleep(min(self.settings.cancel_poll_s, self.settings.lease_renew_s))
             try:
-                await self._renew_once()
+                if time.monotonic() >= next_renewal:
+                    next_renewal = time.monotonic() + self.settings.lease_renew_s
+                    await self._renew_once()
+                await self._pass_on_cancels()
             except REDIS_DOWN as exc:
                 log.warning("lease renewal failed (redis unreachable): %s", exc)
 
     async def _renew_once(self) -> None:
-        slots = list(self.in_flight.values())
-        lost = await self.store.renew(self.name, [slot.entry_id for slot in slots])
+        lost = await self.store.renew(self.name, list(self.in_flight))
         if lost:
             log.warning("consumer %s lost the lease of %s", self.name, lost)
-        running = [slot for slot in slots if slot.job_id is not None]
+
+    async def _pass_on_cancels(self) -> None:
+        running = [slot for slot in self.in_flight.values() if slot.job_id is not None]
         cancelled = await self.store.cancel_requested([str(slot.job_id) for slot in running])
         for slot in running:
             if slot.job_id in cancelled and not slot.cancel_requested:

@@ -8,9 +8,10 @@ for another one to reclaim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 class Dispatcher(Protocol):
     """Where a consumer sends generation requests (the LoRAModel deployment)."""
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | GenerationOutput]:
+    def stream(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[TextDelta | GenerationOutput, None]:
         """Text deltas while the request generates, then its output last."""
         ...
 
@@ -212,22 +215,30 @@ class JobRunner:
             slot.generation = None
 
     async def _stream(self, job: Job, slot: InFlight) -> GenerationOutput:
-        """Forward the text as it grows to the job's events stream; return the output."""
+        """Forward the text as it grows to the job's events stream; return the output.
+
+        Closing the model's stream (``aclosing``) is what stops the row on the replica.
+        """
         request = GenerationRequest.from_job(job)
-        async for item in self.dispatcher.stream(request):
-            if isinstance(item, GenerationOutput):
-                return item
-            slot.text.append(item.text)
-            try:
-                await self.store.append_chunk(str(job.id), item.text)
-            except REDIS_DOWN as exc:
-                # The generation goes on; the final record will hold the whole text.
-                log.warning(
-                    "job %s: a text chunk was not streamed: %s",
-                    job.id,
-                    exc,
-                    extra=job_extra(job.id, job.adapter_name),
-                )
+        async with contextlib.aclosing(self.dispatcher.stream(request)) as items:
+            async for item in items:
+                if isinstance(item, GenerationOutput):
+                    return item
+                slot.text.append(item.text)
+                try:
+                    await self.store.append_chunk(str(job.id), item.text)
+                except REDIS_DOWN as exc:
+                    # The generation goes on; the final record will hold the whole text.
+                    log.warning(
+                        "job %s: a text chunk was not streamed: %s",
+                        job.id,
+                        exc,
+                        extra=job_extra(job.id, job.adapter_name),
+                    )
+                if slot.cancel_requested:
+                    # redis-py's asyncio client can swallow a task's cancellation that
+                    # lands in a command (redis/redis-py#2028): do not rely on it.
+                    raise asyncio.CancelledError
         raise RuntimeError("the model's stream ended without an output")
 
     async def _after_failure(self, entry: Entry, job: Job, exc: Exception, attempts: int) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -33,7 +33,7 @@ class ServeDispatcher:
 
     async def stream(
         self, request: GenerationRequest
-    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+    ) -> AsyncGenerator[TextDelta | GenerationOutput, None]:
         """Text chunks while ``request`` generates, then its output."""
         response: DeploymentResponseGenerator[Any] = self._handle_for(request).stream.remote(
             request

@@ -67,6 +67,7 @@ class HeartbeatWriter:
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._field: str | None = None
+        self._stopped = asyncio.Event()
 
     def start(self) -> None:
         """Beat now and then every interval, until :meth:`stop` (needs a running loop)."""
@@ -87,7 +88,9 @@ class HeartbeatWriter:
 
     async def stop(self) -> None:
         """Stop beating and remove this replica's entry (readers see it gone at once)."""
+        self._stopped.set()
         if self._task is not None:
+            # The flag ends the loop even if the cancel is lost inside a Redis command.
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._field is not None:
@@ -95,7 +98,7 @@ class HeartbeatWriter:
                 await self.client.hdel(self.keys.replicas, self._field)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 await self.beat()
             except REDIS_DOWN as exc:
@@ -103,4 +106,5 @@ class HeartbeatWriter:
             except Exception:
                 # Informational: a bug here must not take the replica down.
                 log.exception("heartbeat failed")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.interval_s)
