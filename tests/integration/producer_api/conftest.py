@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from producer import Producer
 from schemas import Keys, codec
@@ -15,6 +16,14 @@ from tests.integration.producer_api.worker_role import WorkerRole
 @pytest.fixture
 def keys(prefix: str) -> Keys:
     return Keys(prefix)
+
+
+@pytest.fixture
+async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on the test server (what workers and replicas use)."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -41,13 +41,9 @@ def loraq(redis_url: str, prefix: str, *args: str, env: dict[str, str] | None = 
 
 @pytest.mark.timeout(60)
 async def test_stats_json_has_queue_status_counts_consumers_and_replicas(
-    redis_url: str, prefix: str, producer: Producer
+    redis_url: str, aclient: aioredis.Redis, prefix: str, producer: Producer
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await build_scene(producer, client)
-    finally:
-        await client.aclose()
+    await build_scene(producer, aclient)
 
     stats = orjson.loads(loraq(redis_url, prefix, "stats", "--json"))
 
@@ -67,19 +63,15 @@ async def test_stats_json_has_queue_status_counts_consumers_and_replicas(
 
 @pytest.mark.timeout(60)
 async def test_a_replica_silent_for_three_beats_is_hidden_then_pruned(
-    redis_url: str, prefix: str, producer: Producer, r: redis.Redis
+    aclient: aioredis.Redis, prefix: str, producer: Producer, r: redis.Redis
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await build_scene(producer, client)
-        gone = replica_status(tokens=5, now=time.time() - 16).model_copy(update={"replica": "old"})
-        await HeartbeatWriter(client, producer.keys, lambda: gone, gone.interval_s).beat()
-        assert r.hlen(producer.keys.replicas) == 2
-        assert [b.replica for b in producer.stats().replicas] == [REPLICA]
+    await build_scene(producer, aclient)
+    gone = replica_status(tokens=5, now=time.time() - 16).model_copy(update={"replica": "old"})
+    await HeartbeatWriter(aclient, producer.keys, lambda: gone, gone.interval_s).beat()
+    assert r.hlen(producer.keys.replicas) == 2
+    assert [b.replica for b in producer.stats().replicas] == [REPLICA]
 
-        fresh = replica_status(tokens=50, now=time.time())
-        await HeartbeatWriter(client, producer.keys, lambda: fresh, fresh.interval_s).beat()
-        assert r.hkeys(producer.keys.replicas) == [REPLICA.encode()]
-        assert 0 < r.ttl(producer.keys.replicas) <= 15
-    finally:
-        await client.aclose()
+    fresh = replica_status(tokens=50, now=time.time())
+    await HeartbeatWriter(aclient, producer.keys, lambda: fresh, fresh.interval_s).beat()
+    assert r.hkeys(producer.keys.replicas) == [REPLICA.encode()]
+    assert 0 < r.ttl(producer.keys.replicas) <= 15

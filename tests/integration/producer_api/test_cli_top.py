@@ -38,13 +38,9 @@ def assert_fits(frame: str) -> list[str]:
 
 @pytest.mark.timeout(60)
 async def test_top_once_prints_one_frame_that_fits_the_terminal(
-    redis_url: str, prefix: str, producer: Producer
+    redis_url: str, aclient: aioredis.Redis, prefix: str, producer: Producer
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await build_scene(producer, client)
-    finally:
-        await client.aclose()
+    await build_scene(producer, aclient)
     env = {**os.environ, "COLUMNS": str(WIDTH), "LINES": str(HEIGHT), "TERM": "dumb"}
 
     frame = loraq(redis_url, prefix, "top", "--once", env=env)
@@ -65,19 +61,15 @@ async def test_top_once_prints_one_frame_that_fits_the_terminal(
 
 @pytest.mark.timeout(60)
 async def test_a_second_frame_shows_tokens_per_second_between_heartbeats(
-    redis_url: str, prefix: str, producer: Producer
+    aclient: aioredis.Redis, prefix: str, producer: Producer
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
     readings = Readings()
-    try:
-        scene = await build_scene(producer, client)
-        next_frame(producer, readings)
-        # The replica generated 100 tokens in the 2 s between its beats.
-        later = replica_status(tokens=140, now=scene.heartbeat.ts + 2.0)
-        await HeartbeatWriter(client, producer.keys, lambda: later, later.interval_s).beat()
-        frame = next_frame(producer, readings)
-    finally:
-        await client.aclose()
+    scene = await build_scene(producer, aclient)
+    next_frame(producer, readings)
+    # The replica generated 100 tokens in the 2 s between its beats.
+    later = replica_status(tokens=140, now=scene.heartbeat.ts + 2.0)
+    await HeartbeatWriter(aclient, producer.keys, lambda: later, later.interval_s).beat()
+    frame = next_frame(producer, readings)
     console = Console(width=WIDTH, height=HEIGHT, file=io.StringIO(), record=True)
 
     console.print(render(frame, HEIGHT))
