@@ -109,7 +109,7 @@ def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None)
         "recent": count_events(events),
         "replicas": live_replicas(replicas, time.time() if now is None else now),
     }
-    group = _find_group(keys.group, groups)
+    group = find_group(keys.group, groups)
     if group is None:
         return QueueStats(group_exists=False, **common)
     lag = group.get("lag")
@@ -127,5 +127,6 @@ def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None)
     )
 
 
-def _find_group(name: str, groups: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def find_group(name: str, groups: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The entry of consumer group ``name`` in an ``XINFO GROUPS`` reply, ``None`` if absent."""
     return next((g for g in groups if as_text(g["name"]) == name), None)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.codec import as_text
+from producer.stats import find_group
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def group_backlog(groups: Sequence[Mapping[str, Any]], group: str) -> int | None
     """Jobs waiting or running, from an ``XINFO GROUPS`` reply: the group's lag plus its
     pending count; ``None`` without the group, or when Redis cannot count the lag (it
     reports none after some deletions)."""
-    info = next((g for g in groups if as_text(g["name"]) == group), None)
+    info = find_group(group, groups)
     if info is None or info.get("lag") is None:
         return None
     return int(info["lag"]) + int(info["pending"])

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -208,7 +209,7 @@ class JobStore:
                 raise reply
         if isinstance(groups, aioredis.ResponseError):  # no stream yet: no job, no consumer
             groups = []
-        group = next((g for g in groups if codec.as_text(g["name"]) == self.keys.group), None)
+        group = find_group(self.keys.group, groups)
         if group is None:
             return Backlog(length=int(length), lag=None, pending=0, dead_letters=int(dead))
         lag = group.get("lag")
