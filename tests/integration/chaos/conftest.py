@@ -21,12 +21,11 @@ import redis
 from ray import serve
 
 from demo.tasks import ADAPTER_RULES, expected_output
-from producer import Producer
 from producer.embedded import EmbeddedRedis
-from schemas import Keys
 from tests.integration.chaos.accounting import FIGURES
 from tests.integration.serve.conftest import (
     MAX_NEW_TOKENS,
+    LiveApp,
     delete_prefix,
     e2e_settings,
     prompts_right_on_every_model,
@@ -59,21 +58,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @dataclass
-class ChaosApp:
+class ChaosApp(LiveApp):
     """A deployed application the chaos tests break, and the pool of inputs it is exact on."""
 
-    running: launch.Running
-    base_url: str
+    base_url: str = ""
     pool: list[str] = field(default_factory=list)
     redis_server: EmbeddedRedis | None = None
-
-    @property
-    def settings(self) -> WorkerSettings:
-        return self.running.settings
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(self.settings.prefix)
 
     @property
     def url(self) -> str:
@@ -81,10 +71,7 @@ class ChaosApp:
         return self.base_url + self.settings.http_route_prefix
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.effective_redis_url)
-
-    def producer(self) -> Producer:
-        return Producer.from_settings(self.settings)
+        return redis.Redis.from_url(self.redis_url)
 
     def submit(self, count: int, seed: int) -> dict[str, str]:
         """``count`` greedy jobs over every adapter and the base model: id -> expected text."""
@@ -134,8 +121,7 @@ class ChaosApp:
 
     def model_pids(self) -> dict[str, int]:
         """Process id of each LoRAModel replica."""
-        stats = launch.replica_stats(self.running.model, self.settings.num_model_replicas)
-        return {replica: int(s["pid"]) for replica, s in _run(stats).items()}
+        return {replica: int(s["pid"]) for replica, s in self.model_stats().items()}
 
     def consumer_pids(self) -> dict[str, int]:
         """Process id of each JobConsumer replica, by consumer name."""
@@ -213,7 +199,8 @@ def deploy_chaos_app(
     base_url: str, settings: WorkerSettings, redis_server: EmbeddedRedis | None = None
 ) -> ChaosApp:
     running = launch.deploy(settings)
-    app = ChaosApp(running, base_url, redis_server=redis_server)
+    redis_url = running.settings.effective_redis_url
+    app = ChaosApp(running, redis_url, base_url=base_url, redis_server=redis_server)
     app.pool = prompts_right_on_every_model(running.model, size=30)
     return app
 
