@@ -83,6 +83,7 @@ def two_nodes(temp_dir: str) -> Iterator[str]:
         )
     ]
     try:
+        wait_for_head(nodes[0], temp_dir)
         nodes.append(ray_start(f"--address={address}"))
         yield address
     finally:
@@ -94,6 +95,22 @@ def two_nodes(temp_dir: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
+
+
+def wait_for_head(head: subprocess.Popen[bytes], temp_dir: str) -> None:
+    """Return once the head node is up: `ray start` writes the cluster's address last.
+
+    A worker node or a driver that comes earlier fails at once ("Timed out while waiting
+    for GCS") when a loaded machine starts the head slowly.
+    """
+    address_file = Path(temp_dir) / "ray_current_cluster"
+    deadline = time.monotonic() + NODES_UP_WITHIN_S
+    while not address_file.exists():
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start --head exited with {head.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the head node was not up within {NODES_UP_WITHIN_S}s")
+        time.sleep(0.2)
 
 
 def wait_for_nodes(count: int) -> list[str]:
