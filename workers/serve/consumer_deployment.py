@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any
@@ -17,7 +16,8 @@ from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
 from workers.queue.store import JobStore
 from workers.serve.dispatch import ServeDispatcher
-from workers.serve.metrics import ConsumerMetrics, report_every
+from workers.serve.metrics import ConsumerMetrics
+from workers.serve.periodic import Periodic
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ class JobConsumer:
         runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)
         self.consumer = QueueConsumer(store, runner, settings, self.name)
         self.consumer.start()
-        self._metrics_task = asyncio.ensure_future(
-            report_every(settings.metrics_interval_s, self._report_metrics, self.name)
+        self._metrics_reporter = Periodic(
+            self._report_metrics, settings.metrics_interval_s, f"metrics of {self.name}"
         )
+        self._metrics_reporter.start()
         log.info("consumer %s reading %s", self.name, store.keys.jobs)
 
     def check_health(self) -> None:
@@ -76,7 +77,7 @@ class JobConsumer:
         self.metrics.report(backlog, len(self.consumer.in_flight))
 
     async def __del__(self) -> None:
-        self._metrics_task.cancel()
+        await self._metrics_reporter.stop()
         timeout_s = max(0.0, self.settings.graceful_shutdown_timeout_s - SHUTDOWN_MARGIN_S)
         await self.consumer.stop(timeout_s)
         await self.client.aclose()

@@ -1,14 +1,12 @@
 """A model replica's heartbeat: its status as JSON in ``{P}:replicas`` every few seconds.
 
 Informational only (``loraq top``, ``loraq stats``): nothing in the job path reads it,
-so a failed write is logged and the next beat tries again.
+so a failed write is logged and the next beat tries again (:class:`Periodic`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import Callable, Mapping
 
@@ -18,8 +16,7 @@ from producer.activity import stale_replicas
 from schemas.keys import Keys
 from schemas.replicas import MISSED_BEATS, ReplicaHeartbeat
 from workers.queue.store import REDIS_DOWN
-
-log = logging.getLogger(__name__)
+from workers.serve.periodic import Periodic
 
 
 def heartbeat_of(
@@ -65,13 +62,12 @@ class HeartbeatWriter:
         self.keys = keys
         self.status = status
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
         self._field: str | None = None
-        self._stopped = asyncio.Event()
+        self._loop = Periodic(self.beat, interval_s, "heartbeat")
 
     def start(self) -> None:
         """Beat now and then every interval, until :meth:`stop` (needs a running loop)."""
-        self._task = asyncio.ensure_future(self._run())
+        self._loop.start()
 
     async def beat(self) -> None:
         """Write one heartbeat, refresh the hash's TTL, and drop replicas that are gone."""
@@ -88,23 +84,7 @@ class HeartbeatWriter:
 
     async def stop(self) -> None:
         """Stop beating and remove this replica's entry (readers see it gone at once)."""
-        self._stopped.set()
-        if self._task is not None:
-            # The flag ends the loop even if the cancel is lost inside a Redis command.
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._loop.stop()
         if self._field is not None:
             with contextlib.suppress(*REDIS_DOWN):
                 await self.client.hdel(self.keys.replicas, self._field)
-
-    async def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                await self.beat()
-            except REDIS_DOWN as exc:
-                log.warning("heartbeat not written (redis unreachable): %s", exc)
-            except Exception:
-                # Informational: a bug here must not take the replica down.
-                log.exception("heartbeat failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self.interval_s)

@@ -14,11 +14,9 @@ thread, against milliseconds per pass).
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,8 +24,6 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
 from workers.queue.store import Backlog
-
-log = logging.getLogger(__name__)
 
 Kind = Literal["counter", "gauge", "histogram"]
 # The prefix Ray's exporter puts on every metric name.
@@ -282,21 +278,3 @@ class ModelMetrics:
             gauge(TOKENS_PER_SECOND).set(rate, tags=self._tags)
         gauge(ADAPTERS_LOADED).set(stats["adapters_loaded"], tags=self._tags)
         self._last, self._last_at = dict(stats), now
-
-
-async def report_every(interval_s: float, report: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run ``report`` every ``interval_s`` until cancelled.
-
-    A failed report (Redis down) is retried at the next tick; it is logged once per
-    streak of failures, not once per tick.
-    """
-    failing = False
-    while True:
-        try:
-            await report()
-            failing = False
-        except Exception as exc:
-            if not failing:
-                log.warning("metrics of %s not updated: %r", what, exc)
-            failing = True
-        await asyncio.sleep(interval_s)

@@ -6,7 +6,6 @@ different adapters into one forward pass and owns the adapter cache.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +23,8 @@ from workers.logs import configure_logging
 from workers.serve.autoscaling import read_backlog
 from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
-from workers.serve.metrics import ModelMetrics, report_every
+from workers.serve.metrics import ModelMetrics
+from workers.serve.periodic import Periodic
 from workers.settings import WorkerSettings
 
 
@@ -46,9 +46,10 @@ class LoRAModel:
         self.routed_loads = 0
         self.metrics = ModelMetrics(settings.app_name, self.replica)
         self.engine.observe(self.metrics)
-        self._metrics_task = asyncio.ensure_future(
-            report_every(settings.metrics_interval_s, self._report_metrics, self.replica)
+        self._metrics_reporter = Periodic(
+            self._report_metrics, settings.metrics_interval_s, f"metrics of {self.replica}"
         )
+        self._metrics_reporter.start()
 
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
@@ -140,7 +141,7 @@ class LoRAModel:
         self.metrics.report(self.engine.stats(), time.monotonic())
 
     async def __del__(self) -> None:
-        self._metrics_task.cancel()
+        await self._metrics_reporter.stop()
         await self.heartbeat.stop()
         await self._redis.aclose()
         await self.engine.close()
