@@ -136,7 +136,7 @@ def _wait_options(sub: argparse.ArgumentParser) -> None:
 
 
 def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    """Register submit, submit-file, get, wait, cancel, stats, top and dead."""
+    """Register submit, submit-file, get, wait, cancel, stats, top, dead and adapters."""
     sub = _verb(subparsers, parent, "submit", verbs.submit, "Submit one job; print its id.")
     sub.add_argument("prompt", nargs="?", help="the prompt (or give --messages-json)")
     sub.add_argument("--adapter", help="adapter name (default: the base model)")
@@ -205,6 +205,40 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     sub.add_argument("--frames", type=positive_int, help="draw this many frames, then exit")
     sub.add_argument("--once", action="store_true", help="print one frame and exit")
     add_dead_verbs(subparsers, parent)
+    add_adapter_verbs(subparsers, parent)
+
+
+def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Register ``adapters list``, ``adapters add NAME PATH`` and ``adapters remove NAME``."""
+    adapters = subparsers.add_parser(
+        "adapters",
+        help="Adapters registered at run time: list, add, remove.",
+        description="Adapters registered at run time ({P}:adapters). The folder is opened "
+        "on the model workers and must lie under their LORAQ_ADAPTER_DIR or a folder of "
+        "LORAQ_ADAPTERS.",
+    )
+    verbs_of_adapters = adapters.add_subparsers(
+        dest="adapters_verb", metavar="ACTION", required=True
+    )
+    sub = _verb(verbs_of_adapters, parent, "list", verbs.adapters_list, "Print the registrations.")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub = _verb(
+        verbs_of_adapters,
+        parent,
+        "add",
+        verbs.adapters_add,
+        "Register an adapter folder under a name (a name keeps its folder for good).",
+    )
+    sub.add_argument("name", help="the adapter name jobs will use")
+    sub.add_argument("path", help="absolute path of the PEFT folder on the model workers")
+    sub = _verb(
+        verbs_of_adapters,
+        parent,
+        "remove",
+        verbs.adapters_remove,
+        "Remove a registration (replicas that loaded it keep it until they restart).",
+    )
+    sub.add_argument("name")
 
 
 def add_dead_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from producer.adapter_registrations import AdapterRegistrations
 from producer.client import Producer
 from producer.dead_letters import DeadLetterError, DeadLetters
 from producer.errors import JobTimeoutError, SubmitError
@@ -21,6 +22,7 @@ from producer.jobfile import read_job_lines
 from producer.progress import progress_bar
 from producer.stats import QueueStats
 from schemas import codec
+from schemas.adapters import InvalidRegistration
 from schemas.jobs import Job
 from schemas.records import JobRecord, JobStatus
 
@@ -274,3 +276,37 @@ def dead_purge(args: argparse.Namespace, producer: Producer) -> int:
         return EXIT_USAGE
     say(f"deleted {letters.purge()} dead letters")
     return EXIT_OK
+
+
+def adapters_list(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq adapters list``: the run-time registrations, as text or ``--json`` lines."""
+    found = AdapterRegistrations(producer.client, producer.keys).all()
+    for registered in found:
+        if args.json:
+            print_json(registered.to_dict())
+        else:
+            print(registered.line())
+    say(f"{len(found)} adapters registered at run time")
+    return EXIT_OK
+
+
+def adapters_add(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq adapters add NAME PATH``: register an adapter folder under a name."""
+    try:
+        added = AdapterRegistrations(producer.client, producer.keys).add(args.name, args.path)
+    except InvalidRegistration as exc:
+        say(f"loraq: cannot register: {exc}")
+        return EXIT_USAGE
+    say(f"registered {args.name}" if added else f"{args.name} was already registered there")
+    return EXIT_OK
+
+
+def adapters_remove(args: argparse.Namespace, producer: Producer) -> int:
+    """``loraq adapters remove NAME``: remove a registration."""
+    try:
+        removed = AdapterRegistrations(producer.client, producer.keys).remove(args.name)
+    except InvalidRegistration as exc:
+        say(f"loraq: cannot remove: {exc}")
+        return EXIT_USAGE
+    say(f"removed {args.name}" if removed else f"{args.name} was not registered")
+    return EXIT_OK if removed else EXIT_JOB_FAILED

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.adapters import AdapterRegistration
 from schemas.jobs import GenerationParams, Job
 from schemas.records import JobError, JobEvent, JobRecord, JobResult
 
@@ -24,6 +25,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "job_result": JobResult,
     "job_error": JobError,
     "job_event": JobEvent,
+    "adapter_registration": AdapterRegistration,
 }
 
 

@@ -14,11 +14,12 @@ class InvalidJob(ValueError):
     """A payload that is not a valid v1 job; the message names each field and problem."""
 
 
-def describe(error: ValidationError) -> str:
-    """``field: problem; field: problem`` for every error, bounds included."""
+def describe(error: ValidationError, whole: str = "job") -> str:
+    """``field: problem; field: problem`` for every error, bounds included (``whole``
+    names a problem of the value itself)."""
     parts = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "job"
+        where = ".".join(str(p) for p in item["loc"]) or whole
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)

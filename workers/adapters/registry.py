@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from schemas import ErrorType
+from schemas.adapters import InvalidRegistration, check_adapter_name
 from schemas.jobs import ADAPTER_NAME_PATTERN
 from workers.engine.requests import EngineError
 
@@ -26,12 +27,10 @@ _NAME = re.compile(ADAPTER_NAME_PATTERN)
 
 def check_name(name: str) -> None:
     """Raise a ``validation`` error unless ``name`` is a well-formed adapter name."""
-    if not _NAME.fullmatch(name):
-        raise EngineError(
-            ErrorType.VALIDATION,
-            f"adapter name {name!r} is invalid: use 1-128 of [A-Za-z0-9._-], starting with a "
-            "letter or digit (no path separators, no '..')",
-        )
+    try:
+        check_adapter_name(name)
+    except InvalidRegistration as exc:
+        raise EngineError(ErrorType.VALIDATION, str(exc)) from None
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -62,18 +61,23 @@ class AdapterRegistry:
         with self._lock:
             return sorted(self._folders)
 
-    def add(self, name: str, folder: str, *, replace: bool = True) -> None:
-        """Register ``name``; the folder must lie under a configured root.
-
-        With ``replace=False`` a name already registered to another folder is refused.
-        """
-        check_name(name)
+    def check_folder(self, folder: str) -> Path:
+        """``folder`` resolved; a ``validation`` error when it is outside the roots."""
         resolved = Path(folder).resolve()
         if not any(_is_within(resolved, root) for root in self._roots):
             raise EngineError(
                 ErrorType.VALIDATION,
                 f"adapter folder {folder!r} is outside the configured adapter roots",
             )
+        return resolved
+
+    def add(self, name: str, folder: str, *, replace: bool = True) -> None:
+        """Register ``name``; the folder must lie under a configured root.
+
+        With ``replace=False`` a name already registered to another folder is refused.
+        """
+        check_name(name)
+        resolved = self.check_folder(folder)
         with self._lock:
             current = self._folders.get(name)
             if not replace and current is not None and current != resolved:
@@ -84,8 +88,8 @@ class AdapterRegistry:
                 )
             self._folders[name] = resolved
 
-    def resolve(self, name: str) -> Path:
-        """The folder of ``name``; ``unknown_adapter`` when it is not registered.
+    def find(self, name: str) -> Path | None:
+        """The folder of ``name``, or ``None`` when it is not registered.
 
         A folder dropped into the scanned directory after start is found here too.
         """
@@ -97,6 +101,11 @@ class AdapterRegistry:
             if (candidate / CONFIG_FILE).is_file():
                 self.add(name, str(candidate))
                 folder = candidate.resolve()
+        return folder
+
+    def resolve(self, name: str) -> Path:
+        """The folder of ``name``; ``unknown_adapter`` when it is not registered."""
+        folder = self.find(name)
         if folder is None:
             raise EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
         return folder

@@ -133,6 +133,10 @@ class Engine:
         """Registered adapter names."""
         return self._registry.names()
 
+    def knows_adapter(self, name: str) -> bool:
+        """Whether ``name`` is registered (a bad name is a ``validation`` error)."""
+        return self._registry.find(name) is not None
+
     def loaded_adapters(self) -> list[str]:
         """Adapters on the device now, least recently used first."""
         return self._adapters.loaded()

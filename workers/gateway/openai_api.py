@@ -59,7 +59,7 @@ async def list_models(svc: ServicesDep) -> ModelList:
     cards = [ModelCard(id=base, created=created, root=base)]
     cards += [
         ModelCard(id=name, created=created, root=base, parent=base)
-        for name in svc.registry.names()
+        for name in await svc.adapter_folders()
         if name != base
     ]
     return ModelList(data=cards)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,11 +12,16 @@ from fastapi import Depends, Request
 
 from producer.client import AsyncProducer
 from producer.settings import ClientSettings
+from workers.adapters.registrations import registered_paths
 from workers.adapters.registry import CONFIG_FILE, AdapterRegistry
+from workers.engine.requests import EngineError
 from workers.gateway.api_models import AdapterInfo
 from workers.gateway.auth import ApiKeys
 from workers.gateway.model_client import ModelClient
+from workers.queue.store import REDIS_DOWN
 from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +44,29 @@ class Services:
             registry=AdapterRegistry(settings.adapters, settings.adapter_dir),
             keys=ApiKeys(settings.api_keys),
         )
+
+    async def adapter_folders(self) -> dict[str, Path]:
+        """Every adapter a request may name, with its folder, sorted by name: the
+        configured ones, then those registered at run time (``{P}:adapters``).
+
+        Read afresh each time, so a removed registration leaves the list. With Redis
+        unreachable, or a folder outside the roots, the list goes on without them
+        (logged): listing must not fail because of one operator's entry.
+        """
+        folders = {name: self.registry.resolve(name) for name in self.registry.names()}
+        try:
+            registered = await registered_paths(self.producer.client, self.producer.keys)
+        except REDIS_DOWN as exc:
+            log.warning("run-time adapter registrations not read: %r", exc)
+            registered = {}
+        for name, path in registered.items():
+            if name in folders or self.registry.find(name) is not None:
+                continue
+            try:
+                folders[name] = self.registry.check_folder(path)
+            except EngineError as exc:
+                log.warning("adapter %s: run-time registration refused: %s", name, exc.message)
+        return dict(sorted(folders.items()))
 
     async def aclose(self) -> None:
         """Close the Redis connections."""

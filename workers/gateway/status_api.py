@@ -7,8 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from workers.engine.requests import EngineError
-from workers.gateway.api_models import AdapterInfo, AdapterList, Check, Health, Readiness
+from workers.gateway.api_models import AdapterList, Check, Health, Readiness
 from workers.gateway.services import Services, ServicesDep, adapter_info
 
 # Readiness probes must answer fast even when a dependency hangs.
@@ -67,13 +66,10 @@ async def list_adapters(svc: ServicesDep) -> AdapterList:
     for replica, replica_stats in sorted(stats.items()):
         for name in replica_stats.get("adapters", []):
             loaded_on.setdefault(name, []).append(replica)
-    adapters: list[AdapterInfo] = []
-    for name in svc.registry.names():
-        try:
-            folder = svc.registry.resolve(name)
-        except EngineError:
-            continue
-        adapters.append(adapter_info(name, folder, loaded_on.get(name, [])))
+    adapters = [
+        adapter_info(name, folder, loaded_on.get(name, []))
+        for name, folder in (await svc.adapter_folders()).items()
+    ]
     return AdapterList(
         base_model=svc.settings.base_model_name, replicas=sorted(stats), adapters=adapters
     )

@@ -6,6 +6,7 @@ different adapters into one forward pass and owns the adapter cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from ray import serve
 from producer.connection import async_client
 from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
+from workers.adapters.registrations import registered_path
 from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.logs import configure_logging
@@ -26,6 +28,8 @@ from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
 from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 class LoRAModel:
@@ -54,6 +58,7 @@ class LoRAModel:
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
             self.routed_loads += 1
+            await self._ensure_registered(adapter)
             await self.engine.ensure_adapter(adapter)
             return adapter
 
@@ -62,10 +67,29 @@ class LoRAModel:
         )(load)
         # Serve runs the constructor on the replica's event loop: the heartbeat can start.
         self._redis = async_client(settings)
+        self._keys = Keys(settings.prefix)
         self.heartbeat = HeartbeatWriter(
-            self._redis, Keys(settings.prefix), self._heartbeat, settings.heartbeat_s
+            self._redis, self._keys, self._heartbeat, settings.heartbeat_s
         )
         self.heartbeat.start()
+
+    async def _ensure_registered(self, adapter: str) -> None:
+        """Register ``adapter`` from ``{P}:adapters`` when the replica does not know it and
+        an operator put it there (an unknown name is left for the engine to refuse)."""
+        if self.engine.knows_adapter(adapter):
+            return
+        path = await registered_path(self._redis, self._keys, adapter)
+        if path is None:
+            return
+        try:
+            self.engine.add_adapter(adapter, path)
+        except EngineError as exc:
+            log.warning("adapter %s: run-time registration refused: %s", adapter, exc.message)
+            raise EngineError(
+                ErrorType.UNKNOWN_ADAPTER,
+                f"adapter {adapter!r} is registered at run time with a folder outside the "
+                "workers' adapter roots; ask the operator to fix it",
+            ) from None
 
     def _heartbeat(self) -> ReplicaHeartbeat:
         return heartbeat_of(
@@ -81,6 +105,9 @@ class LoRAModel:
         """Register the request's multiplexed model id with Serve (loading it if cold)."""
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
+            # A direct call without routing: the adapter still has to be registered.
+            if request.adapter:
+                await self._ensure_registered(request.adapter)
             return
         if model_id != (request.adapter or ""):
             raise EngineError(
@@ -135,7 +162,7 @@ class LoRAModel:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The queue backlog, for the backlog autoscaler (Serve calls this only when the
         deployment autoscales; see :mod:`workers.serve.autoscaling`)."""
-        return await read_backlog(self._redis, Keys(self.settings.prefix))
+        return await read_backlog(self._redis, self._keys)
 
     async def _report_metrics(self) -> None:
         self.metrics.report(self.engine.stats(), time.monotonic())

@@ -1,0 +1,67 @@
+"""Adapters registered at run time: the values of ``{P}:adapters`` (name -> JSON).
+
+An operator (``loraq adapters add``, or any Redis client with ``HSET``) names a folder on
+the model workers' machines; the workers use it only when it lies under one of their
+configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders of ``LORAQ_ADAPTERS``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
+
+from schemas.jobs import ADAPTER_NAME_PATTERN
+from schemas.validation import describe
+
+MAX_PATH_CHARS = 4096
+_NAME = re.compile(ADAPTER_NAME_PATTERN)
+
+
+def _absolute(path: str) -> str:
+    # Workers resolve the folder on their own machine: a relative path would depend on
+    # the directory each worker was started in.
+    if not path.startswith("/"):
+        raise ValueError("must be an absolute path (it is opened on the model workers)")
+    if "\x00" in path:
+        raise ValueError("must not contain NUL")
+    return path
+
+
+class AdapterRegistration(BaseModel):
+    """One adapter registered at run time: the folder that holds its PEFT files."""
+
+    path: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_PATH_CHARS,
+            description="Absolute path of the adapter's PEFT folder on the model workers.",
+            # The validator below says why in words; the schema carries the same rule.
+            json_schema_extra={"pattern": "^/[^\\u0000]*$"},
+        ),
+        AfterValidator(_absolute),
+    ]
+
+
+class InvalidRegistration(ValueError):
+    """A registration that names no usable adapter; the message says why."""
+
+
+def check_adapter_name(name: str) -> str:
+    """``name`` when it is a well-formed adapter name, else :class:`InvalidRegistration`."""
+    if not _NAME.fullmatch(name):
+        raise InvalidRegistration(
+            f"adapter name {name!r} is invalid: use 1-128 of [A-Za-z0-9._-], starting with "
+            "a letter or digit (no path separators, no '..')"
+        )
+    return name
+
+
+def parse_registration(raw: str | bytes) -> AdapterRegistration:
+    """The registration stored in ``{P}:adapters``; :class:`InvalidRegistration` when bad."""
+    try:
+        return AdapterRegistration.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidRegistration(f"invalid registration: {describe(exc, 'value')}") from None

@@ -1,0 +1,57 @@
+"""Adapters registered at run time in ``{P}:adapters``, as the workers read them.
+
+A model replica looks a name up when its :class:`AdapterRegistry` does not know it, just
+before loading it; the gateway reads them all to list models. Either way the registry
+still decides: a folder outside the configured adapter roots is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from schemas import ErrorType, codec
+from schemas.adapters import InvalidRegistration, check_adapter_name, parse_registration
+from schemas.keys import Keys
+from workers.engine.requests import EngineError
+from workers.queue.store import REDIS_DOWN
+
+log = logging.getLogger(__name__)
+
+
+async def registered_path(client: aioredis.Redis, keys: Keys, name: str) -> str | None:
+    """The folder registered for ``name``, or ``None`` when there is no registration.
+
+    A registration that cannot be used is an ``unknown_adapter`` error naming the problem
+    (the folder is the operator's, so it is logged, not told to the client). Redis down
+    is an ``internal`` error: a queued job is retried instead of failing for good.
+    """
+    try:
+        raw = await client.hget(keys.adapters, name)
+    except REDIS_DOWN as exc:
+        raise EngineError(
+            ErrorType.INTERNAL, f"adapter {name!r}: the run-time registry is unreachable ({exc})"
+        ) from None
+    if raw is None:
+        return None
+    try:
+        return parse_registration(raw).path
+    except InvalidRegistration as exc:
+        log.warning("adapter %s: bad registration in %s: %s", name, keys.adapters, exc)
+        raise EngineError(
+            ErrorType.UNKNOWN_ADAPTER,
+            f"adapter {name!r} has an invalid run-time registration; ask the operator "
+            "to fix it (loraq adapters list)",
+        ) from None
+
+
+async def registered_paths(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
+    """Every usable registration (name -> folder); the bad ones are logged and skipped."""
+    found = {}
+    for name, raw in codec.decode_fields(await client.hgetall(keys.adapters)).items():
+        try:
+            found[check_adapter_name(name)] = parse_registration(raw).path
+        except InvalidRegistration as exc:
+            log.warning("adapter %s: bad registration in %s: %s", name, keys.adapters, exc)
+    return found
