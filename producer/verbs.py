@@ -98,7 +98,13 @@ def follow(producer: Producer, job_id: str, timeout: float | None) -> int:
         elif event.status is not None:
             final = event.status
             if not event.is_final:
-                say(f"[{event.status.value}]")
+                # A job run again (its replica died) streams its text from the start.
+                restarted = streamed and event.status is JobStatus.RUNNING
+                if restarted:
+                    print(flush=True)
+                    streamed = False
+                again = f", attempt {event.attempt}: the text starts again" if restarted else ""
+                say(f"[{event.status.value}{again}]")
     record = producer.get(job_id)
     if record is not None and record.result is not None and not streamed:
         sys.stdout.write(record.result.text)

@@ -130,6 +130,12 @@ class JobEvent(BaseModel):
     status: JobStatus | None = None
     text: str | None = None
     ts: float | None = None
+    attempt: int | None = Field(
+        None,
+        ge=1,
+        description="On 'running': which start of the job this is. The chunks after the "
+        "latest 'running' make up the text: a job run again streams from the start.",
+    )
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> JobEvent:

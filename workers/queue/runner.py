@@ -75,6 +75,25 @@ class InFlight:
     generation: asyncio.Task[GenerationOutput] | None = None
     cancel_requested: bool = False
     text: list[str] = field(default_factory=list)
+    # The start of the job this consumer runs (from its 'running' mark); 0 before one.
+    attempt: int = 0
+    # Cleared when the job's events stream refused this attempt's text: overtaken.
+    streaming: bool = True
+    # The end of ``text`` that is not in the events stream yet (Redis was unreachable),
+    # and the UTF-8 bytes of ``text`` before it, which are.
+    unstreamed: list[str] = field(default_factory=list)
+    streamed_bytes: int = 0
+
+    def start(self, attempt: int) -> None:
+        """Forget the text of an earlier attempt: ``attempt`` streams from the start."""
+        self.attempt, self.streaming, self.streamed_bytes = attempt, True, 0
+        self.text.clear()
+        self.unstreamed.clear()
+
+    def final_text(self, text: str) -> str:
+        """``text`` for the final write to complete the events stream with, or ``""`` when
+        the stream cannot lead to it (the result is not the streamed text continued)."""
+        return text if text.startswith("".join(self.text)) else ""
 
     def request_cancel(self) -> bool:
         """Stop the running generation; ``False`` when none runs."""
@@ -173,23 +192,23 @@ class JobRunner:
                 await self._end_job(entry, job, JobStatus.FAILED, error=error)
                 return
             started_at = time.time()
+            slot.start(mark.attempts)
             try:
                 output = await self._generate(job, slot)
             except Cancelled as exc:
                 result = _result(job, None, exc.text, entry, started_at)
-                await self._end_job(entry, job, JobStatus.CANCELLED, result=result)
+                await self._end_job(entry, job, JobStatus.CANCELLED, result=result, slot=slot)
                 return
             except Exception as exc:
                 if await self._after_failure(entry, job, exc, mark.attempts):
                     continue
                 return
             result = _result(job, output, output.text, entry, started_at)
-            await self._end_job(entry, job, JobStatus.SUCCEEDED, result=result)
+            await self._end_job(entry, job, JobStatus.SUCCEEDED, result=result, slot=slot)
             return
 
     async def _generate(self, job: Job, slot: InFlight) -> GenerationOutput:
         """Run the generation as a task of its own, so a cancel request can stop it."""
-        slot.text.clear()
         slot.generation = asyncio.ensure_future(self._stream(job, slot))
         try:
             return await asyncio.shield(slot.generation)
@@ -225,21 +244,42 @@ class JobRunner:
                 if isinstance(item, GenerationOutput):
                     return item
                 slot.text.append(item.text)
-                try:
-                    await self.store.append_chunk(str(job.id), item.text)
-                except REDIS_DOWN as exc:
-                    # The generation goes on; the final record will hold the whole text.
-                    log.warning(
-                        "job %s: a text chunk was not streamed: %s",
-                        job.id,
-                        exc,
-                        extra=job_extra(job.id, job.adapter_name),
-                    )
+                slot.unstreamed.append(item.text)
+                await self._stream_text(job, slot)
                 if slot.cancel_requested:
                     # redis-py's asyncio client can swallow a task's cancellation that
                     # lands in a command (redis/redis-py#2028): do not rely on it.
                     raise asyncio.CancelledError
         raise RuntimeError("the model's stream ended without an output")
+
+    async def _stream_text(self, job: Job, slot: InFlight) -> None:
+        """Append the text not streamed yet to the job's events stream.
+
+        With Redis unreachable the text waits for the next chunk (or the final write),
+        so that the chunks still add up to the result.
+        """
+        if not slot.streaming:
+            return
+        extra = job_extra(job.id, job.adapter_name)
+        text = "".join(slot.unstreamed)
+        try:
+            appended = await self.store.append_chunk(
+                str(job.id), text, attempt=slot.attempt, offset=slot.streamed_bytes
+            )
+        except REDIS_DOWN as exc:
+            if len(slot.unstreamed) == 1:
+                log.warning(
+                    "job %s: text held back until Redis answers: %s", job.id, exc, extra=extra
+                )
+            return
+        if appended:
+            slot.unstreamed.clear()
+            slot.streamed_bytes += len(text.encode())
+            return
+        # Another consumer took the job over (or ended it) while this one was stalled.
+        # The generation goes on: the final write decides which answer stands.
+        slot.streaming = False
+        log.debug("job %s: attempt %d overtaken, not streamed", job.id, slot.attempt, extra=extra)
 
     async def _after_failure(self, entry: Entry, job: Job, exc: Exception, attempts: int) -> bool:
         """End the job or set it up for another attempt; ``True`` to run it again."""
@@ -292,7 +332,9 @@ class JobRunner:
         *,
         result: JobResult | None = None,
         error: JobError | None = None,
+        slot: InFlight | None = None,
     ) -> None:
+        """End a parsed job; ``slot``: the attempt that made ``result``, if one ran."""
         await self._end(
             entry,
             str(job.id),
@@ -301,6 +343,7 @@ class JobRunner:
             result=result,
             error=error,
             payload=entry.fields.get(policy.JOB_FIELD, ""),
+            slot=slot,
         )
 
     async def _end(
@@ -313,8 +356,13 @@ class JobRunner:
         payload: str,
         result: JobResult | None = None,
         error: JobError | None = None,
+        slot: InFlight | None = None,
     ) -> None:
-        """Store the final status (once), its event, a dead letter if due; acknowledge."""
+        """Store the final status (once), its event, a dead letter if due; acknowledge.
+
+        With the ``slot`` of the attempt that made ``result``, the text its events stream
+        still lacks (held back by an outage) goes in before the end.
+        """
         fields = {"worker": self.worker}
         if result is not None:
             fields["result"] = codec.dumps(result)
@@ -322,6 +370,7 @@ class JobRunner:
             fields["error"] = codec.dumps(error)
         if job is not None and job.metadata is not None:
             fields["metadata"] = codec.dumps(job.metadata)
+        text = slot.final_text(result.text) if slot and result else ""
         write = FinalWrite(
             entry_id=entry.entry_id,
             job_id=job_id,
@@ -332,6 +381,8 @@ class JobRunner:
             fields=fields,
             dead_payload=payload if policy.dead_letters(status) else None,
             dead_error=codec.dumps(error) if error else "",
+            text=text,
+            attempt=slot.attempt if slot and text else None,
         )
         # Kept in memory through an outage: a finished generation is not run again.
         written = await until_reachable(partial(self.store.finish, write), f"job {job_id}")

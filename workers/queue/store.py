@@ -98,6 +98,10 @@ class FinalWrite:
     fields: dict[str, str]
     dead_payload: str | None = None
     dead_error: str = ""
+    # The result's text and the attempt that made it: what the events stream lacks of it
+    # (chunks an outage held back) is appended as one last chunk.
+    text: str = ""
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class JobStore:
         self._finish: AsyncScript = client.register_script(script_source("finish"))
         self._renew: AsyncScript = client.register_script(script_source("renew"))
         self._trim: AsyncScript = client.register_script(script_source("trim"))
+        self._chunk: AsyncScript = client.register_script(script_source("chunk"))
 
     async def ensure_group(self) -> bool:
         """Create the consumer group from the stream's start; ``False`` if it existed."""
@@ -265,11 +270,18 @@ class JobStore:
         )
         return Mark(MarkOutcome(codec.as_text(reply[0])), codec.as_text(reply[1]))
 
-    async def append_chunk(self, job_id: str, text: str) -> None:
-        """Append generated text to the job's events stream."""
-        await self.client.xadd(
-            self.keys.job_events(job_id), {"event": "chunk", "text": text, "ts": repr(time.time())}
+    async def append_chunk(self, job_id: str, text: str, *, attempt: int, offset: int) -> bool:
+        """Append generated text to the job's events stream; ``False`` (nothing written)
+        when the job has ended or a later attempt has started since ``attempt``.
+
+        ``offset`` is how many UTF-8 bytes of text the attempt had streamed before: a
+        chunk sent again after its reply was lost is written once.
+        """
+        reply = await self._chunk(
+            keys=[self.keys.job(job_id), self.keys.job_events(job_id)],
+            args=[text, repr(time.time()), attempt, offset],
         )
+        return bool(reply)
 
     async def finish(self, write: FinalWrite) -> bool:
         """Store the final status once, then acknowledge; ``False`` if nothing was stored.
@@ -300,6 +312,8 @@ class JobStore:
                 "1" if write.dead_payload is not None else "0",
                 write.dead_payload or "",
                 write.dead_error,
+                write.text,
+                "" if write.attempt is None else write.attempt,
                 *pairs,
             ],
         )

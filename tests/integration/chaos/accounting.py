@@ -1,8 +1,9 @@
 """The accounting every chaos scenario ends with, read straight from Redis.
 
 For every submitted id: exactly one final record (none lost, none left ``running``), an
-events stream with exactly one final entry (its last), one final entry in ``{P}:events``
-(no second answer), and, when it succeeded, the text its adapter's rule predicts. For the
+events stream with exactly one final entry (its last), chunks since the latest start that
+add up to the result, one final entry in ``{P}:events`` (no second answer), and, when it
+succeeded, the text its adapter's rule predicts. For the
 group: nothing pending.
 """
 
@@ -75,6 +76,15 @@ def final_events(client: redis.Redis, keys: Keys) -> Counter[str]:
         last = codec.as_text(batch[-1][0])
 
 
+def streamed_text(events: list[dict[str, str]]) -> str | None:
+    """The text a reader assembles: the chunks after the latest ``running`` entry (a job
+    run again streams from the start); ``None`` when that attempt streamed nothing."""
+    starts = [i for i, fields in enumerate(events) if fields.get("status") == "running"]
+    after = events[starts[-1] + 1 :] if starts else events
+    chunks = [fields["text"] for fields in after if fields.get("event") == "chunk"]
+    return "".join(chunks) if chunks else None
+
+
 def account(
     client: redis.Redis, keys: Keys, expected: Mapping[str, str | None], scenario: str
 ) -> Tally:
@@ -102,14 +112,18 @@ def account(
         if record.attempts > 1:
             tally.reruns += 1
         tally.last_finished_at = max(tally.last_finished_at, record.finished_at or 0.0)
-        statuses = [
-            fields["status"]
-            for fields in (codec.decode_fields(f) for _, f in events)
-            if fields.get("event") == "status"
-        ]
+        decoded = [codec.decode_fields(f) for _, f in events]
+        statuses = [fields["status"] for fields in decoded if fields.get("event") == "status"]
         ends = [s for s in statuses if s in FINAL_VALUES]
-        if ends != [record.status.value] or statuses[-1] != record.status.value:
-            tally.problems.append(f"{job_id}: events {statuses} for a {record.status.value} job")
+        if ends != [record.status.value] or decoded[-1].get("status") != record.status.value:
+            kinds = [fields.get("status") or fields.get("event") for fields in decoded]
+            tally.problems.append(f"{job_id}: events {kinds} for a {record.status.value} job")
+        streamed = streamed_text(decoded)
+        if record.result is not None and streamed is not None and streamed != record.result.text:
+            tally.problems.append(
+                f"{job_id}: streamed {streamed!r} since its last start, result "
+                f"{record.result.text!r}"
+            )
         if finals[job_id] != 1:
             tally.duplicates += finals[job_id] > 1
             tally.problems.append(f"{job_id}: {finals[job_id]} final entries in {keys.events}")

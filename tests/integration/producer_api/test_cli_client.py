@@ -170,6 +170,22 @@ def test_wait_follow_prints_chunks_then_the_end(
     assert "[running]" in done.stderr and "[succeeded]" in done.stderr
 
 
+def test_wait_follow_says_when_a_rerun_job_starts_its_text_again(
+    loraq: Run, r: redis.Redis, keys: Keys, worker: WorkerRole
+) -> None:
+    # A first attempt streams part of its text, its replica dies, a second one runs.
+    worker.start("cli-4")
+    worker.chunk("cli-4", "HEL")
+    worker.start("cli-4", attempt=2)
+    for piece in ("HEL", "LO"):
+        worker.chunk("cli-4", piece)
+    worker.finish("cli-4", text="HELLO")
+    done = loraq("wait", "cli-4", "--follow", "--timeout", "30")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "HEL\nHELLO\n"
+    assert "[running, attempt 2: the text starts again]" in done.stderr
+
+
 def test_wait_timeout_and_unknown_get_exit_1(loraq: Run) -> None:
     done = loraq("submit", "x", "--id", "slow")
     assert done.returncode == 0

@@ -22,11 +22,14 @@ class WorkerRole:
         self.client = client
         self.keys = keys
 
-    def start(self, job_id: str) -> None:
-        """Mark the job running (hash and event)."""
+    def start(self, job_id: str, attempt: int = 1) -> None:
+        """Mark the job running (hash and event), as its ``attempt``-th start."""
         now = time.time()
-        self.client.hset(self.keys.job(job_id), mapping={"status": "running", "started_at": now})
-        self._event(job_id, event="status", status="running", ts=now)
+        self.client.hset(
+            self.keys.job(job_id),
+            mapping={"status": "running", "started_at": now, "attempts": attempt},
+        )
+        self._event(job_id, event="status", status="running", attempt=attempt, ts=now)
 
     def chunk(self, job_id: str, text: str) -> None:
         """Stream a piece of text."""

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from schemas import JobStatus, Keys, codec
+from schemas import JobEvent, JobStatus, Keys, codec
 from workers.queue.store import FinalWrite, JobStore, MarkOutcome
 
 
@@ -44,7 +44,9 @@ async def mark_running(
     return mark.outcome
 
 
-def final(entry_id: str, job_id: str, status: JobStatus, text: str, **extra: object) -> FinalWrite:
+def final(
+    entry_id: str, job_id: str, status: JobStatus, result: str, **extra: object
+) -> FinalWrite:
     return FinalWrite(
         entry_id=entry_id,
         job_id=job_id,
@@ -52,7 +54,7 @@ def final(entry_id: str, job_id: str, status: JobStatus, text: str, **extra: obj
         adapter="upper",
         created_at=1.5,
         ttl_s=120,
-        fields={"result": codec.dumps({"text": text}), "worker": "c-0"},
+        fields={"result": codec.dumps({"text": result}), "worker": "c-0"},
         **extra,  # type: ignore[arg-type]
     )
 
@@ -86,6 +88,11 @@ async def test_running_creates_the_record_of_a_raw_job_and_counts_attempts(
     assert events(r, store.keys.events)[-1]["id"] == "j1"
     assert await mark_running(store, "j1") is MarkOutcome.OK
     assert r.hget(store.keys.job("j1"), "attempts") == b"2"
+    # Each start says which it is: a reader knows the text starts again.
+    starts = events(r, store.keys.job_events("j1"))
+    assert [(e["status"], e["attempt"]) for e in starts] == [("running", "1"), ("running", "2")]
+    assert [JobEvent.from_fields(e).attempt for e in starts] == [1, 2]
+    assert "attempt" not in events(r, store.keys.events)[-1]
 
 
 async def test_running_is_refused_when_cancelled_exhausted_or_final(
@@ -184,12 +191,55 @@ async def test_a_failed_job_is_copied_to_the_dead_letters(store: JobStore, r: re
     assert r.hget(store.keys.job(entry_id), "created_at") == b"1.5"
 
 
-async def test_chunks_go_to_the_job_events(store: JobStore, r: redis.Redis) -> None:
+async def test_chunks_go_to_the_job_events_from_the_running_attempt_only(
+    store: JobStore, r: redis.Redis
+) -> None:
     await mark_running(store, "j3")
-    await store.append_chunk("j3", "HEL")
-    await store.append_chunk("j3", "LO")
-    chunks = [e["text"] for e in events(r, store.keys.job_events("j3")) if e["event"] == "chunk"]
-    assert chunks == ["HEL", "LO"]
+    assert await store.append_chunk("j3", "HEL", attempt=1, offset=0)
+    # The job is taken over (a stalled consumer's entry reclaimed): attempt 1 is stale.
+    await mark_running(store, "j3")
+    assert not await store.append_chunk("j3", "LO", attempt=1, offset=3)
+    assert await store.append_chunk("j3", "hel", attempt=2, offset=0)
+    assert await store.finish(final("1-0", "j3", JobStatus.SUCCEEDED, "hel"))
+    assert not await store.append_chunk("j3", "lo", attempt=2, offset=3)
+    kinds = [e.get("text") or e["status"] for e in events(r, store.keys.job_events("j3"))]
+    assert kinds == ["running", "HEL", "running", "hel", "succeeded"]
+    assert not await store.append_chunk("never-started", "x", attempt=1, offset=0)
+    assert not r.exists(store.keys.job_events("never-started"))
+
+
+async def test_a_chunk_sent_again_after_a_lost_reply_is_streamed_once(
+    store: JobStore, r: redis.Redis
+) -> None:
+    await mark_running(store, "j5")
+    assert await store.append_chunk("j5", "né", attempt=1, offset=0)
+    # Its reply was lost: the worker sends it again with the text made since.
+    assert await store.append_chunk("j5", "né ça", attempt=1, offset=0)
+    assert await store.append_chunk("j5", " va", attempt=1, offset=len("né ça".encode()))
+    texts = [e["text"] for e in events(r, store.keys.job_events("j5")) if e["event"] == "chunk"]
+    assert texts == ["né", " ça", " va"]
+
+
+async def test_the_final_write_completes_the_stream_an_outage_left_short(
+    store: JobStore, r: redis.Redis
+) -> None:
+    await mark_running(store, "j6")
+    assert await store.append_chunk("j6", "HEL", attempt=1, offset=0)
+    done = final("1-0", "j6", JobStatus.SUCCEEDED, "HELLO", text="HELLO", attempt=1)
+    assert await store.finish(done)
+    # A second writer adds nothing: the job had ended.
+    assert not await store.finish(done)
+    kinds = [e.get("text") or e["status"] for e in events(r, store.keys.job_events("j6"))]
+    assert kinds == ["running", "HEL", "LO", "succeeded"]
+    # An earlier attempt's answer lands after a later start streamed text: it stands, and
+    # the stream restarts with it, so the chunks after the latest start are the result.
+    await mark_running(store, "j7")
+    await mark_running(store, "j7")
+    assert await store.append_chunk("j7", "A", attempt=2, offset=0)
+    assert await store.finish(final("1-0", "j7", JobStatus.SUCCEEDED, "AB", text="AB", attempt=1))
+    found = events(r, store.keys.job_events("j7"))
+    kinds = [e.get("text") or f"{e['status']}{e.get('attempt', '')}" for e in found]
+    assert kinds == ["running1", "running2", "A", "running1", "AB", "succeeded"]
 
 
 async def test_renewal_keeps_own_entries_and_reports_lost_ones(

@@ -6,7 +6,14 @@
 -- ARGV: 1 group, 2 entry id, 3 job id, 4 final status, 5 adapter, 6 now,
 --       7 created_at (used if the hash has none), 8 result ttl seconds, 9 events maxlen,
 --       10 '1' to copy the job to the dead-letter stream, 11 its original payload,
---       12 its error JSON, 13.. more record fields as name, value pairs
+--       12 its error JSON, 13 the result's text, 14 the attempt that made it ('' when
+--       none ran), 15.. more record fields as name, value pairs
+-- The events stream is completed so that its chunks after the latest 'running' entry are
+-- the result: the text it lacks (chunks an outage held back; the record's 'streamed'
+-- bytes are there) goes in as one last chunk. When another attempt has started since the
+-- writer's (its entry was reclaimed while this one held its answer through an outage),
+-- the writer's answer stands: the stream restarts with a 'running' entry of the writer's
+-- attempt and the whole text.
 -- Returns {1, status} when written, {0, existing status} when the job was already final,
 -- {0, ''} when its keys could not take the record (job_keys_problem): the entry is then
 -- dead-lettered under its entry id, with the problem, and acknowledged.
@@ -24,8 +31,21 @@ if FINAL[current] then
   return {0, current}
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'adapter', ARGV[5], 'finished_at', ARGV[6])
-if #ARGV >= 13 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+if ARGV[14] ~= '' then
+  local have = 0
+  if redis.call('HGET', KEYS[1], 'attempts') == ARGV[14] then
+    have = tonumber(redis.call('HGET', KEYS[1], 'streamed') or '0')
+  else
+    redis.call('XADD', KEYS[2], '*', 'event', 'status', 'status', 'running', 'ts', ARGV[6],
+      'attempt', ARGV[14])
+  end
+  if #ARGV[13] > have then
+    redis.call('XADD', KEYS[2], '*', 'event', 'chunk', 'text', string.sub(ARGV[13], have + 1),
+      'ts', ARGV[6])
+  end
+end
+if #ARGV >= 15 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 15))
 end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[7])
 redis.call('HSETNX', KEYS[1], 'entry', ARGV[2])

@@ -19,17 +19,19 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   return {'cancel', ''}
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local started = nil
 if ARGV[2] == 'running' then
   if attempts >= tonumber(ARGV[9]) then
     return {'exhausted', tostring(attempts)}
   end
   attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[5])
+  started = tostring(attempts)
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[5], 'streamed', '0')
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'adapter', ARGV[3], 'worker', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[6])
 redis.call('HSETNX', KEYS[1], 'entry', ARGV[10])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-add_status_event(KEYS[2], KEYS[3], ARGV[8], ARGV[1], ARGV[2], ARGV[3], ARGV[5])
+add_status_event(KEYS[2], KEYS[3], ARGV[8], ARGV[1], ARGV[2], ARGV[3], ARGV[5], started)
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 return {'ok', tostring(attempts)}
