@@ -79,16 +79,21 @@ class InFlight:
     attempt: int = 0
     # Cleared when the job's events stream refused this attempt's text: overtaken.
     streaming: bool = True
-    # The end of ``text`` that is not in the events stream yet (Redis was unreachable),
-    # and the UTF-8 bytes of ``text`` before it, which are.
-    unstreamed: list[str] = field(default_factory=list)
+    # How many pieces of ``text`` are in the events stream, and their UTF-8 bytes; the
+    # rest waits there for Redis to answer again.
+    streamed_pieces: int = 0
     streamed_bytes: int = 0
 
     def start(self, attempt: int) -> None:
         """Forget the text of an earlier attempt: ``attempt`` streams from the start."""
-        self.attempt, self.streaming, self.streamed_bytes = attempt, True, 0
+        self.attempt, self.streaming = attempt, True
+        self.streamed_pieces = self.streamed_bytes = 0
         self.text.clear()
-        self.unstreamed.clear()
+
+    @property
+    def unstreamed(self) -> list[str]:
+        """The pieces of ``text`` not in the events stream yet."""
+        return self.text[self.streamed_pieces :]
 
     def final_text(self, text: str) -> str:
         """``text`` for the final write to complete the events stream with, or ``""`` when
@@ -244,7 +249,6 @@ class JobRunner:
                 if isinstance(item, GenerationOutput):
                     return item
                 slot.text.append(item.text)
-                slot.unstreamed.append(item.text)
                 await self._stream_text(job, slot)
                 if slot.cancel_requested:
                     # redis-py's asyncio client can swallow a task's cancellation that
@@ -261,19 +265,20 @@ class JobRunner:
         if not slot.streaming:
             return
         extra = job_extra(job.id, job.adapter_name)
-        text = "".join(slot.unstreamed)
+        pieces = slot.unstreamed
+        text = "".join(pieces)
         try:
             appended = await self.store.append_chunk(
                 str(job.id), text, attempt=slot.attempt, offset=slot.streamed_bytes
             )
         except REDIS_DOWN as exc:
-            if len(slot.unstreamed) == 1:
+            if len(pieces) == 1:
                 log.warning(
                     "job %s: text held back until Redis answers: %s", job.id, exc, extra=extra
                 )
             return
         if appended:
-            slot.unstreamed.clear()
+            slot.streamed_pieces += len(pieces)
             slot.streamed_bytes += len(text.encode())
             return
         # Another consumer took the job over (or ended it) while this one was stalled.

@@ -17,6 +17,18 @@ local function add_status_event(job_events, all_events, maxlen, job_id, status, 
     'id', job_id, 'status', status, 'adapter', adapter, 'ts', ts)
 end
 
+-- Append to a job's events stream what it lacks of `text`, the running attempt's text
+-- from byte `offset` on. The record's 'streamed' field counts the bytes that attempt has
+-- in the stream (0 at each start), so text sent again after a lost reply is written once.
+local function append_text(record, job_events, text, offset, ts)
+  local have = tonumber(redis.call('HGET', record, 'streamed') or '0')
+  local new = string.sub(text, math.max(have - offset, 0) + 1)
+  if new ~= '' then
+    redis.call('XADD', job_events, '*', 'event', 'chunk', 'text', new, 'ts', ts)
+  end
+  redis.call('HSET', record, 'streamed', math.max(have, offset + #text))
+end
+
 -- Why a job's keys cannot take its record, or nil. An id chosen to land on another key of
 -- the queue (the id 'x:events' names job x's events stream) would make a write fail half
 -- way, or take the key before job x needs it; another stream entry that already owns the id must not have its answer replaced.

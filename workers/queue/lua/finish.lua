@@ -32,17 +32,12 @@ if FINAL[current] then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'adapter', ARGV[5], 'finished_at', ARGV[6])
 if ARGV[14] ~= '' then
-  local have = 0
-  if redis.call('HGET', KEYS[1], 'attempts') == ARGV[14] then
-    have = tonumber(redis.call('HGET', KEYS[1], 'streamed') or '0')
-  else
+  if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[14] then
     redis.call('XADD', KEYS[2], '*', 'event', 'status', 'status', 'running', 'ts', ARGV[6],
       'attempt', ARGV[14])
+    redis.call('HSET', KEYS[1], 'streamed', '0')
   end
-  if #ARGV[13] > have then
-    redis.call('XADD', KEYS[2], '*', 'event', 'chunk', 'text', string.sub(ARGV[13], have + 1),
-      'ts', ARGV[6])
-  end
+  append_text(KEYS[1], KEYS[2], ARGV[13], 0, ARGV[6])
 end
 if #ARGV >= 15 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 15))
