@@ -7,41 +7,19 @@ another folder is refused. A new version of an adapter gets a new name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import redis
 from pydantic import ValidationError
 
-from schemas import codec
 from schemas.adapters import (
     AdapterRegistration,
     InvalidRegistration,
+    Registered,
     check_adapter_name,
     parse_registration,
+    read_registrations,
 )
 from schemas.keys import Keys
 from schemas.validation import describe
-
-
-@dataclass(frozen=True)
-class Registered:
-    """One field of ``{P}:adapters``: its folder, or why its value is unusable."""
-
-    name: str
-    path: str | None
-    problem: str | None = None
-
-    def to_dict(self) -> dict[str, str | None]:
-        """As a JSON-ready dict."""
-        return {"name": self.name, "path": self.path, "problem": self.problem}
-
-    def line(self) -> str:
-        """One line of text."""
-        return (
-            f"{self.name}  {self.path}"
-            if self.problem is None
-            else f"{self.name}  ({self.problem})"
-        )
 
 
 class AdapterRegistrations:
@@ -82,14 +60,7 @@ class AdapterRegistrations:
 
     def all(self) -> list[Registered]:
         """Every registration, sorted by name; unusable values say why."""
-        raw = self.client.hgetall(self.keys.adapters)
-        found = []
-        for field, value in sorted(codec.decode_fields(raw).items()):
-            try:
-                found.append(Registered(check_adapter_name(field), parse_registration(value).path))
-            except InvalidRegistration as exc:
-                found.append(Registered(field, None, str(exc)))
-        return found
+        return read_registrations(self.client.hgetall(self.keys.adapters))
 
 
 def _path_of(value: str | bytes) -> str | None:

@@ -8,10 +8,13 @@ configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders of ``LORAQ_ADAPTERS
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from schemas import codec
 from schemas.jobs import ADAPTER_NAME_PATTERN
 from schemas.validation import describe
 
@@ -65,3 +68,36 @@ def parse_registration(raw: str | bytes) -> AdapterRegistration:
         return AdapterRegistration.model_validate_json(raw)
     except ValidationError as exc:
         raise InvalidRegistration(f"invalid registration: {describe(exc, 'value')}") from None
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One field of ``{P}:adapters``: its folder, or why the field is unusable."""
+
+    name: str
+    path: str | None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """As a JSON-ready dict."""
+        return {"name": self.name, "path": self.path, "problem": self.problem}
+
+    def line(self) -> str:
+        """One line of text."""
+        return (
+            f"{self.name}  {self.path}"
+            if self.problem is None
+            else f"{self.name}  ({self.problem})"
+        )
+
+
+def read_registrations(fields: Mapping[Any, Any]) -> list[Registered]:
+    """The fields of an ``HGETALL {P}:adapters`` reply, sorted by name; a bad name or
+    value is kept with its problem and no path."""
+    found = []
+    for name, value in sorted(codec.decode_fields(fields).items()):
+        try:
+            found.append(Registered(check_adapter_name(name), parse_registration(value).path))
+        except InvalidRegistration as exc:
+            found.append(Registered(name, None, str(exc)))
+    return found

@@ -11,8 +11,8 @@ import logging
 
 import redis.asyncio as aioredis
 
-from schemas import ErrorType, codec
-from schemas.adapters import InvalidRegistration, check_adapter_name, parse_registration
+from schemas import ErrorType
+from schemas.adapters import InvalidRegistration, parse_registration, read_registrations
 from schemas.keys import Keys
 from workers.engine.requests import EngineError
 from workers.queue.store import REDIS_DOWN
@@ -49,9 +49,11 @@ async def registered_path(client: aioredis.Redis, keys: Keys, name: str) -> str 
 async def registered_paths(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
     """Every usable registration (name -> folder); the bad ones are logged and skipped."""
     found = {}
-    for name, raw in codec.decode_fields(await client.hgetall(keys.adapters)).items():
-        try:
-            found[check_adapter_name(name)] = parse_registration(raw).path
-        except InvalidRegistration as exc:
-            log.warning("adapter %s: bad registration in %s: %s", name, keys.adapters, exc)
+    for item in read_registrations(await client.hgetall(keys.adapters)):
+        if item.path is None:
+            log.warning(
+                "adapter %s: bad registration in %s: %s", item.name, keys.adapters, item.problem
+            )
+        else:
+            found[item.name] = item.path
     return found
