@@ -41,11 +41,13 @@ from workers.serve import launch
 JOBS = 60
 CPUS_PER_NODE = 2
 NODES_UP_WITHIN_S = 60.0
+START_TRIES = 3
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def ray_start(*args: str) -> subprocess.Popen[bytes]:
-    """A ``ray start --block`` process: SIGTERM makes it stop every process of its node."""
+def ray_start(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A ``ray start --block`` process, its output in ``log``: SIGTERM makes it stop every
+    process of its node."""
     ports = {
         "dashboard-agent-listen-port": free_port(),
         "dashboard-agent-grpc-port": free_port(),
@@ -62,30 +64,28 @@ def ray_start(*args: str) -> subprocess.Popen[bytes]:
         *(f"--{name}={port}" for name, port in ports.items()),
         *args,
     ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a node's output, for an error message."""
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
 @contextmanager
-def two_nodes(temp_dir: str) -> Iterator[str]:
-    """A head and a worker node; yields the cluster's address; stops both at the end."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    nodes = [
-        ray_start(
-            "--head",
-            f"--port={port}",
-            f"--ray-client-server-port={free_port()}",
-            "--include-dashboard=false",
-            f"--dashboard-port={free_port()}",
-            # Also where `ray start` records the cluster's address: not /tmp/ray, so a
-            # plain ray.init() elsewhere on the machine does not find this cluster.
-            f"--temp-dir={temp_dir}",
-        )
-    ]
+def two_nodes(temp_dir: str, started: float) -> Iterator[list[str]]:
+    """A head and a worker node with this process's driver connected; yields the ids of
+    the two nodes; disconnects and stops both at the end."""
+    nodes: list[subprocess.Popen[bytes]] = []
     try:
-        wait_for_head(nodes[0], temp_dir)
-        nodes.append(ray_start(f"--address={address}"))
-        yield address
+        address = start_head(temp_dir, nodes, started)
+        progress(started, f"head node up at {address}")
+        ray.init(address=address, log_to_driver=False)
+        try:
+            yield start_worker(address, temp_dir, nodes, started)
+        finally:
+            ray.shutdown()
     finally:
         for node in nodes:
             node.terminate()
@@ -97,30 +97,74 @@ def two_nodes(temp_dir: str) -> Iterator[str]:
                 node.wait()
 
 
-def wait_for_head(head: subprocess.Popen[bytes], temp_dir: str) -> None:
-    """Return once the head node is up: `ray start` writes the cluster's address last.
+def start_head(temp_dir: str, nodes: list[subprocess.Popen[bytes]], started: float) -> str:
+    """Start the head node (into ``nodes``) and return its address once it is up.
 
-    A worker node or a driver that comes earlier fails at once ("Timed out while waiting
-    for GCS") when a loaded machine starts the head slowly.
+    Every port is picked free just before ``ray start``, yet another process (a Ray
+    worker of the pytest session, say) may bind it first: the head then exits at once,
+    and a try with new ports follows.
+    """
+    log = Path(temp_dir) / "head.log"
+    for attempt in range(1, START_TRIES + 1):
+        port = free_port()
+        head = ray_start(
+            log,
+            "--head",
+            f"--port={port}",
+            f"--ray-client-server-port={free_port()}",
+            "--include-dashboard=false",
+            f"--dashboard-port={free_port()}",
+            # Also where `ray start` records the cluster's address: not /tmp/ray, so a
+            # plain ray.init() elsewhere on the machine does not find this cluster.
+            f"--temp-dir={temp_dir}",
+        )
+        nodes.append(head)
+        if head_is_up(head, temp_dir):
+            return f"127.0.0.1:{port}"
+        progress(started, f"ray start --head exited with {head.returncode} (try {attempt})")
+    raise RuntimeError(f"ray start --head failed {START_TRIES} times:\n{log_tail(log)}")
+
+
+def head_is_up(head: subprocess.Popen[bytes], temp_dir: str) -> bool:
+    """Wait for the head node: True once it is up, False if it exited first.
+
+    `ray start` writes the cluster's address last. A worker node or a driver that comes
+    earlier fails at once ("Timed out while waiting for GCS") when a loaded machine
+    starts the head slowly.
     """
     address_file = Path(temp_dir) / "ray_current_cluster"
     deadline = time.monotonic() + NODES_UP_WITHIN_S
     while not address_file.exists():
         if head.poll() is not None:
-            raise RuntimeError(f"ray start --head exited with {head.returncode}")
+            return False
         if time.monotonic() > deadline:
             raise TimeoutError(f"the head node was not up within {NODES_UP_WITHIN_S}s")
         time.sleep(0.2)
+    return True
 
 
-def wait_for_nodes(count: int) -> list[str]:
-    """Ids of the cluster's alive nodes, once there are ``count``."""
-    deadline = time.monotonic() + NODES_UP_WITHIN_S
-    while True:
-        alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-        if len(alive) >= count or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.5)
+def start_worker(
+    address: str, temp_dir: str, nodes: list[subprocess.Popen[bytes]], started: float
+) -> list[str]:
+    """Start a worker node (into ``nodes``); the ids of the cluster's two alive nodes.
+
+    A worker node whose ports were taken meanwhile exits at once, as the head may: then
+    a try with new ports follows.
+    """
+    log = Path(temp_dir) / "worker.log"
+    for attempt in range(1, START_TRIES + 1):
+        worker = ray_start(log, f"--address={address}")
+        nodes.append(worker)
+        deadline = time.monotonic() + NODES_UP_WITHIN_S
+        while worker.poll() is None:
+            alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+            if len(alive) == 2:
+                return alive
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker node was not up within {NODES_UP_WITHIN_S}s")
+            time.sleep(0.5)
+        progress(started, f"ray start (worker) exited with {worker.returncode} (try {attempt})")
+    raise RuntimeError(f"ray start (worker) failed {START_TRIES} times:\n{log_tail(log)}")
 
 
 def run_jobs(running: launch.Running) -> dict[str, Any]:
@@ -164,14 +208,11 @@ def main(redis_url: str, prefix: str, temp_dir: str) -> int:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     started = time.monotonic()
     report: dict[str, Any] = {"jobs": JOBS}
-    with two_nodes(temp_dir) as address:
-        progress(started, f"ray start: head at {address} and a worker node")
-        ray.init(address=address, log_to_driver=False)
-        progress(started, "driver connected")
+    with two_nodes(temp_dir, started) as nodes:
+        report["nodes"] = nodes
+        report["cluster_up_s"] = round(time.monotonic() - started, 1)
+        progress(started, f"{len(nodes)} nodes alive")
         try:
-            report["nodes"] = wait_for_nodes(2)
-            report["cluster_up_s"] = round(time.monotonic() - started, 1)
-            progress(started, f"{len(report['nodes'])} nodes alive")
             # Both nodes share this host's ports: one HTTP proxy, on the head.
             serve.start(
                 http_options={"host": "127.0.0.1", "port": free_port(), "location": "HeadOnly"}
@@ -193,7 +234,6 @@ def main(redis_url: str, prefix: str, temp_dir: str) -> int:
         finally:
             progress(started, "shutting down")
             serve.shutdown()  # type: ignore[no-untyped-call]
-            ray.shutdown()
     report["total_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report))
     served_nodes = set(report["jobs_per_node"]) & set(report["nodes"])
