@@ -37,12 +37,14 @@ RUN apt-get update \
     && useradd --create-home --uid 1000 --shell /bin/bash loraq
 COPY --from=build /opt/loraq /opt/loraq
 COPY deploy/docker/entrypoint.sh /usr/local/bin/loraq-entrypoint
+# Serve kills an HTTP proxy that is not ready in 5 s (its default): too short on a busy node.
 ENV PATH=/opt/loraq/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     RAY_USAGE_STATS_ENABLED=0 \
     RAY_DASHBOARD_PORT=8265 \
+    RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30 \
     LORAQ_HTTP_HOST=0.0.0.0 \
     LORAQ_HTTP_PORT=8000 \
     LORAQ_METRICS_EXPORT_PORT=8080

@@ -36,6 +36,7 @@ from bench.report import RESULTS, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer.embedded import free_port
 from workers.gateway.deployment import Gateway
+from workers.serve import launch
 from workers.serve.app import GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.settings import WorkerSettings
 
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         (adapters[i % len(adapters)], inputs[i % len(inputs)]) for i in range(args.requests)
     ]
     port = free_port()
+    launch.allow_slow_proxy_start()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": HOST, "port": port})
     rows: list[dict[str, Any]] = []

@@ -262,6 +262,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     jobs: list[Job] = [
         (adapters[i % len(adapters)], inputs[i % len(inputs)]) for i in range(args.jobs)
     ]
+    launch.allow_slow_proxy_start()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     rows = []
     try:

@@ -15,6 +15,7 @@ from ray import serve
 
 from producer.embedded import free_port
 from tests.conftest import REPO
+from workers.serve.launch import allow_slow_proxy_start
 
 DEMO_KIT = REPO / "demo" / "model"
 SERVE_HTTP_HOST = "127.0.0.1"
@@ -27,6 +28,7 @@ def ray_serve() -> Iterator[str]:
     if not (DEMO_KIT / "config.json").exists():
         pytest.skip(f"the demo kit is missing at {DEMO_KIT} (python -m demo.build)")
     port = free_port()
+    allow_slow_proxy_start()
     ray.init(
         # Logical CPUs, for placement only: the session-long apps (Serve jobs, gateways,
         # chaos, metrics, autoscaling) must all fit beside each other; they idle mostly.

@@ -27,6 +27,9 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+PROXY_READY_S = 30.0
+
 
 @dataclass
 class Running:
@@ -73,6 +76,7 @@ def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
         ray.init(address=address, log_to_driver=False)
         return False
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(settings)))
+    allow_slow_proxy_start()
     ray.init(
         num_cpus=cpus,
         include_dashboard=dashboard,
@@ -80,6 +84,17 @@ def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
         _metrics_export_port=metrics_port(settings.metrics_export_port),
     )
     return True
+
+
+def allow_slow_proxy_start() -> None:
+    """Give Serve's HTTP proxy 30 s to start instead of 5, on a Ray started after this.
+
+    Serve kills a proxy that is not ready within ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S``
+    and ``serve.start()`` then fails with ``ActorDiedError``: on a busy two-core machine
+    the proxy's worker process alone can take longer than 5 s. A local Ray's processes
+    inherit this environment; a value the user set wins.
+    """
+    os.environ.setdefault(PROXY_READY_ENV, str(PROXY_READY_S))
 
 
 def metrics_port(wanted: int) -> int | None:

@@ -206,6 +206,7 @@ def main(redis_url: str, prefix: str, temp_dir: str) -> int:
     # A cluster of loopback nodes for one run: no token authentication (else `ray start`
     # turns it on when ~/.ray holds a token, and every process must find the same one).
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    launch.allow_slow_proxy_start()  # inherited by the nodes' processes
     started = time.monotonic()
     report: dict[str, Any] = {"jobs": JOBS}
     with two_nodes(temp_dir, started) as nodes:
