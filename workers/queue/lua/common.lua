@@ -1,18 +1,23 @@
 -- Shared by every loraq queue script (prepended when the script is registered).
 local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
--- One status change: the job's own events stream and the capped stream of all jobs.
--- attempt (optional, with 'running'): which start of the job this is. A job run again
--- after its replica died streams its text from the start, and readers of its events must
--- know to drop what the earlier attempt streamed.
-local function add_status_event(job_events, all_events, maxlen, job_id, status, adapter, ts,
-                                attempt)
+-- A status entry in the job's own events stream. attempt (optional, with 'running'):
+-- which start of the job this is. A job run again after its replica died streams its text
+-- from the start, and readers of its events must know to drop what the earlier attempt
+-- streamed.
+local function add_job_status(job_events, status, ts, attempt)
   if attempt then
     redis.call('XADD', job_events, '*', 'event', 'status', 'status', status, 'ts', ts,
       'attempt', attempt)
   else
     redis.call('XADD', job_events, '*', 'event', 'status', 'status', status, 'ts', ts)
   end
+end
+
+-- One status change: the job's own events stream and the capped stream of all jobs.
+local function add_status_event(job_events, all_events, maxlen, job_id, status, adapter, ts,
+                                attempt)
+  add_job_status(job_events, status, ts, attempt)
   redis.call('XADD', all_events, 'MAXLEN', '~', maxlen, '*',
     'id', job_id, 'status', status, 'adapter', adapter, 'ts', ts)
 end

@@ -33,8 +33,8 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'adapter', ARGV[5], 'finished_at', ARGV[6])
 if ARGV[14] ~= '' then
   if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[14] then
-    redis.call('XADD', KEYS[2], '*', 'event', 'status', 'status', 'running', 'ts', ARGV[6],
-      'attempt', ARGV[14])
+    -- The stream starts again, which is no status change: {P}:events does not hear of it.
+    add_job_status(KEYS[2], 'running', ARGV[6], ARGV[14])
     redis.call('HSET', KEYS[1], 'streamed', '0')
   end
   append_text(KEYS[1], KEYS[2], ARGV[13], 0, ARGV[6])
