@@ -272,6 +272,7 @@ class JobRunner:
                 str(job.id), text, attempt=slot.attempt, offset=slot.streamed_bytes
             )
         except REDIS_DOWN as exc:
+            # Once per job and outage: later chunks find the first one still waiting.
             if len(pieces) == 1:
                 log.warning(
                     "job %s: text held back until Redis answers: %s", job.id, exc, extra=extra
