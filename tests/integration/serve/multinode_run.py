@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
@@ -43,6 +43,8 @@ CPUS_PER_NODE = 2
 NODES_UP_WITHIN_S = 60.0
 START_TRIES = 3
 RAY = str(Path(sys.executable).with_name("ray"))
+
+T = TypeVar("T")
 
 
 def ray_start(log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -98,14 +100,10 @@ def two_nodes(temp_dir: str, started: float) -> Iterator[list[str]]:
 
 
 def start_head(temp_dir: str, nodes: list[subprocess.Popen[bytes]], started: float) -> str:
-    """Start the head node (into ``nodes``) and return its address once it is up.
-
-    Every port is picked free just before ``ray start``, yet another process (a Ray
-    worker of the pytest session, say) may bind it first: the head then exits at once,
-    and a try with new ports follows.
-    """
+    """Start the head node (into ``nodes``) and return its address once it is up."""
     log = Path(temp_dir) / "head.log"
-    for attempt in range(1, START_TRIES + 1):
+
+    def start() -> str | None:
         port = free_port()
         head = ray_start(
             log,
@@ -119,10 +117,9 @@ def start_head(temp_dir: str, nodes: list[subprocess.Popen[bytes]], started: flo
             f"--temp-dir={temp_dir}",
         )
         nodes.append(head)
-        if head_is_up(head, temp_dir):
-            return f"127.0.0.1:{port}"
-        progress(started, f"ray start --head exited with {head.returncode} (try {attempt})")
-    raise RuntimeError(f"ray start --head failed {START_TRIES} times:\n{log_tail(log)}")
+        return f"127.0.0.1:{port}" if head_is_up(head, temp_dir) else None
+
+    return with_tries("ray start --head", start, nodes, log, started)
 
 
 def head_is_up(head: subprocess.Popen[bytes], temp_dir: str) -> bool:
@@ -146,13 +143,10 @@ def head_is_up(head: subprocess.Popen[bytes], temp_dir: str) -> bool:
 def start_worker(
     address: str, temp_dir: str, nodes: list[subprocess.Popen[bytes]], started: float
 ) -> list[str]:
-    """Start a worker node (into ``nodes``); the ids of the cluster's two alive nodes.
-
-    A worker node whose ports were taken meanwhile exits at once, as the head may: then
-    a try with new ports follows.
-    """
+    """Start a worker node (into ``nodes``); the ids of the cluster's two alive nodes."""
     log = Path(temp_dir) / "worker.log"
-    for attempt in range(1, START_TRIES + 1):
+
+    def start() -> list[str] | None:
         worker = ray_start(log, f"--address={address}")
         nodes.append(worker)
         deadline = time.monotonic() + NODES_UP_WITHIN_S
@@ -163,8 +157,30 @@ def start_worker(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the worker node was not up within {NODES_UP_WITHIN_S}s")
             time.sleep(0.5)
-        progress(started, f"ray start (worker) exited with {worker.returncode} (try {attempt})")
-    raise RuntimeError(f"ray start (worker) failed {START_TRIES} times:\n{log_tail(log)}")
+        return None
+
+    return with_tries("ray start (worker)", start, nodes, log, started)
+
+
+def with_tries(
+    what: str,
+    start: Callable[[], T | None],
+    nodes: list[subprocess.Popen[bytes]],
+    log: Path,
+    started: float,
+) -> T:
+    """``start()`` until it gives a node that is up, at most ``START_TRIES`` times.
+
+    Every port is picked free just before ``ray start``, yet another process (a Ray
+    worker of the pytest session, say) may bind it first: the node then exits at once
+    (``start()`` gives ``None``), and a try with new ports follows.
+    """
+    for attempt in range(1, START_TRIES + 1):
+        found = start()
+        if found is not None:
+            return found
+        progress(started, f"{what} exited with {nodes[-1].returncode} (try {attempt})")
+    raise RuntimeError(f"{what} failed {START_TRIES} times:\n{log_tail(log)}")
 
 
 def run_jobs(running: launch.Running) -> dict[str, Any]:
