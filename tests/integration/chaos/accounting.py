@@ -3,8 +3,7 @@
 For every submitted id: exactly one final record (none lost, none left ``running``), an
 events stream with exactly one final entry (its last), chunks since the latest start that
 add up to the result, one final entry in ``{P}:events`` (no second answer), and, when it
-succeeded, the text its adapter's rule predicts. For the
-group: nothing pending.
+succeeded, the text its adapter's rule predicts. For the group: nothing pending.
 """
 
 from __future__ import annotations
