@@ -129,8 +129,8 @@ class Producer(_ProducerBase[redis.Redis]):
         """Validate and enqueue one job; returns its id (assigned here when not given).
 
         Keyword arguments are the :class:`~schemas.jobs.Job` fields: ``adapter``,
-        ``messages``, ``params`` (dict or ``GenerationParams``), ``id``, ``deadline``,
-        ``result_ttl``, ``metadata``. Invalid input raises :class:`JobValidationError`
+        ``messages``, ``params`` (dict or ``GenerationParams``), ``id``, ``priority``,
+        ``deadline``, ``result_ttl``, ``metadata``. Invalid input raises :class:`JobValidationError`
         (naming each field and bound) and writes nothing. Submitting an ``id`` that already
         has a record enqueues nothing and returns that id: submission is idempotent, so a
         retry after a lost reply never runs a job twice. A job Redis refuses (a key of

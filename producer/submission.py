@@ -55,6 +55,7 @@ class JobFields(TypedDict, total=False):
     messages: Sequence[Mapping[str, Any]] | None
     params: Mapping[str, Any] | GenerationParams | None
     id: str | None
+    priority: int | None
     deadline: float | None
     result_ttl: int | None
     metadata: Mapping[str, Any] | None

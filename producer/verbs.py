@@ -56,6 +56,7 @@ def submit(args: argparse.Namespace, producer: Producer) -> int:
         id=args.id,
         result_ttl=args.result_ttl,
         metadata=args.metadata_json,
+        priority=args.priority,
     )
     if not args.wait:
         print(job_id)

@@ -29,6 +29,7 @@ MAX_STOP_CHARS = 128
 MAX_NEW_TOKENS = 8192
 MAX_RESULT_TTL_S = 30 * 86400
 MAX_METADATA_BYTES = 16_384
+MAX_PRIORITY = 1000
 
 # The record of job "x" has its events at "{P}:job:x:events", which is also where the
 # record of a job "x:events" would go: such ids are refused.
@@ -117,6 +118,15 @@ class Job(GenerationInput):
 
     id: JobId | None = Field(
         None, description="If absent, the stream entry ID returned by XADD is the job id."
+    )
+    # None, not 0, by default: a producer then leaves the field out, and a worker older
+    # than the field (which refuses unknown fields) still takes its jobs.
+    priority: int | None = Field(
+        None,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Higher starts first, within the workers' aging bound (max_passover_s); "
+        "null is 0.",
     )
     deadline: float | None = Field(
         None, gt=0, description="Epoch seconds; a job not started by then ends 'expired'."

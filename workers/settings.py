@@ -121,6 +121,17 @@ class WorkerSettings(ClientSettings):
     cancel_poll_s: float = Field(
         0.5, gt=0, description="How often a consumer looks for cancel requests of running jobs."
     )
+    schedule_window: int = Field(
+        128,
+        ge=0,
+        description="Claimed jobs a consumer holds to choose from (adapter-aware scheduling); "
+        "0 turns the window off: jobs start in stream order, as claimed.",
+    )
+    max_passover_s: float = Field(
+        5.0,
+        gt=0,
+        description="Aging bound of the window: no job is passed over for longer than this.",
+    )
     max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is dead.")
     retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each try.")
     max_retry_backoff_s: float = Field(10.0, ge=0, description="Cap on the retry delay.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from workers.serve.routing import affinity_ranks, rendezvous_score
+from workers.engine.requests import GenerationRequest
+from workers.scheduling.rendezvous import rendezvous_score
+from workers.serve.routing import affinity_ranks, target_of, targeted
 
 REPLICAS = {"r1": {"upper", "reverse"}, "r2": {"rot13"}, "r3": {"upper", "title"}}
 
@@ -38,3 +40,19 @@ def test_base_model_requests_go_to_two_random_replicas_then_all() -> None:
 def test_a_single_replica_is_every_rank_there_is() -> None:
     assert affinity_ranks("upper", {"only": set()}) == [["only"]]
     assert affinity_ranks("", {"only": set()}) == [["only"], ["only"]]
+
+
+def test_a_placed_request_goes_to_its_target_first_then_the_usual_ranks() -> None:
+
+    ranks = affinity_ranks("upper", REPLICAS)
+    # "upper" ranks r1/r3 first, then r2 (cold): placed on r2, it goes there first.
+    assert targeted(ranks, "r2") == [["r2"], ranks[0]]
+    assert targeted(ranks, None) == ranks
+    assert targeted(ranks, "gone") == ranks
+
+
+def test_the_target_is_read_from_a_keyword_or_the_request_object() -> None:
+    assert target_of([], {"target_replica": "r1"}) == "r1"
+    assert target_of([GenerationRequest("a", "x", target_replica="r2")], {}) == "r2"
+    assert target_of([GenerationRequest("a", "x")], {}) is None
+    assert target_of([["upper"]], {}) is None

@@ -17,16 +17,21 @@ class GenerationRequest:
     messages: list[Message] | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     request_id: str | None = None
+    # The model replica the consumer's scheduler chose (None: the router chooses).
+    target_replica: str | None = None
 
     @classmethod
-    def from_job(cls, job: Job, request_id: str | None = None) -> GenerationRequest:
-        """The request that runs ``job``."""
+    def from_job(
+        cls, job: Job, request_id: str | None = None, *, target_replica: str | None = None
+    ) -> GenerationRequest:
+        """The request that runs ``job`` (on ``target_replica``, when one was chosen)."""
         return cls(
             adapter=job.adapter_name,
             prompt=job.prompt,
             messages=job.messages,
             params=job.params,
             request_id=request_id or job.id,
+            target_replica=target_replica,
         )
 
 

@@ -1,29 +1,51 @@
-"""The consumer loop of one replica: read only what it can run, keep leases, stop cleanly.
+"""The consumer loop of one replica: claim, choose what starts where, keep leases, stop cleanly.
 
-Back-pressure: the loop reads at most as many entries as it has free in-flight slots, so
-jobs wait in Redis (where any consumer can take them), not in this process.
+Two ways to start jobs. With the scheduling window (``schedule_window`` > 0) the loop
+claims up to that many entries, and the scheduler (:mod:`workers.scheduling.window`)
+chooses which start and on which model replica, from what the replicas hold warm. With
+the window off, it claims only as many entries as it has free in-flight slots and starts
+them in stream order (Serve's router places them). Either way back-pressure holds: what
+a consumer cannot hold waits in Redis, where any consumer can take it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
+from schemas import Job
 from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.store import REDIS_DOWN, Entry, JobStore, until_reachable
+from workers.queue.window import ClaimedWindow, Running
+from workers.scheduling.warm import WarmSets
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# With jobs waiting in the window, a read blocks this long at most: a job that ends
+# meanwhile frees a slot that the next plan fills.
+WINDOW_READ_BLOCK_MS = 20
+# How often the window rereads the replicas' heartbeats, at most.
+REPLICAS_READ_S = 1.0
+# A prefetch hint is sent again to the same replica only after this long.
+PREFETCH_REPEAT_S = 10.0
+
+
+class Prefetcher(Protocol):
+    """Asks a model replica to warm adapters before their jobs arrive."""
+
+    async def prefetch(self, replica: str, adapters: list[str]) -> None:
+        """Warm ``adapters`` on ``replica`` (a hint: may do nothing)."""
 
 
 class ConsumerDied(RuntimeError):
@@ -34,13 +56,29 @@ class QueueConsumer:
     """Reads ``{P}:jobs`` as one named member of the consumer group and runs its jobs."""
 
     def __init__(
-        self, store: JobStore, runner: JobRunner, settings: WorkerSettings, name: str
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        settings: WorkerSettings,
+        name: str,
+        *,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.settings = settings
         self.name = name
+        self.prefetcher = prefetcher
         self.in_flight: dict[str, InFlight] = {}
+        self.window: ClaimedWindow | None = None
+        if settings.schedule_window > 0:
+            self.window = ClaimedWindow(
+                capacity=max(settings.schedule_window, settings.max_in_flight),
+                max_passover_s=settings.max_passover_s,
+                warm=WarmSets(settings.max_adapters_per_replica),
+            )
+        self._next_replicas_read = 0.0
+        self._prefetched: dict[tuple[str, str], float] = {}
         self.counters = {"started": 0, "finished": 0, "errors": 0, "reclaimed": 0}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -86,8 +124,20 @@ class QueueConsumer:
             await asyncio.gather(self._lease_task, return_exceptions=True)
 
     def stats(self) -> dict[str, float]:
-        """Counters of this consumer, and its jobs in flight now."""
-        return {**self.counters, "in_flight": len(self.in_flight)}
+        """Counters of this consumer, its jobs in flight now, and its window's figures."""
+        stats: dict[str, float] = {**self.counters, "in_flight": len(self.in_flight)}
+        if self.window is not None:
+            window = self.window.stats
+            stats.update(
+                window_depth=len(self.window),
+                window_oldest_wait_s=self.window.oldest_wait_s(),
+                window_max_wait_s=window.max_wait_s,
+                window_plans=window.planned,
+                window_dispatched=window.dispatched,
+                prefetches=window.prefetches,
+                replicas_known=len(self.window.warm.replicas()),
+            )
+        return stats
 
     @property
     def free_slots(self) -> int:
@@ -98,21 +148,111 @@ class QueueConsumer:
         await self._redis(self.store.ensure_group)
         for warning in policy.persistence_warnings(await self._redis(self.store.server_config)):
             log.warning("%s", warning)
+        if self.window is not None:
+            await self._run_window(self.window)
+            return
         await self._resume_own_pending()
         while not self._stopping.is_set():
             await self._wait_for_slot()
             if self._stopping.is_set():
                 break
-            entries = await self._redis(self._next_entries)
+            count = policy.read_count(self.free_slots, self.settings.max_in_flight)
+            entries = await self._redis(
+                partial(self._next_entries, count, self.settings.read_block_ms)
+            )
             for entry in entries:
                 self._spawn(entry)
 
-    async def _resume_own_pending(self) -> None:
+    async def _run_window(self, window: ClaimedWindow) -> None:
+        """Claim into the window; start what the scheduler chooses, where it chooses."""
+        await self._resume_own_pending(window)
+        while not self._stopping.is_set():
+            await self._redis(self._read_replicas)
+            self._start_planned(window)
+            if window.room:
+                # Idle: wait for jobs in Redis. Jobs waiting here: a short wait, so that a
+                # slot freed meanwhile is filled soon. No slot free: just top the window up.
+                block_ms = self.settings.read_block_ms if not len(window) else WINDOW_READ_BLOCK_MS
+                block_ms = block_ms if self.free_slots > 0 else 0
+                for entry in await self._redis(partial(self._next_entries, window.room, block_ms)):
+                    self._claim(window, entry)
+            if self.free_slots <= 0 or not window.room:
+                # Until a job ends, or the next one is overdue.
+                await self._wait_for_change(window.next_overdue_s)
+
+    def _claim(self, window: ClaimedWindow, entry: Entry) -> None:
+        """Hold a claimed entry in the window; what needs no model runs at once."""
+        if entry.entry_id in self.in_flight or entry.entry_id in window:
+            return
+        parsed = policy.parse_entry(entry.entry_id, entry.fields) if entry.fields else None
+        if isinstance(parsed, Job) and not policy.is_expired(parsed, time.time()):
+            window.add(entry, parsed)
+        else:
+            self._spawn(entry)  # deleted, unparsable or expired: answered without a model
+
+    def _start_planned(self, window: ClaimedWindow) -> None:
+        running = [Running(slot.replica, slot.adapter) for slot in self.in_flight.values()]
+        for waiting, replica in window.take(running, self.free_slots):
+            self._spawn(
+                waiting.entry,
+                job_id=waiting.job.id,
+                adapter=waiting.job.adapter_name,
+                replica=replica,
+            )
+        self._send_prefetches(window)
+
+    async def _read_replicas(self) -> None:
+        """Refresh the window's picture of the model replicas from their heartbeats."""
+        assert self.window is not None
+        now = time.monotonic()
+        if now < self._next_replicas_read:
+            return
+        self._next_replicas_read = now + min(REPLICAS_READ_S, self.settings.heartbeat_s)
+        beats = await self.store.live_replicas()
+        warm = self.window.warm
+        warm.keep_only([beat.replica for beat in beats])
+        for beat in beats:
+            warm.beat(beat.replica, beat.adapters, beat.ts)
+
+    def _send_prefetches(self, window: ClaimedWindow) -> None:
+        if self.prefetcher is None:
+            return
+        now = time.monotonic()
+        for replica, adapters in window.prefetch.items():
+            new = [a for a in adapters if self._prefetched.get((replica, a), 0.0) <= now]
+            if not new:
+                continue
+            for adapter in new:
+                self._prefetched[(replica, adapter)] = now + PREFETCH_REPEAT_S
+            window.stats.prefetches += 1
+            self._background(self._prefetch(replica, new))
+        if len(self._prefetched) > 4 * window.capacity:
+            self._prefetched = {k: t for k, t in self._prefetched.items() if t > now}
+
+    async def _prefetch(self, replica: str, adapters: list[str]) -> None:
+        assert self.prefetcher is not None
+        try:
+            await self.prefetcher.prefetch(replica, adapters)
+        except Exception as exc:  # a hint: the jobs load what they need anyway
+            log.debug("prefetch of %s on %s failed: %r", adapters, replica, exc)
+
+    async def _wait_for_change(self, timeout_s: float | None) -> None:
+        """Until a job ends, or ``timeout_s`` (the replicas are reread at least that often)."""
+        self._slot_freed.clear()
+        limit = min(timeout_s or REPLICAS_READ_S, REPLICAS_READ_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), max(limit, 0.001))
+
+    async def _resume_own_pending(self, window: ClaimedWindow | None = None) -> None:
         """Run the entries this consumer name took before a restart, before new ones."""
         after = "0"
         while not self._stopping.is_set():
-            await self._wait_for_slot()
-            count = policy.read_count(self.free_slots, self.settings.max_in_flight)
+            if window is None:
+                await self._wait_for_slot()
+                count = policy.read_count(self.free_slots, self.settings.max_in_flight)
+            else:
+                # All of them: they are this consumer's already, whatever the window's size.
+                count = self.settings.max_in_flight
             entries = await self._redis(
                 partial(self.store.read_pending, self.name, count=count, after=after)
             )
@@ -120,12 +260,15 @@ class QueueConsumer:
                 return
             log.info("consumer %s resumes %d pending entries", self.name, len(entries))
             for entry in entries:
-                self._spawn(entry)
+                if window is None:
+                    self._spawn(entry)
+                else:
+                    self._claim(window, entry)
             after = entries[-1].entry_id
 
-    async def _next_entries(self) -> list[Entry]:
-        """Stale entries of dead consumers first (now and then), else new ones."""
-        count = policy.read_count(self.free_slots, self.settings.max_in_flight)
+    async def _next_entries(self, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` entries: stale ones of dead consumers first (now and then), else
+        new ones, waiting up to ``block_ms`` for them."""
         now = time.monotonic()
         if now >= self._next_trim:
             trimmed = await self.store.trim()
@@ -146,20 +289,30 @@ class QueueConsumer:
                 self.counters["reclaimed"] += len(entries)
                 log.info("consumer %s reclaimed %d stale entries", self.name, len(entries))
                 return entries
-        return await self.store.read(self.name, count=count, block_ms=self.settings.read_block_ms)
+        return await self.store.read(self.name, count=count, block_ms=block_ms)
 
     async def _wait_for_slot(self) -> None:
         while self.free_slots <= 0 and not self._stopping.is_set():
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    def _spawn(self, entry: Entry) -> None:
+    def _spawn(
+        self,
+        entry: Entry,
+        *,
+        job_id: str | None = None,
+        adapter: str | None = None,
+        replica: str | None = None,
+    ) -> None:
         if entry.entry_id in self.in_flight:
             return  # a reclaim handed back an entry this consumer already runs
-        slot = InFlight(entry.entry_id)
+        slot = InFlight(entry.entry_id, job_id=job_id, adapter=adapter, replica=replica)
         self.in_flight[entry.entry_id] = slot
         self.counters["started"] += 1
-        task = asyncio.ensure_future(self._run_entry(entry, slot))
+        self._background(self._run_entry(entry, slot))
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -200,7 +353,9 @@ class QueueConsumer:
                 log.warning("lease renewal failed (redis unreachable): %s", exc)
 
     async def _renew_once(self) -> None:
-        lost = await self.store.renew(self.name, list(self.in_flight))
+        # The window's entries too: they are claimed, and a lapsed lease hands them over.
+        waiting = self.window.entry_ids() if self.window is not None else []
+        lost = await self.store.renew(self.name, [*self.in_flight, *waiting])
         if lost:
             log.warning("consumer %s lost the lease of %s", self.name, lost)
 

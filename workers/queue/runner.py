@@ -72,6 +72,8 @@ class InFlight:
     entry_id: str
     job_id: str | None = None
     adapter: str | None = None
+    # The model replica the scheduler sent it to (None: Serve's router chose).
+    replica: str | None = None
     generation: asyncio.Task[GenerationOutput] | None = None
     cancel_requested: bool = False
     text: list[str] = field(default_factory=list)
@@ -243,7 +245,7 @@ class JobRunner:
 
         Closing the model's stream (``aclosing``) is what stops the row on the replica.
         """
-        request = GenerationRequest.from_job(job)
+        request = GenerationRequest.from_job(job, target_replica=slot.replica)
         async with contextlib.aclosing(self.dispatcher.stream(request)) as items:
             async for item in items:
                 if isinstance(item, GenerationOutput):

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from producer.activity import live_replicas
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
+from schemas.replicas import ReplicaHeartbeat
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # What a Redis outage looks like to redis-py: connection refused or reset, timeouts.
@@ -155,9 +157,14 @@ class JobStore:
         return codec.decode_fields(reply)
 
     async def read(self, consumer: str, *, count: int, block_ms: int) -> list[Entry]:
-        """Up to ``count`` entries never delivered before, waiting up to ``block_ms``."""
+        """Up to ``count`` entries never delivered before, waiting up to ``block_ms``
+        (0: not at all)."""
         reply: Any = await self.client.xreadgroup(
-            self.keys.group, consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
+            self.keys.group,
+            consumer,
+            {self.keys.jobs: ">"},
+            count=count,
+            block=block_ms if block_ms > 0 else None,
         )
         return _entries(reply[0][1]) if reply else []
 
@@ -224,6 +231,10 @@ class JobStore:
             pending=int(group["pending"]),
             dead_letters=int(dead),
         )
+
+    async def live_replicas(self) -> list[ReplicaHeartbeat]:
+        """The model replicas whose heartbeat in ``{P}:replicas`` is fresh now."""
+        return live_replicas(await self.client.hgetall(self.keys.replicas), time.time())
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have a cancellation request."""

@@ -55,7 +55,7 @@ class JobConsumer:
         dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
         self.metrics = ConsumerMetrics(settings.app_name, self.name)
         runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)
-        self.consumer = QueueConsumer(store, runner, settings, self.name)
+        self.consumer = QueueConsumer(store, runner, settings, self.name, prefetcher=dispatcher)
         self.consumer.start()
         self._metrics_reporter = Periodic(
             self._report_metrics, settings.metrics_interval_s, f"metrics of {self.name}"

@@ -1,4 +1,5 @@
-"""How a consumer reaches the LoRAModel deployment: a streaming handle call per job."""
+"""How a consumer reaches the LoRAModel deployment: a streaming handle call per job, and
+prefetch hints to the replica the scheduler will send an adapter's jobs to."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ class ServeDispatcher:
         if self.affinity and request.adapter:
             return handle.options(multiplexed_model_id=request.adapter)
         return handle
+
+    async def prefetch(self, replica: str, adapters: list[str]) -> None:
+        """Ask ``replica`` to warm ``adapters`` (routed there by ``target_replica``)."""
+        await self.handle.options(_by_reference=False).prefetch.remote(
+            adapters, target_replica=replica
+        )
 
     async def stream(
         self, request: GenerationRequest

@@ -1,5 +1,9 @@
 """Adapter affinity for LoRAModel requests: send a job where its adapter is warm.
 
+A request the consumer's scheduler has placed (``target_replica``) goes to that replica;
+the ranking below is only the fallback: when the target is full or gone, and for the
+requests nobody placed (the gateway's direct calls, the window turned off).
+
 Serve's own multiplex routing is soft: once a request's first routing attempt has been
 spent (and under load one often is, on another request of the same adapter), its next
 attempt goes to "the replicas with the fewest models", so adapters keep moving. This
@@ -10,10 +14,10 @@ not load it everywhere), and spills to other replicas only when those are full.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from ray.serve.request_router import (
     FIFOMixin,
@@ -23,11 +27,9 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from workers.scheduling.rendezvous import rendezvous_score
 
-def rendezvous_score(adapter: str, replica_id: str) -> int:
-    """A score that is the same in every process (Python's ``hash`` is salted per process)."""
-    digest = hashlib.blake2b(f"{adapter}\0{replica_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+TARGET_FIELD = "target_replica"
 
 
 def affinity_ranks(adapter: str, replicas: Mapping[str, AbstractSet[str]]) -> list[list[str]]:
@@ -51,6 +53,23 @@ def affinity_ranks(adapter: str, replicas: Mapping[str, AbstractSet[str]]) -> li
     return [rank for rank in ranks if rank]
 
 
+def targeted(ranks: list[list[str]], target: str | None) -> list[list[str]]:
+    """``ranks`` with ``target`` alone first, when it is one of the replicas."""
+    if target is None or not any(target in rank for rank in ranks):
+        return ranks
+    rest = [[rid for rid in rank if rid != target] for rank in ranks]
+    return [[target], *[rank for rank in rest if rank]]
+
+
+def target_of(args: list[Any], kwargs: Mapping[Any, Any]) -> str | None:
+    """The replica a request was placed on: a ``target_replica`` keyword argument, or the
+    field of that name of its first argument (a ``GenerationRequest``)."""
+    target = kwargs.get(TARGET_FIELD)
+    if target is None and args:
+        target = getattr(args[0], TARGET_FIELD, None)
+    return target if isinstance(target, str) else None
+
+
 class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
     """Serve request router for LoRAModel that keeps each adapter on the replicas holding it."""
 
@@ -60,11 +79,13 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
         """Candidate replicas in ranks of preference (see :func:`affinity_ranks`)."""
-        adapter = ""
+        adapter, target = "", None
         if pending_request is not None:
             adapter = pending_request.metadata.multiplexed_model_id or ""
+            target = target_of(pending_request.args, pending_request.kwargs)
             # Back off between rounds when every rank was full, rather than spin.
             pending_request.routing_context.should_backoff = True
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         held = {rid: replica.multiplexed_model_ids for rid, replica in by_id.items()}
-        return [[by_id[rid] for rid in rank] for rank in affinity_ranks(adapter, held)]
+        ranks = targeted(affinity_ranks(adapter, held), target)
+        return [[by_id[rid] for rid in rank] for rank in ranks]

@@ -84,20 +84,42 @@ def statuses(r: redis.Redis, keys: Keys, ids: list[str]) -> set[str]:
 async def test_the_consumer_never_holds_more_than_its_free_slots(
     client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str
 ) -> None:
+    # With the window off it claims only what it can run.
+    most, running = await claimed_and_running(client, engine, r, prefix, schedule_window=0)
+    assert 0 < most <= 3
+    assert running <= 3
+
+
+async def test_the_window_claims_no_more_than_its_size_and_runs_no_more_than_its_slots(
+    client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str
+) -> None:
+    most, running = await claimed_and_running(client, engine, r, prefix, schedule_window=6)
+    assert 3 < most <= 6 + 3
+    assert running <= 3
+
+
+async def claimed_and_running(
+    client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str, *, schedule_window: int
+) -> tuple[int, int]:
+    """The most entries a consumer (3 in-flight slots) held claimed, and ran at once, over
+    12 jobs; all of them succeed and none is left pending."""
     keys = Keys(prefix)
-    consumer = make_consumer(client, engine, prefix, "c-0", max_in_flight=3)
+    consumer = make_consumer(
+        client, engine, prefix, "c-0", max_in_flight=3, schedule_window=schedule_window
+    )
     await consumer.store.ensure_group()
     ids = push(r, keys, 12, max_new_tokens=24)
     consumer.start()
-    most = 0
+    most = running = 0
     while statuses(r, keys, ids) != {JobStatus.SUCCEEDED.value}:
         most = max(most, r.xpending(keys.jobs, keys.group)["pending"])
+        running = max(running, len(consumer.in_flight))
         consumer.raise_if_dead()
         await asyncio.sleep(0.01)
     await consumer.stop(5)
-    assert 0 < most <= 3
     assert r.xpending(keys.jobs, keys.group)["pending"] == 0
     assert consumer.stats()["finished"] == 12
+    return most, running
 
 
 async def test_a_restarted_consumer_first_runs_its_own_pending_entries(

@@ -1,0 +1,1 @@
+"""The pure scheduling policy: which claimed job runs next, and on which model replica."""
