@@ -39,6 +39,8 @@ JOBS = 300
 # LEFT_AT_BREAK still to run.
 STARTED_BEFORE_BREAK = 30
 LEFT_AT_BREAK = 100
+# Claimed jobs per consumer window (its in-flight jobs come on top).
+CHAOS_WINDOW = 48
 # Short leases so that a dead or paused consumer's jobs move on within seconds.
 VISIBILITY_TIMEOUT_S = 4.0
 LEASE_RENEW_S = 1.0
@@ -190,6 +192,8 @@ def chaos_settings(redis_url: str, name: str, **overrides: Any) -> WorkerSetting
         "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
         "lease_renew_s": LEASE_RENEW_S,
         "max_new_tokens": LONG_TOKENS,
+        # Small enough that both consumers hold a full window under the 300 jobs.
+        "schedule_window": CHAOS_WINDOW,
         **overrides,
     }
     return e2e_settings(redis_url, **values)

@@ -1,4 +1,5 @@
-"""Scenarios 1, 2 and 5: a model replica killed, a consumer killed, a consumer paused."""
+"""Scenarios 1, 2 and 5: a model replica killed, a consumer killed (holding a full
+scheduling window), a consumer paused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 
 from schemas import codec
 from tests.integration.chaos.accounting import FIGURES, account
-from tests.integration.chaos.conftest import JOBS, VISIBILITY_TIMEOUT_S, ChaosApp, kill
+from tests.integration.chaos.conftest import (
+    CHAOS_WINDOW,
+    JOBS,
+    VISIBILITY_TIMEOUT_S,
+    ChaosApp,
+    kill,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +34,10 @@ def test_sigkill_of_a_replica_with_300_jobs_in_flight(
     victim = min(pids)
     started = time.monotonic()
     expected, left = app.under_way(seed)
+    with app.client() as client:
+        held = client.xpending_range(
+            app.keys.jobs, app.keys.group, min="-", max="+", count=1000, consumername=victim
+        )
     kill(pids[victim], signal.SIGKILL)
     killed_at = time.time()
     back_s = app.wait_replaced(pids_of, len(pids), pids[victim])
@@ -36,6 +47,7 @@ def test_sigkill_of_a_replica_with_300_jobs_in_flight(
     tally.figures.update(
         kills=1,
         left_at_kill=left,
+        victim_held=len(held),
         replica_back_s=back_s,
         all_final_after_kill_s=tally.last_finished_at - killed_at,
         total_s=time.monotonic() - started,
@@ -46,6 +58,8 @@ def test_sigkill_of_a_replica_with_300_jobs_in_flight(
     if replicas == "consumer":
         # The replacement took over the name (and with it the pending entries).
         assert set(pids_of()) == set(pids)
+        # The victim died holding a full window of claimed jobs besides those it ran.
+        assert len(held) >= CHAOS_WINDOW
 
 
 def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
