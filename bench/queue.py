@@ -32,7 +32,7 @@ import ray
 import redis
 from ray import serve
 
-from bench.report import RESULTS, save, table
+from bench.report import RESULTS, percentile, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer import AsyncProducer
 from producer.embedded import resolve_redis_url
@@ -77,11 +77,6 @@ class NoopModel:
         output = await self.generate(request)
         yield TextDelta(output.text)
         yield output
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def closed_loop(
@@ -255,13 +250,36 @@ def clean(redis_url: str, prefix: str) -> None:
     client.close()
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
+def demo_jobs(count: int) -> list[Job]:
+    """``count`` jobs over the demo kit's adapters and the base model, in turns."""
     inputs = heldout_inputs()
     adapters: list[str | None] = [*ADAPTER_RULES, None]
-    jobs: list[Job] = [
-        (adapters[i % len(adapters)], inputs[i % len(inputs)]) for i in range(args.jobs)
-    ]
+    return [(adapters[i % len(adapters)], inputs[i % len(inputs)]) for i in range(count)]
+
+
+def noop_ceiling(redis_url: str, jobs: list[Job], args: Any, **overrides: Any) -> dict[str, Any]:
+    """:func:`compare` on the JobConsumer in front of :class:`NoopModel` (on a running
+    Ray): the queue machinery's own ceiling against the direct handle. ``args`` needs
+    ``concurrency`` and ``rounds``; ``overrides`` go to the consumer's settings."""
+    settings = bench_settings(
+        redis_url,
+        "bench-noop",
+        args.concurrency,
+        affinity_routing=False,
+        model_num_cpus=0.25,
+        **overrides,
+    )
+    deploy_noop(settings)
+    try:
+        return asyncio.run(compare("no-op model", settings, jobs, args))
+    finally:
+        serve.delete(settings.app_name)
+        clean(redis_url, settings.prefix)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
+    jobs = demo_jobs(args.jobs)
     launch.allow_slow_proxy_start()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     rows = []
@@ -273,15 +291,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             launch.shutdown(running)
             clean(redis_url, settings.prefix)
-        settings = bench_settings(
-            redis_url, "bench-noop", args.concurrency, affinity_routing=False, model_num_cpus=0.25
-        )
-        deploy_noop(settings)
-        try:
-            rows.append(asyncio.run(compare("no-op model", settings, jobs, args)))
-        finally:
-            serve.delete(settings.app_name)
-            clean(redis_url, settings.prefix)
+        rows.append(noop_ceiling(redis_url, jobs, args))
     finally:
         serve.shutdown()
         ray.shutdown()

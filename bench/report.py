@@ -12,6 +12,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Row = Mapping[str, Any]
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values``, by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def table(columns: Mapping[str, Callable[[Row], str]], rows: Sequence[Row]) -> list[str]:
     """A markdown table: one column per ``columns`` entry, cells formatted by its function."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
