@@ -167,6 +167,8 @@ class QueueConsumer:
         """Claim into the window; start what the scheduler chooses, where it chooses."""
         await self._resume_own_pending(window)
         while not self._stopping.is_set():
+            # Cleared before the plan: a job that ends from here on wakes the wait below.
+            self._slot_freed.clear()
             await self._redis(self._read_replicas)
             self._start_planned(window)
             if window.room:
@@ -238,7 +240,6 @@ class QueueConsumer:
 
     async def _wait_for_change(self, timeout_s: float | None) -> None:
         """Until a job ends, or ``timeout_s`` (the replicas are reread at least that often)."""
-        self._slot_freed.clear()
         limit = min(timeout_s or REPLICAS_READ_S, REPLICAS_READ_S)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slot_freed.wait(), max(limit, 0.001))
