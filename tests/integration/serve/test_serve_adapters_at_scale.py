@@ -55,7 +55,8 @@ def test_1000_names_of_the_demo_adapters_under_zipf_traffic_all_answer_right(
                     for name, text in picks
                 ]
             )
-            records = producer.wait_many(ids, timeout=480)
+            done = producer.wait_many(ids, timeout=480)
+            records = [done[job_id] for job_id in ids]
     finally:
         r.hdel(keys.adapters, *names)
     seconds = time.monotonic() - started
