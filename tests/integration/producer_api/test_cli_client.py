@@ -107,11 +107,13 @@ def test_submit_then_get(loraq: Run, r: redis.Redis, keys: Keys) -> None:
         "stop=END",
         "--metadata-json",
         '{"k":1}',
+        "--priority",
+        "7",
     )
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
     job = orjson.loads(r.xrange(keys.jobs)[0][1][b"job"])
-    assert job["id"] == job_id and job["adapter"] == "upper"
+    assert job["id"] == job_id and job["adapter"] == "upper" and job["priority"] == 7
     assert job["params"]["max_new_tokens"] == 5 and job["params"]["temperature"] == 0.5
     assert job["params"]["stop"] == ["END"] and job["metadata"] == {"k": 1}
 
