@@ -31,7 +31,7 @@ demo: install
 	$(VENV)/bin/loraq demo
 
 # The benchmarks; the other modules of bench/ are their helpers.
-BENCHES := producer engine queue http adapters
+BENCHES := producer engine queue http adapters window_sim
 
 bench: install
 	# As modules: run by path, bench/queue.py would shadow the standard library queue.

@@ -122,7 +122,7 @@ class WorkerSettings(ClientSettings):
         0.5, gt=0, description="How often a consumer looks for cancel requests of running jobs."
     )
     schedule_window: int = Field(
-        128,
+        256,
         ge=0,
         description="Claimed jobs a consumer holds to choose from (adapter-aware scheduling); "
         "0 turns the window off: jobs start in stream order, as claimed.",
