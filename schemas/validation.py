@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -45,24 +46,41 @@ def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
     return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in seen:
-            raise InvalidJob(f"duplicate key {clip(name)} in a JSON object; send each key once")
-        seen[name] = value
-    return seen
+# The tokens of JSON text that say where keys are: strings, brackets, commas and colons.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]')
 
 
 def check_unique_keys(text: str | bytes) -> None:
-    """Raise :class:`InvalidJob` when a JSON object in ``text`` (already known to be valid
-    JSON) repeats a key: parsers keep the first or the last, so the job would depend on
-    which parser read it. orjson, which decodes the job, cannot tell."""
-    try:
-        json.loads(text, object_pairs_hook=_refuse_repeats)
-    except RecursionError:
-        # orjson takes 1024 levels, this parser a few less: no job is anywhere near.
-        raise InvalidJob("JSON nested too deeply") from None
+    """Raise :class:`InvalidJob` when a JSON object in ``text`` (valid JSON: check that
+    first) repeats a key: parsers keep the first or the last, so the job would depend on
+    which parser read it, and orjson, which decodes the job, cannot tell.
+
+    A scan of the tokens with a stack, not a recursive parser: its answer must not depend
+    on how deep the caller's own stack is.
+    """
+    if isinstance(text, bytes):
+        text = text.decode()
+    objects: list[set[str] | None] = []  # per open bracket: its keys, None for an array
+    key_next = False
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token == "{" or token == "[":
+            objects.append(set() if token == "{" else None)
+            key_next = token == "{"
+        elif token == "}" or token == "]":
+            objects.pop()
+            key_next = False
+        elif token == ",":
+            key_next = bool(objects) and objects[-1] is not None
+        elif token == ":" or not key_next:
+            key_next = False
+        else:
+            keys, key = objects[-1], json.loads(token)
+            assert keys is not None
+            if key in keys:
+                raise InvalidJob(f"duplicate key {clip(key)} in a JSON object; send each key once")
+            keys.add(key)
+            key_next = False
 
 
 def load_job_json(payload: str | bytes) -> Any:

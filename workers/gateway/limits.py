@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.validation import InvalidJob, check_unique_keys
@@ -95,13 +95,17 @@ class UniqueJsonKeys:
             await self.app(scope, receive, send)
             return
         message = await receive()
+        body = message.get("body", b"")
         try:
-            check_unique_keys(message.get("body", b"") or b"null")
-        except InvalidJob as exc:
-            await error_response(422, "validation", f"body: {exc}")(scope, receive, send)
-            return
-        except (ValueError, json.JSONDecodeError):
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
             pass  # not JSON at all: the route's own parsing says so
+        else:
+            try:
+                check_unique_keys(body)
+            except InvalidJob as exc:
+                await error_response(422, "validation", f"body: {exc}")(scope, receive, send)
+                return
         await self.app(scope, _replay(message, receive), send)
 
 
