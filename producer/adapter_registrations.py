@@ -7,6 +7,9 @@ another folder is refused. A new version of an adapter gets a new name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import redis
 from pydantic import ValidationError
 
@@ -15,6 +18,7 @@ from schemas.adapters import (
     InvalidRegistration,
     Registered,
     check_adapter_name,
+    check_within_roots,
     parse_registration,
     read_registrations,
 )
@@ -25,21 +29,28 @@ from schemas.validation import describe
 class AdapterRegistrations:
     """The run-time adapter registrations of one prefix, over a sync Redis client."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, roots: Sequence[Path] | None = None
+    ) -> None:
+        """``roots``: the workers' adapter roots; :meth:`add` then refuses folders outside
+        them, as the workers would (``None``: no check here, the workers still check)."""
         self.client = client
         self.keys = keys
+        self.roots = roots
 
     def add(self, name: str, path: str) -> bool:
         """Register ``name`` at ``path``; ``False`` when it already was, to the same folder.
 
-        Raises :class:`InvalidRegistration` for a bad name or path, or a name registered
-        to another folder.
+        Raises :class:`InvalidRegistration` for a bad name or path, a folder outside the
+        roots, or a name registered to another folder.
         """
         check_adapter_name(name)
         try:
             value = AdapterRegistration(path=path).model_dump_json()
         except ValidationError as exc:
             raise InvalidRegistration(describe(exc)) from None
+        if self.roots is not None:
+            check_within_roots(path, self.roots)
         if self.client.hsetnx(self.keys.adapters, name, value):
             return True
         current = self.client.hget(self.keys.adapters, name)

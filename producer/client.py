@@ -19,7 +19,14 @@ from typing_extensions import Self, Unpack
 
 from producer import connection
 from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of, mask_url
-from producer.following import EventFollower, block_slice_s, final_record, parse_record
+from producer.following import (
+    OWNER_FIELDS,
+    EventFollower,
+    block_slice_s,
+    final_record,
+    parse_owner,
+    parse_record,
+)
 from producer.scripts import CANCEL, ENQUEUE, cancel_args, cancel_took_effect
 from producer.settings import DEFAULT_JOB_TTL_S, ClientSettings
 from producer.stats import QueueStats, parse_stats, queue_commands
@@ -86,8 +93,8 @@ class _ProducerBase(Generic[ClientT]):
         except redis.exceptions.ResponseError as exc:
             raise SubmitError([], {call.job_id: str(exc)}) from exc
 
-    def _call(self, job: Job) -> EnqueueCall:
-        return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s)
+    def _call(self, job: Job, owner: str | None = None) -> EnqueueCall:
+        return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s, owner=owner)
 
     def _record_key(self, job_id: str) -> str:
         return self.keys.job(checked_job_id(job_id))
@@ -149,17 +156,23 @@ class Producer(_ProducerBase[redis.Redis]):
         return call.job_id
 
     def submit_many(
-        self, jobs: Iterable[JobInput], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        jobs: Iterable[JobInput],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        owner: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs (``Job`` models or dicts), one round trip per ``chunk_size``.
 
         Every job is validated before anything is written (:class:`JobValidationError`
         names the first bad one by index). Returns the ids in input order. Each job is
         enqueued atomically on its own; jobs that Redis refused raise :class:`SubmitError`
-        at the end, listing which ids went in and which did not.
+        at the end, listing which ids went in and which did not. ``owner`` goes to each
+        new record's ``owner`` field (the HTTP gateway's digest of the caller's API key).
         """
         outcome = EnqueueOutcome()
-        for chunk in chunked([self._call(job) for job in prepare_jobs(jobs)], chunk_size):
+        calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
+        for chunk in chunked(calls, chunk_size):
             outcome.extend(self._enqueue_chunk(chunk))
         return self._result(outcome)
 
@@ -185,6 +198,11 @@ class Producer(_ProducerBase[redis.Redis]):
         taken by a worker when a plain client submitted it)."""
         with self._errors():
             return parse_record(job_id, self._client.hgetall(self._record_key(job_id)))
+
+    def owner(self, job_id: str) -> tuple[bool, str | None]:
+        """Whether the job has a record, and the record's ``owner`` (``None``: none)."""
+        with self._errors():
+            return parse_owner(self._client.hmget(self._record_key(job_id), OWNER_FIELDS))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends and return its record; :class:`JobTimeoutError` after
@@ -236,15 +254,17 @@ class Producer(_ProducerBase[redis.Redis]):
             replies = pipe.execute()
         return [final_record(i, f, e) for (i, e), f in zip(finals.items(), replies, strict=True)]
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, *, owner: str | None = None) -> bool:
         """Ask for the job to be cancelled; whether it exists and had not ended.
 
         A queued job then ends ``cancelled`` without running; a running one stops at its
-        next decode step. The flag is set even when there is no record yet (a job from a
-        plain client that no worker has taken), only not when the job already ended.
+        next decode step. Nothing is asked for an id without a record (unknown, expired,
+        or a plain client's job no worker has taken yet) or for a job that ended, so no
+        job submitted later under the id is cancelled. With ``owner``, only a record of
+        that owner is cancelled.
         """
         with self._errors():
-            reply = self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(self.job_ttl_s))
+            reply = self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(owner))
         return cancel_took_effect(reply)
 
     def stats(self) -> QueueStats:
@@ -300,11 +320,16 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         return call.job_id
 
     async def submit_many(
-        self, jobs: Iterable[JobInput], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        jobs: Iterable[JobInput],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        owner: str | None = None,
     ) -> list[str]:
         """See :meth:`Producer.submit_many`."""
         outcome = EnqueueOutcome()
-        for chunk in chunked([self._call(job) for job in prepare_jobs(jobs)], chunk_size):
+        calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
+        for chunk in chunked(calls, chunk_size):
             outcome.extend(await self._enqueue_chunk(chunk))
         return self._result(outcome)
 
@@ -327,6 +352,12 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         """See :meth:`Producer.get`."""
         with self._errors():
             return parse_record(job_id, await self._client.hgetall(self._record_key(job_id)))
+
+    async def owner(self, job_id: str) -> tuple[bool, str | None]:
+        """See :meth:`Producer.owner`."""
+        with self._errors():
+            reply = await self._client.hmget(self._record_key(job_id), OWNER_FIELDS)
+        return parse_owner(reply)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """See :meth:`Producer.wait`."""
@@ -377,12 +408,10 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
             replies = await pipe.execute()
         return [final_record(i, f, e) for (i, e), f in zip(finals.items(), replies, strict=True)]
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> bool:
         """See :meth:`Producer.cancel`."""
         with self._errors():
-            reply = await self._cancel(
-                keys=self._cancel_keys(job_id), args=cancel_args(self.job_ttl_s)
-            )
+            reply = await self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(owner))
         return cancel_took_effect(reply)
 
     async def stats(self) -> QueueStats:

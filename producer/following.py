@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,17 @@ def block_slice_s(connection_kwargs: Mapping[str, Any]) -> float:
 def parse_record(job_id: str, fields: Mapping[Any, Any]) -> JobRecord | None:
     """A job record from HGETALL output; ``None`` when the hash does not exist."""
     return JobRecord.from_hash(job_id, fields) if fields else None
+
+
+# HMGET of a record: whether it exists (every record has a status), and who owns it.
+OWNER_FIELDS = ["status", "owner"]
+
+
+def parse_owner(reply: Sequence[Any]) -> tuple[bool, str | None]:
+    """The reply to HMGET :data:`OWNER_FIELDS`: whether the record exists, and its
+    ``owner`` (a digest of the HTTP API key that submitted the job; ``None``: none)."""
+    status, owner = reply
+    return status is not None, None if owner is None else as_text(owner)
 
 
 def final_record(job_id: str, fields: Mapping[Any, Any], final: JobEvent) -> JobRecord:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
-
 from producer.errors import JobValidationError
 from producer.submission import prepare_job
 from schemas.jobs import Job
+from schemas.validation import InvalidJob, load_job_json
 
 
 @dataclass
@@ -20,25 +19,38 @@ class JobFile:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-def read_job_lines(lines: Iterable[str]) -> JobFile:
+def read_job_lines(lines: Iterable[str | bytes]) -> JobFile:
     """Parse one job object per line (blank lines skipped); a bad line never stops the rest.
 
-    Problems are ``(line number from 1, message)``; messages name the field and the bound.
+    Lines may be bytes (a file read as such): one that is not UTF-8 is a bad line like
+    any other. Problems are ``(line number from 1, message)``; messages name the field
+    and the bound.
     """
     out = JobFile()
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            out.problems.append((number, f"not valid JSON ({exc})"))
-            continue
-        if not isinstance(data, dict):
-            out.problems.append((number, f"expected a JSON object, got {type(data).__name__}"))
-            continue
-        try:
-            out.jobs.append(prepare_job(data))
-        except JobValidationError as exc:
-            out.problems.append((number, str(exc)))
+        problem = _add_line(out, line)
+        if problem is not None:
+            out.problems.append((number, problem))
     return out
+
+
+def _add_line(out: JobFile, line: str | bytes) -> str | None:
+    """Add the job on ``line`` to ``out``; what is wrong with the line, if anything."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"not UTF-8 text (byte {exc.start + 1} of the line)"
+    if not line.strip():
+        return None
+    try:
+        data = load_job_json(line)
+    except InvalidJob as exc:
+        return str(exc)
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    try:
+        out.jobs.append(prepare_job(data))
+    except JobValidationError as exc:
+        return str(exc)
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,6 +11,7 @@ from schemas.keys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_JOB_TTL_S = 7 * 86400
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
 class ClientSettings(BaseSettings):
@@ -34,3 +37,15 @@ class ClientSettings(BaseSettings):
     def effective_redis_url(self) -> str:
         """The configured URL, or the default one."""
         return self.redis_url or DEFAULT_REDIS_URL
+
+
+class AdapterRootSettings(ClientSettings):
+    """:class:`ClientSettings` and the adapter roots: where the workers find adapters, and
+    the only folders ``loraq adapters add`` registers (the workers refuse any other)."""
+
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="JSON map of adapter name -> folder."
+    )
+    adapter_dir: str | None = Field(
+        str(DEMO_DIR / "adapters"), description="Folder scanned for adapter sub-folders."
+    )

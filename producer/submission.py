@@ -17,7 +17,7 @@ from typing_extensions import Unpack
 
 from producer.errors import JobValidationError
 from schemas import codec
-from schemas.jobs import GenerationParams, Job, JobId
+from schemas.jobs import GenerationParams, Job, JobId, is_entry_id
 from schemas.keys import Keys
 from schemas.validation import InvalidJob, describe, validate_job
 
@@ -28,8 +28,13 @@ def new_job_id() -> str:
     """A unique job id that sorts by creation time: nanoseconds (hex) then 40 random bits.
 
     16 hex digits of nanoseconds keep a fixed width (and so a lexical order) until 2554.
+    Hex digits are decimal ones now and then: such an id has the shape of a stream entry
+    ID, which clients may not choose, and is drawn again.
     """
-    return f"{time.time_ns():016x}-{secrets.token_hex(5)}"
+    while True:
+        job_id = f"{time.time_ns():016x}-{secrets.token_hex(5)}"
+        if not is_entry_id(job_id):
+            return job_id
 
 
 _JOB_ID: TypeAdapter[str] = TypeAdapter(JobId)
@@ -101,15 +106,25 @@ class EnqueueCall:
     args: list[str]
 
 
-def enqueue_call(keys: Keys, job: Job, *, job_ttl_s: int, now: float | None = None) -> EnqueueCall:
-    """The enqueue script's arguments for a prepared job (see ``producer.scripts.ENQUEUE``)."""
+def enqueue_call(
+    keys: Keys, job: Job, *, job_ttl_s: int, owner: str | None = None, now: float | None = None
+) -> EnqueueCall:
+    """The enqueue script's arguments for a prepared job (see ``producer.scripts.ENQUEUE``);
+    ``owner`` goes to the record's ``owner`` field."""
     assert job.id is not None, "prepare_job() assigns an id"
     created_at = time.time() if now is None else now
     metadata = codec.dumps(job.metadata) if job.metadata is not None else ""
     return EnqueueCall(
         job_id=job.id,
         keys=[keys.jobs, keys.job(job.id)],
-        args=[codec.dumps(job), str(job_ttl_s), job.adapter or "", repr(created_at), metadata],
+        args=[
+            codec.dumps(job),
+            str(job_ttl_s),
+            job.adapter or "",
+            repr(created_at),
+            metadata,
+            owner or "",
+        ],
     )
 
 

@@ -20,9 +20,10 @@ from producer.dead_letters import DeadLetterError, DeadLetters
 from producer.errors import JobTimeoutError, SubmitError
 from producer.jobfile import read_job_lines
 from producer.progress import progress_bar
+from producer.settings import AdapterRootSettings
 from producer.stats import QueueStats
 from schemas import codec
-from schemas.adapters import InvalidRegistration
+from schemas.adapters import InvalidRegistration, adapter_roots
 from schemas.jobs import Job
 from schemas.records import JobRecord, JobStatus
 
@@ -230,11 +231,12 @@ def _wait_all(producer: Producer, ids: list[str], timeout: float | None, out: IO
 
 
 @contextmanager
-def _open_input(path: str) -> Iterator[Iterable[str]]:
+def _open_input(path: str) -> Iterator[Iterable[bytes]]:
+    # Bytes, decoded line by line: one line that is not UTF-8 is a bad line, not the end.
     if path == "-":
-        yield sys.stdin
+        yield sys.stdin.buffer
         return
-    with Path(path).open(encoding="utf-8") as handle:
+    with Path(path).open("rb") as handle:
         yield handle
 
 
@@ -300,7 +302,10 @@ def adapters_list(args: argparse.Namespace, producer: Producer) -> int:
 def adapters_add(args: argparse.Namespace, producer: Producer) -> int:
     """``loraq adapters add NAME PATH``: register an adapter folder under a name."""
     try:
-        added = AdapterRegistrations(producer.client, producer.keys).add(args.name, args.path)
+        settings = AdapterRootSettings()
+        roots = adapter_roots(settings.adapter_dir, settings.adapters)
+        registrations = AdapterRegistrations(producer.client, producer.keys, roots=roots)
+        added = registrations.add(args.name, args.path)
     except InvalidRegistration as exc:
         say(f"loraq: cannot register: {exc}")
         return EXIT_USAGE

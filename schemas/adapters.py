@@ -8,8 +8,9 @@ configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders of ``LORAQ_ADAPTERS
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
@@ -60,6 +61,30 @@ def check_adapter_name(name: str) -> str:
             "a letter or digit (no path separators, no '..')"
         )
     return name
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it (both already resolved)."""
+    return path == root or root in path.parents
+
+
+def adapter_roots(adapter_dir: str | None, adapters: Mapping[str, str]) -> list[Path]:
+    """The configured adapter roots, resolved: the scanned folder, then each mapped folder."""
+    folders = ([adapter_dir] if adapter_dir else []) + list(adapters.values())
+    return [Path(folder).resolve() for folder in folders]
+
+
+def check_within_roots(path: str, roots: Sequence[Path]) -> Path:
+    """``path`` resolved (symlinks followed) when it lies under one of ``roots``, else
+    :class:`InvalidRegistration`: what the workers would refuse is refused up front."""
+    resolved = Path(path).resolve()
+    if not any(is_within(resolved, root) for root in roots):
+        listed = ", ".join(str(root) for root in roots) or "none configured"
+        raise InvalidRegistration(
+            f"folder {path!r} is outside the configured adapter roots ({listed}): the "
+            "workers would refuse it; set LORAQ_ADAPTER_DIR or LORAQ_ADAPTERS"
+        )
+    return resolved
 
 
 def parse_registration(raw: str | bytes) -> AdapterRegistration:

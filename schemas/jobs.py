@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import orjson
@@ -36,17 +37,51 @@ MAX_PRIORITY = 1000
 EVENTS_KEY_SUFFIX = ":events"
 
 
+# The shape of a stream entry ID ("1795873779512-0"). A job without an id takes the entry
+# ID XADD gave it, so a client-chosen id of this shape could squat on the record of a
+# plain-Redis producer's future job (a tightening of v1, like the ":events" rule).
+ENTRY_ID_PATTERN = r"^[0-9]+-[0-9]+$"
+_ENTRY_ID = re.compile(ENTRY_ID_PATTERN)
+
+
 def _not_another_jobs_key(job_id: str) -> str:
     if job_id.endswith(EVENTS_KEY_SUFFIX):
         raise ValueError(f"must not end in {EVENTS_KEY_SUFFIX!r} (another job's events key)")
     return job_id
 
 
+def is_entry_id(job_id: str) -> bool:
+    """Whether ``job_id`` has the shape of a stream entry ID (``<ms>-<seq>``)."""
+    return _ENTRY_ID.match(job_id) is not None
+
+
+def _not_an_entry_id(job_id: str) -> str:
+    if is_entry_id(job_id):
+        raise ValueError(
+            "must not have the shape of a stream entry ID (<digits>-<digits>): those name "
+            "jobs sent without an id"
+        )
+    return job_id
+
+
+# Any job's id, as read, waited on or cancelled: stream entry IDs included.
 JobId = Annotated[
     str,
     StringConstraints(pattern=JOB_ID_PATTERN),
     AfterValidator(_not_another_jobs_key),
     Field(json_schema_extra={"not": {"pattern": f"{EVENTS_KEY_SUFFIX}$"}}),
+]
+# An id a client chooses for a new job.
+ClientJobId = Annotated[
+    str,
+    StringConstraints(pattern=JOB_ID_PATTERN),
+    AfterValidator(_not_another_jobs_key),
+    AfterValidator(_not_an_entry_id),
+    Field(
+        json_schema_extra={
+            "not": {"anyOf": [{"pattern": f"{EVENTS_KEY_SUFFIX}$"}, {"pattern": ENTRY_ID_PATTERN}]}
+        }
+    ),
 ]
 AdapterName = Annotated[str, StringConstraints(pattern=ADAPTER_NAME_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -116,8 +151,10 @@ class GenerationInput(BaseModel):
 class Job(GenerationInput):
     """A generation job. Exactly one of ``prompt`` and ``messages`` is required."""
 
-    id: JobId | None = Field(
-        None, description="If absent, the stream entry ID returned by XADD is the job id."
+    id: ClientJobId | None = Field(
+        None,
+        description="If absent, the stream entry ID returned by XADD is the job id; an id "
+        "of that shape (<digits>-<digits>) is refused.",
     )
     # None, not 0, by default: a producer then leaves the field out, and a worker older
     # than the field (which refuses unknown fields) still takes its jobs.

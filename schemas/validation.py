@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.jobs import Job
+
+# How much of a client's text an error message quotes.
+MAX_QUOTED_CHARS = 64
 
 
 class InvalidJob(ValueError):
@@ -33,12 +38,67 @@ def validate_job(data: Any) -> Job:
         raise InvalidJob(describe(exc)) from None
 
 
-def parse_job(payload: str | bytes) -> Job:
-    """Decode and validate the ``job`` field of a stream entry; raises :class:`InvalidJob`."""
+def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` quoted (``repr``) when short, else its first ``limit`` characters quoted and
+    the whole length: an error message never echoes much of what a client sent."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+# The tokens of JSON text that say where keys are: strings, brackets, commas and colons.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]')
+
+
+def check_unique_keys(text: str | bytes) -> None:
+    """Raise :class:`InvalidJob` when a JSON object in ``text`` (valid JSON: check that
+    first) repeats a key: parsers keep the first or the last, so the job would depend on
+    which parser read it, and orjson, which decodes the job, cannot tell.
+
+    A scan of the tokens with a stack, not a recursive parser: its answer must not depend
+    on how deep the caller's own stack is.
+    """
+    if isinstance(text, bytes):
+        text = text.decode()
+    objects: list[set[str] | None] = []  # per open bracket: its keys, None for an array
+    key_next = False
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token == "{" or token == "[":
+            objects.append(set() if token == "{" else None)
+            key_next = token == "{"
+        elif token == "}" or token == "]":
+            objects.pop()
+            key_next = False
+        elif token == ",":
+            key_next = bool(objects) and objects[-1] is not None
+        elif token == ":" or not key_next:
+            key_next = False
+        else:
+            keys, key = objects[-1], json.loads(token)
+            assert keys is not None
+            if key in keys:
+                raise InvalidJob(f"duplicate key {clip(key)} in a JSON object; send each key once")
+            keys.add(key)
+            key_next = False
+
+
+def load_job_json(payload: str | bytes) -> Any:
+    """Decode a job's JSON text, refusing invalid JSON and repeated keys (:class:`InvalidJob`)."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJob(f"job: not valid JSON ({exc})") from None
+        raise InvalidJob(f"not valid JSON ({exc})") from None
+    check_unique_keys(payload)
+    return data
+
+
+def parse_job(payload: str | bytes) -> Job:
+    """Decode and validate the ``job`` field of a stream entry; raises :class:`InvalidJob`."""
+    try:
+        data = load_job_json(payload)
+    except InvalidJob as exc:
+        raise InvalidJob(f"job: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJob(f"job: expected a JSON object, got {type(data).__name__}")
     return validate_job(data)

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from workers.settings import DEMO_DIR, WorkerSettings
+from producer.settings import DEMO_DIR
+from workers.settings import WorkerSettings
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 

@@ -11,12 +11,12 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from producer.settings import ClientSettings
+from producer.settings import DEMO_DIR, AdapterRootSettings
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+DEFAULT_DEAD_MAXLEN = 100_000
 
 
-class WorkerSettings(ClientSettings):
+class WorkerSettings(AdapterRootSettings):
     """Everything a worker (engine, Serve app) reads; a superset of the client settings."""
 
     model_config = SettingsConfigDict(env_prefix="LORAQ_", env_file=".env", extra="ignore")
@@ -33,13 +33,7 @@ class WorkerSettings(ClientSettings):
     )
     trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
 
-    # Adapters
-    adapters: dict[str, str] = Field(
-        default_factory=dict, description="JSON map of adapter name -> folder."
-    )
-    adapter_dir: str | None = Field(
-        str(DEMO_DIR / "adapters"), description="Folder scanned for adapter sub-folders."
-    )
+    # Adapters (adapters and adapter_dir come from AdapterRootSettings)
     max_adapters_per_replica: int = Field(
         8, ge=1, description="Adapters held on the device per replica (LRU, in-use ones pinned)."
     )
@@ -139,6 +133,14 @@ class WorkerSettings(ClientSettings):
         60.0, gt=0, description="How often a consumer trims acknowledged entries of {P}:jobs."
     )
     events_maxlen: int = Field(100_000, ge=1, description="Approximate cap of {P}:events.")
+    dead_maxlen: int = Field(
+        DEFAULT_DEAD_MAXLEN, ge=1, description="Approximate cap of {P}:dead (MAXLEN ~)."
+    )
+    dead_payload_max_bytes: int = Field(
+        8192,
+        ge=256,
+        description="A dead letter keeps at most this many bytes of the job's payload.",
+    )
     stream_chunk_ms: float = Field(
         50.0, ge=0, description="Text is streamed in chunks at most this often per job."
     )
@@ -174,8 +176,22 @@ class WorkerSettings(ClientSettings):
         description="Comma-separated API keys; when set, every HTTP endpoint but /healthz and "
         "/readyz needs 'Authorization: Bearer <key>'.",
     )
+    admin_api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated admin keys: accepted like api_keys, and they read, wait "
+        "on and cancel every job (other keys only their own).",
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413."
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive whole within this (408 after it)."
+    )
+    http_keep_alive_timeout_s: int = Field(
+        5,
+        ge=1,
+        description="Serve's HTTP proxy closes a connection idle this long after a response "
+        "(Serve's keep_alive_timeout_s) when loraq serve starts Serve.",
     )
     served_model_name: str | None = Field(
         None, min_length=1, description="The base model's name in the OpenAI API (default: model)."
@@ -189,5 +205,10 @@ class WorkerSettings(ClientSettings):
 
     @property
     def base_model_name(self) -> str:
-        """The base model's name in the OpenAI-compatible API."""
-        return self.served_model_name or self.model
+        """The base model's name in the OpenAI-compatible API: ``served_model_name``, or
+        the model's folder name when ``model`` is a path here (a server path is not for
+        clients to see), else the hub id as given."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model)
+        return path.name if path.is_absolute() or path.exists() else self.model

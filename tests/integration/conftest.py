@@ -15,7 +15,8 @@ from ray import serve
 
 from producer.embedded import free_port
 from tests.conftest import REPO
-from workers.serve.launch import allow_slow_proxy_start
+from workers.serve.launch import allow_slow_proxy_start, http_options
+from workers.settings import WorkerSettings
 
 DEMO_KIT = REPO / "demo" / "model"
 SERVE_HTTP_HOST = "127.0.0.1"
@@ -39,7 +40,8 @@ def ray_serve() -> Iterator[str]:
         # about a second instead of Ray's default ten.
         _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
     )
-    serve.start(http_options={"host": SERVE_HTTP_HOST, "port": port})
+    settings = WorkerSettings(http_host=SERVE_HTTP_HOST, http_port=port)
+    serve.start(http_options=http_options(settings))  # as loraq serve starts it
     yield f"http://{SERVE_HTTP_HOST}:{port}"
     serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()

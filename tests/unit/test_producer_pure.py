@@ -22,7 +22,7 @@ from producer.submission import (
     sort_replies,
 )
 from schemas import Job, JobEvent, JobStatus, Keys
-from schemas.jobs import JOB_ID_PATTERN
+from schemas.jobs import JOB_ID_PATTERN, is_entry_id
 
 KEYS = Keys("p")
 
@@ -37,7 +37,7 @@ class FakeClock:
 
 def test_new_ids_match_the_protocol_and_sort_by_time() -> None:
     ids = [new_job_id() for _ in range(200)]
-    assert all(re.fullmatch(JOB_ID_PATTERN, i) for i in ids)
+    assert all(re.fullmatch(JOB_ID_PATTERN, i) and not is_entry_id(i) for i in ids)
     assert len(set(ids)) == 200
     assert [i.split("-")[0] for i in ids] == sorted(i.split("-")[0] for i in ids)
 
@@ -68,9 +68,9 @@ def test_prepare_job_revalidates_a_model() -> None:
 
 def test_enqueue_call_spells_keys_and_arguments() -> None:
     job = build_job("hi", id="j1", adapter="sql", metadata={"a": 1}, params={"seed": 3})
-    call = enqueue_call(KEYS, job, job_ttl_s=600, now=1795873779.5)
+    call = enqueue_call(KEYS, job, job_ttl_s=600, owner="digest", now=1795873779.5)
     assert call.keys == ["p:jobs", "p:job:j1"]
-    payload, ttl, adapter, created_at, metadata = call.args
+    payload, ttl, adapter, created_at, metadata, owner = call.args
     assert orjson.loads(payload) == {
         "id": "j1",
         "adapter": "sql",
@@ -86,11 +86,12 @@ def test_enqueue_call_spells_keys_and_arguments() -> None:
         "metadata": {"a": 1},
     }
     assert (ttl, adapter, float(created_at), metadata) == ("600", "sql", 1795873779.5, '{"a":1}')
+    assert owner == "digest"
 
 
 def test_enqueue_call_for_the_base_model_without_metadata() -> None:
     call = enqueue_call(KEYS, build_job("hi", id="j", adapter=""), job_ttl_s=60)
-    assert call.args[2:] == ["", call.args[3], ""]
+    assert call.args[2:] == ["", call.args[3], "", ""]
 
 
 def test_sort_replies_puts_every_id_in_one_place() -> None:
@@ -111,7 +112,8 @@ def test_chunked() -> None:
 
 
 def test_cancel_arguments_and_reply() -> None:
-    assert cancel_args(60) == ["60", "cancelled", "expired", "failed", "succeeded"]
+    assert cancel_args() == ["", "cancelled", "expired", "failed", "succeeded"]
+    assert cancel_args("abc")[0] == "abc"
     assert cancel_took_effect(b"queued") and cancel_took_effect("running")
     assert not cancel_took_effect(b"") and not cancel_took_effect("succeeded")
 

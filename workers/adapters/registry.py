@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from schemas import ErrorType
-from schemas.adapters import InvalidRegistration, check_adapter_name
+from schemas.adapters import InvalidRegistration, check_adapter_name, is_within
 from schemas.jobs import ADAPTER_NAME_PATTERN
 from workers.engine.requests import EngineError
 
@@ -31,10 +31,6 @@ def check_name(name: str) -> None:
         check_adapter_name(name)
     except InvalidRegistration as exc:
         raise EngineError(ErrorType.VALIDATION, str(exc)) from None
-
-
-def _is_within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 class AdapterRegistry:
@@ -64,7 +60,7 @@ class AdapterRegistry:
     def check_folder(self, folder: str) -> Path:
         """``folder`` resolved; a ``validation`` error when it is outside the roots."""
         resolved = Path(folder).resolve()
-        if not any(_is_within(resolved, root) for root in self._roots):
+        if not any(is_within(resolved, root) for root in self._roots):
             raise EngineError(
                 ErrorType.VALIDATION,
                 f"adapter folder {folder!r} is outside the configured adapter roots",
@@ -116,7 +112,7 @@ class AdapterRegistry:
         for child in sorted(self._dir.iterdir()):
             if not (child / CONFIG_FILE).is_file():
                 continue
-            if not _NAME.fullmatch(child.name) or not _is_within(child.resolve(), self._dir):
+            if not _NAME.fullmatch(child.name) or not is_within(child.resolve(), self._dir):
                 log.warning("skipping adapter folder %s: bad name or outside the root", child)
                 continue
             self._folders[child.name] = child.resolve()

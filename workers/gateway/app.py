@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from workers.gateway import generate_api, jobs_api, openai_api, status_api
 from workers.gateway.auth import key_dependency
 from workers.gateway.errors import error_responses, install_error_handlers
-from workers.gateway.limits import BodySizeLimit
+from workers.gateway.limits import BodySizeLimit, UniqueJsonKeys
 from workers.gateway.services import Services
 
 DESCRIPTION = """\
@@ -28,7 +28,13 @@ def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="loraq gateway", version="1", description=DESCRIPTION)
     app.state.services = svc
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_body_bytes=svc.settings.max_body_bytes)
+    # The last added runs first: the body is bounded before its keys are looked at.
+    app.add_middleware(UniqueJsonKeys)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=svc.settings.max_body_bytes,
+        body_timeout_s=svc.settings.http_body_timeout_s,
+    )
     app.include_router(status_api.health_router)
     guards = [key_dependency(svc.keys)] if svc.keys.enabled else []
     for router in (generate_api.router, jobs_api.router, status_api.router, openai_api.router):

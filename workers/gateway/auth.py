@@ -1,12 +1,18 @@
-"""API keys: ``Authorization: Bearer <key>``, compared in constant time, never logged."""
+"""API keys: ``Authorization: Bearer <key>``, compared in constant time, never logged.
+
+Each key is also an owner: a job submitted over HTTP records a digest of the key that
+submitted it (the record's ``owner`` field), and only that key, or an admin key, reads,
+waits on or cancels it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
@@ -16,15 +22,40 @@ from workers.gateway.errors import ApiError
 _bearer = HTTPBearer(
     auto_error=False, description="One of the keys in LORAQ_API_KEYS (comma-separated)."
 )
+# Owner digests are of another kind than the comparison digests: a record's owner field
+# says nothing that would let a Redis reader present the key.
+_OWNER_TAG = b"loraq-job-owner:"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the owner digest of its key, and whether it sees every job."""
+
+    owner: str | None
+    sees_all: bool
+
+    def may_see(self, owner: str | None) -> bool:
+        """Whether a job whose record has ``owner`` is this caller's to read or cancel."""
+        return self.sees_all or (owner is not None and owner == self.owner)
+
+    @property
+    def required_owner(self) -> str | None:
+        """The owner a record must have for this caller (``None``: any)."""
+        return None if self.sees_all else self.owner
+
+
+# With API keys off there is no one to tell apart: every caller sees every job.
+ANYONE = Caller(owner=None, sees_all=True)
 
 
 class ApiKeys:
-    """The accepted keys. ``repr`` and ``str`` show only how many there are."""
+    """The accepted keys, admin keys among them. ``repr`` and ``str`` show only how many
+    there are."""
 
-    def __init__(self, secret: SecretStr | None) -> None:
-        raw = secret.get_secret_value() if secret is not None else ""
+    def __init__(self, secret: SecretStr | None, admin: SecretStr | None = None) -> None:
         # Digests, compared digest to digest: equal lengths, so not even a key's length leaks.
-        self._keys = [_digest(key.strip()) for key in raw.split(",") if key.strip()]
+        self._admin = [_digest(key) for key in _split(admin)]
+        self._keys = [_digest(key) for key in _split(secret)] + self._admin
 
     @property
     def enabled(self) -> bool:
@@ -34,21 +65,39 @@ class ApiKeys:
     def accepts(self, presented: str) -> bool:
         """Whether ``presented`` is one of the keys; the time taken does not depend on
         which key, nor on how much of one, matched."""
-        candidate = _digest(presented)
-        matched = False
-        for key in self._keys:
-            # Every key is compared, so the time does not tell which one matched.
-            matched |= hmac.compare_digest(candidate, key)
-        return matched
+        return _matches(_digest(presented), self._keys)
+
+    def caller(self, presented: str | None) -> Caller:
+        """The :class:`Caller` presenting ``presented`` (an accepted key, or none when
+        keys are off)."""
+        if not self.enabled:
+            return ANYONE
+        if presented is None:  # not past the guard: sees nothing
+            return Caller(owner=None, sees_all=False)
+        owner = hashlib.sha256(_OWNER_TAG + presented.encode()).hexdigest()[:32]
+        return Caller(owner=owner, sees_all=_matches(_digest(presented), self._admin))
 
     def __repr__(self) -> str:
-        return f"ApiKeys({len(self._keys)} keys)"
+        return f"ApiKeys({len(self._keys)} keys, {len(self._admin)} admin)"
 
     __str__ = __repr__
 
 
+def _split(secret: SecretStr | None) -> list[str]:
+    raw = secret.get_secret_value() if secret is not None else ""
+    return [key.strip() for key in raw.split(",") if key.strip()]
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def _matches(candidate: bytes, digests: list[bytes]) -> bool:
+    matched = False
+    for digest in digests:
+        # Every key is compared, so the time does not tell which one matched.
+        matched |= hmac.compare_digest(candidate, digest)
+    return matched
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -67,3 +116,15 @@ def key_dependency(keys: ApiKeys) -> DependsParam:
             raise _unauthorized("invalid API key")
 
     return DependsParam(require_key)
+
+
+async def current_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """Route dependency: the caller of ``request`` (its key was checked by the guard)."""
+    keys: ApiKeys = request.app.state.services.keys
+    return keys.caller(credentials.credentials if credentials else None)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -116,14 +116,51 @@ def queue_errors() -> Iterator[None]:
 
 
 def validation_message(problems: Sequence[Any]) -> str:
-    """``where: problem; ...`` for FastAPI's validation errors (the first few)."""
+    """``where: problem; ...`` for FastAPI's validation errors (the first few), ``where``
+    in the client's terms: ``adapter``, ``params.max_new_tokens``, ``[2].prompt``."""
+    located = [(client_location(problem), problem) for problem in problems]
+    # A body that may be one job or a list is checked against both: the shape it does not
+    # have fails as a whole ("should be a valid list"), which says nothing useful.
+    other_shape = [
+        (where, problem)
+        for where, problem in located
+        if not where and str(problem.get("type", "")).endswith("_type")
+    ]
+    if len(other_shape) < len(located):
+        located = [item for item in located if item not in other_shape]
     parts = []
-    for problem in problems[:MAX_LISTED_PROBLEMS]:
-        where = ".".join(str(part) for part in problem.get("loc", ())) or "request"
-        parts.append(f"{where}: {str(problem.get('msg', 'invalid')).removeprefix('Value error, ')}")
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        parts.append(f"and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    for where, problem in located[:MAX_LISTED_PROBLEMS]:
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where or 'body'}: {message}")
+    if len(located) > MAX_LISTED_PROBLEMS:
+        parts.append(f"and {len(located) - MAX_LISTED_PROBLEMS} more")
     return "; ".join(parts)
+
+
+# Where a value came from (FastAPI's first location part): not the client's field name.
+_SOURCES = frozenset({"body", "query", "path", "header"})
+
+
+def client_location(problem: Mapping[str, Any]) -> str:
+    """The field of one validation problem as a client names it: without the source
+    (``body``) and without pydantic's validator and union tags (``function-after[…]``,
+    ``list[…]``, model names), list positions as ``[i]``."""
+    if problem.get("type") == "json_invalid":
+        return ""  # the location is a character position, not a field
+    parts: list[str] = []
+    for index, part in enumerate(problem.get("loc", ())):
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif (index == 0 and part in _SOURCES) or not _is_field_name(str(part)):
+            continue
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts)
+
+
+def _is_field_name(part: str) -> bool:
+    # Field names of the wire are snake_case; tags hold brackets, model names capitals.
+    return part.isidentifier() and part == part.lower()
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

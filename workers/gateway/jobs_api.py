@@ -10,8 +10,9 @@ from producer.errors import JobTimeoutError, SubmitError
 from schemas import Job, JobRecord
 from schemas.jobs import JobId
 from workers.gateway.api_models import MAX_JOBS_PER_REQUEST, CancelReply, JobsAccepted
+from workers.gateway.auth import Caller, CallerDep
 from workers.gateway.errors import ApiError, error_responses, queue_errors
-from workers.gateway.services import ServicesDep
+from workers.gateway.services import Services, ServicesDep
 
 # The documented bound; a server may shorten waits further (http_max_wait_s).
 MAX_WAIT_S = 3600.0
@@ -32,7 +33,15 @@ JobsBody = Annotated[
 
 
 def _not_found(job_id: str) -> ApiError:
+    # Also the answer for another key's job: an id cannot be probed for existence.
     return ApiError(404, "not_found", f"job {job_id!r} does not exist (or has expired)")
+
+
+async def _check_visible(svc: Services, caller: Caller, job_id: str) -> None:
+    """404 unless the job exists and is ``caller``'s to see."""
+    exists, owner = await svc.producer.owner(job_id)
+    if not exists or not caller.may_see(owner):
+        raise _not_found(job_id)
 
 
 @router.post(
@@ -42,13 +51,14 @@ def _not_found(job_id: str) -> ApiError:
     responses=error_responses(400, 409, 413, 422, 503),
     summary="Queue one job or a list of jobs",
 )
-async def submit_jobs(body: JobsBody, svc: ServicesDep) -> JobsAccepted:
+async def submit_jobs(body: JobsBody, svc: ServicesDep, caller: CallerDep) -> JobsAccepted:
     """Validate and enqueue the jobs; their ids come back in order (a job given an ``id``
-    that already exists is not queued again: submission is idempotent)."""
+    that already exists is not queued again: submission is idempotent). With API keys on,
+    only the key that submitted a job (or an admin key) can read it."""
     jobs = body if isinstance(body, list) else [body]
     with queue_errors():
         try:
-            ids = await svc.producer.submit_many(jobs)
+            ids = await svc.producer.submit_many(jobs, owner=caller.owner)
         except SubmitError as exc:
             raise ApiError(409, "conflict", str(exc)) from exc
     return JobsAccepted(ids=ids)
@@ -60,9 +70,10 @@ async def submit_jobs(body: JobsBody, svc: ServicesDep) -> JobsAccepted:
     responses=error_responses(404, 422, 503),
     summary="A job's record",
 )
-async def get_job(job_id: JobIdPath, svc: ServicesDep) -> JobRecord:
+async def get_job(job_id: JobIdPath, svc: ServicesDep, caller: CallerDep) -> JobRecord:
     """The job's status, and its result or error once it has ended."""
     with queue_errors():
+        await _check_visible(svc, caller, job_id)
         record = await svc.producer.get(job_id)
     if record is None:
         raise _not_found(job_id)
@@ -78,6 +89,7 @@ async def get_job(job_id: JobIdPath, svc: ServicesDep) -> JobRecord:
 async def wait_job(
     job_id: JobIdPath,
     svc: ServicesDep,
+    caller: CallerDep,
     timeout: Annotated[
         float,
         Query(
@@ -90,8 +102,7 @@ async def wait_job(
     """The job's record once its status is final; 408 when it has not ended after
     ``timeout`` seconds, or after the server's longest wait (call again to keep waiting)."""
     with queue_errors():
-        if await svc.producer.get(job_id) is None:
-            raise _not_found(job_id)
+        await _check_visible(svc, caller, job_id)
         try:
             return await svc.producer.wait(
                 job_id, timeout=min(timeout, svc.settings.http_max_wait_s)
@@ -106,11 +117,13 @@ async def wait_job(
     responses=error_responses(404, 409, 422, 503),
     summary="Cancel a job",
 )
-async def cancel_job(job_id: JobIdPath, svc: ServicesDep) -> CancelReply:
+async def cancel_job(job_id: JobIdPath, svc: ServicesDep, caller: CallerDep) -> CancelReply:
     """Cancel a queued or running job: a queued one ends ``cancelled`` without running, a
-    running one stops at its next step. 409 when it has already ended."""
+    running one stops at its next step. 404 for an id with no job (nothing is flagged, so
+    a job submitted later under it runs), 409 when it has already ended."""
     with queue_errors():
-        cancelled = await svc.producer.cancel(job_id)
+        await _check_visible(svc, caller, job_id)
+        cancelled = await svc.producer.cancel(job_id, owner=caller.required_owner)
         record = await svc.producer.get(job_id)
     if record is None:
         raise _not_found(job_id)

@@ -1,24 +1,36 @@
-"""Refuse request bodies over ``max_body_bytes`` with 413, before anything parses them."""
+"""Bounds on request bodies, before anything parses them: size (413), time to arrive
+(408), and JSON objects that repeat a key (422)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from schemas.validation import InvalidJob, check_unique_keys
 from workers.gateway.errors import error_response
+
+# Sent with a refusal of a body that did not arrive whole: the rest of it may still be on
+# its way, so the connection cannot carry another request.
+_CLOSE = {"Connection": "close"}
 
 
 class BodySizeLimit:
     """ASGI middleware: 413 for a declared ``Content-Length`` over the limit, at once, and
-    for a body that turns out larger while it arrives (a chunked upload declares none).
+    for a body that turns out larger while it arrives (a chunked upload declares none);
+    408 for a body not whole within ``body_timeout_s`` (a client trickling it holds a
+    connection and a replica slot). Both close the connection.
 
     The body is read here, at most one byte past the limit, and handed on whole: the
     routes parse JSON bodies whole anyway, and a refusal raised from inside the route's
     own read would come out as FastAPI's generic 400.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,7 +45,13 @@ class BodySizeLimit:
         if declared is not None and int(declared) > self.max_body_bytes:
             await self._refuse(scope, receive, send)
             return
-        body = await self._read_body(receive)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            await error_response(408, "timeout", message, _CLOSE)(scope, receive, send)
+            return
         if body is None:
             await self._refuse(scope, receive, send)
             return
@@ -57,7 +75,38 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body is over {self.max_body_bytes} bytes"
-        await error_response(413, "payload_too_large", message)(scope, receive, send)
+        await error_response(413, "payload_too_large", message, _CLOSE)(scope, receive, send)
+
+
+class UniqueJsonKeys:
+    """ASGI middleware: 422 for a JSON body with an object that repeats a key.
+
+    FastAPI's parser keeps the last value, other parsers the first: a body such as
+    ``{"adapter": "a", "adapter": "b"}`` would mean different jobs to different readers.
+    Runs inside :class:`BodySizeLimit`, which hands the body on as one message.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", ())) if scope["type"] == "http" else {}
+        if b"json" not in headers.get(b"content-type", b""):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # not JSON at all: the route's own parsing says so
+        else:
+            try:
+                check_unique_keys(body)
+            except InvalidJob as exc:
+                await error_response(422, "validation", f"body: {exc}")(scope, receive, send)
+                return
+        await self.app(scope, _replay(message, receive), send)
 
 
 def _replay(first: Message, receive: Receive) -> Receive:

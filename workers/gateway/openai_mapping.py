@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from schemas import GenerationParams, Message
 from schemas.jobs import ADAPTER_NAME_PATTERN
+from schemas.validation import clip
 from workers.engine.requests import GenerationOutput, GenerationRequest
 from workers.gateway.errors import ApiError
 from workers.gateway.openai_models import (
@@ -46,7 +47,7 @@ def adapter_for(model: str, base_model: str) -> str | None:
     if model == base_model:
         return None
     if not _ADAPTER_NAME.fullmatch(model):
-        raise ApiError(404, "unknown_adapter", f"model {model!r} does not exist")
+        raise ApiError(404, "unknown_adapter", f"model {clip(model)} does not exist")
     return model
 
 

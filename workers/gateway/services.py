@@ -42,7 +42,7 @@ class Services:
             model=model,
             producer=queue_producer(settings),
             registry=AdapterRegistry(settings.adapters, settings.adapter_dir),
-            keys=ApiKeys(settings.api_keys),
+            keys=ApiKeys(settings.api_keys, settings.admin_api_keys),
         )
 
     async def adapter_folders(self) -> dict[str, Path]:

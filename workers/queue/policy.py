@@ -6,15 +6,15 @@ Nothing here talks to Redis or Ray; the consumer carries the decisions out.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from schemas import ErrorType, Job, JobStatus
-from schemas.jobs import JOB_ID_PATTERN
-from schemas.validation import InvalidJob, parse_job
+from schemas.jobs import JOB_ID_PATTERN, is_entry_id
+from schemas.validation import InvalidJob, clip, parse_job
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 JOB_FIELD = "job"
@@ -60,24 +60,33 @@ def created_at_of(entry_id: str) -> float:
 
 
 def recover_job_id(entry_id: str, data: Any) -> str:
-    """The id to answer a payload under: its own ``id`` when valid, else the entry ID."""
+    """The id to answer a payload under: its own ``id`` when valid, else the entry ID.
+
+    An id shaped like an entry ID is never taken: it may be another producer's job.
+    """
     if isinstance(data, dict):
         candidate = data.get("id")
-        if isinstance(candidate, str) and _JOB_ID.match(candidate):
+        if isinstance(candidate, str) and _JOB_ID.match(candidate) and not is_entry_id(candidate):
             return candidate
     return entry_id
 
 
-def parse_entry(entry_id: str, fields: Mapping[str, str]) -> Job | Rejected:
+def parse_entry(
+    entry_id: str, fields: Mapping[str, str], *, repeated: Collection[str] = ()
+) -> Job | Rejected:
     """The job of a ``{P}:jobs`` entry, or why it is not one.
 
     A job without an ``id`` takes the entry ID, which is what its producer got back from
-    XADD; so does a payload that cannot be read at all.
+    XADD; so does a payload that cannot be read at all, and an entry with more than one
+    ``job`` field (``repeated``): which of them is the job is anyone's guess, so none is.
     """
     payload = fields.get(JOB_FIELD)
     if payload is None:
-        names = ", ".join(sorted(fields)) or "none"
+        names = clip(", ".join(sorted(fields)) or "none")
         return Rejected(entry_id, f"entry has no '{JOB_FIELD}' field (fields: {names})", "")
+    if JOB_FIELD in repeated:
+        message = f"entry has more than one '{JOB_FIELD}' field; send exactly one"
+        return Rejected(entry_id, message, payload)
     try:
         job = parse_job(payload)
     except InvalidJob as exc:
@@ -147,6 +156,19 @@ def persistence_warnings(config: Mapping[str, str]) -> list[str]:
             "jobs, records or the stream itself; set maxmemory-policy noeviction"
         )
     return warnings
+
+
+def dead_copy(payload: str, max_bytes: int) -> str:
+    """What ``{P}:dead`` keeps of a payload: all of it, or its first bytes and a note of
+    the whole size, in at most ``max_bytes`` UTF-8 bytes (a client's garbage must not
+    fill Redis twice). A cut copy is no longer JSON, so it cannot be requeued."""
+    data = payload.encode()
+    if len(data) <= max_bytes:
+        return payload
+    note = f"…[cut: {len(data)} bytes]"
+    head = data[: max_bytes - len(note.encode())]
+    # A cut inside a multi-byte character drops that character's first bytes.
+    return head.decode(errors="ignore") + note
 
 
 def dead_letters(status: JobStatus) -> bool:

@@ -143,7 +143,7 @@ class JobRunner:
             log.warning("entry %s was deleted from the stream; acknowledging it", entry.entry_id)
             await self.store.ack(entry.entry_id)
             return
-        parsed = policy.parse_entry(entry.entry_id, entry.fields)
+        parsed = policy.parse_entry(entry.entry_id, entry.fields, repeated=entry.repeated)
         if isinstance(parsed, policy.Rejected):
             log.debug(
                 "job %s rejected: %s",
@@ -387,7 +387,11 @@ class JobRunner:
             created_at=policy.created_at_of(entry.entry_id),
             ttl_s=(job.result_ttl if job and job.result_ttl else self.settings.result_ttl_s),
             fields=fields,
-            dead_payload=payload if policy.dead_letters(status) else None,
+            dead_payload=(
+                policy.dead_copy(payload, self.settings.dead_payload_max_bytes)
+                if policy.dead_letters(status)
+                else None
+            ),
             dead_error=codec.dumps(error) if error else "",
             text=text,
             attempt=slot.attempt if slot and text else None,

@@ -24,6 +24,7 @@ from producer.activity import live_replicas
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 from schemas.replicas import ReplicaHeartbeat
+from workers.settings import DEFAULT_DEAD_MAXLEN
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # What a Redis outage looks like to redis-py: connection refused or reset, timeouts.
@@ -58,10 +59,12 @@ def script_source(name: str) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """One entry of ``{P}:jobs`` as read by a consumer."""
+    """One entry of ``{P}:jobs`` as read by a consumer; ``repeated``: the field names it
+    holds more than once (a client's mistake, or an attempt to smuggle a second job)."""
 
     entry_id: str
     fields: dict[str, str]
+    repeated: frozenset[str] = frozenset()
 
 
 class MarkOutcome(str, Enum):
@@ -117,20 +120,46 @@ class Backlog:
 
 
 def _entries(reply: Any) -> list[Entry]:
-    """Entries of an XREADGROUP/XAUTOCLAIM reply (deleted entries come back empty)."""
-    return [
-        Entry(codec.as_text(entry_id), codec.decode_fields(fields or {}))
-        for entry_id, fields in reply
-    ]
+    """Entries of an XREADGROUP/XAUTOCLAIM reply (deleted entries come back empty), their
+    fields as the flat name, value list Redis sent (see :func:`_keep_field_lists`)."""
+    return [_entry(codec.as_text(entry_id), fields or []) for entry_id, fields in reply]
+
+
+def _entry(entry_id: str, flat: list[Any]) -> Entry:
+    names = [codec.as_text(name) for name in flat[::2]]
+    fields = dict(zip(names, (codec.as_text(value) for value in flat[1::2]), strict=True))
+    repeated = frozenset(name for name in fields if names.count(name) > 1)
+    return Entry(entry_id, fields, repeated)
+
+
+def _keep_field_lists(response: Any, **_: Any) -> Any:
+    """XREADGROUP / XAUTOCLAIM replies with each entry's fields as Redis sent them:
+    redis-py's own parsing turns them into a dict, where a repeated field silently keeps
+    its last value, and the consumer must see the repetition to refuse the entry.
+    XREADGROUP's streams come as ``[[stream, entries]]`` (RESP2) or a map (RESP3)."""
+    if isinstance(response, dict):
+        return [[stream, entries] for stream, entries in response.items()]
+    return response or []
 
 
 class JobStore:
     """Typed wrappers around the consumer group commands and the queue scripts."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, events_maxlen: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        events_maxlen: int,
+        dead_maxlen: int = DEFAULT_DEAD_MAXLEN,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.events_maxlen = events_maxlen
+        self.dead_maxlen = dead_maxlen
+        # This client is the consumer's own: its stream reads keep repeated fields.
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            client.set_response_callback(command, _keep_field_lists)
         self._mark: AsyncScript = client.register_script(script_source("mark"))
         self._finish: AsyncScript = client.register_script(script_source("finish"))
         self._renew: AsyncScript = client.register_script(script_source("renew"))
@@ -309,6 +338,7 @@ class JobStore:
                 self.keys.events,
                 self.keys.jobs,
                 self.keys.dead,
+                self.keys.cancel(write.job_id),
             ],
             args=[
                 self.keys.group,
@@ -325,6 +355,7 @@ class JobStore:
                 write.dead_error,
                 write.text,
                 "" if write.attempt is None else write.attempt,
+                self.dead_maxlen,
                 *pairs,
             ],
         )

@@ -51,7 +51,12 @@ class JobConsumer:
         # Retries on a broken connection: after a Redis restart the first command on a
         # stale pooled connection reconnects instead of failing its job's step.
         self.client = async_client(settings)
-        store = JobStore(self.client, Keys(settings.prefix), events_maxlen=settings.events_maxlen)
+        store = JobStore(
+            self.client,
+            Keys(settings.prefix),
+            events_maxlen=settings.events_maxlen,
+            dead_maxlen=settings.dead_maxlen,
+        )
         dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
         self.metrics = ConsumerMetrics(settings.app_name, self.name)
         runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)

@@ -123,6 +123,17 @@ def metrics_urls() -> list[str]:
     ]
 
 
+def http_options(settings: WorkerSettings) -> dict[str, Any]:
+    """Serve's HTTP options for ``settings``: where the proxy listens, and how long it keeps
+    an idle connection after a response (Serve's default, 90 s, lets a client that only
+    holds connections open keep many)."""
+    return {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "keep_alive_timeout_s": settings.http_keep_alive_timeout_s,
+    }
+
+
 def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
     """Start what is missing (Redis, Ray) and deploy the application; returns once ready."""
     redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
@@ -130,7 +141,7 @@ def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
     running = Running(settings, started_ray=False, embedded_redis=embedded)
     try:
         running.started_ray = start_ray(settings, dashboard=dashboard)
-        serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+        serve.start(http_options=http_options(settings))
         serve.run(
             build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
         )

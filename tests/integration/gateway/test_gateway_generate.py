@@ -107,7 +107,7 @@ def test_health_readiness_and_adapters(gateway: GatewayApp) -> None:
 
     assert gateway.generate("title", "ab cd").json()["text"] == "Ab Cd"
     listing = gateway.request("GET", "/v1/adapters").json()
-    assert listing["base_model"] == gateway.settings.model
+    assert listing["base_model"] == gateway.settings.base_model_name == "model"
     assert len(listing["replicas"]) == 1
     by_name = {adapter["name"]: adapter for adapter in listing["adapters"]}
     assert sorted(by_name) == sorted(ADAPTER_RULES)

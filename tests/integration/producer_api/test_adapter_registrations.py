@@ -63,8 +63,16 @@ def test_list_shows_registrations_and_says_what_is_wrong_with_raw_ones(
 
 
 def test_cli_verbs(
-    redis_url: str, prefix: str, producer: Producer, capsys: pytest.CaptureFixture[str]
+    redis_url: str,
+    prefix: str,
+    producer: Producer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The workers' roots, as the CLI reads them: folders elsewhere are refused up front.
+    monkeypatch.setenv("LORAQ_ADAPTER_DIR", "/srv")
+    assert cli(redis_url, prefix, "add", "x", "/etc") == 2
+    assert "outside the configured adapter roots" in capsys.readouterr().err
     assert cli(redis_url, prefix, "add", "title-v2", "/srv/title") == 0
     assert "registered title-v2" in capsys.readouterr().err
     assert cli(redis_url, prefix, "add", "title-v2", "/srv/title") == 0

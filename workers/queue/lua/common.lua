@@ -45,6 +45,12 @@ local function job_keys_problem(record, events, job_id, entry)
       or string.sub(job_id, -7) == ':events' then
     return 'job id ' .. job_id .. ' clashes with another key of the queue'
   end
+  -- An id shaped like a stream entry ID is the entry's own, or it squats on the record of
+  -- a plain producer's job (one sent without an id) that gets that entry ID later.
+  if job_id ~= entry and string.match(job_id, '^%d+%-%d+$') then
+    return 'job id ' .. job_id .. ' has the shape of a stream entry ID (<digits>-<digits>)'
+      .. ', which only a job sent without an id may have'
+  end
   local owner = redis.call('HGET', record, 'entry')
   if owner and owner ~= entry then
     return 'job id ' .. job_id .. ' is already used by stream entry ' .. owner

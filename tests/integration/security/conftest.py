@@ -1,0 +1,37 @@
+"""One application with API keys for the security tests: keys A and B, and an admin key.
+
+Its bounds are set low (dead letters, body timeout) so that the tests reach them fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ray import serve
+
+from tests.integration.gateway.conftest import GatewayApp, bearer, deploy, gateway_settings
+from tests.integration.serve.conftest import delete_prefix
+
+KEY_A, KEY_B, ADMIN = "sec-key-a", "sec-key-b", "sec-admin-key"
+BODY_TIMEOUT_S = 2.0
+DEAD_MAXLEN = 1000
+DEAD_PAYLOAD_MAX_BYTES = 1024
+
+
+@pytest.fixture(scope="session")
+def secure_app(ray_serve: str, redis_url: str) -> Iterator[GatewayApp]:
+    """The application, its requests sent with key A unless told otherwise."""
+    settings = gateway_settings(
+        redis_url,
+        "sec",
+        api_keys=f"{KEY_A},{KEY_B}",
+        admin_api_keys=ADMIN,
+        http_body_timeout_s=BODY_TIMEOUT_S,
+        dead_maxlen=DEAD_MAXLEN,
+        dead_payload_max_bytes=DEAD_PAYLOAD_MAX_BYTES,
+    )
+    app = deploy(settings, ray_serve, headers=bearer(KEY_A))
+    yield app
+    serve.delete(settings.app_name)
+    delete_prefix(redis_url, settings.prefix)
