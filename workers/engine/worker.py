@@ -11,6 +11,8 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +31,15 @@ T = TypeVar("T")
 class _Command:
     fn: Callable[[], Any]
     future: concurrent.futures.Future[Any]
+    label: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One thing the model thread did: a decode step (``"step"``) or a labelled command."""
+
+    label: str
+    ms: float
 
 
 class _Stop:
@@ -43,17 +54,32 @@ class ModelWorker:
         self._batcher = batcher
         self._queue: queue.Queue[Row | _Command | _Stop] = queue.Queue()
         self._closed = False
+        # What ran, in order, for tests and debugging (a few microseconds per item).
+        self._timeline: deque[WorkItem] = deque(maxlen=4096)
+        self._timeline_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="loraq-model", daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Run ``fn`` on the model thread between decode steps; its result or error."""
+    def call(self, fn: Callable[[], T], label: str = "command") -> concurrent.futures.Future[T]:
+        """Run ``fn`` on the model thread between decode steps; its result or error.
+
+        ``label`` names it in :meth:`timeline`.
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(EngineError(ErrorType.INTERNAL, "the engine is closed"))
         else:
-            self._queue.put(_Command(fn, future))
+            self._queue.put(_Command(fn, future, label))
         return future
+
+    def timeline(self) -> list[WorkItem]:
+        """The latest decode steps and commands of the model thread, oldest first."""
+        with self._timeline_lock:
+            return list(self._timeline)
+
+    def _record(self, label: str, started: float) -> None:
+        with self._timeline_lock:
+            self._timeline.append(WorkItem(label, (time.perf_counter() - started) * 1000))
 
     def submit(self, row: Row) -> None:
         """Queue ``row`` for the next admission."""
@@ -80,7 +106,9 @@ class ModelWorker:
                 return item
             if isinstance(item, _Stop):
                 return None
+            started = time.perf_counter()
             _run_command(item)
+            self._record(item.label, started)
 
     def _run(self) -> None:
         while len(self._batch) or not self._closed:
@@ -106,9 +134,12 @@ class ModelWorker:
         for row in rows:
             if row.cancelled:
                 row.sink.finish(row, "cancelled")
+        started = time.perf_counter()
         if live:
             self._batch.admit(live)
-        self._batch.step()
+        if len(self._batch):
+            self._batch.step()
+            self._record("step", started)
 
     def _drain(self) -> None:
         """After the stop: whatever is still queued fails, nothing waits forever."""
