@@ -32,7 +32,8 @@ from workers.engine.requests import EngineError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RunOnModel = Callable[[Callable[[], T]], "concurrent.futures.Future[T]"]
+# Runs a function on the model thread between decode steps; the label names it there.
+RunOnModel = Callable[[Callable[[], T], str], "concurrent.futures.Future[T]"]
 
 
 class _NeedHost:
@@ -214,7 +215,8 @@ class AdapterManager:
 
     def _start_load(self, plan: LoadPlan, host: HostAdapter) -> concurrent.futures.Future[None]:
         """Under the lock: queue the device load of ``plan`` on the model thread."""
-        load = self._run_on_model(functools.partial(self._carry_out, plan, host))
+        label = "copy" if host.stackable else "peft_load"
+        load = self._run_on_model(functools.partial(self._carry_out, plan, host), label)
         self._loads[plan.name] = load
         return load
 
@@ -281,7 +283,7 @@ class AdapterManager:
                 return
             if self._policy.remove(name):
                 self.device.removals += 1
-                self._run_on_model(functools.partial(self._take_off, name))
+                self._run_on_model(functools.partial(self._take_off, name), "remove")
             self._host.discard(name)
             if self._policy.state(name) is None and not self._host.holds(name):
                 del self._removed[name]

@@ -38,6 +38,7 @@ class _Command:
 class WorkItem:
     """One thing the model thread did: a decode step (``"step"``) or a labelled command."""
 
+    seq: int  # counts from 1 over the engine's life
     label: str
     ms: float
 
@@ -57,6 +58,7 @@ class ModelWorker:
         # What ran, in order, for tests and debugging (a few microseconds per item).
         self._timeline: deque[WorkItem] = deque(maxlen=4096)
         self._timeline_lock = threading.Lock()
+        self._seq = 0
         self._thread = threading.Thread(target=self._run, name="loraq-model", daemon=True)
         self._thread.start()
 
@@ -79,7 +81,10 @@ class ModelWorker:
 
     def _record(self, label: str, started: float) -> None:
         with self._timeline_lock:
-            self._timeline.append(WorkItem(label, (time.perf_counter() - started) * 1000))
+            self._seq += 1
+            self._timeline.append(
+                WorkItem(self._seq, label, (time.perf_counter() - started) * 1000)
+            )
 
     def submit(self, row: Row) -> None:
         """Queue ``row`` for the next admission."""
@@ -106,9 +111,7 @@ class ModelWorker:
                 return item
             if isinstance(item, _Stop):
                 return None
-            started = time.perf_counter()
-            _run_command(item)
-            self._record(item.label, started)
+            self._run_command(item)
 
     def _run(self) -> None:
         while len(self._batch) or not self._closed:
@@ -154,11 +157,16 @@ class ModelWorker:
             elif isinstance(item, _Command) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(error)
 
-
-def _run_command(command: _Command) -> None:
-    if not command.future.set_running_or_notify_cancel():
-        return
-    try:
-        command.future.set_result(command.fn())
-    except BaseException as exc:  # handed to the caller through its future
-        command.future.set_exception(exc)
+    def _run_command(self, command: _Command) -> None:
+        if not command.future.set_running_or_notify_cancel():
+            return
+        started = time.perf_counter()
+        try:
+            result = command.fn()
+        except BaseException as exc:  # handed to the caller through its future
+            self._record(command.label, started)
+            command.future.set_exception(exc)
+            return
+        # Recorded before the caller hears of it, so its view of the timeline holds it.
+        self._record(command.label, started)
+        command.future.set_result(result)
