@@ -118,6 +118,7 @@ def _replicas_table(frame: TopFrame, rows: int) -> Table:
     table.add_column("rows", justify="right", width=5)
     table.add_column("warm adapters", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("hit/load/evict", justify="right", width=14, no_wrap=True)
+    table.add_column("host hit/read/evict MiB", justify="right", width=23, no_wrap=True)
     table.add_column("tok/s", justify="right", width=7)
     table.add_column("beat", justify="right", width=5)
     shown = _shown(len(replicas), rows)
@@ -129,6 +130,8 @@ def _replicas_table(frame: TopFrame, rows: int) -> Table:
             str(beat.rows_in_flight),
             ", ".join(beat.adapters) or "–",
             f"{beat.cache_hits}/{beat.cache_loads}/{beat.cache_evictions}",
+            f"{beat.host_hits}/{beat.host_loads}/{beat.host_evictions} "
+            f"{beat.host_bytes / 2**20:.0f}",
             "–" if rate is None else f"{rate:.1f}",
             f"{max(0.0, frame.now - beat.ts):.0f}s",
         )
