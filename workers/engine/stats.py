@@ -87,7 +87,7 @@ def tier_stats(adapters: AdapterManager) -> dict[str, float]:
         "host_load_failures": counters.load_failures,
         "host_evictions": counters.evictions,
         "host_bytes": host.bytes_used(),
-        "host_adapters": len(host.names()),
+        "adapters_on_host": len(host.names()),
         "host_load_ms_total": host.load_ms_total,
         "device_copies": device.copies,
         "device_copy_ms_total": device.copy_ms_total,
