@@ -112,13 +112,18 @@ def _consumers_table(stats: QueueStats, rows: int) -> Table:
 
 def _replicas_table(frame: TopFrame, rows: int) -> Table:
     replicas = frame.stats.replicas
-    table = _table(f"model replicas ({len(replicas)})")
+    # The host tier in the title, summed over replicas: the columns are full already.
+    host = (
+        f"host memory hit/read/evict {sum(b.host_hits for b in replicas)}/"
+        f"{sum(b.host_loads for b in replicas)}/{sum(b.host_evictions for b in replicas)}, "
+        f"{sum(b.host_bytes for b in replicas) / 2**20:.1f} MiB"
+    )
+    table = _table(f"model replicas ({len(replicas)}) · {host}")
     table.add_column("replica", width=16, no_wrap=True, overflow="ellipsis")
     table.add_column("node", width=_SHORT_ID, no_wrap=True)
     table.add_column("rows", justify="right", width=5)
     table.add_column("warm adapters", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("hit/load/evict", justify="right", width=14, no_wrap=True)
-    table.add_column("host hit/read/evict MiB", justify="right", width=23, no_wrap=True)
     table.add_column("tok/s", justify="right", width=7)
     table.add_column("beat", justify="right", width=5)
     shown = _shown(len(replicas), rows)
@@ -130,8 +135,6 @@ def _replicas_table(frame: TopFrame, rows: int) -> Table:
             str(beat.rows_in_flight),
             ", ".join(beat.adapters) or "–",
             f"{beat.cache_hits}/{beat.cache_loads}/{beat.cache_evictions}",
-            f"{beat.host_hits}/{beat.host_loads}/{beat.host_evictions} "
-            f"{beat.host_bytes / 2**20:.0f}",
             "–" if rate is None else f"{rate:.1f}",
             f"{max(0.0, frame.now - beat.ts):.0f}s",
         )
