@@ -112,7 +112,13 @@ def _consumers_table(stats: QueueStats, rows: int) -> Table:
 
 def _replicas_table(frame: TopFrame, rows: int) -> Table:
     replicas = frame.stats.replicas
-    table = _table(f"model replicas ({len(replicas)})")
+    # The host tier in the title, summed over replicas: the columns are full already.
+    host = (
+        f"host memory hit/read/evict {sum(b.host_hits for b in replicas)}/"
+        f"{sum(b.host_loads for b in replicas)}/{sum(b.host_evictions for b in replicas)}, "
+        f"{sum(b.host_bytes for b in replicas) / 2**20:.1f} MiB"
+    )
+    table = _table(f"model replicas ({len(replicas)}) · {host}")
     table.add_column("replica", width=16, no_wrap=True, overflow="ellipsis")
     table.add_column("node", width=_SHORT_ID, no_wrap=True)
     table.add_column("rows", justify="right", width=5)

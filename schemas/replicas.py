@@ -24,6 +24,22 @@ class ReplicaHeartbeat(BaseModel):
     cache_hits: int = Field(0, ge=0, description="Adapter requests served warm (counter).")
     cache_loads: int = Field(0, ge=0, description="Adapter loads (counter).")
     cache_evictions: int = Field(0, ge=0, description="Adapter evictions (counter).")
+    host_hits: int = Field(0, ge=0, description="Adapters found parsed in host memory (counter).")
+    host_loads: int = Field(0, ge=0, description="Adapters read from disk into host memory.")
+    host_evictions: int = Field(0, ge=0, description="Adapters dropped from host memory.")
+    host_bytes: int = Field(0, ge=0, description="Bytes of parsed adapters in host memory now.")
+    host_load_ms_total: float = Field(
+        0.0, ge=0, description="Milliseconds spent reading adapters into host memory (counter)."
+    )
+    device_copy_ms_total: float = Field(
+        0.0, ge=0, description="Milliseconds spent copying adapters into device slots (counter)."
+    )
+    model_thread_disk_reads: int = Field(
+        0, ge=0, description="Adapter folders read on the model thread (PEFT loads; counter)."
+    )
+    in_use_evictions: int = Field(
+        0, ge=0, description="Adapters taken off the device while in use (a bug if above 0)."
+    )
     tokens_generated: int = Field(0, ge=0, description="Tokens generated (counter).")
     ts: float = Field(description="Epoch seconds of this heartbeat.")
     interval_s: float = Field(gt=0, description="Seconds between this replica's heartbeats.")

@@ -38,6 +38,17 @@ class WorkerSettings(AdapterRootSettings):
         8, ge=1, description="Adapters held on the device per replica (LRU, in-use ones pinned)."
     )
     max_lora_rank: int = Field(64, ge=1, description="Adapters of a higher rank are refused.")
+    adapter_host_cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Host memory (MiB) for parsed adapters per replica (LRU, in-use ones pinned).",
+    )
+    registry_sync_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a model replica reads {P}:adapters and unloads the "
+        "run-time registrations removed there.",
+    )
 
     # Batching and limits
     max_batch_size: int = Field(16, ge=1, description="Rows in one forward pass.")

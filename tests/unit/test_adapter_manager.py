@@ -1,7 +1,8 @@
 """The adapter manager's concurrency: one load per cold adapter, waits for a free slot.
 
-A fake device stands in for the model (this tests the glue's logic, not PEFT); loads run
-on one worker thread as they do in the engine.
+A fake device stands in for the model and a fake read for the disk (this tests the
+glue's logic, not PEFT); device loads run on one worker thread as they do in the engine,
+reads on the host store's own loader thread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import pytest
 
 from schemas import ErrorType
 from workers.adapters.cache import AdapterCachePolicy
+from workers.adapters.host_cache import HostCachePolicy
+from workers.adapters.host_store import HostStore
+from workers.adapters.host_weights import HostAdapter
 from workers.adapters.manager import AdapterManager
 from workers.adapters.registry import AdapterRegistry
 from workers.engine.requests import EngineError
@@ -32,7 +36,7 @@ class FakeDevice:
         self.on_device: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
-    def add(self, name: str, folder: Path) -> None:
+    def add(self, name: str, adapter: HostAdapter) -> None:
         self.calls.append(("add", name))
         time.sleep(self.load_s)
         if name in self.broken:
@@ -42,6 +46,9 @@ class FakeDevice:
     def remove(self, name: str) -> None:
         self.calls.append(("remove", name))
         self.on_device.discard(name)
+
+    def is_stacked(self, name: str) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -61,15 +68,20 @@ def make(
         (tmp_path / name).mkdir(exist_ok=True)
         (tmp_path / name / "adapter_config.json").write_text("{}")
 
-    def run_on_model(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    def run_on_model(fn: Callable[[], T], label: str = "") -> concurrent.futures.Future[T]:
         return pool.submit(fn)
+
+    def read(folder: Path) -> HostAdapter:
+        validate(folder)
+        return HostAdapter(folder=folder, stackable=True, modules={})
 
     return AdapterManager(
         registry=AdapterRegistry({}, str(tmp_path)),
         policy=AdapterCachePolicy(capacity),
-        validate=validate,
+        host=HostStore(HostCachePolicy(2**20), read),
         device=device,
         run_on_model=run_on_model,
+        in_batch=lambda name: False,
     )
 
 

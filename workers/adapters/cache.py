@@ -91,16 +91,19 @@ class AdapterCachePolicy:
         self.counters.hits += 1
         return True
 
-    def plan_load(self, name: str) -> LoadPlan | None:
+    def plan_load(self, name: str, *, evict: bool = True) -> LoadPlan | None:
         """Reserve a slot for ``name``, choosing unpinned LRU adapters to evict.
 
-        Returns ``None`` when every slot is pinned or loading: the caller waits for an
-        unpin and asks again. On success ``name`` is LOADING and pinned once (for the
-        caller), and the evicted adapters no longer hold slots.
+        Returns ``None`` when every slot is pinned or loading (or, with ``evict=False``,
+        when no slot is free): the caller waits for an unpin and asks again, or gives up.
+        On success ``name`` is LOADING and pinned once (for the caller), and the evicted
+        adapters no longer hold slots.
         """
         if name in self._slots:
             raise ValueError(f"adapter {name!r} already holds a slot")
         needed = len(self._slots) + 1 - self.capacity
+        if needed > 0 and not evict:
+            return None
         victims = [
             other
             for other, state in self._slots.items()
@@ -133,3 +136,14 @@ class AdapterCachePolicy:
         del self._slots[name]
         self._pins.pop(name, None)
         self.counters.load_failures += 1
+
+    def remove(self, name: str) -> bool:
+        """Give up ``name``'s slot if it is loaded and unpinned; says whether it did.
+
+        The caller then deletes it from the device (an unregistered adapter, not an
+        eviction: the counters do not count it).
+        """
+        if self._slots.get(name) is not SlotState.LOADED or self._pins[name] > 0:
+            return False
+        del self._slots[name]
+        return True

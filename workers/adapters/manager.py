@@ -1,9 +1,11 @@
-"""Adapter lifecycle for async callers: resolve, validate, pin, load once, evict LRU.
+"""Adapter lifecycle for async callers: resolve, read into host memory, pin, copy onto
+the device once, evict LRU, free what is unregistered.
 
-The policy (:class:`AdapterCachePolicy`) decides; this class carries its plans out on the
-model thread through ``run_on_model`` and keeps the policy consistent with what is
-actually on the device. Policy state is guarded by a lock because pins are released
-from the model thread when a row leaves the batch.
+The policies (:class:`AdapterCachePolicy` for device slots, the host store's for host
+memory) decide; this class carries their plans out (reads on the loader thread, copies
+and loads on the model thread through ``run_on_model``) and keeps the device policy
+consistent with what is actually on the device. Policy state is guarded by a lock
+because pins are released from the model thread when a row leaves the batch.
 """
 
 from __future__ import annotations
@@ -16,58 +18,95 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from schemas import ErrorType
 from workers.adapters.cache import AdapterCachePolicy, LoadPlan
+from workers.adapters.host_store import HostStore
+from workers.adapters.host_weights import HostAdapter
 from workers.adapters.registry import AdapterRegistry
 from workers.engine.requests import EngineError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RunOnModel = Callable[[Callable[[], T]], "concurrent.futures.Future[T]"]
+# Runs a function on the model thread between decode steps; the label names it there.
+RunOnModel = Callable[[Callable[[], T], str], "concurrent.futures.Future[T]"]
 
 
-class _Validate:
-    """Step marker: validate the adapter folder, then ask again."""
+class _NeedHost:
+    """Step marker: bring the adapter into host memory (validated, parsed), then ask again."""
 
 
-_VALIDATE = _Validate()
+_NEED_HOST = _NeedHost()
+
+
+@dataclass(frozen=True)
+class _Started:
+    """Step marker: this caller started the device load (and handed it its host pin)."""
+
+    load: concurrent.futures.Future[None]
 
 
 class AdapterDevice(Protocol):
     """What the manager needs from the model side (called on the model thread)."""
 
-    def add(self, name: str, folder: Path) -> None:
-        """Load ``folder`` as adapter ``name``."""
+    def add(self, name: str, adapter: HostAdapter) -> None:
+        """Put ``adapter`` on the device as ``name``."""
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
 
+    def is_stacked(self, name: str) -> bool:
+        """Whether ``name`` went into a stacked slot (a copy) rather than PEFT (a load)."""
+
+
+@dataclass
+class DeviceCounters:
+    """Device-tier figures the policy does not keep."""
+
+    copies: int = 0  # stacked: a copy of host tensors
+    copy_ms_total: float = 0.0
+    peft_loads: int = 0  # PEFT's load_adapter, which reads the folder on the model thread
+    peft_load_ms_total: float = 0.0
+    removals: int = 0  # adapters freed because their registration went
+    # Adapters taken off the device while a row of the batch used them: must stay 0.
+    in_use_evictions: int = 0
+
 
 class AdapterManager:
-    """Pins adapters for requests, loading each cold adapter exactly once."""
+    """Pins adapters for requests over two tiers: host memory, then a device slot.
+
+    A cold adapter is read (and validated) by the host store's loader thread before
+    anything is evicted for it; the model thread only copies it into a slot (or, for an
+    adapter the stacked slots cannot hold, loads it through PEFT). A pin on the device
+    implies one on the host until the copy is done.
+    """
 
     def __init__(
         self,
         *,
         registry: AdapterRegistry,
         policy: AdapterCachePolicy,
-        validate: Callable[[Path], None],
+        host: HostStore,
         device: AdapterDevice,
         run_on_model: RunOnModel[None],
+        in_batch: Callable[[str], bool],
     ) -> None:
         self._registry = registry
         self._policy = policy
-        self._validate = validate
+        self._host = host
         self._device = device
         self._run_on_model = run_on_model
+        self._in_batch = in_batch  # model thread: whether a row of the batch uses a name
         self._lock = threading.Lock()
         self._loads: dict[str, concurrent.futures.Future[None]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._removed: dict[str, Path] = {}  # unregistered, freed once nothing uses them
         self.load_ms_total = 0.0
+        self.device = DeviceCounters()
         # Called on the model thread with each successful load's seconds.
         self.on_load: Callable[[float], None] | None = None
 
@@ -75,6 +114,11 @@ class AdapterManager:
     def policy(self) -> AdapterCachePolicy:
         """The cache policy (read its counters and state; mutate only through the manager)."""
         return self._policy
+
+    @property
+    def host(self) -> HostStore:
+        """The host tier."""
+        return self._host
 
     def loaded(self) -> list[str]:
         """Adapters on the device, least recently used first."""
@@ -88,40 +132,92 @@ class AdapterManager:
         Waits while every slot is pinned by requests in flight.
         """
         folder = self._registry.resolve(name)
-        validated = False
-        while True:
+        host: HostAdapter | None = None  # pinned on the host tier while this holds it
+        try:
+            while True:
+                with self._lock:
+                    step = self._next_step(name, host)
+                if step is None:
+                    return
+                if isinstance(step, _NeedHost):
+                    # Before anything is evicted for it: a bad adapter costs no good one.
+                    host = await self._host.acquire(name, folder)
+                elif isinstance(step, _Started):
+                    host = None  # the device load releases it
+                    await _await_pinned(step.load, self, name)
+                    return
+                elif isinstance(step, concurrent.futures.Future):
+                    await _await_pinned(step, self, name)
+                    return
+                else:
+                    await step
+        finally:
+            if host is not None:
+                self._release_host(name)
+
+    async def prefetch(self, name: str) -> None:
+        """Warm ``name`` on the host tier, and copy it into a *free* device slot.
+
+        Never evicts a device adapter; raises like :meth:`acquire` for a bad name.
+        """
+        folder = self._registry.resolve(name)
+        with self._lock:
+            if self._policy.state(name) is not None:
+                return
+        host = await self._host.acquire(name, folder, urgent=False)
+        load = None
+        try:
             with self._lock:
-                step = self._next_step(name, folder, validated=validated)
-            if step is None:
-                return
-            if isinstance(step, concurrent.futures.Future):
-                await _await_pinned(step, self, name)
-                return
-            if isinstance(step, _Validate):
-                # Before anything is evicted for it: a bad adapter costs no good one.
-                await asyncio.to_thread(self._validate, folder)
-                validated = True
-                continue
-            await step
+                if host.stackable and self._policy.state(name) is None:
+                    plan = self._policy.plan_load(name, evict=False)
+                    if plan is not None:
+                        load = self._start_load(plan, host)  # it releases the host pin
+        finally:
+            if load is None:
+                self._release_host(name)
+        if load is not None:
+            await _await_pinned(load, self, name)
+            self.release(name)  # plan_load pinned it for us; no row needs it yet
+
+    def remove(self, name: str, folder: Path) -> None:
+        """``name`` (which lived in ``folder``) is unregistered: free it on both tiers as
+        soon as nothing uses it (now, if nothing does)."""
+        with self._lock:
+            self._removed[name] = folder
+        self._free_if_removed(name)
+
+    def restore(self, name: str, folder: Path) -> bool:
+        """``name`` is registered again: keep it unless it was removed from another
+        folder and is not freed yet (its stale weights may still be cached)."""
+        with self._lock:
+            old = self._removed.get(name)
+            if old is not None and old == folder:
+                del self._removed[name]
+            return old is None or old == folder
 
     def _next_step(
-        self, name: str, folder: Path, *, validated: bool
-    ) -> concurrent.futures.Future[None] | asyncio.Future[None] | _Validate | None:
-        """Under the lock: pin a hit (``None``), join or start a load (its future),
-        ask for validation (``_VALIDATE``), or wait for a free slot (a waiter)."""
+        self, name: str, host: HostAdapter | None
+    ) -> concurrent.futures.Future[None] | asyncio.Future[None] | _NeedHost | _Started | None:
+        """Under the lock: pin a hit (``None``), join a load (its future), ask for the
+        host tier (``_NEED_HOST``), start a load, or wait for a free slot (a waiter)."""
         if self._policy.hit(name):
             return None
         pending = self._loads.get(name)
         if pending is not None:
             self._policy.pin(name)
             return pending
-        if not validated:
-            return _VALIDATE
+        if host is None:
+            return _NEED_HOST
         plan = self._policy.plan_load(name)
         if plan is None:
             return self._add_waiter()
-        load = self._run_on_model(functools.partial(self._carry_out, plan, folder))
-        self._loads[name] = load
+        return _Started(self._start_load(plan, host))
+
+    def _start_load(self, plan: LoadPlan, host: HostAdapter) -> concurrent.futures.Future[None]:
+        """Under the lock: queue the device load of ``plan`` on the model thread."""
+        label = "copy" if host.stackable else "peft_load"
+        load = self._run_on_model(functools.partial(self._carry_out, plan, host), label)
+        self._loads[plan.name] = load
         return load
 
     def release(self, name: str) -> None:
@@ -129,16 +225,21 @@ class AdapterManager:
         with self._lock:
             self._policy.unpin(name)
         self._wake_waiters()
+        self._free_if_removed(name)
 
-    def _carry_out(self, plan: LoadPlan, folder: Path) -> None:
-        """Evict, then load (model thread); keeps the policy in step whatever happens."""
+    def _release_host(self, name: str) -> None:
+        self._host.release(name)
+        self._free_if_removed(name)
+
+    def _carry_out(self, plan: LoadPlan, host: HostAdapter) -> None:
+        """Evict, then copy or load (model thread); keeps the policy in step whatever happens."""
         started = time.perf_counter()
         try:
             for victim in plan.evict:
-                self._device.remove(victim)
-            self._device.add(plan.name, folder)
+                self._take_off(victim)
+            self._device.add(plan.name, host)
         except Exception as exc:
-            log.warning("loading adapter %s from %s failed: %s", plan.name, folder, exc)
+            log.warning("loading adapter %s from %s failed: %s", plan.name, host.folder, exc)
             with self._lock:
                 self._policy.load_failed(plan.name)
                 del self._loads[plan.name]
@@ -146,16 +247,46 @@ class AdapterManager:
             raise EngineError(
                 ErrorType.INCOMPATIBLE_ADAPTER, f"adapter {plan.name!r} failed to load: {exc}"
             ) from exc
+        finally:
+            self._release_host(plan.name)  # the copy is done (or failed): the host may evict
         elapsed_ms = (time.perf_counter() - started) * 1000
         with self._lock:
             self._policy.loaded(plan.name)
             del self._loads[plan.name]
             self.load_ms_total += elapsed_ms
+            self._count_load(plan.name, elapsed_ms)
         if self.on_load is not None:
             self.on_load(elapsed_ms / 1000)
         if plan.evict:
             log.info("evicted adapters %s to load %s", list(plan.evict), plan.name)
         log.debug("loaded adapter %s in %.1f ms", plan.name, elapsed_ms)
+
+    def _count_load(self, name: str, elapsed_ms: float) -> None:
+        if self._device.is_stacked(name):
+            self.device.copies += 1
+            self.device.copy_ms_total += elapsed_ms
+        else:
+            self.device.peft_loads += 1
+            self.device.peft_load_ms_total += elapsed_ms
+
+    def _take_off(self, name: str) -> None:
+        """Model thread: delete ``name`` from the device (its slot is already given up)."""
+        if self._in_batch(name):
+            self.device.in_use_evictions += 1
+            log.error("adapter %s left the device while a row used it", name)
+        self._device.remove(name)
+
+    def _free_if_removed(self, name: str) -> None:
+        """Free a removed adapter on the tiers where nothing holds it any more."""
+        with self._lock:
+            if name not in self._removed:
+                return
+            if self._policy.remove(name):
+                self.device.removals += 1
+                self._run_on_model(functools.partial(self._take_off, name), "remove")
+            self._host.discard(name)
+            if self._policy.state(name) is None and not self._host.holds(name):
+                del self._removed[name]
 
     def _add_waiter(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()

@@ -41,6 +41,7 @@ class AdapterRegistry:
         self._dir = Path(adapter_dir).resolve() if adapter_dir else None
         self._roots: list[Path] = [self._dir] if self._dir else []
         self._folders: dict[str, Path] = {}
+        self._runtime: set[str] = set()  # registered at run time, so removable
         self._scan()
         for name, folder in static.items():
             resolved = Path(folder).resolve()
@@ -67,10 +68,12 @@ class AdapterRegistry:
             )
         return resolved
 
-    def add(self, name: str, folder: str, *, replace: bool = True) -> None:
-        """Register ``name``; the folder must lie under a configured root.
+    def add(self, name: str, folder: str, *, replace: bool = True, runtime: bool = False) -> Path:
+        """Register ``name`` and return its resolved folder, which must lie under a
+        configured root.
 
-        With ``replace=False`` a name already registered to another folder is refused.
+        With ``replace=False`` a name already registered to another folder is refused;
+        ``runtime`` marks a run-time registration, which :meth:`remove` may take back.
         """
         check_name(name)
         resolved = self.check_folder(folder)
@@ -82,7 +85,19 @@ class AdapterRegistry:
                     f"adapter {name!r} is already registered to another folder; "
                     "register the new version under a new name",
                 )
+            if runtime and current is None:
+                self._runtime.add(name)
             self._folders[name] = resolved
+        return resolved
+
+    def remove(self, name: str) -> Path | None:
+        """Unregister a run-time registration; its folder, or ``None`` when ``name`` is
+        not one (static and scanned adapters stay)."""
+        with self._lock:
+            if name not in self._runtime:
+                return None
+            self._runtime.discard(name)
+            return self._folders.pop(name)
 
     def find(self, name: str) -> Path | None:
         """The folder of ``name``, or ``None`` when it is not registered.

@@ -15,15 +15,18 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import torch
 
 from schemas import ErrorType
 from workers.adapters.cache import AdapterCachePolicy
+from workers.adapters.host_cache import HostCachePolicy
+from workers.adapters.host_store import HostStore
+from workers.adapters.host_weights import read_adapter
 from workers.adapters.manager import AdapterManager
 from workers.adapters.registry import AdapterRegistry
-from workers.adapters.validation import base_module_shapes, validate_adapter
+from workers.adapters.validation import base_module_shapes
 from workers.engine.batcher import Batcher
 from workers.engine.decode import DecodeBatch, FinishReason, Row
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
@@ -31,9 +34,9 @@ from workers.engine.model_loader import LoadedModel, load_model
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.sampling import RowSampler
-from workers.engine.stats import EngineObserver, PassStats
+from workers.engine.stats import EngineObserver, PassStats, tier_stats
 from workers.engine.stopping import TextTracker
-from workers.engine.worker import ModelWorker
+from workers.engine.worker import ModelWorker, WorkItem
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -61,15 +64,24 @@ class Engine:
         )
         self._worker = ModelWorker(batch, batcher)
         self._registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
+        host = HostStore(
+            HostCachePolicy(settings.adapter_host_cache_mb * 2**20),
+            functools.partial(
+                read_adapter,
+                shapes=shapes,
+                max_rank=settings.max_lora_rank,
+                pin_memory=self._device.type == "cuda",
+            ),
+        )
         self._adapters = AdapterManager(
             registry=self._registry,
             policy=AdapterCachePolicy(settings.max_adapters_per_replica),
-            validate=functools.partial(
-                validate_adapter, shapes=shapes, max_rank=settings.max_lora_rank
-            ),
+            host=host,
             device=self._model,
             run_on_model=self._worker.call,
+            in_batch=lambda name: any(row.adapter == name for row in batch.rows),
         )
+        self._prefetches: set[asyncio.Task[None]] = set()  # kept alive until they end
         # One thread, so that encodes never overlap on the tokenizer.
         self._tokenize = concurrent.futures.ThreadPoolExecutor(1, "loraq-tokenize")
         self._rows_lock = threading.Lock()
@@ -121,6 +133,37 @@ class Engine:
         await self._adapters.acquire(name)
         self._adapters.release(name)
 
+    async def prefetch(self, names: Sequence[str]) -> None:
+        """Warm these adapters ahead of their requests, without waiting for it.
+
+        Each is read into host memory on the loader thread (after the reads of requests)
+        and copied into a device slot if one is *free*: a prefetch never evicts. Bad or
+        unknown names are skipped (logged at DEBUG); this never raises.
+        """
+        for name in dict.fromkeys(names):
+            task = asyncio.ensure_future(self._prefetch_one(name))
+            self._prefetches.add(task)
+            task.add_done_callback(self._prefetches.discard)
+
+    async def _prefetch_one(self, name: str) -> None:
+        try:
+            await self._adapters.prefetch(name)
+        except Exception as exc:  # a hint, not a request: nobody waits for its error
+            log.debug("prefetch of adapter %r skipped: %s", name, exc)
+
+    def remove_adapter(self, name: str) -> bool:
+        """Unregister run-time registration ``name`` and free it on the host and device
+        tiers (once the requests that use it are done); says whether it was one.
+
+        Later requests for it fail ``unknown_adapter``. Static and scanned adapters stay.
+        """
+        folder = self._registry.remove(name)
+        if folder is None:
+            return False
+        self._adapters.remove(name, folder)
+        log.info("adapter %s unregistered; freed once unused", name)
+        return True
+
     def cancel(self, request_id: str) -> bool:
         """Stop the rows of ``request_id`` at the next step; their output ends ``cancelled``."""
         with self._rows_lock:
@@ -145,9 +188,25 @@ class Engine:
         """Register ``name`` at run time; ``path`` must lie under a configured adapter root.
 
         Registering a name again with the same folder changes nothing; another folder is
-        refused, since the adapter may be on the device with the old weights.
+        refused, since the adapter may be on the device with the old weights (also while a
+        removed registration of that name is still in use).
         """
-        self._registry.add(name, path, replace=False)
+        folder = self._registry.check_folder(path)
+        if not self._adapters.restore(name, folder):
+            raise EngineError(
+                ErrorType.VALIDATION,
+                f"adapter {name!r} was removed and is still in use with its old folder; "
+                "register the new version under a new name",
+            )
+        self._registry.add(name, path, replace=False, runtime=True)
+
+    def host_adapters(self) -> list[str]:
+        """Adapters in host memory, least recently used first."""
+        return self._adapters.host.names()
+
+    def model_timeline(self) -> list[WorkItem]:
+        """What the model thread did lately (decode steps and commands), oldest first."""
+        return self._worker.timeline()
 
     def recent_passes(self) -> list[frozenset[str]]:
         """The distinct adapters of each of the latest forward passes, oldest first."""
@@ -157,9 +216,10 @@ class Engine:
         """Report every forward pass and adapter load to ``observer`` from now on."""
         self._stats.observer = observer
         self._adapters.on_load = observer.adapter_loaded
+        self._adapters.host.on_load = observer.adapter_read
 
     def stats(self) -> dict[str, float]:
-        """Counters of the decode loop and the adapter cache."""
+        """Counters of the decode loop and of the adapter tiers (``cache_*``: the device)."""
         counters = self._adapters.policy.counters
         with self._rows_lock:
             in_flight = self._in_flight
@@ -173,11 +233,13 @@ class Engine:
             "adapter_load_ms_total": self._adapters.load_ms_total,
             "adapters_loaded": len(self._adapters.loaded()),
             "adapters_registered": len(self._registry.names()),
+            **tier_stats(self._adapters),
         }
 
     async def close(self) -> None:
         """Finish the rows in flight, then stop the model thread."""
         await asyncio.to_thread(self._worker.close)
+        await asyncio.to_thread(self._adapters.host.close)
         self._tokenize.shutdown(wait=False)
 
     async def _events(

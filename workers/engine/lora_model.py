@@ -12,21 +12,24 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
+from workers.adapters.host_weights import HostAdapter, parse_adapter
 from workers.adapters.loader import delete_adapter, load_adapter
-from workers.engine.stacked_lora import StackedLora
+from workers.adapters.validation import base_module_shapes
+from workers.engine.stacked_lora import StackedLora, linear_modules
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 
 
 class MultiLoraModel:
-    """The base model wrapped once in a PEFT model that holds many adapters.
+    """The base model with device slots for many adapters; one forward pass serves mixed rows.
 
-    A pass of one adapter takes PEFT's plain path with that adapter active, as
-    ``set_adapter`` + ``generate`` would. A mixed pass adds each row's LoRA delta from
-    stacked weights (:mod:`stacked_lora`) when all adapters are plain LoRA, else takes
-    PEFT's per-row path (``adapter_names``). Both are driven by hooks that stay
-    registered on the LoRA layers (PEFT's own forward would walk every module twice per
-    call to add and remove its hooks). Not thread-safe: only the model thread calls it.
+    Plain LoRA adapters live in the stacked slots (:mod:`stacked_lora`): adding one is a
+    copy of its host tensors. The others are loaded into one PEFT wrapper of the base
+    model and take PEFT's path: its plain path when a pass holds that adapter only, else
+    its per-row path (``adapter_names``), where stacked and base rows are ``__base__``.
+    PEFT's per-row names are injected by pre-hooks that stay registered on its LoRA
+    layers (PEFT's own forward would walk every module twice per call to add and remove
+    its hooks). Not thread-safe: only the model thread calls it.
     """
 
     def __init__(self, base: PreTrainedModel, *, capacity: int) -> None:
@@ -37,10 +40,13 @@ class MultiLoraModel:
         self._peft_names: dict[str, str] = {}
         self._loads = 0
         self._hooked: set[int] = set()
-        self._row_adapters: list[str] | None = None  # what the hooks inject, when set
-        self._stacked = StackedLora(capacity)
-        # False sends every mixed pass through PEFT's per-row path (for comparisons).
+        self._row_adapters: list[str] | None = None  # what the PEFT hooks inject, when set
+        # Before PEFT wraps anything: the hooks belong on the base modules themselves.
+        self._shapes = base_module_shapes(base)
+        self._stacked = StackedLora(linear_modules(base), capacity)
+        # False sends adapters added from now on through PEFT (for comparisons).
         self.prefer_stacked = True
+        self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
 
     @property
     def config(self) -> PretrainedConfig:
@@ -50,28 +56,41 @@ class MultiLoraModel:
 
     @property
     def stacked_in_use(self) -> bool:
-        """Whether mixed passes now take the stacked path."""
-        return self.prefer_stacked and self._stacked.usable
+        """Whether every adapter on the device is in a stacked slot (no PEFT pass needed)."""
+        return not self._peft_names
 
     def names(self) -> list[str]:
         """Adapters on the device."""
-        return list(self._peft_names)
+        return [*self._stacked.names(), *self._peft_names]
 
-    def add(self, name: str, folder: Path) -> None:
-        """Load the adapter in ``folder`` as ``name``."""
+    def is_stacked(self, name: str) -> bool:
+        """Whether ``name`` is in a stacked slot (so its rows need no PEFT module)."""
+        return self._stacked.holds(name)
+
+    def add(self, name: str, source: HostAdapter | Path) -> None:
+        """Put adapter ``name`` on the device: a copy into a slot when it stacks, else a
+        PEFT load of its folder. A bare folder is parsed here first (tests and tools)."""
+        adapter = source
+        if isinstance(adapter, Path):
+            adapter = parse_adapter(adapter, shapes=self._shapes)
+        if self.prefer_stacked and self._stacked.can_hold(adapter):
+            self._stacked.add(name, adapter)
+            return
         self._loads += 1
+        self.peft_loads += 1
         peft_name = f"adapter{self._loads}"
-        self.peft = load_adapter(self.peft or self.base, folder, peft_name)
+        self.peft = load_adapter(self.peft or self.base, adapter.folder, peft_name)
         self._peft_names[name] = peft_name
         self._hook_new_layers()
-        self._stacked.add(self.base, name, peft_name)
 
     def remove(self, name: str) -> None:
         """Free adapter ``name``."""
+        if self._stacked.holds(name):
+            self._stacked.remove(name)
+            return
         peft_name = self._peft_names.pop(name)
         if self.peft is not None:
             delete_adapter(self.peft, peft_name)
-        self._stacked.remove(name)
 
     @torch.inference_mode()
     def last_logits(
@@ -105,26 +124,20 @@ class MultiLoraModel:
         return logits
 
     def _route(self, adapter_names: list[str], device: torch.device) -> None:
-        """Choose the LoRA path of this pass: none, plain, stacked or PEFT's per-row one."""
-        distinct = set(adapter_names)
+        """Set up this pass: stacked deltas for stacked rows; for PEFT's adapters, its
+        plain path when every row is one of them, else its per-row path."""
+        self._stacked.begin(adapter_names, device)
         if self.peft is None:
             return
-        if not self._peft_names or distinct == {BASE_ADAPTER}:
-            # Base rows only: PEFT's per-row path with every row on the base marker.
-            self._row_adapters = [BASE_ADAPTER] * len(adapter_names)
-        elif len(distinct) == 1:
-            peft_name = self._peft_names[adapter_names[0]]
+        peft_rows = [self._peft_names.get(name, BASE_ADAPTER) for name in adapter_names]
+        distinct = set(peft_rows)
+        if len(distinct) == 1 and BASE_ADAPTER not in distinct:
+            peft_name = peft_rows[0]
             if self.peft.active_adapter != peft_name:
                 self.peft.set_adapter(peft_name, inference_mode=True)
-        elif self.stacked_in_use:
-            # PEFT computes the base output only; the stacked hooks add each row's delta.
-            self._row_adapters = [BASE_ADAPTER] * len(adapter_names)
-            self._stacked.begin(adapter_names, device)
         else:
-            self._row_adapters = [
-                BASE_ADAPTER if name == BASE_ADAPTER else self._peft_names[name]
-                for name in adapter_names
-            ]
+            # Also when no row is PEFT's: the active adapter must add nothing.
+            self._row_adapters = peft_rows
 
     def _hook_new_layers(self) -> None:
         # A new adapter may target modules no earlier adapter touched: hook those too.
@@ -132,7 +145,6 @@ class MultiLoraModel:
             hookable = isinstance(module, LoraLayer | AuxiliaryTrainingWrapper)
             if hookable and id(module) not in self._hooked:
                 module.register_forward_pre_hook(self._inject, with_kwargs=True)
-                module.register_forward_hook(self._stacked.add_delta, with_kwargs=True)
                 self._hooked.add(id(module))
 
     def _inject(

@@ -1,202 +1,199 @@
-"""Mixed-adapter LoRA in a fixed number of batched ops per layer, whatever the adapters.
+"""Device slots for plain LoRA: stacked weights per base module and one hook that applies them.
 
-PEFT's per-row path loops over the distinct adapters of a batch in every LoRA layer, so a
-pass costs more with each adapter it holds. Here each LoRA layer keeps the A and B
-matrices of its adapters in two stacked tensors with one slot per adapter of the cache
-(ranks zero-padded to the layer's largest); a pass gathers every row's own matrices and
-applies them with two ``bmm`` calls. PEFT's modules are re-pointed at views into the
-stacks, so the weights still exist only once and PEFT's plain path (one adapter per
-pass) reads the same memory. Loading or evicting an adapter touches only its own slot.
+PEFT's per-row path loops over the distinct adapters of a batch in every LoRA layer, and
+loading an adapter through PEFT creates modules and reads its folder. Here each base
+linear module an adapter targets keeps the A and B matrices of every slot in two stacked
+tensors (ranks zero-padded to the module's largest); a forward hook on the *base* module
+adds each row's delta with two ``bmm`` calls (or two matmuls when every row uses one
+slot). Moving an adapter in is a ``copy_`` of its host tensors into a free slot; moving
+it out zeroes its scales. No PEFT module is involved, so PEFT's own adapters (the ones
+this path cannot hold) compose: PEFT wraps the base module and still calls it, and its
+rows get slot 0, whose delta is zero.
 
-Only plain LoRA on linear layers is stacked (no DoRA or other variants, no LoRA bias, no
-embedding LoRA, no ``modules_to_save``); while such an adapter is loaded, mixed passes
-take PEFT's per-row path.
+Hooks on ``nn.Linear`` fire for bitsandbytes ``Linear8bitLt``/``Linear4bit`` too (they
+subclass it). Not thread-safe: only the model thread calls it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft.tuners.lora import LoraLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
-BASE_SLOT = 0  # never assigned: all-zero matrices, a base row gets no delta
+from workers.adapters.host_weights import HostAdapter
+
+BASE_SLOT = 0  # never assigned: a base row (or a PEFT row) gets no delta from the stacks
+# PEFT keeps adapter weights in float32 even on a half-precision base (its
+# autocast_adapter_dtype); the stacks do the same, so both paths compute alike.
+STACK_DTYPE = torch.float32
 
 
 @dataclass
 class _Stack:
-    """One LoRA layer's adapters; slot ``s`` of each tensor belongs to one adapter."""
+    """One base module's slots; slot ``s`` of each tensor belongs to one adapter."""
 
     a: torch.Tensor  # [slots, r_max, in]
     b: torch.Tensor  # [slots, out, r_max]
     scale: torch.Tensor  # [slots]
-    peft_names: dict[int, str]  # slot -> PEFT's name of the adapter in it
+    # Host mirrors, so a pass decides what to compute without reading the device.
+    scales: list[float]  # [slots]; 0.0: the slot's adapter does not target this module
+    ranks: list[int]  # [slots]
     # This pass's per-row selection, kept while the rows of the batch stay the same.
     selected_for: int = -1
-    rows_a: torch.Tensor | None = None  # [rows, r_max, in]
-    rows_b: torch.Tensor | None = None  # [rows, out, r_max]
-    rows_scale: torch.Tensor | None = None  # [rows, 1, 1]
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None)
 
 
-def stackable(model: nn.Module, peft_name: str) -> bool:
-    """Whether adapter ``peft_name`` is plain LoRA on linear layers only."""
-    for module in model.modules():
-        if isinstance(module, AuxiliaryTrainingWrapper) and peft_name in module._adapters:
-            return False
-        if not isinstance(module, LoraLayer):
-            continue
-        if peft_name in module.lora_embedding_A or peft_name in module.lora_variant:
-            return False
-        if peft_name in module.lora_A and (
-            getattr(module, "fan_in_fan_out", False) or module.lora_B[peft_name].bias is not None
-        ):
-            return False
-    return True
+def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """The base model's linear modules by qualified name (before PEFT wraps any)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
 class StackedLora:
-    """Stacked adapter weights per LoRA layer and the forward hook that applies them."""
+    """``capacity`` device slots over the base model's linear modules."""
 
-    def __init__(self, capacity: int) -> None:
-        self._size = capacity + 1  # one slot per cached adapter, plus the base slot
-        self._stacks: dict[int, _Stack] = {}
-        self._slots: dict[str, int] = {}  # our adapter name -> slot
+    def __init__(self, modules: Mapping[str, nn.Linear], capacity: int) -> None:
+        self._modules = dict(modules)
+        self._size = capacity + 1  # the slots, plus the base slot
+        self._stacks: dict[str, _Stack] = {}
+        self._by_module: dict[int, _Stack] = {}  # id(base module) -> its stack
+        self._slots: dict[str, int] = {}  # adapter name -> slot
         self._free = list(range(capacity, BASE_SLOT, -1))
-        self._unstackable: set[str] = set()
         self._rows: torch.Tensor | None = None  # [rows] slot of each row
         self._row_names: list[str] | None = None
+        self._pass_slots: frozenset[int] = frozenset()  # this pass's slots, base excluded
+        self._uniform = False  # every row of this pass uses the same slot
         self._active = False  # inside a pass that wants the deltas
         self._pass_key = 0
 
-    @property
-    def usable(self) -> bool:
-        """Whether every loaded adapter is stacked (else mixed passes need PEFT's path)."""
-        return not self._unstackable
+    def names(self) -> list[str]:
+        """Adapters in the slots."""
+        return list(self._slots)
 
-    def add(self, model: nn.Module, name: str, peft_name: str) -> None:
-        """Stack the freshly loaded adapter ``peft_name`` (ours: ``name``) in a free slot."""
-        if not self._free or not stackable(model, peft_name):
-            self._unstackable.add(name)
-            return
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` is in a slot."""
+        return name in self._slots
+
+    def can_hold(self, adapter: HostAdapter) -> bool:
+        """Whether ``adapter`` is plain LoRA on linear modules only, and a slot is free."""
+        return (
+            bool(self._free)
+            and adapter.stackable
+            and all(name in self._modules for name in adapter.modules)
+        )
+
+    def add(self, name: str, adapter: HostAdapter) -> None:
+        """Copy ``adapter``'s host tensors into a free slot (``can_hold`` must be true)."""
         slot = self._free.pop()
         self._slots[name] = slot
-        for module in model.modules():
-            if isinstance(module, LoraLayer) and peft_name in module.lora_A:
-                self._put(module, slot, peft_name)
+        with torch.no_grad():
+            for module, weights in adapter.modules.items():
+                rank = weights.a.shape[0]
+                stack = self._stack(module, rank)
+                stack.a[slot, :rank].copy_(weights.a, non_blocking=True)
+                stack.a[slot, rank:].zero_()
+                stack.b[slot, :, :rank].copy_(weights.b, non_blocking=True)
+                stack.b[slot, :, rank:].zero_()
+                stack.scale[slot] = weights.scale
+                stack.scales[slot], stack.ranks[slot] = weights.scale, rank
         self._invalidate()
 
     def remove(self, name: str) -> None:
-        """Free the slot of ``name`` (PEFT has already dropped its modules)."""
-        self._unstackable.discard(name)
-        slot = self._slots.pop(name, None)
-        if slot is not None:
-            # Zero the slot everywhere: its next owner may target fewer layers, and a
-            # layer it does not target must add nothing to its rows.
-            with torch.no_grad():
-                for stack in self._stacks.values():
-                    stack.peft_names.pop(slot, None)
-                    stack.a[slot].zero_()
-                    stack.b[slot].zero_()
+        """Free the slot of ``name``: zero scales, so its stale matrices add nothing."""
+        slot = self._slots.pop(name)
+        with torch.no_grad():
+            for stack in self._stacks.values():
+                if stack.scales[slot]:
                     stack.scale[slot] = 0.0
-            self._free.append(slot)
-            self._invalidate()
+                    stack.scales[slot], stack.ranks[slot] = 0.0, 0
+        self._free.append(slot)
+        self._invalidate()
 
     def begin(self, adapter_names: list[str], device: torch.device) -> None:
-        """The next pass runs rows of these adapters (ours, or the base marker)."""
+        """The next pass runs rows of these adapters (names not in a slot get no delta)."""
         if adapter_names != self._row_names:
             self._row_names = list(adapter_names)
             slots = [self._slots.get(name, BASE_SLOT) for name in adapter_names]
+            self._pass_slots = frozenset(slots) - {BASE_SLOT}
+            self._uniform = len(set(slots)) == 1
             self._rows = torch.tensor(slots, device=device)
             self._pass_key += 1
-        self._active = True
+        self._active = bool(self._pass_slots)
 
     def end(self) -> None:
-        """The pass is over: the hook adds nothing until the next :meth:`begin`."""
+        """The pass is over: the hooks add nothing until the next :meth:`begin`."""
         self._active = False
 
-    def add_delta(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: torch.Tensor,
+    def _hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> torch.Tensor | None:
-        """Forward hook of a LoRA layer: add each row's own LoRA delta to ``output``."""
-        rows = self._rows
-        stack = self._stacks.get(id(module))
-        if not self._active or rows is None or stack is None:
+        """Forward hook of a base linear module: add each row's own LoRA delta."""
+        stack = self._by_module.get(id(module))
+        if not self._active or stack is None:
             return None
+        used = [slot for slot in self._pass_slots if stack.scales[slot]]
+        if not used:
+            return None  # no adapter of this pass targets this module
+        x = (args[0] if args else next(iter(kwargs.values()))).to(STACK_DTYPE)  # [rows, T, in]
+        # All rows on one slot (a pass of one adapter, the common case) needs no gather.
+        delta = self._one_slot(stack, used[0], x) if self._uniform else self._per_row(stack, x)
+        summed: torch.Tensor = output + delta.to(output.dtype)  # [rows, T, out]
+        return summed
+
+    @staticmethod
+    def _one_slot(stack: _Stack, slot: int, x: torch.Tensor) -> torch.Tensor:
+        """The delta when every row uses ``slot``, in the adapter's own rank."""
+        rank = stack.ranks[slot]
+        hidden = torch.nn.functional.linear(x, stack.a[slot, :rank])  # [rows, T, r]
+        return torch.nn.functional.linear(hidden * stack.scales[slot], stack.b[slot, :, :rank])
+
+    def _per_row(self, stack: _Stack, x: torch.Tensor) -> torch.Tensor:
+        assert self._rows is not None
         if stack.selected_for != self._pass_key:
-            stack.rows_a = stack.a.index_select(0, rows)
-            stack.rows_b = stack.b.index_select(0, rows)
-            stack.rows_scale = stack.scale.index_select(0, rows)[:, None, None]
+            rows = self._rows
+            stack.rows = (
+                stack.a.index_select(0, rows).transpose(1, 2),  # [rows, in, r_max]
+                stack.b.index_select(0, rows).transpose(1, 2),  # [rows, r_max, out]
+                stack.scale.index_select(0, rows)[:, None, None],  # [rows, 1, 1]
+            )
             stack.selected_for = self._pass_key
-        assert stack.rows_a is not None and stack.rows_b is not None
-        assert stack.rows_scale is not None
-        x = args[0] if args else kwargs["x"]  # [rows, T, in]
-        hidden = torch.bmm(x.to(stack.a.dtype), stack.rows_a.transpose(1, 2))  # [rows, T, r]
-        delta = torch.bmm(hidden * stack.rows_scale, stack.rows_b.transpose(1, 2))
-        return output + delta.to(output.dtype)  # [rows, T, out]
+        assert stack.rows is not None
+        rows_a, rows_b, rows_scale = stack.rows
+        return torch.bmm(torch.bmm(x, rows_a) * rows_scale, rows_b)
+
+    def _stack(self, module: str, rank: int) -> _Stack:
+        """The stack of ``module``, made (and its hook registered) or widened to ``rank``."""
+        old = self._stacks.get(module)
+        if old is not None and old.a.shape[1] >= rank:
+            return old
+        linear = self._modules[module]
+        device = linear.weight.device
+        width = rank if old is None else max(rank, old.a.shape[1])
+        stack = _Stack(
+            a=torch.zeros(
+                (self._size, width, linear.in_features), dtype=STACK_DTYPE, device=device
+            ),
+            b=torch.zeros(
+                (self._size, linear.out_features, width), dtype=STACK_DTYPE, device=device
+            ),
+            scale=torch.zeros(self._size, dtype=STACK_DTYPE, device=device),
+            scales=[0.0] * self._size if old is None else old.scales,
+            ranks=[0] * self._size if old is None else old.ranks,
+        )
+        if old is None:
+            linear.register_forward_hook(self._hook, with_kwargs=True)
+        else:
+            old_width = old.a.shape[1]
+            stack.a[:, :old_width].copy_(old.a)
+            stack.b[:, :, :old_width].copy_(old.b)
+            stack.scale.copy_(old.scale)
+        self._stacks[module] = stack
+        self._by_module[id(linear)] = stack
+        return stack
 
     def _invalidate(self) -> None:
         # Slots changed hands: per-row slots and selections made before are stale.
         self._row_names = None
         self._pass_key += 1
-
-    def _put(self, module: LoraLayer, slot: int, peft_name: str) -> None:
-        """Copy one adapter's matrices of one layer into ``slot``; point PEFT at them."""
-        weight_a = _weight(module.lora_A[peft_name])  # [r, in]
-        weight_b = _weight(module.lora_B[peft_name])  # [out, r]
-        rank = weight_a.shape[0]
-        stack = self._stacks.get(id(module))
-        if stack is None or stack.a.shape[1] < rank:
-            stack = self._grown(module, stack, weight_a, weight_b)
-        with torch.no_grad():
-            stack.a[slot].zero_()
-            stack.b[slot].zero_()
-            stack.a[slot, :rank].copy_(weight_a)
-            stack.b[slot, :, :rank].copy_(weight_b)
-            stack.scale[slot] = float(module.scaling[peft_name])
-        stack.peft_names[slot] = peft_name
-        _point(module, stack, slot)
-
-    def _grown(
-        self, module: LoraLayer, old: _Stack | None, weight_a: torch.Tensor, weight_b: torch.Tensor
-    ) -> _Stack:
-        """A stack for ``module`` wide enough for ``weight_a``'s rank, holding ``old``'s."""
-        rank = weight_a.shape[0] if old is None else max(weight_a.shape[0], old.a.shape[1])
-        stack = _Stack(
-            a=weight_a.new_zeros((self._size, rank, weight_a.shape[1])),
-            b=weight_b.new_zeros((self._size, weight_b.shape[0], rank)),
-            scale=weight_a.new_zeros(self._size),
-            peft_names=dict(old.peft_names) if old is not None else {},
-        )
-        if old is not None:
-            old_rank = old.a.shape[1]
-            with torch.no_grad():
-                stack.a[:, :old_rank].copy_(old.a)
-                stack.b[:, :, :old_rank].copy_(old.b)
-                stack.scale.copy_(old.scale)
-            for slot in stack.peft_names:
-                _point(module, stack, slot)  # off the old stack, which can then go
-        self._stacks[id(module)] = stack
-        return stack
-
-
-def _point(module: LoraLayer, stack: _Stack, slot: int) -> None:
-    """Make PEFT's A and B of the adapter in ``slot`` views into ``stack``."""
-    peft_name = stack.peft_names[slot]
-    weight_a = _weight(module.lora_A[peft_name])
-    weight_b = _weight(module.lora_B[peft_name])
-    rank = weight_a.shape[0]
-    weight_a.data = stack.a[slot, :rank]
-    weight_b.data = stack.b[slot, :, :rank]
-
-
-def _weight(linear: nn.Module) -> torch.Tensor:
-    weight = linear.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from workers.adapters.manager import AdapterManager
 from workers.engine.lora_model import BASE_ADAPTER
 
 
@@ -23,6 +24,9 @@ class EngineObserver(Protocol):
 
     def adapter_loaded(self, seconds: float) -> None:
         """An adapter was loaded onto the device in ``seconds`` (evictions included)."""
+
+    def adapter_read(self, seconds: float) -> None:
+        """An adapter was read from disk into host memory in ``seconds`` (loader thread)."""
 
 
 @dataclass
@@ -70,3 +74,27 @@ class PassStats:
             "rows": self.rows,
             "tokens_generated": self.tokens_generated,
         }
+
+
+def tier_stats(adapters: AdapterManager) -> dict[str, float]:
+    """Counters of the host tier and of the device tier's copies, loads and removals."""
+    host = adapters.host
+    counters = host.policy.counters
+    device = adapters.device
+    return {
+        "host_hits": counters.hits,
+        "host_loads": counters.loads,
+        "host_load_failures": counters.load_failures,
+        "host_evictions": counters.evictions,
+        "host_bytes": host.bytes_used(),
+        "adapters_on_host": len(host.names()),
+        "host_load_ms_total": host.load_ms_total,
+        "device_copies": device.copies,
+        "device_copy_ms_total": device.copy_ms_total,
+        # PEFT's load_adapter reads the folder on the model thread: the only disk reads
+        # there (adapters the stacked slots cannot hold).
+        "model_thread_disk_reads": device.peft_loads,
+        "peft_load_ms_total": device.peft_load_ms_total,
+        "adapters_removed": device.removals,
+        "in_use_evictions": device.in_use_evictions,
+    }

@@ -11,6 +11,8 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +31,16 @@ T = TypeVar("T")
 class _Command:
     fn: Callable[[], Any]
     future: concurrent.futures.Future[Any]
+    label: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One thing the model thread did: a decode step (``"step"``) or a labelled command."""
+
+    seq: int  # counts from 1 over the engine's life
+    label: str
+    ms: float
 
 
 class _Stop:
@@ -43,17 +55,36 @@ class ModelWorker:
         self._batcher = batcher
         self._queue: queue.Queue[Row | _Command | _Stop] = queue.Queue()
         self._closed = False
+        # What ran, in order, for tests and debugging (a few microseconds per item).
+        self._timeline: deque[WorkItem] = deque(maxlen=4096)
+        self._timeline_lock = threading.Lock()
+        self._seq = 0
         self._thread = threading.Thread(target=self._run, name="loraq-model", daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Run ``fn`` on the model thread between decode steps; its result or error."""
+    def call(self, fn: Callable[[], T], label: str = "command") -> concurrent.futures.Future[T]:
+        """Run ``fn`` on the model thread between decode steps; its result or error.
+
+        ``label`` names it in :meth:`timeline`.
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(EngineError(ErrorType.INTERNAL, "the engine is closed"))
         else:
-            self._queue.put(_Command(fn, future))
+            self._queue.put(_Command(fn, future, label))
         return future
+
+    def timeline(self) -> list[WorkItem]:
+        """The latest decode steps and commands of the model thread, oldest first."""
+        with self._timeline_lock:
+            return list(self._timeline)
+
+    def _record(self, label: str, started: float) -> None:
+        with self._timeline_lock:
+            self._seq += 1
+            self._timeline.append(
+                WorkItem(self._seq, label, (time.perf_counter() - started) * 1000)
+            )
 
     def submit(self, row: Row) -> None:
         """Queue ``row`` for the next admission."""
@@ -80,7 +111,7 @@ class ModelWorker:
                 return item
             if isinstance(item, _Stop):
                 return None
-            _run_command(item)
+            self._run_command(item)
 
     def _run(self) -> None:
         while len(self._batch) or not self._closed:
@@ -106,9 +137,12 @@ class ModelWorker:
         for row in rows:
             if row.cancelled:
                 row.sink.finish(row, "cancelled")
+        started = time.perf_counter()
         if live:
             self._batch.admit(live)
-        self._batch.step()
+        if len(self._batch):
+            self._batch.step()
+            self._record("step", started)
 
     def _drain(self) -> None:
         """After the stop: whatever is still queued fails, nothing waits forever."""
@@ -123,11 +157,16 @@ class ModelWorker:
             elif isinstance(item, _Command) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(error)
 
-
-def _run_command(command: _Command) -> None:
-    if not command.future.set_running_or_notify_cancel():
-        return
-    try:
-        command.future.set_result(command.fn())
-    except BaseException as exc:  # handed to the caller through its future
-        command.future.set_exception(exc)
+    def _run_command(self, command: _Command) -> None:
+        if not command.future.set_running_or_notify_cancel():
+            return
+        started = time.perf_counter()
+        try:
+            result = command.fn()
+        except BaseException as exc:  # handed to the caller through its future
+            self._record(command.label, started)
+            command.future.set_exception(exc)
+            return
+        # Recorded before the caller hears of it, so its view of the timeline holds it.
+        self._record(command.label, started)
+        command.future.set_result(result)

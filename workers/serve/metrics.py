@@ -120,6 +120,13 @@ ADAPTER_LOAD_SECONDS = MetricSpec(
     REPLICA,
     SECONDS,
 )
+ADAPTER_READ_SECONDS = MetricSpec(
+    "loraq_adapter_read_seconds",
+    "histogram",
+    "Seconds to read, validate and parse an adapter into host memory (loader thread).",
+    REPLICA,
+    SECONDS,
+)
 ADAPTER_HITS = MetricSpec(
     "loraq_adapter_hits", "counter", "Adapter requests served by a warm adapter.", REPLICA
 )
@@ -129,6 +136,39 @@ ADAPTER_LOAD_FAILURES = MetricSpec(
 )
 ADAPTER_EVICTIONS = MetricSpec(
     "loraq_adapter_evictions", "counter", "Adapters evicted to make room.", REPLICA
+)
+HOST_HITS = MetricSpec(
+    "loraq_adapter_host_hits", "counter", "Adapters found parsed in host memory.", REPLICA
+)
+HOST_LOADS = MetricSpec(
+    "loraq_adapter_host_loads", "counter", "Adapters read from disk into host memory.", REPLICA
+)
+HOST_EVICTIONS = MetricSpec(
+    "loraq_adapter_host_evictions",
+    "counter",
+    "Adapters dropped from host memory to fit its budget.",
+    REPLICA,
+)
+HOST_BYTES = MetricSpec(
+    "loraq_adapter_host_bytes", "gauge", "Bytes of parsed adapters in host memory.", REPLICA
+)
+MODEL_THREAD_READS = MetricSpec(
+    "loraq_adapter_model_thread_reads",
+    "counter",
+    "Adapter folders read on the model thread (PEFT loads of adapters that do not stack).",
+    REPLICA,
+)
+IN_USE_EVICTIONS = MetricSpec(
+    "loraq_adapter_in_use_evictions",
+    "counter",
+    "Adapters taken off the device while a row used them (a bug if ever above 0).",
+    REPLICA,
+)
+ADAPTERS_REMOVED = MetricSpec(
+    "loraq_adapters_removed",
+    "counter",
+    "Run-time registrations removed and freed from the replica.",
+    REPLICA,
 )
 ADAPTERS_LOADED = MetricSpec(
     "loraq_adapters_loaded", "gauge", "Adapters on the replica's device now.", REPLICA
@@ -155,10 +195,18 @@ SPECS = (
     BATCH_SIZE,
     ADAPTERS_PER_BATCH,
     ADAPTER_LOAD_SECONDS,
+    ADAPTER_READ_SECONDS,
     ADAPTER_HITS,
     ADAPTER_LOADS,
     ADAPTER_LOAD_FAILURES,
     ADAPTER_EVICTIONS,
+    HOST_HITS,
+    HOST_LOADS,
+    HOST_EVICTIONS,
+    HOST_BYTES,
+    MODEL_THREAD_READS,
+    IN_USE_EVICTIONS,
+    ADAPTERS_REMOVED,
     ADAPTERS_LOADED,
     GENERATED_TOKENS,
     TOKENS_PER_SECOND,
@@ -169,6 +217,12 @@ ENGINE_COUNTERS = {
     "cache_loads": ADAPTER_LOADS,
     "cache_load_failures": ADAPTER_LOAD_FAILURES,
     "cache_evictions": ADAPTER_EVICTIONS,
+    "host_hits": HOST_HITS,
+    "host_loads": HOST_LOADS,
+    "host_evictions": HOST_EVICTIONS,
+    "model_thread_disk_reads": MODEL_THREAD_READS,
+    "in_use_evictions": IN_USE_EVICTIONS,
+    "adapters_removed": ADAPTERS_REMOVED,
     "tokens_generated": GENERATED_TOKENS,
 }
 
@@ -266,6 +320,10 @@ class ModelMetrics:
         """Model thread: record one adapter load."""
         histogram(ADAPTER_LOAD_SECONDS).observe(seconds, tags=self._tags)
 
+    def adapter_read(self, seconds: float) -> None:
+        """Loader thread: record one read of an adapter into host memory."""
+        histogram(ADAPTER_READ_SECONDS).observe(seconds, tags=self._tags)
+
     def report(self, stats: Mapping[str, float], now: float) -> None:
         """Add what the engine's counters ``stats`` grew by; set the gauges."""
         deltas = counter_deltas(self._last, stats)
@@ -277,4 +335,5 @@ class ModelMetrics:
             rate = deltas["tokens_generated"] / elapsed_s
             gauge(TOKENS_PER_SECOND).set(rate, tags=self._tags)
         gauge(ADAPTERS_LOADED).set(stats["adapters_loaded"], tags=self._tags)
+        gauge(HOST_BYTES).set(stats["host_bytes"], tags=self._tags)
         self._last, self._last_at = dict(stats), now

@@ -18,7 +18,7 @@ from ray import serve
 from producer.connection import async_client
 from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
-from workers.adapters.registrations import registered_path
+from workers.adapters.registrations import registered_path, registered_paths
 from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.logs import configure_logging
@@ -72,6 +72,39 @@ class LoRAModel:
             self._redis, self._keys, self._heartbeat, settings.heartbeat_s
         )
         self.heartbeat.start()
+        # Names this replica registered from {P}:adapters: the sync unloads those that go.
+        self._runtime: set[str] = set()
+        self._registry_sync = Periodic(
+            self._sync_registry, settings.registry_sync_s, f"adapter registry of {self.replica}"
+        )
+        self._registry_sync.start()
+
+    async def prefetch(self, adapters: list[str], target_replica: str | None = None) -> None:
+        """Warm ``adapters`` on this replica ahead of their jobs (host tier, free slots).
+
+        A hint from the consumer's scheduler (``target_replica`` is the replica it meant;
+        Serve's router chose this one): cheap, returns before the loads are done, and
+        never raises for a bad or unknown name.
+        """
+        names = []
+        for name in adapters:
+            try:
+                await self._ensure_registered(name)
+            except EngineError as exc:
+                log.debug("prefetch of adapter %r skipped: %s", name, exc.message)
+                continue
+            names.append(name)
+        await self.engine.prefetch(names)
+
+    async def _sync_registry(self) -> None:
+        """Unload run-time registrations removed from ``{P}:adapters`` (their later jobs
+        fail ``unknown_adapter``; rows already running finish first)."""
+        if not self._runtime:
+            return
+        current = await registered_paths(self._redis, self._keys)
+        for name in sorted(self._runtime - current.keys()):
+            self._runtime.discard(name)
+            self.engine.remove_adapter(name)
 
     async def _ensure_registered(self, adapter: str) -> None:
         """Register ``adapter`` from ``{P}:adapters`` when the replica does not know it and
@@ -83,6 +116,7 @@ class LoRAModel:
             return
         try:
             self.engine.add_adapter(adapter, path)
+            self._runtime.add(adapter)
         except EngineError as exc:
             log.warning("adapter %s: run-time registration refused: %s", adapter, exc.message)
             raise EngineError(
@@ -155,6 +189,7 @@ class LoRAModel:
             # The process, for operators (and the chaos tests that kill it).
             "pid": os.getpid(),
             "adapters": list(self.engine.loaded_adapters()),
+            "host_adapters": self.engine.host_adapters(),
             "routed_loads": self.routed_loads,
             **self.engine.stats(),
         }
@@ -169,6 +204,7 @@ class LoRAModel:
 
     async def __del__(self) -> None:
         await self._metrics_reporter.stop()
+        await self._registry_sync.stop()
         await self.heartbeat.stop()
         await self._redis.aclose()
         await self.engine.close()

@@ -1,4 +1,5 @@
-"""The three LoRA paths of a pass agree: plain (one adapter), stacked, and PEFT's per-row."""
+"""The LoRA paths of a pass agree: stacked slots (one adapter or many), PEFT's plain and
+per-row paths, and the two mixed in one pass."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import torch
-from engine_kit import ADAPTERS, Kit, request, start_engine, stop_engine
+from engine_kit import Kit, request, start_engine, stop_engine
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
@@ -27,29 +29,50 @@ def logits(model: MultiLoraModel, ids: torch.Tensor, names: list[str]) -> torch.
 
 
 def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
-    base = AutoModelForCausalLM.from_pretrained(kit.base).eval()
-    model = MultiLoraModel(base, capacity=len(ADAPTERS))
+    model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
+    peft = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
+    peft.prefer_stacked = False
     # Small ranks first, so that later loads widen the stacks of layers already stacked.
     for name in ["d", "a", "c", "b", "e"]:
         model.add(name, kit.adapters / name)
+        peft.add(name, kit.adapters / name)
     ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(0))
-    assert model.stacked_in_use
-    check_paths(model, ids)
+    # Plain LoRA goes into the stacked slots: a copy, no PEFT module at all.
+    assert model.stacked_in_use and model.peft is None and model.peft_loads == 0
+    assert not any(isinstance(m, LoraLayer) for m in model.base.modules())
+    assert not peft.stacked_in_use
+    check_paths(model, peft, ids)
     # Evicted adapters' slots change hands: "a" (q, v) takes the slot "c" (k, up) held.
-    model.remove("a")
-    model.remove("c")
-    model.add("a", kit.adapters / "a")
-    model.add("c", kit.adapters / "c")
-    check_paths(model, ids)
+    for loaded in (model, peft):
+        loaded.remove("a")
+        loaded.remove("c")
+        loaded.add("a", kit.adapters / "a")
+        loaded.add("c", kit.adapters / "c")
+    check_paths(model, peft, ids)
 
 
-def check_paths(model: MultiLoraModel, ids: torch.Tensor) -> None:
-    stacked = logits(model, ids, NAMES)
+def test_stacked_and_peft_adapters_share_a_pass(kit: Kit) -> None:
+    """PEFT wraps the base modules the stacked hooks sit on: both deltas still apply."""
+    model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
+    for name in ["a", "b", "d"]:
+        model.add(name, kit.adapters / name)
     model.prefer_stacked = False
-    per_row = logits(model, ids, NAMES)
-    model.prefer_stacked = True
+    for name in ["c", "e"]:
+        model.add(name, kit.adapters / name)
+    assert model.is_stacked("a") and not model.is_stacked("c") and model.peft_loads == 2
+    ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(1))
+    mixed = logits(model, ids, NAMES)
     alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
+    torch.testing.assert_close(mixed, alone, rtol=1e-4, atol=1e-4)
+
+
+def check_paths(model: MultiLoraModel, peft: MultiLoraModel, ids: torch.Tensor) -> None:
+    stacked = logits(model, ids, NAMES)
+    per_row = logits(peft, ids, NAMES)
+    alone = torch.cat([logits(peft, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
+    stacked_alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
     torch.testing.assert_close(stacked, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stacked_alone, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(per_row, alone, rtol=1e-4, atol=1e-4)
     # The adapters matter: a row's own adapter, not a neighbour's, made its logits.
     assert not torch.allclose(alone[0], logits(model, ids[:1], ["b"]), atol=1e-3)
