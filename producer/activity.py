@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 
 from schemas.codec import as_text, decode_fields
 from schemas.records import FINAL_STATUSES, JobStatus
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import Heartbeat, ReplicaHeartbeat
 
+B = TypeVar("B", bound=Heartbeat)
 WINDOW_S = 60.0
 # Past this many events in the window, counts are of the newest ones only (``truncated``).
 MAX_WINDOW_EVENTS = 50_000
@@ -79,8 +80,8 @@ def count_events(
     )
 
 
-def live_replicas(fields: Mapping[Any, Any], now: float) -> list[ReplicaHeartbeat]:
-    """The heartbeats of ``HGETALL {P}:replicas`` that are fresh at ``now``, by replica id.
+def live_beats(fields: Mapping[Any, Any], now: float, model: type[B]) -> list[B]:
+    """The heartbeats of ``HGETALL`` of a heartbeat hash that are fresh at ``now``, by name.
 
     Entries that do not parse (a writer of another version) are skipped: the hash is
     informational and must never break a reader.
@@ -88,15 +89,25 @@ def live_replicas(fields: Mapping[Any, Any], now: float) -> list[ReplicaHeartbea
     found = []
     for value in fields.values():
         try:
-            beat = ReplicaHeartbeat.model_validate_json(as_text(value))
+            beat = model.model_validate_json(as_text(value))
         except pydantic.ValidationError:
             continue
         if beat.is_fresh(now):
             found.append(beat)
-    return sorted(found, key=lambda beat: beat.replica)
+    return sorted(found, key=lambda beat: beat.name)
+
+
+def stale_fields(fields: Mapping[Any, Any], now: float, model: type[Heartbeat]) -> list[str]:
+    """The fields of a heartbeat hash whose writer is gone (or whose value is unreadable)."""
+    live = {beat.name for beat in live_beats(fields, now, model)}
+    return [as_text(name) for name in fields if as_text(name) not in live]
+
+
+def live_replicas(fields: Mapping[Any, Any], now: float) -> list[ReplicaHeartbeat]:
+    """The model replicas of ``HGETALL {P}:replicas`` that are fresh at ``now``."""
+    return live_beats(fields, now, ReplicaHeartbeat)
 
 
 def stale_replicas(fields: Mapping[Any, Any], now: float) -> list[str]:
     """The fields of ``{P}:replicas`` whose replica is gone (or whose value is unreadable)."""
-    live = {beat.replica for beat in live_replicas(fields, now)}
-    return [as_text(name) for name in fields if as_text(name) not in live]
+    return stale_fields(fields, now, ReplicaHeartbeat)

@@ -20,12 +20,13 @@ from producer.activity import (
     MAX_WINDOW_EVENTS,
     RecentActivity,
     count_events,
+    live_beats,
     live_replicas,
     window_start_id,
 )
 from schemas.codec import as_text
 from schemas.keys import Keys
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import ConsumerHeartbeat, ReplicaHeartbeat
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ConsumerStats:
     name: str
     pending: int
     idle_ms: int
+    # From its heartbeat in {P}:consumers (None: no fresh one, or the window is off).
+    window_depth: int | None = None
+    window_oldest_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ def queue_commands(
     start = window_start_id(time.time() if now is None else now)
     pipe.xrevrange(keys.events, max="+", min=start, count=MAX_WINDOW_EVENTS)
     pipe.hgetall(keys.replicas)
+    pipe.hgetall(keys.consumers)
 
 
 def _missing(reply: Any) -> bool:
@@ -99,16 +104,18 @@ def _checked(reply: Any, empty: Any) -> Any:
 
 def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None) -> QueueStats:
     """Read the replies of :func:`queue_commands` (errors in place) into :class:`QueueStats`."""
-    empties: tuple[Any, ...] = (0, [], [], 0, [], {})
-    length, groups, consumers, dead, events, replicas = (
+    empties: tuple[Any, ...] = (0, [], [], 0, [], {}, {})
+    length, groups, consumers, dead, events, replicas, consumer_beats = (
         _checked(reply, empty) for reply, empty in zip(replies, empties, strict=True)
     )
+    now = time.time() if now is None else now
     common: dict[str, Any] = {
         "stream_length": length,
         "dead_letters": dead,
         "recent": count_events(events),
-        "replicas": live_replicas(replicas, time.time() if now is None else now),
+        "replicas": live_replicas(replicas, now),
     }
+    beats = {beat.consumer: beat for beat in live_beats(consumer_beats, now, ConsumerHeartbeat)}
     group = find_group(keys.group, groups)
     if group is None:
         return QueueStats(group_exists=False, **common)
@@ -118,12 +125,20 @@ def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None)
         **common,
         pending=int(group.get("pending", 0)),
         lag=None if lag is None else int(lag),
-        consumers=[
-            ConsumerStats(
-                name=as_text(c["name"]), pending=int(c["pending"]), idle_ms=int(c["idle"])
-            )
-            for c in consumers
-        ],
+        consumers=[_consumer(c, beats) for c in consumers],
+    )
+
+
+def _consumer(info: Mapping[str, Any], beats: Mapping[str, ConsumerHeartbeat]) -> ConsumerStats:
+    """A row of ``XINFO CONSUMERS`` with the window figures of the consumer's heartbeat."""
+    name = as_text(info["name"])
+    beat = beats.get(name)
+    return ConsumerStats(
+        name=name,
+        pending=int(info["pending"]),
+        idle_ms=int(info["idle"]),
+        window_depth=beat.window_depth if beat else None,
+        window_oldest_wait_s=beat.window_oldest_wait_s if beat else None,
     )
 
 

@@ -103,9 +103,19 @@ def _consumers_table(stats: QueueStats, rows: int) -> Table:
     table.add_column("name", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("pending", justify="right", width=8)
     table.add_column("idle", justify="right", width=8)
+    # The scheduling window: jobs claimed and waiting, and the oldest one's wait.
+    table.add_column("window", justify="right", width=7)
+    table.add_column("oldest", justify="right", width=7)
     shown = _shown(len(stats.consumers), rows)
     for consumer in stats.consumers[:shown]:
-        table.add_row(consumer.name, str(consumer.pending), f"{consumer.idle_ms / 1000:.1f}s")
+        depth, oldest = consumer.window_depth, consumer.window_oldest_wait_s
+        table.add_row(
+            consumer.name,
+            str(consumer.pending),
+            f"{consumer.idle_ms / 1000:.1f}s",
+            "-" if depth is None else str(depth),
+            "-" if oldest is None else f"{oldest:.1f}s",
+        )
     _more(table, len(stats.consumers) - shown)
     return table
 

@@ -166,7 +166,15 @@ def stats_lines(stream: str, group: str, found: QueueStats) -> list[str]:
         lines.append(f"consumers: {len(found.consumers)}")
         for consumer in found.consumers:
             idle_s = consumer.idle_ms / 1000
-            lines.append(f"  {consumer.name}: {consumer.pending} pending, idle {idle_s:.1f}s")
+            window = ""
+            if consumer.window_depth is not None:
+                window = (
+                    f", window {consumer.window_depth} "
+                    f"(oldest {consumer.window_oldest_wait_s or 0.0:.1f}s)"
+                )
+            lines.append(
+                f"  {consumer.name}: {consumer.pending} pending, idle {idle_s:.1f}s{window}"
+            )
     lines.append(f"dead letters: {found.dead_letters}")
     recent = found.recent
     counts = ", ".join(f"{n} {status}" for status, n in recent.by_status.items()) or "none"

@@ -48,6 +48,11 @@ class Keys:
         """Hash of model replicas' heartbeats: replica id -> JSON status (informational)."""
         return f"{self.prefix}:replicas"
 
+    @property
+    def consumers(self) -> str:
+        """Hash of consumers' heartbeats: consumer name -> JSON status (informational)."""
+        return f"{self.prefix}:consumers"
+
     def job(self, job_id: str) -> str:
         """Hash holding one job's record."""
         return f"{self.prefix}:job:{job_id}"

@@ -1,19 +1,36 @@
-"""The heartbeat a model replica writes to ``{P}:replicas``: informational, not part of
-the job contract (a client that never reads it loses nothing)."""
+"""The heartbeats of the workers: model replicas write theirs to ``{P}:replicas``,
+consumers theirs to ``{P}:consumers``. Informational, not part of the job contract (a
+client that never reads them loses nothing)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A replica whose last heartbeat is older than this many intervals is taken as gone.
+# A worker whose last heartbeat is older than this many intervals is taken as gone.
 MISSED_BEATS = 3
 
 
-class ReplicaHeartbeat(BaseModel):
-    """One model replica's status at ``ts``; the field of ``{P}:replicas`` is ``replica``."""
+class Heartbeat(BaseModel):
+    """What every heartbeat has: when it was made, and how often its writer beats."""
 
     # Readers ignore fields a newer writer adds.
     model_config = ConfigDict(extra="ignore")
+
+    ts: float = Field(description="Epoch seconds of this heartbeat.")
+    interval_s: float = Field(gt=0, description="Seconds between this writer's heartbeats.")
+
+    @property
+    def name(self) -> str:
+        """The writer's name: its field in the heartbeat hash."""
+        raise NotImplementedError
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the writer still counts as alive at ``now`` (epoch seconds)."""
+        return now - self.ts <= MISSED_BEATS * self.interval_s
+
+
+class ReplicaHeartbeat(Heartbeat):
+    """One model replica's status at ``ts``; the field of ``{P}:replicas`` is ``replica``."""
 
     replica: str = Field(min_length=1, description="Serve replica id.")
     node: str = Field("", description="Ray node id the replica runs on.")
@@ -41,9 +58,31 @@ class ReplicaHeartbeat(BaseModel):
         0, ge=0, description="Adapters taken off the device while in use (a bug if above 0)."
     )
     tokens_generated: int = Field(0, ge=0, description="Tokens generated (counter).")
-    ts: float = Field(description="Epoch seconds of this heartbeat.")
-    interval_s: float = Field(gt=0, description="Seconds between this replica's heartbeats.")
 
-    def is_fresh(self, now: float) -> bool:
-        """Whether the replica still counts as alive at ``now`` (epoch seconds)."""
-        return now - self.ts <= MISSED_BEATS * self.interval_s
+    @property
+    def name(self) -> str:
+        """The replica id."""
+        return self.replica
+
+
+class ConsumerHeartbeat(Heartbeat):
+    """One consumer's status at ``ts``; the field of ``{P}:consumers`` is ``consumer``."""
+
+    consumer: str = Field(min_length=1, description="Consumer name in the group.")
+    in_flight: int = Field(0, ge=0, description="Jobs it runs now.")
+    # None for the window figures: the consumer runs with the window off.
+    window_depth: int | None = Field(
+        None, ge=0, description="Claimed jobs waiting in its scheduling window."
+    )
+    window_oldest_wait_s: float | None = Field(
+        None, ge=0, description="How long the job waiting longest in the window has waited."
+    )
+    window_max_wait_s: float | None = Field(
+        None, ge=0, description="The longest a started job waited in the window (since start)."
+    )
+    replicas_known: int = Field(0, ge=0, description="Model replicas its scheduler sees.")
+
+    @property
+    def name(self) -> str:
+        """The consumer name."""
+        return self.consumer

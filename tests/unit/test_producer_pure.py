@@ -23,6 +23,7 @@ from producer.submission import (
 )
 from schemas import Job, JobEvent, JobStatus, Keys
 from schemas.jobs import JOB_ID_PATTERN, is_entry_id
+from schemas.replicas import ConsumerHeartbeat
 
 KEYS = Keys("p")
 
@@ -222,6 +223,7 @@ def test_stats_from_replies_with_nothing_created() -> None:
             0,
             [],
             {},
+            {},
         ],
     )
     assert (stats.stream_length, stats.group_exists, stats.lag) == (0, False, None)
@@ -232,13 +234,33 @@ def test_stats_from_replies_with_a_group() -> None:
         {"name": b"other", "pending": 9, "lag": 9},
         {"name": b"p:workers", "pending": 2, "lag": None},
     ]
-    consumers = [{"name": b"c1", "pending": 2, "idle": 1500}]
-    stats = parse_stats(KEYS, [7, groups, consumers, 1, [], {}])
+    consumers = [
+        {"name": b"c1", "pending": 2, "idle": 1500},
+        {"name": b"c2", "pending": 0, "idle": 10},
+    ]
+    # c2 beats with its window's figures; c1's beat is stale, so its window is unknown.
+    beats = {
+        b"c1": ConsumerHeartbeat(consumer="c1", window_depth=5, ts=1.0, interval_s=1.0),
+        b"c2": ConsumerHeartbeat(
+            consumer="c2", window_depth=7, window_oldest_wait_s=1.5, ts=99.0, interval_s=1.0
+        ),
+    }
+    fields = {name: beat.model_dump_json() for name, beat in beats.items()}
+    stats = parse_stats(KEYS, [7, groups, consumers, 1, [], {}, fields], now=100.0)
     assert (stats.pending, stats.lag, stats.dead_letters) == (2, None, 1)
     assert stats.consumers[0].name == "c1" and stats.consumers[0].idle_ms == 1500
-    assert stats.to_dict()["consumers"] == [{"name": "c1", "pending": 2, "idle_ms": 1500}]
+    assert stats.to_dict()["consumers"] == [
+        {
+            "name": "c1",
+            "pending": 2,
+            "idle_ms": 1500,
+            "window_depth": None,
+            "window_oldest_wait_s": None,
+        },
+        {"name": "c2", "pending": 0, "idle_ms": 10, "window_depth": 7, "window_oldest_wait_s": 1.5},
+    ]
 
 
 def test_stats_raise_other_errors() -> None:
     with pytest.raises(redis.exceptions.ResponseError, match="NOPERM"):
-        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}])
+        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}, {}])

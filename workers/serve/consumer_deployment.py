@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from ray import serve
@@ -11,11 +12,13 @@ from ray.serve.handle import DeploymentHandle
 
 from producer.connection import async_client
 from schemas import Keys
+from schemas.replicas import ConsumerHeartbeat
 from workers.logs import configure_logging
 from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
 from workers.queue.store import JobStore
 from workers.serve.dispatch import ServeDispatcher
+from workers.serve.heartbeat import HeartbeatWriter
 from workers.serve.metrics import ConsumerMetrics
 from workers.serve.periodic import Periodic
 from workers.settings import WorkerSettings
@@ -66,6 +69,15 @@ class JobConsumer:
             self._report_metrics, settings.metrics_interval_s, f"metrics of {self.name}"
         )
         self._metrics_reporter.start()
+        self.heartbeat = HeartbeatWriter(
+            self.client,
+            store.keys,
+            self._heartbeat,
+            settings.heartbeat_s,
+            hash_key=store.keys.consumers,
+            model=ConsumerHeartbeat,
+        )
+        self.heartbeat.start()
         log.info("consumer %s reading %s", self.name, store.keys.jobs)
 
     def check_health(self) -> None:
@@ -76,13 +88,34 @@ class JobConsumer:
         """This consumer's name, process and counters."""
         return {"consumer": self.name, "pid": os.getpid(), **self.consumer.stats()}
 
+    def _heartbeat(self) -> ConsumerHeartbeat:
+        stats = self.consumer.stats()
+        window = self.consumer.window
+        return ConsumerHeartbeat(
+            consumer=self.name,
+            in_flight=int(stats["in_flight"]),
+            window_depth=len(window) if window is not None else None,
+            window_oldest_wait_s=window.oldest_wait_s() if window is not None else None,
+            window_max_wait_s=window.stats.max_wait_s if window is not None else None,
+            replicas_known=len(window.warm.replicas()) if window is not None else 0,
+            ts=time.time(),
+            interval_s=self.settings.heartbeat_s,
+        )
+
     async def _report_metrics(self) -> None:
         # One round trip per interval, whatever the job rate.
         backlog = await self.consumer.store.backlog()
-        self.metrics.report(backlog, len(self.consumer.in_flight))
+        stats = self.consumer.stats()
+        self.metrics.report(
+            backlog,
+            len(self.consumer.in_flight),
+            window_depth=int(stats.get("window_depth", 0)),
+            window_oldest_s=stats.get("window_oldest_wait_s", 0.0),
+        )
 
     async def __del__(self) -> None:
         await self._metrics_reporter.stop()
+        await self.heartbeat.stop()
         timeout_s = max(0.0, self.settings.graceful_shutdown_timeout_s - SHUTDOWN_MARGIN_S)
         await self.consumer.stop(timeout_s)
         await self.client.aclose()

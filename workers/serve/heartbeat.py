@@ -1,4 +1,5 @@
-"""A model replica's heartbeat: its status as JSON in ``{P}:replicas`` every few seconds.
+"""Heartbeats: a worker's status as JSON in a hash every few seconds (model replicas in
+``{P}:replicas``, consumers in ``{P}:consumers``).
 
 Informational only (``loraq top``, ``loraq stats``): nothing in the job path reads it,
 so a failed write is logged and the next beat tries again (:class:`Periodic`).
@@ -12,9 +13,9 @@ from collections.abc import Callable, Mapping
 
 import redis.asyncio as aioredis
 
-from producer.activity import stale_replicas
+from producer.activity import stale_fields
 from schemas.keys import Keys
-from schemas.replicas import MISSED_BEATS, ReplicaHeartbeat
+from schemas.replicas import MISSED_BEATS, Heartbeat, ReplicaHeartbeat
 from workers.queue.store import REDIS_DOWN
 from workers.serve.periodic import Periodic
 
@@ -57,19 +58,25 @@ def hash_ttl_s(interval_s: float) -> int:
 
 
 class HeartbeatWriter:
-    """Writes ``status()`` to ``{P}:replicas`` every ``interval_s`` from a background task."""
+    """Writes ``status()`` to its hash (``{P}:replicas`` unless told another) every
+    ``interval_s`` from a background task."""
 
     def __init__(
         self,
         client: aioredis.Redis,
         keys: Keys,
-        status: Callable[[], ReplicaHeartbeat],
+        status: Callable[[], Heartbeat],
         interval_s: float,
+        *,
+        hash_key: str | None = None,
+        model: type[Heartbeat] = ReplicaHeartbeat,
     ) -> None:
         self.client = client
         self.keys = keys
         self.status = status
         self.interval_s = interval_s
+        self.hash_key = hash_key or keys.replicas
+        self.model = model
         self._field: str | None = None
         self._loop = Periodic(self.beat, interval_s, "heartbeat")
 
@@ -78,21 +85,21 @@ class HeartbeatWriter:
         self._loop.start()
 
     async def beat(self) -> None:
-        """Write one heartbeat, refresh the hash's TTL, and drop replicas that are gone."""
+        """Write one heartbeat, refresh the hash's TTL, and drop writers that are gone."""
         status = self.status()
-        self._field = status.replica
+        self._field = status.name
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.replicas, status.replica, status.model_dump_json())
-        pipe.expire(self.keys.replicas, hash_ttl_s(self.interval_s))
-        pipe.hgetall(self.keys.replicas)
+        pipe.hset(self.hash_key, status.name, status.model_dump_json())
+        pipe.expire(self.hash_key, hash_ttl_s(self.interval_s))
+        pipe.hgetall(self.hash_key)
         *_, fields = await pipe.execute()
-        stale = stale_replicas(fields, status.ts)
+        stale = stale_fields(fields, status.ts, self.model)
         if stale:
-            await self.client.hdel(self.keys.replicas, *stale)
+            await self.client.hdel(self.hash_key, *stale)
 
     async def stop(self) -> None:
-        """Stop beating and remove this replica's entry (readers see it gone at once)."""
+        """Stop beating and remove this writer's entry (readers see it gone at once)."""
         await self._loop.stop()
         if self._field is not None:
             with contextlib.suppress(*REDIS_DOWN):
-                await self.client.hdel(self.keys.replicas, self._field)
+                await self.client.hdel(self.hash_key, self._field)

@@ -91,6 +91,18 @@ GENERATION_SECONDS = MetricSpec(
 JOBS_IN_FLIGHT = MetricSpec(
     "loraq_jobs_in_flight", "gauge", "Jobs a consumer replica holds now.", (*APP, "consumer")
 )
+WINDOW_DEPTH = MetricSpec(
+    "loraq_window_depth",
+    "gauge",
+    "Claimed jobs waiting in a consumer's scheduling window.",
+    (*APP, "consumer"),
+)
+WINDOW_OLDEST_WAIT = MetricSpec(
+    "loraq_window_oldest_wait_seconds",
+    "gauge",
+    "How long the job waiting longest in a consumer's scheduling window has waited.",
+    (*APP, "consumer"),
+)
 QUEUE_LENGTH = MetricSpec("loraq_queue_length", "gauge", "Entries in {P}:jobs (XLEN).", APP)
 GROUP_LAG = MetricSpec(
     "loraq_group_lag", "gauge", "Entries of {P}:jobs not yet delivered to any consumer.", APP
@@ -188,6 +200,8 @@ SPECS = (
     QUEUE_SECONDS,
     GENERATION_SECONDS,
     JOBS_IN_FLIGHT,
+    WINDOW_DEPTH,
+    WINDOW_OLDEST_WAIT,
     QUEUE_LENGTH,
     GROUP_LAG,
     GROUP_PENDING,
@@ -291,14 +305,19 @@ class ConsumerMetrics:
         histogram(QUEUE_SECONDS).observe(max(0.0, timings.queue_ms / 1000), tags=by_adapter)
         histogram(GENERATION_SECONDS).observe(timings.generation_ms / 1000, tags=by_adapter)
 
-    def report(self, backlog: Backlog, in_flight: int) -> None:
-        """Set the queue gauges (every consumer replica reports the same queue)."""
+    def report(
+        self, backlog: Backlog, in_flight: int, *, window_depth: int, window_oldest_s: float
+    ) -> None:
+        """Set the queue gauges (every consumer replica reports the same queue) and this
+        consumer's in-flight and window gauges."""
         gauge(QUEUE_LENGTH).set(backlog.length, tags=self._app)
         gauge(GROUP_PENDING).set(backlog.pending, tags=self._app)
         gauge(DEAD_LETTERS).set(backlog.dead_letters, tags=self._app)
         if backlog.lag is not None:
             gauge(GROUP_LAG).set(backlog.lag, tags=self._app)
         gauge(JOBS_IN_FLIGHT).set(in_flight, tags=self._consumer)
+        gauge(WINDOW_DEPTH).set(window_depth, tags=self._consumer)
+        gauge(WINDOW_OLDEST_WAIT).set(window_oldest_s, tags=self._consumer)
 
 
 class ModelMetrics:

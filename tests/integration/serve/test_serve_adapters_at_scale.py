@@ -78,4 +78,4 @@ def test_1000_names_of_the_demo_adapters_under_zipf_traffic_all_answer_right(
     )
     assert wrong == []
     for replica, stats in after.items():
-        assert stats.get("in_use_evictions", 0) == 0, replica
+        assert stats["in_use_evictions"] == 0, replica

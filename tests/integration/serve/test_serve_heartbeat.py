@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 
+import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from demo.tasks import ADAPTER_RULES
 from producer import Producer
 from schemas import Keys
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import ConsumerHeartbeat, ReplicaHeartbeat
 from tests.integration.producer_api.test_cli_stats_json import loraq
 from tests.integration.serve.conftest import MAX_NEW_TOKENS, LiveApp
 from workers.serve.heartbeat import HeartbeatWriter, hash_ttl_s
@@ -100,3 +101,30 @@ def test_the_live_replicas_report_their_warm_adapters_and_top_shows_them(
         [line] = [line for line in frame.splitlines() if beat.replica in line]
         assert all(adapter in line for adapter in beat.adapters[-1:]), line
     assert f"{live_app.settings.app_name}-0" in frame  # the JobConsumer's name
+
+
+@pytest.mark.timeout(120)
+def test_the_consumer_beats_its_window_figures_and_stats_shows_them(live_app: LiveApp) -> None:
+    name = f"{live_app.settings.app_name}-0"
+    deadline = time.monotonic() + 30
+    with live_app.producer() as producer:
+        while True:
+            fields = producer.client.hgetall(live_app.keys.consumers)
+            beats = live_beats_of(fields)
+            if name in beats and beats[name].replicas_known:
+                break
+            assert time.monotonic() < deadline, fields
+            time.sleep(0.5)
+    beat = beats[name]
+    # The window is on in the shared app: its figures are numbers, and it sees both
+    # model replicas through their heartbeats.
+    assert beat.window_depth is not None and beat.window_oldest_wait_s is not None
+    assert beat.replicas_known == live_app.settings.num_model_replicas
+    stats = orjson.loads(loraq(live_app.redis_url, live_app.settings.prefix, "stats", "--json"))
+    [consumer] = [c for c in stats["consumers"] if c["name"] == name]
+    assert consumer["window_depth"] is not None
+
+
+def live_beats_of(fields: dict[bytes, bytes]) -> dict[str, ConsumerHeartbeat]:
+    parsed = [ConsumerHeartbeat.model_validate_json(value) for value in fields.values()]
+    return {beat.consumer: beat for beat in parsed if beat.is_fresh(time.time())}
