@@ -1,7 +1,8 @@
 """Adapter affinity: Serve's router sends a job to the replica that has its adapter warm.
 
 2 model replicas with room for 2 adapters each, 4 adapters, 200 jobs in random order,
-once with the adapter as multiplexed model id and once without it. The figure is the
+once as the app runs by default (the scheduling window places jobs, the adapter goes as
+multiplexed model id) and once with neither. The figure is the
 number of adapter loads (disk to device) the replicas did for the run.
 """
 
@@ -86,7 +87,9 @@ def test_affinity_routing_keeps_adapter_loads_near_one_per_adapter(
     live_app: LiveApp, kit_prompts: list[str]
 ) -> None:
     warmup, with_affinity = measured_loads(live_app, kit_prompts, seed=11)
-    with fresh_app(live_app, "e2e-no-affinity", affinity_routing=False) as app:
+    # The baseline places jobs blindly: no model id for Serve's router, and no scheduling
+    # window (whose scheduler places jobs by the replicas' warm adapters itself).
+    with fresh_app(live_app, "e2e-no-affinity", affinity_routing=False, schedule_window=0) as app:
         warmup_without, without = measured_loads(app, kit_prompts, seed=11)
     total, total_without = sum(with_affinity.values()), sum(without.values())
     print(
