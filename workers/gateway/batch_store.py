@@ -132,6 +132,11 @@ class BatchStore:
         ids: list[Any] = list(await self.client.zrevrange(self.keys.batches, 0, -1))
         return [as_text(i) for i in ids]
 
+    async def forget(self, batch_ids: Sequence[str]) -> None:
+        """Drop expired batches from the listing."""
+        if batch_ids:
+            await self.client.zrem(self.keys.batches, *batch_ids)
+
     async def job_statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """The status of each job (``None``: no record)."""
         replies = await self._each(job_ids, lambda pipe, key: pipe.hget(key, "status"))

@@ -251,13 +251,18 @@ class BatchService:
         if after is not None:
             ids = ids[ids.index(after) + 1 :] if after in ids else []
         found: list[Batch] = []
-        for batch_id in ids:
-            stored = await self.store.get_batch(batch_id)
-            if stored is None or not caller.may_see(stored.owner):
-                continue
-            if len(found) == limit:
-                return _page(found, has_more=True)
-            found.append(await self.refresh(stored))
+        expired: list[str] = []
+        try:
+            for batch_id in ids:
+                stored = await self.store.get_batch(batch_id)
+                if stored is None:
+                    expired.append(batch_id)
+                elif caller.may_see(stored.owner):
+                    if len(found) == limit:
+                        return _page(found, has_more=True)
+                    found.append(await self.refresh(stored))
+        finally:
+            await self.store.forget(expired)
         return _page(found, has_more=False)
 
 
