@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from producer import verbs
+from producer import batch_verbs, verbs
 from producer.client import DEFAULT_CHUNK_SIZE, Producer
 from producer.errors import JobTimeoutError, JobValidationError, LoraqConnectionError
 from producer.settings import ClientSettings
@@ -207,6 +207,7 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     sub.add_argument("--once", action="store_true", help="print one frame and exit")
     add_dead_verbs(subparsers, parent)
     add_adapter_verbs(subparsers, parent)
+    batch_verbs.add_batch_verbs(subparsers)
 
 
 def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:

@@ -57,20 +57,32 @@ class _ProducerBase(Generic[ClientT]):
 
     def __init__(
         self,
-        client: ClientT,
+        client: ClientT | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
-        job_ttl_s: int = DEFAULT_JOB_TTL_S,
+        prefix: str | None = None,
+        job_ttl_s: int | None = None,
     ) -> None:
+        """Around ``client``; with none, a client of its own from the settings
+        (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...), closed with the producer."""
+        settings = ClientSettings() if client is None else None
+        if client is None:
+            assert settings is not None
+            client = self._new_client(settings)
         kwargs = client.connection_pool.connection_kwargs
-        self.keys = Keys(prefix)
-        self.job_ttl_s = job_ttl_s
+        self.keys = Keys(prefix or (settings.prefix if settings else DEFAULT_PREFIX))
+        self.job_ttl_s = job_ttl_s or (settings.job_ttl_s if settings else DEFAULT_JOB_TTL_S)
         self._client: ClientT = client
         self._url = endpoint_of(kwargs)
         self._slice_s = block_slice_s(kwargs)
         self._owns_client = False
+        if settings is not None:
+            self._adopt(settings)
         self._enqueue: Script | AsyncScript = client.register_script(ENQUEUE)
         self._cancel: Script | AsyncScript = client.register_script(CANCEL)
+
+    @staticmethod
+    def _new_client(settings: ClientSettings) -> ClientT:
+        raise NotImplementedError
 
     @property
     def client(self) -> ClientT:
@@ -116,8 +128,9 @@ class _ProducerBase(Generic[ClientT]):
 class Producer(_ProducerBase[redis.Redis]):
     """Submits jobs to a loraq queue and reads their records, over a sync Redis client.
 
-    Build it from settings (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...) with
-    :meth:`from_settings`, or around a client of your own: ``Producer(client, prefix=...)``.
+    ``Producer()`` reads the settings (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...; also
+    :meth:`from_settings`), ``Producer.from_url(url)`` takes a URL, and
+    ``Producer(client, prefix=...)`` wraps a client of your own.
     Redis that cannot be reached raises :class:`LoraqConnectionError` after the client's
     retries.
     """
@@ -125,12 +138,21 @@ class Producer(_ProducerBase[redis.Redis]):
     _enqueue: Script
     _cancel: Script
 
+    @staticmethod
+    def _new_client(settings: ClientSettings) -> redis.Redis:
+        return connection.sync_client(settings)
+
     @classmethod
     def from_settings(cls, settings: ClientSettings | None = None) -> Producer:
         """A producer with its own client; :meth:`close` closes it."""
         settings = settings or ClientSettings()
         client = connection.sync_client(settings)
         return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str | None = None) -> Producer:
+        """A producer on the Redis at ``url`` (other settings from the environment)."""
+        return cls.from_settings(_settings_for(url, prefix))
 
     def submit(self, prompt: str | None = None, **fields: Unpack[JobFields]) -> str:
         """Validate and enqueue one job; returns its id (assigned here when not given).
@@ -298,12 +320,21 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
     _enqueue: AsyncScript
     _cancel: AsyncScript
 
+    @staticmethod
+    def _new_client(settings: ClientSettings) -> redis.asyncio.Redis:
+        return connection.async_client(settings)
+
     @classmethod
     def from_settings(cls, settings: ClientSettings | None = None) -> AsyncProducer:
         """A producer with its own client; :meth:`aclose` closes it."""
         settings = settings or ClientSettings()
         client = connection.async_client(settings)
         return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str | None = None) -> AsyncProducer:
+        """See :meth:`Producer.from_url`."""
+        return cls.from_settings(_settings_for(url, prefix))
 
     async def submit(self, prompt: str | None = None, **fields: Unpack[JobFields]) -> str:
         """See :meth:`Producer.submit` (idempotent for an existing ``id``)."""
@@ -436,3 +467,11 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _settings_for(url: str, prefix: str | None) -> ClientSettings:
+    """The environment's settings with ``url`` (and ``prefix``, when given) in place."""
+    overrides: dict[str, Any] = {"redis_url": url}
+    if prefix is not None:
+        overrides["prefix"] = prefix
+    return ClientSettings(**overrides)

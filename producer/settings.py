@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.keys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_JOB_TTL_S = 7 * 86400
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
@@ -49,3 +50,15 @@ class AdapterRootSettings(ClientSettings):
     adapter_dir: str | None = Field(
         str(DEMO_DIR / "adapters"), description="Folder scanned for adapter sub-folders."
     )
+
+
+class GatewaySettings(BaseSettings):
+    """Where the CLI's ``loraq batch`` verbs reach the HTTP gateway, and with which key."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", env_file=".env", extra="ignore")
+
+    gateway_url: str = Field(
+        DEFAULT_GATEWAY_URL, description="Base URL of the gateway (its route prefix included)."
+    )
+    api_key: SecretStr | None = Field(None, description="API key sent as a Bearer token.")
+    http_timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP request.")

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.adapters import AdapterRegistration
+from schemas.batches import Batch, BatchCreate, BatchOutputLine, BatchRequestLine, FileObject
 from schemas.jobs import GenerationParams, Job
 from schemas.records import JobError, JobEvent, JobRecord, JobResult
 
@@ -26,6 +27,11 @@ MODELS: dict[str, type[BaseModel]] = {
     "job_error": JobError,
     "job_event": JobEvent,
     "adapter_registration": AdapterRegistration,
+    "batch": Batch,
+    "batch_create": BatchCreate,
+    "batch_request_line": BatchRequestLine,
+    "batch_output_line": BatchOutputLine,
+    "file_object": FileObject,
 }
 
 

@@ -64,3 +64,16 @@ class Keys:
     def cancel(self, job_id: str) -> str:
         """String whose presence asks for the job to be cancelled."""
         return f"{self.prefix}:cancel:{job_id}"
+
+    @property
+    def batches(self) -> str:
+        """Sorted set of batch ids by creation time (epoch s), for listing."""
+        return f"{self.prefix}:batches"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash holding one batch (OpenAI Batch API) and its lines' job ids."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def file(self, file_id: str) -> str:
+        """Hash holding one file of the Batch API: ``meta`` JSON and ``content`` bytes."""
+        return f"{self.prefix}:file:{file_id}"

@@ -213,6 +213,33 @@ class WorkerSettings(AdapterRootSettings):
     http_redis_timeout_s: float = Field(
         2.0, gt=0, description="Redis connect/read timeout of the gateway's queue endpoints."
     )
+    http_docs_public: bool = Field(
+        False,
+        description="Keep /docs and /openapi.json open without a key when api_keys are set.",
+    )
+
+    # OpenAI Batch API (/v1/files, /v1/batches)
+    max_file_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest file POST /v1/files takes (else 413)."
+    )
+    max_batch_lines: int = Field(
+        50_000, ge=1, description="Most lines of one batch input file (else 400)."
+    )
+    file_ttl_s: int = Field(
+        7 * 86400, ge=1, description="Uploaded files are deleted this long after upload."
+    )
+    batch_ttl_s: int = Field(
+        7 * 86400,
+        ge=1,
+        description="A batch, its output and error files and its jobs' records are deleted "
+        "this long after the batch is created.",
+    )
+    batch_priority: int = Field(
+        -10,
+        ge=-1000,
+        le=1000,
+        description="priority of a batch's jobs (interactive jobs have 0: higher runs first).",
+    )
 
     @property
     def base_model_name(self) -> str:

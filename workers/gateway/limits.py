@@ -14,6 +14,9 @@ from workers.gateway.errors import error_response
 # Sent with a refusal of a body that did not arrive whole: the rest of it may still be on
 # its way, so the connection cannot carry another request.
 _CLOSE = {"Connection": "close"}
+UPLOAD_PATH = "/v1/files"
+# Room for a multipart form's boundaries and headers around the file itself.
+UPLOAD_OVERHEAD = 64 * 1024
 
 
 class BodySizeLimit:
@@ -27,10 +30,23 @@ class BodySizeLimit:
     own read would come out as FastAPI's generic 400.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_upload_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # File uploads (POST /v1/files) have a limit of their own, plus room for the form.
+        self.max_upload_bytes = max(max_body_bytes, (max_upload_bytes or 0) + UPLOAD_OVERHEAD)
+
+    def limit_of(self, scope: Scope) -> int:
+        """The body limit of the request ``scope`` describes."""
+        upload = scope.get("method") == "POST" and str(scope.get("path", "")).endswith(UPLOAD_PATH)
+        return self.max_upload_bytes if upload else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,22 +58,23 @@ class BodySizeLimit:
                 scope, receive, send
             )
             return
-        if declared is not None and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send)
+        limit = self.limit_of(scope)
+        if declared is not None and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         try:
             async with asyncio.timeout(self.body_timeout_s):
-                body = await self._read_body(receive)
+                body = await self._read_body(receive, limit)
         except TimeoutError:
             message = f"the request body did not arrive within {self.body_timeout_s:g} s"
             await error_response(408, "timeout", message, _CLOSE)(scope, receive, send)
             return
         if body is None:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _read_body(self, receive: Receive) -> Message | None:
+    async def _read_body(self, receive: Receive, limit: int) -> Message | None:
         """The whole body as one message; ``None`` once it passes the limit."""
         chunks: list[bytes] = []
         size = 0
@@ -67,14 +84,16 @@ class BodySizeLimit:
                 return message  # the client went away: let the app see it
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body is over {self.max_body_bytes} bytes"
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message = f"request body is over {limit} bytes"
+        if limit == self.max_upload_bytes:
+            message += " (a file is at most max_file_bytes)"
         await error_response(413, "payload_too_large", message, _CLOSE)(scope, receive, send)
 
 

@@ -88,8 +88,13 @@ def chat_request(
         max_tokens=body.max_completion_tokens or body.max_tokens,
         default_max_tokens=max_new_tokens,
     )
-    messages = [_message(m) for m in body.messages]
+    messages = chat_messages(body)
     return _request(adapter_for(body.model, base_model), params, messages=messages)
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[Message]:
+    """The job messages of a chat completion (text parts joined, developer as system)."""
+    return [_message(m) for m in body.messages]
 
 
 def _request(
@@ -116,12 +121,25 @@ def _message(message: ChatMessage) -> Message:
     return Message(role=role, content=content)
 
 
-def finish_reason(output: GenerationOutput) -> FinishReason:
+class Generated(Protocol):
+    """What a response body is built from: an engine output or a job's stored result."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+def finish_reason(output: Generated) -> FinishReason:
     """OpenAI's finish reason (a row cancelled under us ended early: ``stop``)."""
     return "length" if output.finish_reason == "length" else "stop"
 
 
-def usage(outputs: Sequence[GenerationOutput]) -> Usage:
+def usage(outputs: Sequence[Generated]) -> Usage:
     """Token counts summed over ``outputs``."""
     prompt = sum(output.prompt_tokens for output in outputs)
     completion = sum(output.completion_tokens for output in outputs)
@@ -135,7 +153,7 @@ def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex}"
 
 
-def completion(model: str, outputs: Sequence[GenerationOutput]) -> Completion:
+def completion(model: str, outputs: Sequence[Generated]) -> Completion:
     """The body of a finished completion, one choice per prompt."""
     choices = [
         CompletionChoice(index=i, text=output.text, finish_reason=finish_reason(output))
@@ -150,7 +168,7 @@ def completion(model: str, outputs: Sequence[GenerationOutput]) -> Completion:
     )
 
 
-def chat_completion(model: str, output: GenerationOutput) -> ChatCompletion:
+def chat_completion(model: str, output: Generated) -> ChatCompletion:
     """The body of a finished chat completion."""
     choice = ChatChoice(
         index=0,

@@ -17,6 +17,7 @@ from workers.adapters.registry import CONFIG_FILE, AdapterRegistry
 from workers.engine.requests import EngineError
 from workers.gateway.api_models import AdapterInfo
 from workers.gateway.auth import ApiKeys
+from workers.gateway.batches import BatchService
 from workers.gateway.model_client import ModelClient
 from workers.queue.store import REDIS_DOWN
 from workers.settings import WorkerSettings
@@ -33,16 +34,19 @@ class Services:
     producer: AsyncProducer
     registry: AdapterRegistry
     keys: ApiKeys
+    batches: BatchService
 
     @classmethod
     def create(cls, settings: WorkerSettings, model: ModelClient) -> Services:
         """Services for ``settings``; the producer connects on first use."""
+        producer = queue_producer(settings)
         return cls(
             settings=settings,
             model=model,
-            producer=queue_producer(settings),
+            producer=producer,
             registry=AdapterRegistry(settings.adapters, settings.adapter_dir),
             keys=ApiKeys(settings.api_keys, settings.admin_api_keys),
+            batches=BatchService(settings, producer),
         )
 
     async def adapter_folders(self) -> dict[str, Path]:

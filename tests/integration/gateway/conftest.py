@@ -84,6 +84,8 @@ def gateway_settings(redis_url: str, name: str, **overrides: Any) -> WorkerSetti
         "graceful_shutdown_timeout_s": 5.0,
         # Bounds every wait the property-based run may ask for; tests wait in rounds.
         "http_max_wait_s": 5.0,
+        # Small enough that the Batch API's 413 is cheap to reach.
+        "max_file_bytes": 256 * 1024,
         **overrides,
     }
     return WorkerSettings(**values)

@@ -1,0 +1,67 @@
+"""Batch input files for the Batch API tests: good lines over the adapters and the base
+model, with the output each must give, and bad lines that must fail alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
+from tests.integration.gateway.conftest import MAX_NEW_TOKENS
+
+ADAPTERS = ["upper", "rot13", "title"]
+assert set(ADAPTERS) <= set(ADAPTER_RULES)
+# Lines that cannot run, and a word each error message must contain.
+BAD_LINES: list[tuple[bytes, str]] = [
+    (b"{not json", "not JSON"),
+    (b'{"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {}}', "url"),
+    (
+        b'{"custom_id": "bad-body", "method": "POST", "url": "/v1/completions", '
+        b'"body": {"model": "upper", "prompt": "ab", "max_tokens": -1}}',
+        "max_tokens",
+    ),
+    (b'{"method": "POST", "url": "/v1/completions", "body": {"model": "upper"}}', "custom_id"),
+    (
+        b'{"custom_id": "bad-model", "method": "POST", "url": "/v1/completions", '
+        b'"body": {"model": "no-such-adapter", "prompt": "ab", "max_tokens": 4}}',
+        "no-such-adapter",
+    ),
+]
+
+
+@dataclass
+class BatchFile:
+    """A JSONL input file and what its good lines must answer, by ``custom_id``."""
+
+    content: bytes
+    expected: dict[str, str]
+    bodies: dict[str, dict[str, object]]
+
+
+def completions_file(base_model: str, lines: int = 200, *, bad: bool = True) -> BatchFile:
+    """``lines`` completions over three adapters and the base model (plus the bad lines)."""
+    inputs = heldout_inputs()
+    models: list[str | None] = [*ADAPTERS, None]
+    rows: list[bytes] = []
+    expected: dict[str, str] = {}
+    bodies: dict[str, dict[str, object]] = {}
+    for i in range(lines):
+        adapter, prompt = models[i % len(models)], inputs[i % len(inputs)]
+        custom_id = f"req-{i}"
+        body = {
+            "model": adapter or base_model,
+            "prompt": prompt,
+            "max_tokens": MAX_NEW_TOKENS,
+            "temperature": 0,
+        }
+        rows.append(
+            orjson.dumps(
+                {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
+            )
+        )
+        expected[custom_id] = expected_output(adapter, prompt)
+        bodies[custom_id] = body
+        if bad and i % 40 == 7 and i // 40 < len(BAD_LINES):
+            rows.append(BAD_LINES[i // 40][0])
+    return BatchFile(b"\n".join(rows) + b"\n", expected, bodies)

@@ -1,0 +1,73 @@
+"""Lua scripts of the Batch API: each multi-key change of a batch runs as one script.
+
+All keys go in ``KEYS``, so a prefix in braces keeps them in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+# KEYS: 1 = {P}:file:{id}
+# ARGV: 1 = meta JSON, 2 = content, 3 = owner ('' = none), 4 = TTL (s)
+# A file is written whole with its TTL, or not at all: nothing of it lives for ever.
+PUT_FILE = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'content', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS: 1 = {P}:batch:{id}, 2 = {P}:batches
+# ARGV: 1 = batch JSON, 2 = status, 3 = lines JSON, 4 = owner ('' = none), 5 = TTL (s),
+#       6 = created_at (epoch s), 7 = the oldest created_at still alive (older ids leave
+#       the listing: their hashes have expired)
+CREATE_BATCH = """
+redis.call('HSET', KEYS[1], 'batch', ARGV[1], 'status', ARGV[2], 'lines', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local id = string.match(KEYS[1], 'batch:(.*)$')
+redis.call('ZADD', KEYS[2], ARGV[6], id)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[5], 'GT')
+redis.call('EXPIRE', KEYS[2], ARGV[5], 'NX')
+return 1
+"""
+
+# KEYS: 1 = {P}:batch:{id}, then optional {P}:file:{output id}, {P}:file:{error id}
+# ARGV: 1 = new batch JSON, 2 = new status, 3 = owner ('' = none),
+#       4..7 = a (meta, content) pair per file key, in KEYS order, padded to two pairs,
+#       8.. = the statuses the batch may be in now
+# Returns 1 when the batch moved, 0 when it was in another status (a concurrent reader
+# moved it first: its files were written then, and these are dropped). The files live
+# as long as the batch does.
+UPDATE_BATCH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return 0
+end
+local allowed = false
+for i = 8, #ARGV do
+  if status == ARGV[i] then
+    allowed = true
+  end
+end
+if not allowed then
+  return 0
+end
+local ttl = redis.call('TTL', KEYS[1])
+for k = 2, #KEYS do
+  local meta, content = ARGV[2 * k], ARGV[2 * k + 1]
+  redis.call('HSET', KEYS[k], 'meta', meta, 'content', content)
+  if ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[k], 'owner', ARGV[3])
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[k], ttl)
+  end
+end
+redis.call('HSET', KEYS[1], 'batch', ARGV[1], 'status', ARGV[2])
+return 1
+"""
