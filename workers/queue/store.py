@@ -19,17 +19,22 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from producer.activity import live_replicas
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 from schemas.replicas import ReplicaHeartbeat
+from workers.queue.coalesce import Coalescer
 from workers.settings import DEFAULT_DEAD_MAXLEN
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # What a Redis outage looks like to redis-py: connection refused or reset, timeouts.
 REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
 MAX_OUTAGE_BACKOFF_S = 5.0
+# Script calls of concurrent jobs sent in one pipeline, at most: enough for every job of a
+# consumer at once, small enough that one reply does not hold the others long.
+MAX_SCRIPT_BATCH = 256
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,15 @@ class Mark:
     def attempts(self) -> int:
         """Times the job has been started (for ``OK`` and ``EXHAUSTED``)."""
         return int(self.value) if self.value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One job's state change: one script, its keys and arguments."""
+
+    script: AsyncScript
+    keys: list[str]
+    args: list[Any]
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,35 @@ class JobStore:
         self._renew: AsyncScript = client.register_script(script_source("renew"))
         self._trim: AsyncScript = client.register_script(script_source("trim"))
         self._chunk: AsyncScript = client.register_script(script_source("chunk"))
+        # The state changes of concurrent jobs (marks, chunks, final writes) share round
+        # trips; each is still its own script call, so each job's change stays atomic.
+        self._scripts: Coalescer[ScriptCall, Any] = Coalescer(
+            self._run_scripts, max_batch=MAX_SCRIPT_BATCH
+        )
+
+    async def _run_scripts(self, calls: list[ScriptCall]) -> list[Any]:
+        """Run ``calls`` as one pipeline of EVALSHAs; each call's reply, or its error.
+
+        A script the server does not know (it restarted without its script cache) is
+        loaded and its calls sent again: a NOSCRIPT reply means that call never ran.
+        """
+        replies = await self._pipeline(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+                script.sha = codec.as_text(await self.client.script_load(script.script))
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
+        # Not a redis-py Script in the pipeline: that costs a SCRIPT EXISTS round trip
+        # before every execute.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def ensure_group(self) -> bool:
         """Create the consumer group from the stream's start; ``False`` if it existed."""
@@ -288,7 +331,8 @@ class JobStore:
         max_attempts: int,
     ) -> Mark:
         """Set a non-final status (``running`` counts an attempt) and its events."""
-        reply = await self._mark(
+        reply = await self._eval(
+            self._mark,
             keys=[
                 self.keys.job(job_id),
                 self.keys.job_events(job_id),
@@ -317,7 +361,8 @@ class JobStore:
         ``offset`` is how many UTF-8 bytes of text the attempt had streamed before: a
         chunk sent again after its reply was lost is written once.
         """
-        reply = await self._chunk(
+        reply = await self._eval(
+            self._chunk,
             keys=[self.keys.job(job_id), self.keys.job_events(job_id)],
             args=[text, repr(time.time()), attempt, offset],
         )
@@ -331,7 +376,8 @@ class JobStore:
         then the entry goes to the dead letters under its entry id.
         """
         pairs = [item for pair in write.fields.items() for item in pair]
-        reply = await self._finish(
+        reply = await self._eval(
+            self._finish,
             keys=[
                 self.keys.job(write.job_id),
                 self.keys.job_events(write.job_id),
@@ -360,6 +406,15 @@ class JobStore:
             ],
         )
         return bool(reply[0])
+
+    async def _eval(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
+        """One script call, sent with those of other jobs asked for meanwhile."""
+        return await self._scripts.call(ScriptCall(script, keys, args))
+
+    @property
+    def write_batches(self) -> tuple[int, int]:
+        """Pipelines of script calls sent so far, and the script calls they carried."""
+        return self._scripts.batches, self._scripts.ops
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge an entry whose job needs no write (it had ended already)."""
