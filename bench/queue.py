@@ -42,6 +42,7 @@ from workers.engine.requests import GenerationOutput, GenerationRequest, TextDel
 from workers.serve import launch
 from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.serve.consumer_deployment import JobConsumer
+from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
 
 MAX_NEW_TOKENS = 24
@@ -60,10 +61,12 @@ class Measure:
 
 
 class NoopModel:
-    """A model deployment that answers at once: the queue's own ceiling."""
+    """A model deployment that answers at once: the queue's own ceiling. It serves the
+    consumer's grouped calls as LoRAModel does (:class:`StreamGroups`)."""
 
     def __init__(self) -> None:
         self.replica = serve.get_replica_context().replica_tag
+        self.groups = StreamGroups()
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         text = request.prompt or ""
@@ -77,6 +80,16 @@ class NoopModel:
         output = await self.generate(request)
         yield TextDelta(output.text)
         yield output
+
+    async def stream_many(
+        self, requests: list[GenerationRequest], call_id: str, target_replica: str | None = None
+    ) -> AsyncIterator[str | Batch]:
+        streams = [self.stream(request) for request in requests]
+        async for message in self.groups.run(call_id, self.replica, streams):
+            yield message
+
+    async def cancel(self, call_id: str, index: int, target_replica: str | None = None) -> bool:
+        return self.groups.cancel(call_id, index)
 
 
 async def closed_loop(

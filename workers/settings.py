@@ -137,6 +137,18 @@ class WorkerSettings(AdapterRootSettings):
         gt=0,
         description="Aging bound of the window: no job is passed over for longer than this.",
     )
+    max_dispatch_group: int = Field(
+        32,
+        ge=1,
+        description="Jobs a consumer sends to a model replica in one handle call, at most; "
+        "1 sends each job in a call of its own.",
+    )
+    dispatch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a consumer collects jobs for one handle call; 0: the jobs "
+        "started in the same event-loop tick.",
+    )
     max_attempts: int = Field(3, ge=1, description="Deliveries of a job before it is dead.")
     retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each try.")
     max_retry_backoff_s: float = Field(10.0, ge=0, description="Cap on the retry delay.")

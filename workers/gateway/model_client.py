@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
 from workers.gateway.errors import engine_errors
-from workers.serve.dispatch import ServeDispatcher
 from workers.serve.replicas import replica_stats
 
 Update = TextDelta | GenerationOutput
@@ -28,16 +27,18 @@ class ModelClient:
         self._handle = handle
         self._affinity = affinity
         self._replicas = replicas
-        self._dispatcher = ServeDispatcher(handle, affinity=affinity)
+
+    def _handle_for(self, request: GenerationRequest) -> DeploymentHandle[Any]:
+        # By value over Serve's gRPC, like the consumer's calls: no object store.
+        handle = self._handle.options(_by_reference=False)
+        if self._affinity and request.adapter:
+            return handle.options(multiplexed_model_id=request.adapter)
+        return handle
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """The finished generation of ``request``."""
-        # By value over Serve's gRPC, like the consumer's streamed calls: no object store.
-        handle = self._handle.options(_by_reference=False)
-        if self._affinity and request.adapter:
-            handle = handle.options(multiplexed_model_id=request.adapter)
         with engine_errors():
-            output: GenerationOutput = await handle.generate.remote(request)
+            output: GenerationOutput = await self._handle_for(request).generate.remote(request)
         return output
 
     async def open_stream(self, request: GenerationRequest) -> AsyncIterator[Update]:
@@ -46,7 +47,7 @@ class ModelClient:
         The first item has already arrived when this returns, so that a refused request
         (unknown adapter, prompt too long) fails here, before an HTTP response has begun.
         """
-        stream = self._dispatcher.stream(request)
+        stream = self._stream(request)
         try:
             with engine_errors():
                 first = await anext(stream)
@@ -54,6 +55,21 @@ class ModelClient:
             await stream.aclose()
             raise
         return _prepend(first, stream)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncGenerator[Update, None]:
+        """One streaming call per HTTP request (the consumer groups its jobs' calls; an HTTP
+        client waits for its own)."""
+        handle = self._handle_for(request).options(stream=True)
+        response: DeploymentResponseGenerator[Any] = handle.stream.remote(request)  # type: ignore[assignment]
+        finished = False
+        try:
+            async for item in response:
+                yield item
+            finished = True
+        finally:
+            if not finished:
+                # Stops the generation on the replica when the HTTP client goes away.
+                response.cancel()  # type: ignore[no-untyped-call]
 
     async def ping(self, timeout_s: float) -> str:
         """The id of a replica that answered within ``timeout_s`` (it has its model loaded:

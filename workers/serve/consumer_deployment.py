@@ -60,9 +60,15 @@ class JobConsumer:
             events_maxlen=settings.events_maxlen,
             dead_maxlen=settings.dead_maxlen,
         )
-        dispatcher = ServeDispatcher(model, affinity=settings.affinity_routing)
+        dispatcher = ServeDispatcher(
+            model,
+            affinity=settings.affinity_routing,
+            max_group=settings.max_dispatch_group,
+            group_wait_ms=settings.dispatch_wait_ms,
+        )
         self.metrics = ConsumerMetrics(settings.app_name, self.name)
         runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)
+        self.dispatcher = dispatcher
         self.consumer = QueueConsumer(store, runner, settings, self.name, prefetcher=dispatcher)
         self.consumer.start()
         self._metrics_reporter = Periodic(
@@ -86,7 +92,15 @@ class JobConsumer:
 
     async def stats(self) -> dict[str, Any]:
         """This consumer's name, process and counters."""
-        return {"consumer": self.name, "pid": os.getpid(), **self.consumer.stats()}
+        batches, writes = self.consumer.store.write_batches
+        return {
+            "consumer": self.name,
+            "pid": os.getpid(),
+            **self.consumer.stats(),
+            "model_calls": self.dispatcher.calls,
+            "redis_write_batches": batches,
+            "redis_writes": writes,
+        }
 
     def _heartbeat(self) -> ConsumerHeartbeat:
         stats = self.consumer.stats()

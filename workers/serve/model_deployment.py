@@ -27,6 +27,7 @@ from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
+from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class LoRAModel:
         self.engine = Engine.from_settings(settings)
         self.replica = serve.get_replica_context().replica_tag
         self.routed_loads = 0
+        self.groups = StreamGroups()
         self.metrics = ModelMetrics(settings.app_name, self.replica)
         self.engine.observe(self.metrics)
         self._metrics_reporter = Periodic(
@@ -182,6 +184,26 @@ class LoRAModel:
             if chunk:
                 yield TextDelta(chunk)
 
+    async def stream_many(
+        self,
+        requests: list[GenerationRequest],
+        call_id: str,
+        target_replica: str | None = None,
+    ) -> AsyncIterator[str | Batch]:
+        """The requests of one grouped call (a consumer's), each streamed as by
+        :meth:`stream`: this replica's id, then batches of ``(index, item)`` as they come
+        (:mod:`workers.serve.stream_groups`). ``target_replica`` is for the router only.
+        """
+        streams = [self.stream(request) for request in requests]
+        async for message in self.groups.run(call_id, self.replica, streams):
+            yield message
+
+    async def cancel(self, call_id: str, index: int, target_replica: str | None = None) -> bool:
+        """Stop request ``index`` of the grouped call ``call_id`` (its row leaves the batch
+        at the next step); ``False`` when it does not run here. ``target_replica`` routes
+        the call to the replica that serves the group."""
+        return self.groups.cancel(call_id, index)
+
     async def stats(self) -> dict[str, Any]:
         """This replica's id, its warm adapters and the engine's counters."""
         return {
@@ -191,6 +213,9 @@ class LoRAModel:
             "adapters": list(self.engine.loaded_adapters()),
             "host_adapters": self.engine.host_adapters(),
             "routed_loads": self.routed_loads,
+            "group_calls": self.groups.counters.calls,
+            "group_requests": self.groups.counters.requests,
+            "group_cancels": self.groups.counters.cancels,
             **self.engine.stats(),
         }
 
