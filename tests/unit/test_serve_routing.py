@@ -47,6 +47,7 @@ def test_a_placed_request_goes_to_its_target_first_then_the_usual_ranks() -> Non
     ranks = affinity_ranks("upper", REPLICAS)
     # "upper" ranks r1/r3 first, then r2 (cold): placed on r2, it goes there first.
     assert targeted(ranks, "r2") == [["r2"], ranks[0]]
+    assert targeted(ranks, "r2", pinned=True) == [["r2"]]  # a cancel goes nowhere else
     assert targeted(ranks, None) == ranks
     assert targeted(ranks, "gone") == ranks
 

@@ -53,10 +53,19 @@ def affinity_ranks(adapter: str, replicas: Mapping[str, AbstractSet[str]]) -> li
     return [rank for rank in ranks if rank]
 
 
-def targeted(ranks: list[list[str]], target: str | None) -> list[list[str]]:
-    """``ranks`` with ``target`` alone first, when it is one of the replicas."""
+# Calls that mean one replica and no other: a cancel acts on the call that replica serves.
+PINNED_METHODS = frozenset({"cancel"})
+
+
+def targeted(
+    ranks: list[list[str]], target: str | None, *, pinned: bool = False
+) -> list[list[str]]:
+    """``ranks`` with ``target`` alone first, when it is one of the replicas; with
+    ``pinned``, only ``target`` (the call waits for it rather than go elsewhere)."""
     if target is None or not any(target in rank for rank in ranks):
         return ranks
+    if pinned:
+        return [[target]]
     rest = [[rid for rid in rank if rid != target] for rank in ranks]
     return [[target], *[rank for rank in rest if rank]]
 
@@ -79,13 +88,14 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
         """Candidate replicas in ranks of preference (see :func:`affinity_ranks`)."""
-        adapter, target = "", None
+        adapter, target, pinned = "", None, False
         if pending_request is not None:
             adapter = pending_request.metadata.multiplexed_model_id or ""
             target = target_of(pending_request.args, pending_request.kwargs)
+            pinned = pending_request.metadata.call_method in PINNED_METHODS
             # Back off between rounds when every rank was full, rather than spin.
             pending_request.routing_context.should_backoff = True
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         held = {rid: replica.multiplexed_model_ids for rid, replica in by_id.items()}
-        ranks = targeted(affinity_ranks(adapter, held), target)
+        ranks = targeted(affinity_ranks(adapter, held), target, pinned=pinned)
         return [[by_id[rid] for rid in rank] for rank in ranks]
