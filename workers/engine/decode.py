@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from workers.engine.detokenize import IncrementalDecoder
 from workers.engine.lora_model import MultiLoraModel
 from workers.engine.sampling import RowSampler, next_tokens
 from workers.engine.stopping import TextTracker
@@ -53,12 +54,19 @@ class Row:
     cancelled: bool = False  # set from other threads; read between steps
     started: float = field(default_factory=time.perf_counter)
 
+    _decoder: IncrementalDecoder | None = None
+
     def accept(self, token: int, eos_ids: frozenset[int], tokenizer: Any) -> FinishReason | None:
-        """Append ``token``; hand out new text; say why the row ends, if it does."""
+        """Append ``token``; hand out new text; say why the row ends, if it does.
+
+        Decodes only the tokens since the last text handed out (:mod:`detokenize`).
+        """
         self.tokens.append(token)
         if token in eos_ids:
             return "stop"
-        delta = self.text.update(tokenizer.decode(self.tokens, skip_special_tokens=True))
+        if self._decoder is None:
+            self._decoder = IncrementalDecoder(tokenizer, self.tokens)
+        delta = self.text.update(self._decoder.step())
         if delta:
             self.sink.delta(delta)
         if self.text.stopped:
@@ -66,6 +74,11 @@ class Row:
         if len(self.tokens) >= self.max_new_tokens:
             return "length"
         return None
+
+    def flush_text(self) -> str:
+        """The row has ended: the text still held back (a half character, a stop's start)."""
+        last = self.text.update(self._decoder.flush()) if self._decoder is not None else ""
+        return last + self.text.flush()
 
 
 @dataclass

@@ -328,7 +328,7 @@ class _RequestSink:
             self._post(TextDelta(text))
 
     def finish(self, row: Row, reason: FinishReason) -> None:
-        self.delta(row.text.flush())
+        self.delta(row.flush_text())
         self._engine._row_done(row)
         adapter = None if row.adapter == BASE_ADAPTER else row.adapter
         self._post(
