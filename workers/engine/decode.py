@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from workers.engine.detokenize import IncrementalDecoder
 from workers.engine.lora_model import MultiLoraModel
-from workers.engine.sampling import RowSampler, next_tokens
+from workers.engine.sampling import RowSampler, SamplingPlan
 from workers.engine.stopping import TextTracker
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -90,10 +90,12 @@ class _State:
     attention_mask: torch.Tensor  # [B, S] long, 0 on left padding
     positions: torch.Tensor  # [B] position of the last token of each row
     last_tokens: torch.Tensor  # [B] the token each row feeds at the next step
+    plan: SamplingPlan | None = None  # the rows' sampling parameters, built when rows change
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.attention_mask.device)
         self.rows = [self.rows[i] for i in keep]
+        self.plan = None
         self.cache.batch_select_indices(index)
         self.attention_mask = self.attention_mask[index]
         self.positions = self.positions[index]
@@ -121,6 +123,7 @@ class _State:
             mine.keys = torch.cat([_left_pad(keys, width), _left_pad(other_keys, width)])
             mine.values = torch.cat([_left_pad(values, width), _left_pad(other_values, width)])
         self.rows += other.rows
+        self.plan = None
         self.positions = torch.cat([self.positions, other.positions])
         self.last_tokens = torch.cat([self.last_tokens, other.last_tokens])
 
@@ -256,10 +259,15 @@ class DecodeBatch:
         state = self._state
         assert state is not None
         rows = state.rows[first:]
-        tokens = next_tokens(logits, [row.sampler for row in rows])
-        state.last_tokens[first:] = torch.tensor(tokens, device=state.last_tokens.device)
+        plan = state.plan if first == 0 else None
+        if plan is None:
+            plan = SamplingPlan.build([row.sampler for row in rows], logits.shape[-1], self._device)
+            if first == 0:
+                state.plan = plan
+        tokens = plan.next_tokens(logits)  # [rows - first]
+        state.last_tokens[first:] = tokens
         finished: dict[int, FinishReason] = {}
-        for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+        for offset, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             reason = row.accept(token, self._eos_ids, self._tokenizer)
             if reason is not None:
                 finished[first + offset] = reason
