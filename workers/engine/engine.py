@@ -57,7 +57,13 @@ class Engine:
         self._model = MultiLoraModel(loaded.model, capacity=settings.max_adapters_per_replica)
         self._stats = PassStats()
         batch = DecodeBatch(
-            self._model, self._tokenizer, device=self._device, on_pass=self._stats.record_pass
+            self._model,
+            self._tokenizer,
+            device=self._device,
+            on_pass=self._stats.record_pass,
+            max_rows=settings.max_batch_size,
+            # The longest prompt, every new token, and the column the last one is fed at.
+            max_length=settings.max_input_tokens + settings.max_new_tokens + 1,
         )
         batcher: Batcher[Row] = Batcher(
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms

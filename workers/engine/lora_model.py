@@ -10,7 +10,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
-from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 
 from workers.adapters.host_weights import HostAdapter, parse_adapter
 from workers.adapters.loader import delete_adapter, load_adapter
@@ -99,7 +100,7 @@ class MultiLoraModel:
         *,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
         adapter_names: list[str],
     ) -> torch.Tensor:
         """Logits of the last position of every row, ``[rows, vocab]``; fills ``cache``.
