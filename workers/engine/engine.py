@@ -57,6 +57,8 @@ class Engine:
         # Module shapes of the bare base model, before PEFT wraps any layer.
         shapes = base_module_shapes(loaded.model)
         self._model = MultiLoraModel(loaded.model, capacity=settings.max_adapters_per_replica)
+        if settings.compile_decoder:
+            self._model.compile_decoder()
         self._stats = PassStats()
         batch = DecodeBatch(
             self._model,

@@ -49,6 +49,13 @@ class MultiLoraModel:
         self.prefer_stacked = True
         self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
 
+    def compile_decoder(self) -> None:
+        """``torch.compile`` the decoder stack (dynamic shapes, so rows and lengths that
+        change do not recompile each step). The LoRA hooks and the slot cache run inside
+        it; a change of their Python state (adapters, a pass's slots) may recompile."""
+        decoder = self.base.get_decoder()  # type: ignore[no-untyped-call]
+        decoder.forward = torch.compile(decoder.forward, dynamic=True)
+
     @property
     def config(self) -> PretrainedConfig:
         """The base model's config."""
