@@ -14,7 +14,10 @@ the most likely one in this model), greedy. Memory: resident set size measured f
 base + 20 adapters in one engine against 20 separate PEFT model copies, next to the sum
 of parameter bytes. Cold load: ``ensure_adapter`` of an adapter not on the device.
 
-    python -m bench.engine [--new-tokens 32] [--repeats 3]
+Then the batch shapes of ``--shapes`` (rows x new tokens; mixed against base only, see
+``bench/engine_shapes.py``).
+
+    python -m bench.engine [--new-tokens 32] [--repeats 3] [--shapes 16x32,16x256,64x64]
 
 Writes bench/results/engine.{json,md,png}.
 """
@@ -37,6 +40,7 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines, shape_runs
 from bench.report import RESULTS
 from schemas import GenerationParams
 from workers.engine.engine import Engine
@@ -305,6 +309,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             asyncio.run(engine.close())
             asyncio.run(peft_engine.close())
+        shapes = parse_shapes(args.shapes) if args.shapes else []
+        results["shapes"] = (
+            shape_runs(settings, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats)
+            if shapes
+            else []
+        )
         results["memory"] = memory(base, adapters)
     b, a, c, d = "b_mixed_batch", "a_naive_set_adapter", "c_base_batch", "d_engine_one_at_a_time"
     results["ratios"] = {
@@ -371,6 +381,8 @@ def write(results: dict[str, Any]) -> None:
         f"Base parameters {memory_['base_param_mib']:.1f} MiB; one adapter "
         f"{memory_['adapter_param_mib_each']:.2f} MiB.",
     ]
+    if results["shapes"]:
+        lines += shape_lines(results["shapes"], BATCH_ADAPTERS)
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 
@@ -380,7 +392,7 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (speed, mem, shapes) = plt.subplots(1, 3, figsize=(18, 4.5))
     keys = list(LABELS)
     speed.barh(
         [LABELS[k] for k in keys], [results[k]["tokens_per_s"] for k in keys], color="tab:blue"
@@ -399,6 +411,8 @@ def plot(results: dict[str, Any]) -> None:
     mem.set_ylabel("MiB")
     mem.set_title("memory")
     mem.legend()
+    if results["shapes"]:
+        plot_shapes(shapes, results["shapes"])
     fig.tight_layout()
     fig.savefig(RESULTS / "engine.png", dpi=120)
 
@@ -407,6 +421,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--shapes",
+        default="16x32,16x256,64x64",
+        help="batch shapes ROWSxTOKENS, comma-separated ('' skips them)",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -1,10 +1,14 @@
 """Our own decode loop: left-padded prefill, then one-token steps over a shared KV cache.
 
 Every forward pass carries one adapter name per row, so rows of different adapters share
-the pass. Rows join between steps (their prefill runs on its own, then their cache is
-merged in) and leave as soon as they finish, so a finished row costs no more compute.
+the pass. Rows join between steps (their prefill runs on its own, then it is copied into
+free slots of the preallocated cache, :mod:`kv_slots`) and leave as soon as they finish,
+so a finished row costs no more compute and no other row's cache moves. Models whose
+cache cannot take rows that way (sliding-window or linear-attention layers) keep a
+``DynamicCache`` that grows by concatenation, and rows join only an empty batch.
 
-Shapes: ``B`` rows, ``S`` cached positions (left padding included), ``V`` vocabulary.
+Shapes: ``B`` rows in a pass, ``S`` cached positions (left padding included), ``V``
+vocabulary.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from workers.engine.lora_model import MultiLoraModel
-from workers.engine.sampling import RowSampler, next_tokens
+from workers.engine.detokenize import IncrementalDecoder
+from workers.engine.kv_slots import SlotCache
+from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
+from workers.engine.sampling import RowSampler, SamplingPlan
+from workers.engine.slot_rows import SlotRows
 from workers.engine.stopping import TextTracker
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -53,12 +60,19 @@ class Row:
     cancelled: bool = False  # set from other threads; read between steps
     started: float = field(default_factory=time.perf_counter)
 
+    _decoder: IncrementalDecoder | None = None
+
     def accept(self, token: int, eos_ids: frozenset[int], tokenizer: Any) -> FinishReason | None:
-        """Append ``token``; hand out new text; say why the row ends, if it does."""
+        """Append ``token``; hand out new text; say why the row ends, if it does.
+
+        Decodes only the tokens since the last text handed out (:mod:`detokenize`).
+        """
         self.tokens.append(token)
         if token in eos_ids:
             return "stop"
-        delta = self.text.update(tokenizer.decode(self.tokens, skip_special_tokens=True))
+        if self._decoder is None:
+            self._decoder = IncrementalDecoder(tokenizer, self.tokens)
+        delta = self.text.update(self._decoder.step())
         if delta:
             self.sink.delta(delta)
         if self.text.stopped:
@@ -67,80 +81,59 @@ class Row:
             return "length"
         return None
 
+    def flush_text(self) -> str:
+        """The row has ended: the text still held back (a half character, a stop's start)."""
+        last = self.text.update(self._decoder.flush()) if self._decoder is not None else ""
+        return last + self.text.flush()
+
+
+GREEDY = RowSampler(temperature=0.0, top_p=1.0, top_k=0, generator=None)  # for holes
+
 
 @dataclass
-class _State:
-    """The tensors of the rows in the batch, row ``i`` of each belonging to ``rows[i]``."""
+class _DynamicState:
+    """The fallback: rows of one admission over a ``DynamicCache``, row ``i`` of each
+    tensor belonging to ``rows[i]``; leaving rows are sliced out."""
 
-    rows: list[Row]
+    rows: list[Row | None]
     cache: DynamicCache
     attention_mask: torch.Tensor  # [B, S] long, 0 on left padding
     positions: torch.Tensor  # [B] position of the last token of each row
     last_tokens: torch.Tensor  # [B] the token each row feeds at the next step
+    plan: SamplingPlan | None = None
 
-    def select(self, keep: list[int]) -> None:
+    def run(self, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
+        rows = len(self.rows)
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones((rows, 1))], dim=1
+        )
+        self.positions = self.positions + 1
+        return forward(
+            self.last_tokens[:, None], self.attention_mask, self.positions[:, None], self.cache
+        )
+
+    def set_tokens(self, tokens: torch.Tensor) -> None:
+        self.last_tokens = tokens
+
+    def leave(self, indices: Sequence[int]) -> None:
+        leaving = set(indices)
+        keep = [i for i in range(len(self.rows)) if i not in leaving]
         index = torch.tensor(keep, device=self.attention_mask.device)
         self.rows = [self.rows[i] for i in keep]
+        self.plan = None
         self.cache.batch_select_indices(index)
         self.attention_mask = self.attention_mask[index]
         self.positions = self.positions[index]
         self.last_tokens = self.last_tokens[index]
-        self._trim_padding()
-
-    def _trim_padding(self) -> None:
-        # Columns that are padding for every remaining row cost attention for nothing.
-        width = int(self.attention_mask.any(dim=0).long().argmax())
-        if width > 0 and is_joinable(self.cache):
-            self.attention_mask = self.attention_mask[:, width:]
-            for layer, keys, values in _kv_layers(self.cache):
-                layer.keys = keys[:, :, width:, :]
-                layer.values = values[:, :, width:, :]
-
-    def merge(self, other: _State) -> None:
-        """Append ``other``'s rows, left-padding the shorter cache to the longer."""
-        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
-        self.attention_mask = torch.cat(
-            [_left_pad(self.attention_mask, width), _left_pad(other.attention_mask, width)]
-        )
-        for (mine, keys, values), (_, other_keys, other_values) in zip(
-            _kv_layers(self.cache), _kv_layers(other.cache), strict=True
-        ):
-            mine.keys = torch.cat([_left_pad(keys, width), _left_pad(other_keys, width)])
-            mine.values = torch.cat([_left_pad(values, width), _left_pad(other_values, width)])
-        self.rows += other.rows
-        self.positions = torch.cat([self.positions, other.positions])
-        self.last_tokens = torch.cat([self.last_tokens, other.last_tokens])
 
 
 def is_joinable(cache: DynamicCache) -> bool:
-    """Whether rows can join or leave ``cache`` by padding or slicing its sequence axis.
+    """Whether rows can join or leave ``cache`` through row slots.
 
     True for plain full-attention layers; sliding-window and linear-attention layers
-    keep state that left padding would corrupt.
+    keep state that a slot of full columns would not.
     """
     return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def _kv_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
-    """Each layer of a filled full-attention cache with its keys and values
-    (``[B, heads, S, head_dim]``)."""
-    layers = []
-    for layer in cache.layers:
-        if type(layer) is not DynamicLayer or layer.keys is None or layer.values is None:
-            raise TypeError("only filled full-attention caches can be merged or trimmed")
-        layers.append((layer, layer.keys, layer.values))
-    return layers
-
-
-def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad the sequence dimension (dim 1 of a mask, dim 2 of keys/values) on the left."""
-    seq_dim = 1 if tensor.dim() == 2 else 2
-    missing = width - tensor.shape[seq_dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[seq_dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=seq_dim)
 
 
 class DecodeBatch:
@@ -153,20 +146,38 @@ class DecodeBatch:
         *,
         device: torch.device,
         on_pass: Callable[[Sequence[str]], None],
+        max_rows: int,
+        max_length: int,
     ) -> None:
+        """``max_rows`` rows at once, each of at most ``max_length`` positions."""
         self._model = model
         self._tokenizer = tokenizer
         self._device = device
         self._on_pass = on_pass
         self._eos_ids = _eos_ids(tokenizer, model)
         self._pad_id = int(tokenizer.pad_token_id)
-        self._state: _State | None = None
         self.joinable = is_joinable(DynamicCache(config=model.config))
+        self._slots: SlotRows | None = None
+        if self.joinable:
+            layers = model.config.get_text_config(decoder=True).num_hidden_layers
+            cache = SlotCache(layers, slots=max_rows, max_length=max_length)
+            self._slots = SlotRows(cache, device)
+        self._dynamic: _DynamicState | None = None
 
     @property
     def rows(self) -> list[Row]:
         """Rows in the batch now."""
-        return self._state.rows if self._state is not None else []
+        state = self._state
+        return [row for row in state.rows if row is not None] if state is not None else []
+
+    @property
+    def slot_cache(self) -> SlotCache | None:
+        """The preallocated cache (None on the fallback), for inspection only."""
+        return self._slots.cache if self._slots is not None else None
+
+    @property
+    def _state(self) -> SlotRows | _DynamicState | None:
+        return self._slots if self._slots is not None else self._dynamic
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -185,51 +196,57 @@ class DecodeBatch:
         position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self._model.config)
         logits = self._forward(list(rows), input_ids, mask, position_ids, cache)
-        fresh = _State(list(rows), cache, mask, position_ids[:, -1], input_ids[:, -1])
-        if self._state is None:
-            self._state = fresh
+        plan = SamplingPlan.build([row.sampler for row in rows], logits.shape[-1], self._device)
+        tokens = plan.next_tokens(logits)  # [n]
+        if self._slots is not None:
+            indices = self._slots.join(rows, cache, mask, position_ids[:, -1] + 1, tokens)
         else:
-            self._state.merge(fresh)
-        self._after_forward(logits, first=len(self.rows) - len(rows))
+            assert self._dynamic is None, "rows join a dynamic cache only when it is empty"
+            self._dynamic = _DynamicState(list(rows), cache, mask, position_ids[:, -1], tokens)
+            indices = list(range(len(rows)))
+        self._accept(list(zip(indices, rows, strict=True)), tokens.tolist())
 
     def step(self) -> None:
         """Drop cancelled rows, then run one decode step for the rest."""
         state = self._state
-        if state is None:
+        if state is None or not self.rows:
             return
-        self._leave(state, {i: "cancelled" for i, row in enumerate(state.rows) if row.cancelled})
-        if self._state is None:
+        self._leave({i: "cancelled" for i, row in enumerate(state.rows) if row and row.cancelled})
+        if not self.rows:
             return
-        rows = len(state.rows)
-        state.attention_mask = torch.cat(
-            [state.attention_mask, state.attention_mask.new_ones((rows, 1))], dim=1
+        pass_rows = list(state.rows)
+        logits = state.run(
+            lambda ids, mask, positions, cache: self._forward(
+                pass_rows, ids, mask, positions, cache
+            )
         )
-        state.positions = state.positions + 1
-        logits = self._forward(
-            state.rows,
-            state.last_tokens[:, None],
-            state.attention_mask,
-            state.positions[:, None],
-            state.cache,
-        )
-        self._after_forward(logits, first=0)
+        if state.plan is None:
+            samplers = [row.sampler if row else GREEDY for row in pass_rows]
+            state.plan = SamplingPlan.build(samplers, logits.shape[-1], self._device)
+        tokens = state.plan.next_tokens(logits)  # [B]
+        state.set_tokens(tokens)
+        values = tokens.tolist()
+        live = [(i, row) for i, row in enumerate(pass_rows) if row is not None]
+        self._accept(live, [values[i] for i, _ in live])
 
     def fail_all(self) -> list[Row]:
         """Empty the batch after an internal error and return the rows it held."""
         rows = self.rows
-        self._state = None
+        if self._slots is not None and rows:
+            self._slots.leave([i for i, row in enumerate(self._slots.rows) if row is not None])
+        self._dynamic = None
         return rows
 
     def _forward(
         self,
-        rows: Sequence[Row],
+        rows: Sequence[Row | None],
         input_ids: torch.Tensor,
         mask: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: DynamicCache,
+        cache: DynamicCache | SlotCache,
     ) -> torch.Tensor:
-        adapters = [row.adapter for row in rows]
-        self._on_pass(adapters)
+        adapters = [row.adapter if row else BASE_ADAPTER for row in rows]
+        self._on_pass([name for row, name in zip(rows, adapters, strict=True) if row])
         return self._model.last_logits(
             input_ids,
             attention_mask=mask,
@@ -238,31 +255,28 @@ class DecodeBatch:
             adapter_names=adapters,
         )
 
-    def _after_forward(self, logits: torch.Tensor, first: int) -> None:
-        """Sample rows ``first..`` from ``logits`` (one line per such row), drop finished."""
-        state = self._state
-        assert state is not None
-        rows = state.rows[first:]
-        tokens = next_tokens(logits, [row.sampler for row in rows])
-        state.last_tokens[first:] = torch.tensor(tokens, device=state.last_tokens.device)
+    def _accept(self, rows: list[tuple[int, Row]], tokens: list[int]) -> None:
+        """Give each (index, row) its token (``tokens`` in the same order); finished rows
+        leave."""
         finished: dict[int, FinishReason] = {}
-        for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+        for (index, row), token in zip(rows, tokens, strict=True):
             reason = row.accept(token, self._eos_ids, self._tokenizer)
             if reason is not None:
-                finished[first + offset] = reason
-        self._leave(state, finished)
+                finished[index] = reason
+        self._leave(finished)
 
-    def _leave(self, state: _State, reasons: dict[int, FinishReason]) -> None:
+    def _leave(self, reasons: dict[int, FinishReason]) -> None:
         """Rows at the indices of ``reasons`` leave the batch, each for its reason."""
-        if not reasons:
+        state = self._state
+        if not reasons or state is None:
             return
         leaving = [(state.rows[i], reason) for i, reason in reasons.items()]
-        keep = [i for i in range(len(state.rows)) if i not in reasons]
-        if keep:
-            state.select(keep)
+        if self._dynamic is not None and len(reasons) == len(self._dynamic.rows):
+            self._dynamic = None
         else:
-            self._state = None
+            state.leave(list(reasons))
         for row, reason in leaving:
+            assert row is not None
             row.sink.finish(row, reason)
 
 

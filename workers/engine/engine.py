@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,7 @@ from workers.adapters.host_weights import read_adapter
 from workers.adapters.manager import AdapterManager
 from workers.adapters.registry import AdapterRegistry
 from workers.adapters.validation import base_module_shapes
+from workers.engine.backend import Backend, BackendStats
 from workers.engine.batcher import Batcher
 from workers.engine.decode import DecodeBatch, FinishReason, Row
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
@@ -34,7 +36,7 @@ from workers.engine.model_loader import LoadedModel, load_model
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.sampling import RowSampler
-from workers.engine.stats import EngineObserver, PassStats, tier_stats
+from workers.engine.stats import EngineObserver, PassStats, backend_stats
 from workers.engine.stopping import TextTracker
 from workers.engine.worker import ModelWorker, WorkItem
 from workers.settings import WorkerSettings
@@ -55,9 +57,17 @@ class Engine:
         # Module shapes of the bare base model, before PEFT wraps any layer.
         shapes = base_module_shapes(loaded.model)
         self._model = MultiLoraModel(loaded.model, capacity=settings.max_adapters_per_replica)
+        if settings.compile_decoder:
+            self._model.compile_decoder()
         self._stats = PassStats()
         batch = DecodeBatch(
-            self._model, self._tokenizer, device=self._device, on_pass=self._stats.record_pass
+            self._model,
+            self._tokenizer,
+            device=self._device,
+            on_pass=self._stats.record_pass,
+            max_rows=settings.max_batch_size,
+            # The longest prompt, every new token, and the column the last one is fed at.
+            max_length=settings.max_input_tokens + settings.max_new_tokens + 1,
         )
         batcher: Batcher[Row] = Batcher(
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms
@@ -218,23 +228,20 @@ class Engine:
         self._adapters.on_load = observer.adapter_loaded
         self._adapters.host.on_load = observer.adapter_read
 
-    def stats(self) -> dict[str, float]:
+    def backend_stats(self) -> BackendStats:
         """Counters of the decode loop and of the adapter tiers (``cache_*``: the device)."""
-        counters = self._adapters.policy.counters
         with self._rows_lock:
             in_flight = self._in_flight
-        return {
-            **self._stats.as_dict(),
-            "rows_in_flight": in_flight,
-            "cache_hits": counters.hits,
-            "cache_loads": counters.loads,
-            "cache_load_failures": counters.load_failures,
-            "cache_evictions": counters.evictions,
-            "adapter_load_ms_total": self._adapters.load_ms_total,
-            "adapters_loaded": len(self._adapters.loaded()),
-            "adapters_registered": len(self._registry.names()),
-            **tier_stats(self._adapters),
-        }
+        return backend_stats(
+            self._stats,
+            self._adapters,
+            rows_in_flight=in_flight,
+            registered=len(self._registry.names()),
+        )
+
+    def stats(self) -> dict[str, float]:
+        """:meth:`backend_stats` by name (what the metrics and the heartbeat read)."""
+        return self.backend_stats().as_dict()
 
     async def close(self) -> None:
         """Finish the rows in flight, then stop the model thread."""
@@ -328,7 +335,7 @@ class _RequestSink:
             self._post(TextDelta(text))
 
     def finish(self, row: Row, reason: FinishReason) -> None:
-        self.delta(row.text.flush())
+        self.delta(row.flush_text())
         self._engine._row_done(row)
         adapter = None if row.adapter == BASE_ADAPTER else row.adapter
         self._post(
@@ -354,3 +361,8 @@ class _RequestSink:
             self._loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the caller's loop is gone; nobody is listening
             log.debug("dropped an event for a closed event loop")
+
+
+if TYPE_CHECKING:
+    # mypy proves here that the HF engine is a Backend, the seam its callers use.
+    _ENGINE_IS_A_BACKEND: type[Backend] = Engine

@@ -10,7 +10,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
-from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 
 from workers.adapters.host_weights import HostAdapter, parse_adapter
 from workers.adapters.loader import delete_adapter, load_adapter
@@ -47,6 +48,13 @@ class MultiLoraModel:
         # False sends adapters added from now on through PEFT (for comparisons).
         self.prefer_stacked = True
         self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
+
+    def compile_decoder(self) -> None:
+        """``torch.compile`` the decoder stack (dynamic shapes, so rows and lengths that
+        change do not recompile each step). The LoRA hooks and the slot cache run inside
+        it; a change of their Python state (adapters, a pass's slots) may recompile."""
+        decoder = self.base.get_decoder()  # type: ignore[no-untyped-call]
+        decoder.forward = torch.compile(decoder.forward, dynamic=True)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -99,7 +107,7 @@ class MultiLoraModel:
         *,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
         adapter_names: list[str],
     ) -> torch.Tensor:
         """Logits of the last position of every row, ``[rows, vocab]``; fills ``cache``.

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from workers.adapters.manager import AdapterManager
+from workers.engine.backend import BackendStats
 from workers.engine.lora_model import BASE_ADAPTER
 
 
@@ -63,38 +64,42 @@ class PassStats:
         with self._lock:
             return list(self._recent)
 
-    def as_dict(self) -> dict[str, float]:
-        """The counters as numbers."""
-        return {
-            "forward_passes": self.forward_passes,
-            "multi_adapter_passes": self.multi_adapter_passes,
-            "max_adapters_in_pass": self.max_adapters_in_pass,
-            "max_rows_in_pass": self.max_rows_in_pass,
-            "row_steps": self.row_steps,
-            "rows": self.rows,
-            "tokens_generated": self.tokens_generated,
-        }
 
-
-def tier_stats(adapters: AdapterManager) -> dict[str, float]:
-    """Counters of the host tier and of the device tier's copies, loads and removals."""
-    host = adapters.host
-    counters = host.policy.counters
-    device = adapters.device
-    return {
-        "host_hits": counters.hits,
-        "host_loads": counters.loads,
-        "host_load_failures": counters.load_failures,
-        "host_evictions": counters.evictions,
-        "host_bytes": host.bytes_used(),
-        "adapters_on_host": len(host.names()),
-        "host_load_ms_total": host.load_ms_total,
-        "device_copies": device.copies,
-        "device_copy_ms_total": device.copy_ms_total,
+def backend_stats(
+    passes: PassStats, adapters: AdapterManager, *, rows_in_flight: int, registered: int
+) -> BackendStats:
+    """The engine's typed counters: the decode loop's, the device tier's, the host tier's."""
+    device, host = adapters.device, adapters.host
+    counters, host_counters = adapters.policy.counters, host.policy.counters
+    return BackendStats(
+        forward_passes=passes.forward_passes,
+        multi_adapter_passes=passes.multi_adapter_passes,
+        max_adapters_in_pass=passes.max_adapters_in_pass,
+        max_rows_in_pass=passes.max_rows_in_pass,
+        row_steps=passes.row_steps,
+        rows=passes.rows,
+        tokens_generated=passes.tokens_generated,
+        rows_in_flight=rows_in_flight,
+        cache_hits=counters.hits,
+        cache_loads=counters.loads,
+        cache_load_failures=counters.load_failures,
+        cache_evictions=counters.evictions,
+        adapter_load_ms_total=adapters.load_ms_total,
+        adapters_loaded=len(adapters.loaded()),
+        adapters_registered=registered,
+        host_hits=host_counters.hits,
+        host_loads=host_counters.loads,
+        host_load_failures=host_counters.load_failures,
+        host_evictions=host_counters.evictions,
+        host_bytes=host.bytes_used(),
+        adapters_on_host=len(host.names()),
+        host_load_ms_total=host.load_ms_total,
+        device_copies=device.copies,
+        device_copy_ms_total=device.copy_ms_total,
         # PEFT's load_adapter reads the folder on the model thread: the only disk reads
         # there (adapters the stacked slots cannot hold).
-        "model_thread_disk_reads": device.peft_loads,
-        "peft_load_ms_total": device.peft_load_ms_total,
-        "adapters_removed": device.removals,
-        "in_use_evictions": device.in_use_evictions,
-    }
+        model_thread_disk_reads=device.peft_loads,
+        peft_load_ms_total=device.peft_load_ms_total,
+        adapters_removed=device.removals,
+        in_use_evictions=device.in_use_evictions,
+    )

@@ -1,8 +1,10 @@
 """Stop strings and streaming of a row's text (pure string logic).
 
-A row's text is handed out as it grows, but never a piece that could still turn out to
-be the start of a stop string, nor a trailing replacement character of a half-decoded
-multi-byte sequence: what has been handed out is always a prefix of the final text.
+A row's text arrives piece by piece (from :mod:`detokenize`) and is handed out as it
+grows, but never a piece that could still turn out to be the start of a stop string: what
+has been handed out is always a prefix of the final text. Only the text not handed out
+yet (shorter than the longest stop string) and the new piece are searched, so a step costs
+O(new text + stop strings), whatever the row's length.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-REPLACEMENT = "\ufffd"
-
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` must wait for more text."""
-    held = len(text) - len(text.rstrip(REPLACEMENT))
+    """How many trailing characters of ``text`` may be the start of a stop string."""
+    held = 0
     for stop in stops:
         for size in range(min(len(stop) - 1, len(text)), 0, -1):
             if text.endswith(stop[:size]):
@@ -26,32 +26,43 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 @dataclass
 class TextTracker:
-    """Follows a row's decoded text: finds stop strings, says what may be handed out."""
+    """Follows a row's text: finds stop strings, says what may be handed out."""
 
     stops: Sequence[str] = ()
-    text: str = ""
-    emitted: int = 0
-    stopped: bool = field(default=False)
+    stopped: bool = False
+    _emitted: list[str] = field(default_factory=list)  # the pieces handed out, in order
+    _pending: str = ""  # text not handed out yet: it may start a stop string
 
-    def update(self, text: str) -> str:
-        """Take the row's full text so far; return the new text that may be handed out.
+    @property
+    def text(self) -> str:
+        """The row's text so far; after a stop string, the text before it."""
+        return "".join(self._emitted) + self._pending
 
-        After a stop string appears, :attr:`text` ends just before it and
-        :attr:`stopped` is true.
+    def update(self, piece: str) -> str:
+        """Take the row's new text; return the new text that may be handed out.
+
+        After a stop string appears, :attr:`text` ends just before it and :attr:`stopped`
+        is true; later pieces are ignored.
         """
-        found = [index for stop in self.stops if (index := text.find(stop, self.emitted)) >= 0]
+        if self.stopped or not piece:
+            return ""
+        # A stop string starts inside the pending text or the piece: the text handed out
+        # never holds a stop string's start that could still complete.
+        window = self._pending + piece
+        found = [index for stop in self.stops if (index := window.find(stop)) >= 0]
         if found:
-            self.text = text[: min(found)]
+            self._pending = window[: min(found)]
             self.stopped = True
-            return self._emit(len(self.text))
-        self.text = text
-        return self._emit(len(text) - _held_back(text, self.stops))
+            return self._emit(len(self._pending))
+        self._pending = window
+        return self._emit(len(window) - _held_back(window, self.stops))
 
     def flush(self) -> str:
         """The row has ended: hand out whatever was held back."""
-        return self._emit(len(self.text))
+        return self._emit(len(self._pending))
 
     def _emit(self, upto: int) -> str:
-        delta = self.text[self.emitted : upto] if upto > self.emitted else ""
-        self.emitted = max(self.emitted, upto)
+        delta, self._pending = self._pending[:upto], self._pending[upto:]
+        if delta:
+            self._emitted.append(delta)
         return delta

@@ -1,0 +1,108 @@
+"""The seam between the serving layers and an inference backend (the HF engine, or vLLM).
+
+Neutral on purpose: no torch, no transformers. A backend takes and gives the shared types
+of :mod:`workers.engine.requests` and reports :class:`BackendStats`, a typed record, so
+that no layer reads counters by key names it has to guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from workers.engine.requests import (
+    EngineError,
+    GenerationOutput,
+    GenerationRequest,
+    TextDelta,
+)
+
+__all__ = [
+    "Backend",
+    "BackendStats",
+    "EngineError",
+    "GenerationOutput",
+    "GenerationRequest",
+    "TextDelta",
+]
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """Counters of a backend since it started (``cache_*``: the device tier)."""
+
+    forward_passes: int
+    multi_adapter_passes: int
+    max_adapters_in_pass: int
+    max_rows_in_pass: int
+    row_steps: int
+    rows: int
+    tokens_generated: int
+    rows_in_flight: int
+    cache_hits: int
+    cache_loads: int
+    cache_load_failures: int
+    cache_evictions: int
+    adapter_load_ms_total: float
+    adapters_loaded: int
+    adapters_registered: int
+    host_hits: int
+    host_loads: int
+    host_load_failures: int
+    host_evictions: int
+    host_bytes: int
+    adapters_on_host: int
+    host_load_ms_total: float
+    device_copies: int
+    device_copy_ms_total: float
+    model_thread_disk_reads: int
+    peft_load_ms_total: float
+    adapters_removed: int
+    in_use_evictions: int
+
+    def as_dict(self) -> dict[str, float]:
+        """The counters by name (what the metrics and the heartbeat publish); counts stay
+        ints."""
+        counters: dict[str, float] = asdict(self)
+        return counters
+
+
+class Backend(Protocol):
+    """What the model deployment needs from an inference backend."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
+        ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text deltas as they are made, then the output; closing it cancels the row."""
+        ...
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop the rows of ``request_id``; whether any was running."""
+        ...
+
+    async def ensure_adapter(self, name: str) -> None:
+        """Make adapter ``name`` warm on the device."""
+        ...
+
+    async def prefetch(self, names: Sequence[str]) -> None:
+        """Warm these adapters ahead of their requests, without waiting; never raises."""
+        ...
+
+    def remove_adapter(self, name: str) -> bool:
+        """Unregister run-time registration ``name`` and free it once unused."""
+        ...
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapters on the device now, least recently used first."""
+        ...
+
+    def backend_stats(self) -> BackendStats:
+        """The backend's counters."""
+        ...
+
+    async def close(self) -> None:
+        """Finish the rows in flight, then stop."""
+        ...
