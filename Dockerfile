@@ -38,6 +38,8 @@ RUN apt-get update \
 COPY --from=build /opt/loraq /opt/loraq
 COPY deploy/docker/entrypoint.sh /usr/local/bin/loraq-entrypoint
 # Serve kills an HTTP proxy that is not ready in 5 s (its default): too short on a busy node.
+# The proxy callback gives Serve's proxy a request-header timeout also where Serve is not
+# started by `loraq serve` (KubeRay's serveConfigV2): workers/serve/header_timeout.py.
 ENV PATH=/opt/loraq/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
@@ -45,6 +47,8 @@ ENV PATH=/opt/loraq/bin:$PATH \
     RAY_USAGE_STATS_ENABLED=0 \
     RAY_DASHBOARD_PORT=8265 \
     RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30 \
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=workers.serve.header_timeout:install \
+    LORAQ_HTTP_HEADER_TIMEOUT_S=10 \
     LORAQ_HTTP_HOST=0.0.0.0 \
     LORAQ_HTTP_PORT=8000 \
     LORAQ_METRICS_EXPORT_PORT=8080

@@ -221,6 +221,13 @@ class WorkerSettings(AdapterRootSettings):
         description="Serve's HTTP proxy closes a connection idle this long after a response "
         "(Serve's keep_alive_timeout_s) when loraq serve starts Serve.",
     )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Serve's HTTP proxy closes a connection whose request headers are not "
+        "whole this long after it opened or after its last response (slow or silent "
+        "clients), when loraq serve starts Serve.",
+    )
     served_model_name: str | None = Field(
         None, min_length=1, description="The base model's name in the OpenAI API (default: model)."
     )

@@ -15,12 +15,14 @@ from ray import serve
 
 from producer.embedded import free_port
 from tests.conftest import REPO
-from workers.serve.launch import allow_slow_proxy_start, http_options
+from workers.serve.launch import allow_slow_proxy_start, serve_start_options
 from workers.settings import WorkerSettings
 
 DEMO_KIT = REPO / "demo" / "model"
 SERVE_HTTP_HOST = "127.0.0.1"
 METRICS_REPORT_INTERVAL_MS = 1000
+# Lower than the default, so that the slow-header test is quick; still above keep-alive.
+HEADER_TIMEOUT_S = 6.0
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +42,10 @@ def ray_serve() -> Iterator[str]:
         # about a second instead of Ray's default ten.
         _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
     )
-    settings = WorkerSettings(http_host=SERVE_HTTP_HOST, http_port=port)
-    serve.start(http_options=http_options(settings))  # as loraq serve starts it
+    settings = WorkerSettings(
+        http_host=SERVE_HTTP_HOST, http_port=port, http_header_timeout_s=HEADER_TIMEOUT_S
+    )
+    serve.start(**serve_start_options(settings))  # as loraq serve starts it
     yield f"http://{SERVE_HTTP_HOST}:{port}"
     serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()

@@ -22,6 +22,7 @@ from producer.errors import mask_url
 from producer.settings import DEFAULT_REDIS_URL
 from workers.adapters.registry import AdapterRegistry
 from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
+from workers.serve.header_timeout import proxy_env
 from workers.serve.replicas import replica_stats as replica_stats  # re-exported
 from workers.settings import WorkerSettings
 
@@ -134,6 +135,17 @@ def http_options(settings: WorkerSettings) -> dict[str, Any]:
     }
 
 
+def serve_start_options(settings: WorkerSettings) -> dict[str, Any]:
+    """``serve.start``'s keyword arguments for ``settings``: the HTTP options, and the
+    variables that give Serve's proxy its request-header timeout (the proxy inherits the
+    controller's environment; see :mod:`workers.serve.header_timeout`)."""
+    env = proxy_env(settings.http_header_timeout_s)
+    return {
+        "http_options": http_options(settings),
+        "controller_options": {"runtime_env": {"env_vars": env}},
+    }
+
+
 def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
     """Start what is missing (Redis, Ray) and deploy the application; returns once ready."""
     redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
@@ -141,7 +153,7 @@ def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
     running = Running(settings, started_ray=False, embedded_redis=embedded)
     try:
         running.started_ray = start_ray(settings, dashboard=dashboard)
-        serve.start(http_options=http_options(settings))
+        serve.start(**serve_start_options(settings))
         serve.run(
             build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
         )
