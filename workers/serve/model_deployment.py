@@ -60,7 +60,6 @@ class LoRAModel:
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
             self.routed_loads += 1
-            await self._ensure_registered(adapter)
             await self.engine.ensure_adapter(adapter)
             return adapter
 
@@ -151,6 +150,10 @@ class LoRAModel:
                 f"multiplexed model id {model_id!r} differs from the request's adapter "
                 f"{request.adapter!r}",
             )
+        # Known before Serve's loader sees it: that loader logs every failed load as an
+        # ERROR, and on a full replica evicts a warm adapter before it tries.
+        await self._ensure_registered(model_id)
+        self.engine.check_adapter(model_id)
         await self._load_adapter(model_id)
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
