@@ -6,6 +6,7 @@ they all run the application the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -184,13 +185,20 @@ def _ray_address() -> str:
 
 
 def shutdown(running: Running) -> None:
-    """Remove the application; stop Ray and the embedded Redis if they were started here."""
-    try:
-        if running.started_ray:
-            serve.shutdown()  # type: ignore[no-untyped-call]
-            ray.shutdown()
-        elif ray.is_initialized():
-            serve.delete(running.settings.app_name)
-    finally:
+    """Remove the application; stop Ray and the embedded Redis if they were started here.
+
+    Deleting the application drains its replicas (in-flight jobs finish within the
+    graceful shutdown timeout). A Ray started here then stops with Serve's controller and
+    proxies in it, rather than through ``serve.shutdown()``: the controller ends that
+    call by killing itself under the driver's pending calls, and Ray prints each of them
+    to the user's terminal (``Task ServeController.graceful_shutdown failed … killed by
+    ray.kill``).
+    """
+    with contextlib.ExitStack() as after:
+        # Run last to first, each even if the one before raised.
         if running.embedded_redis is not None:
-            running.embedded_redis.stop()
+            after.callback(running.embedded_redis.stop)
+        if running.started_ray:
+            after.callback(ray.shutdown)
+        if ray.is_initialized():
+            serve.delete(running.settings.app_name)
