@@ -118,6 +118,17 @@ def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
     assert app.consumer_pids()[victim] == pids[victim]
 
 
+def wait_busy(app: ChaosApp, replica: str, timeout_s: float = 60.0) -> int:
+    """The rows in flight on model ``replica`` once it has some: a kill then lands in the
+    middle of generations, not between two."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = int(app.model_stats()[replica]["rows_in_flight"])
+        if rows:
+            return rows
+    raise AssertionError(f"replica {replica} ran nothing for {timeout_s}s")
+
+
 def answered_by(client: redis.Redis, keys: Keys, ids: list[str]) -> Counter[str]:
     """How many of the jobs ``ids`` each model replica answered."""
     pipe = client.pipeline(transaction=False)
@@ -145,6 +156,7 @@ def test_sigkill_of_a_model_replica_during_a_batch_loses_no_line_and_answers_non
         app.wait_finished(ids, STARTED_BEFORE_BREAK)
         left = JOBS - app.finished(ids)
         assert left >= LEFT_AT_BREAK, f"only {left} lines left to kill the replica under"
+        rows_at_kill = wait_busy(app, victim)
         kill(pids[victim], signal.SIGKILL)
         killed_at = time.time()
         back_s = app.wait_replaced(app.model_pids, len(pids), pids[victim])
@@ -167,6 +179,7 @@ def test_sigkill_of_a_model_replica_during_a_batch_loses_no_line_and_answers_non
         output_lines=len(outputs),
         error_lines=len(errors),
         left_at_kill=left,
+        victim_rows_at_kill=rows_at_kill,
         victim_answered=by_replica[victim],
         replica_back_s=back_s,
         all_final_after_kill_s=tally.last_finished_at - killed_at,
