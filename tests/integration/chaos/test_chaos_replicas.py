@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from schemas import JobRecord, Keys, codec
+from schemas.batches import BatchOutputLine
 from tests.integration.chaos.accounting import FIGURES, account
 from tests.integration.chaos.batch_driver import BatchDriver
 from tests.integration.chaos.conftest import (
@@ -129,6 +130,23 @@ def wait_busy(app: ChaosApp, replica: str, timeout_s: float = 60.0) -> int:
     raise AssertionError(f"replica {replica} ran nothing for {timeout_s}s")
 
 
+def assert_answered_once(
+    outputs: list[BatchOutputLine], errors: list[BatchOutputLine], expected: dict[str, str]
+) -> None:
+    """Every good line (``expected``: custom_id -> text) once in the output file, with its
+    text, and in no error line; the bad lines once each in the error file."""
+    answered = Counter(line.custom_id for line in outputs)
+    assert answered == Counter(expected.keys()), answered
+    texts = {
+        line.custom_id: Completion.model_validate(line.response.body).choices[0].text
+        for line in outputs
+        if line.response is not None
+    }
+    assert texts == expected
+    assert len(errors) == len(BAD_LINES)
+    assert not {line.custom_id for line in errors} & set(expected)
+
+
 def answered_by(client: redis.Redis, keys: Keys, ids: list[str]) -> Counter[str]:
     """How many of the jobs ``ids`` each model replica answered."""
     pipe = client.pipeline(transaction=False)
@@ -167,12 +185,6 @@ def test_sigkill_of_a_model_replica_during_a_batch_loses_no_line_and_answers_non
     with app.client() as client:
         tally = account(client, app.keys, expected, "8 SIGKILL model replica during a batch")
         by_replica = answered_by(client, app.keys, ids)
-    answered = Counter(line.custom_id for line in outputs)
-    texts = {
-        line.custom_id: Completion.model_validate(line.response.body).choices[0].text
-        for line in outputs
-        if line.response is not None
-    }
     counts = batch.request_counts
     tally.figures.update(
         lines=counts.total,
@@ -190,15 +202,7 @@ def test_sigkill_of_a_model_replica_during_a_batch_loses_no_line_and_answers_non
     assert tally.statuses == {"succeeded": JOBS}
     assert by_replica[victim], f"the killed replica served no line: {by_replica}"
     assert batch.status == "completed", batch
-    assert (counts.total, counts.completed, counts.failed) == (
-        JOBS + len(BAD_LINES),
-        JOBS,
-        len(BAD_LINES),
-    )
+    bad = len(BAD_LINES)
+    assert (counts.total, counts.completed, counts.failed) == (JOBS + bad, JOBS, bad)
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(seen)), seen
-    # Every good line answered once, in the output file only; the bad ones once each in
-    # the error file.
-    assert answered == Counter(batch_file.expected.keys()), answered
-    assert texts == batch_file.expected
-    assert len(errors) == len(BAD_LINES)
-    assert not {line.custom_id for line in errors} & set(batch_file.expected)
+    assert_answered_once(outputs, errors, batch_file.expected)
