@@ -9,6 +9,7 @@ shuts everything down.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import subprocess
 import time
@@ -160,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     settings = settings_from(args, **DEMO_DEFAULTS)
     console.print("[bold]starting[/bold] Ray, the demo model and the queue consumer …")
-    running = launch.deploy(settings)
+    # Ray's and Serve's own lines (cluster started, token authentication on, app ready)
+    # say what the demo's lines say; from ERROR up they still show.
+    running = launch.deploy(settings, ray_log_level=logging.ERROR)
     try:
         for line in running.notes:
             console.print(f"  {line}")

@@ -47,5 +47,6 @@ def ray_serve() -> Iterator[str]:
     )
     serve.start(**serve_start_options(settings))  # as loraq serve starts it
     yield f"http://{SERVE_HTTP_HOST}:{port}"
-    serve.shutdown()  # type: ignore[no-untyped-call]
+    # Each app's fixture deleted it; Serve's controller and proxy go with Ray (as in
+    # workers.serve.launch.shutdown: serve.shutdown() makes Ray print raylet lines).
     ray.shutdown()

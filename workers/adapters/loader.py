@@ -6,6 +6,7 @@ while a forward pass is running.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from peft import PeftModel
@@ -22,9 +23,15 @@ def load_adapter(model: PreTrainedModel | PeftModel, folder: Path, name: str) ->
         model.load_adapter(str(folder), adapter_name=name, low_cpu_mem_usage=True)
         _keep_active_adapter_valid(model)
         return model
-    wrapped = PeftModel.from_pretrained(
-        model, str(folder), adapter_name=name, low_cpu_mem_usage=True
-    )
+    with warnings.catch_warnings():
+        # PEFT's wrapper asks the model for transformers' deprecated alias (PEFT 0.21 with
+        # transformers 5): a FutureWarning on every first load that no user can act on.
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        wrapped = PeftModel.from_pretrained(
+            model, str(folder), adapter_name=name, low_cpu_mem_usage=True
+        )
     wrapped.eval()
     return wrapped
 

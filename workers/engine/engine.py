@@ -190,6 +190,11 @@ class Engine:
         """Whether ``name`` is registered (a bad name is a ``validation`` error)."""
         return self._registry.find(name) is not None
 
+    def check_adapter(self, name: str) -> None:
+        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
+        bad name); loads nothing."""
+        self._registry.resolve(name)
+
     def loaded_adapters(self) -> list[str]:
         """Adapters on the device now, least recently used first."""
         return self._adapters.loaded()

@@ -6,6 +6,7 @@ they all run the application the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -28,6 +29,8 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+# Serve's logger in the driver (its client: "Started Serve", "Application … is ready").
+SERVE_LOGGER = "ray.serve"
 PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
 PROXY_READY_S = 30.0
 
@@ -64,17 +67,20 @@ def cpus_needed(settings: WorkerSettings) -> float:
     )
 
 
-def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
+def start_ray(
+    settings: WorkerSettings, *, dashboard: bool = False, log_level: int = logging.INFO
+) -> bool:
     """Join the cluster at ``RAY_ADDRESS``, or start a local one; ``True`` if started here.
 
     A local Ray gets at least as many logical CPUs as the application asks for: on a
     small machine fractional replicas share the cores rather than wait for them.
+    ``log_level`` is that of Ray's own lines in this process.
     """
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=log_level)
         return False
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(settings)))
     allow_slow_proxy_start()
@@ -82,6 +88,7 @@ def start_ray(settings: WorkerSettings, *, dashboard: bool = False) -> bool:
         num_cpus=cpus,
         include_dashboard=dashboard,
         log_to_driver=False,
+        logging_level=log_level,
         _metrics_export_port=metrics_port(settings.metrics_export_port),
     )
     return True
@@ -146,13 +153,21 @@ def serve_start_options(settings: WorkerSettings) -> dict[str, Any]:
     }
 
 
-def deploy(settings: WorkerSettings, *, dashboard: bool = False) -> Running:
-    """Start what is missing (Redis, Ray) and deploy the application; returns once ready."""
+def deploy(
+    settings: WorkerSettings, *, dashboard: bool = False, ray_log_level: int = logging.INFO
+) -> Running:
+    """Start what is missing (Redis, Ray) and deploy the application; returns once ready.
+
+    ``ray_log_level`` is that of Ray's and Serve's own lines in this process (cluster
+    started, application ready); the replicas log to their files whatever it is.
+    """
     redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
     settings = settings.model_copy(update={"redis_url": redis_url})
     running = Running(settings, started_ray=False, embedded_redis=embedded)
+    # Serve's client logger does not propagate to Ray's: it has a level of its own.
+    logging.getLogger(SERVE_LOGGER).setLevel(ray_log_level)
     try:
-        running.started_ray = start_ray(settings, dashboard=dashboard)
+        running.started_ray = start_ray(settings, dashboard=dashboard, log_level=ray_log_level)
         serve.start(**serve_start_options(settings))
         serve.run(
             build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
@@ -196,13 +211,20 @@ def _ray_address() -> str:
 
 
 def shutdown(running: Running) -> None:
-    """Remove the application; stop Ray and the embedded Redis if they were started here."""
-    try:
-        if running.started_ray:
-            serve.shutdown()  # type: ignore[no-untyped-call]
-            ray.shutdown()
-        elif ray.is_initialized():
-            serve.delete(running.settings.app_name)
-    finally:
+    """Remove the application; stop Ray and the embedded Redis if they were started here.
+
+    Deleting the application drains its replicas (in-flight jobs finish within the
+    graceful shutdown timeout). A Ray started here then stops with Serve's controller and
+    proxies in it, rather than through ``serve.shutdown()``: the controller ends that
+    call by killing itself under the driver's pending calls, and Ray prints each of them
+    to the user's terminal (``Task ServeController.graceful_shutdown failed … killed by
+    ray.kill``).
+    """
+    with contextlib.ExitStack() as after:
+        # Run last to first, each even if the one before raised.
         if running.embedded_redis is not None:
-            running.embedded_redis.stop()
+            after.callback(running.embedded_redis.stop)
+        if running.started_ray:
+            after.callback(ray.shutdown)
+        if ray.is_initialized():
+            serve.delete(running.settings.app_name)

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
@@ -19,7 +19,6 @@ from producer.connection import async_client
 from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
 from workers.adapters.registrations import registered_path, registered_paths
-from workers.engine.engine import Engine
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.logs import configure_logging
 from workers.serve.autoscaling import read_backlog
@@ -29,6 +28,9 @@ from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
 from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from workers.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,14 @@ class LoRAModel:
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
+        # Imported here, in the replica: the process that deploys the app (``loraq
+        # serve``, ``loraq demo``) then never loads torch, transformers or PEFT, and
+        # prints none of their import-time warnings.
+        from workers.engine.engine import Engine
+
         configure_logging(settings)
         self.settings = settings
-        self.engine = Engine.from_settings(settings)
+        self.engine: Engine = Engine.from_settings(settings)
         self.replica = serve.get_replica_context().replica_tag
         self.routed_loads = 0
         self.groups = StreamGroups()
@@ -60,7 +67,6 @@ class LoRAModel:
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
             self.routed_loads += 1
-            await self._ensure_registered(adapter)
             await self.engine.ensure_adapter(adapter)
             return adapter
 
@@ -151,6 +157,10 @@ class LoRAModel:
                 f"multiplexed model id {model_id!r} differs from the request's adapter "
                 f"{request.adapter!r}",
             )
+        # Known before Serve's loader sees it: that loader logs every failed load as an
+        # ERROR, and on a full replica evicts a warm adapter before it tries.
+        await self._ensure_registered(model_id)
+        self.engine.check_adapter(model_id)
         await self._load_adapter(model_id)
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:

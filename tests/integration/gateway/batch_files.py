@@ -3,6 +3,7 @@ model, with the output each must give, and bad lines that must fail alone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -39,9 +40,17 @@ class BatchFile:
     bodies: dict[str, dict[str, object]]
 
 
-def completions_file(base_model: str, lines: int = 200, *, bad: bool = True) -> BatchFile:
-    """``lines`` completions over three adapters and the base model (plus the bad lines)."""
-    inputs = heldout_inputs()
+def completions_file(
+    base_model: str,
+    lines: int = 200,
+    *,
+    bad: bool = True,
+    prompts: Sequence[str] | None = None,
+    max_tokens: int = MAX_NEW_TOKENS,
+) -> BatchFile:
+    """``lines`` completions over three adapters and the base model (plus the bad lines),
+    on ``prompts`` (default: the kit's held-out inputs)."""
+    inputs = prompts or heldout_inputs()
     models: list[str | None] = [*ADAPTERS, None]
     rows: list[bytes] = []
     expected: dict[str, str] = {}
@@ -52,7 +61,7 @@ def completions_file(base_model: str, lines: int = 200, *, bad: bool = True) -> 
         body = {
             "model": adapter or base_model,
             "prompt": prompt,
-            "max_tokens": MAX_NEW_TOKENS,
+            "max_tokens": max_tokens,
             "temperature": 0,
         }
         rows.append(

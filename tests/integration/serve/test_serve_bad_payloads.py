@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import orjson
 import pytest
+import ray
 import redis
 
 from schemas import ErrorType, JobStatus, codec
 from tests.conftest import redis_cli
 from tests.integration.serve.conftest import LiveApp, assert_events_end_with_status
+from workers.serve.app import MODEL_DEPLOYMENT
 
 # (name, payload, id it carries or None, error type, words the message must hold)
 CASES = [
@@ -91,3 +96,27 @@ def test_an_entry_without_job_field_is_answered_under_its_entry_id(
         record = producer.wait(entry_id, timeout=60)
     assert record.status is JobStatus.FAILED
     assert record.error is not None and "no 'job' field" in record.error.message
+
+
+def model_replica_logs(app_name: str) -> str:
+    """What Serve logged on this Ray's LoRAModel replicas of ``app_name`` (their files)."""
+    # Ray has no public call for the session's log folder; the driver's node knows it.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return "".join(
+        path.read_text(errors="replace")
+        for path in logs.glob(f"replica_{app_name}_{MODEL_DEPLOYMENT}_*.log")
+    )
+
+
+def test_an_unknown_adapter_fails_its_job_without_an_error_logged_on_the_replica(
+    live_app: LiveApp,
+) -> None:
+    name = f"nosuch-{uuid.uuid4().hex[:8]}"
+    with live_app.producer() as producer:
+        record = producer.wait(producer.submit("hi", adapter=name), timeout=60)
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.type is ErrorType.UNKNOWN_ADAPTER
+    assert name in record.error.message
+    # Refused before Serve's multiplexed loader, which would log "Failed to load model"
+    # at ERROR; nothing about it is a replica's error.
+    assert name not in model_replica_logs(live_app.settings.app_name)
