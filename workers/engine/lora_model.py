@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ from workers.adapters.validation import base_module_shapes
 from workers.engine.stacked_lora import StackedLora, linear_modules
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name under which ``model``'s forward takes its KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.24 here; the GPU machine has
+    5.17): a cache under the other name would be swallowed by ``**kwargs`` and the model
+    would build a fresh ``DynamicCache`` of its own.
+    """
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class MultiLoraModel:
@@ -45,6 +57,7 @@ class MultiLoraModel:
         # Before PEFT wraps anything: the hooks belong on the base modules themselves.
         self._shapes = base_module_shapes(base)
         self._stacked = StackedLora(linear_modules(base), capacity)
+        self._cache_argument = cache_argument(base)
         # False sends adapters added from now on through PEFT (for comparisons).
         self.prefer_stacked = True
         self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
@@ -121,9 +134,9 @@ class MultiLoraModel:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_argument: cache},
             )
         finally:
             self._row_adapters = None

@@ -56,7 +56,7 @@ class SamplingPlan:
     top_k: torch.Tensor  # [S, 1] long, V for "no top-k"
     top_p: torch.Tensor  # [S, 1]
     seeded: tuple[tuple[int, torch.Generator], ...]  # (index among S, the row's generator)
-    unseeded: torch.Tensor | None  # [U] indices among S of the rows without a seed
+    any_unseeded: bool  # some sampled row has no seed (those draw from torch's default)
 
     @classmethod
     def build(
@@ -65,7 +65,6 @@ class SamplingPlan:
         """The plan for rows with these samplers (row ``i`` has ``samplers[i]``)."""
         rows = [(index, s) for index, s in enumerate(samplers) if not s.greedy]
         seeded = tuple((i, s.generator) for i, (_, s) in enumerate(rows) if s.generator)
-        unseeded = [i for i, (_, s) in enumerate(rows) if s.generator is None]
 
         def column(values: list[float] | list[int], dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)[:, None]
@@ -76,7 +75,7 @@ class SamplingPlan:
             top_k=column([s.top_k if 0 < s.top_k < vocab else vocab for _, s in rows], torch.long),
             top_p=column([s.top_p for _, s in rows], torch.float32),
             seeded=seeded,
-            unseeded=torch.tensor(unseeded, device=device) if unseeded else None,
+            any_unseeded=any(s.generator is None for _, s in rows),
         )
 
     def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
@@ -85,11 +84,15 @@ class SamplingPlan:
         if self.sampled is None:
             return tokens
         probs, order = self._filtered(logits.index_select(0, self.sampled).float())
-        picks = torch.empty(len(self.sampled), dtype=torch.long, device=logits.device)  # [S]
+        # One draw per row as torch.multinomial(probs, 1) makes it (argmax of p / q, q ~
+        # Exp(1)): the same tokens for the same generator state, without the two
+        # `.item()` checks multinomial runs per call, each a device sync on CUDA.
+        noise = torch.empty_like(probs)  # [S, V]
+        if self.any_unseeded:
+            noise.exponential_()  # every row; the seeded rows are drawn again below
         for index, generator in self.seeded:
-            picks[index] = torch.multinomial(probs[index], 1, generator=generator)[0]
-        if self.unseeded is not None:
-            picks[self.unseeded] = torch.multinomial(probs[self.unseeded], 1)[:, 0]
+            noise[index].exponential_(generator=generator)
+        picks = (probs / noise).argmax(dim=-1)  # [S]
         # Draws are positions in each row's sorted order: map them back to token ids.
         tokens[self.sampled] = order.gather(1, picks[:, None])[:, 0]
         return tokens
