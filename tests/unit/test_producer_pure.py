@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import orjson
 import pytest
@@ -10,6 +11,7 @@ import redis.exceptions
 
 from producer.errors import JobTimeoutError, JobValidationError, endpoint_of, mask_url
 from producer.following import EventFollower, block_slice_s, final_record, parse_record
+from producer.progress import progress_bar
 from producer.scripts import cancel_args, cancel_took_effect
 from producer.stats import parse_stats
 from producer.submission import (
@@ -24,6 +26,7 @@ from producer.submission import (
 from schemas import Job, JobEvent, JobStatus, Keys
 from schemas.jobs import JOB_ID_PATTERN, is_entry_id
 from schemas.replicas import ConsumerHeartbeat
+from tests.terminal import Terminal
 
 KEYS = Keys("p")
 
@@ -264,3 +267,21 @@ def test_stats_from_replies_with_a_group() -> None:
 def test_stats_raise_other_errors() -> None:
     with pytest.raises(redis.exceptions.ResponseError, match="NOPERM"):
         parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}, {}])
+
+
+def test_progress_is_drawn_on_a_terminal_only_and_counts_without_rich(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # a producer-only install
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress_bar("batch b", 5) as advance:
+        advance(2)
+        advance(3)
+    assert terminal.getvalue() == "\rbatch b 0/5\rbatch b 2/5\rbatch b 5/5\n"
+    piped = Terminal()
+    monkeypatch.setattr(piped, "isatty", lambda: False)
+    monkeypatch.setattr(sys, "stderr", piped)
+    with progress_bar("batch b", 5) as advance:
+        advance(5)
+    assert piped.getvalue() == ""

@@ -7,7 +7,7 @@ refuses) becomes a :class:`LineError` for the error file; it never fails the bat
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -114,7 +114,10 @@ def _parse_line(number: int, raw: bytes, batch_id: str, rules: LineRules) -> Par
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _failed(number, None, "validation", f"not JSON: {exc}")
-    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        # Else pydantic's message would name the model and an empty location ("body").
+        return _failed(number, None, "validation", "not a JSON object")
+    custom_id = data.get("custom_id")
     custom_id = custom_id if isinstance(custom_id, str) else None
     try:
         request = BatchRequestLine.model_validate(data)
@@ -189,6 +192,32 @@ def output_line(
     message = record.error.message if record.error else f"the job ended {record.status.value}"
     error = LineError(code=code, message=message, line=line.line)
     return BatchOutputLine(id=ident, custom_id=line.custom_id, error=error)
+
+
+@dataclass(frozen=True)
+class SortedLines:
+    """A batch's output and error lines once none of its jobs is left."""
+
+    outputs: list[BatchOutputLine]
+    errors: list[BatchOutputLine]
+    expired: bool  # some job ended ``expired``: the batch may have run out of time
+
+
+def sort_lines(
+    lines: Sequence[StoredLine], records: Sequence[JobRecord | None], endpoint: BatchEndpoint
+) -> SortedLines:
+    """Every line of a batch into the output or error file (cancelled ones into neither);
+    ``records`` are the jobs of the queued lines, in order."""
+    queued = [line for line in lines if line.job_id]
+    outputs: list[BatchOutputLine] = []
+    errors = [error_line(line) for line in lines if not line.job_id]
+    expired = False
+    for line, record in zip(queued, records, strict=True):
+        expired |= record is not None and record.status is JobStatus.EXPIRED
+        out = output_line(line, record, endpoint)
+        if out is not None:
+            (errors if out.error else outputs).append(out)
+    return SortedLines(outputs, errors, expired)
 
 
 def error_line(line: StoredLine) -> BatchOutputLine:

@@ -20,8 +20,8 @@ return 1
 
 # KEYS: 1 = {P}:batch:{id}, 2 = {P}:batches
 # ARGV: 1 = batch JSON, 2 = status, 3 = lines JSON, 4 = owner ('' = none), 5 = TTL (s),
-#       6 = created_at (epoch s), 7 = the oldest created_at still alive (older ids leave
-#       the listing: their hashes have expired)
+#       6 = creation time (epoch s, fractional), 7 = the oldest creation time still alive
+#       (older ids leave the listing: their hashes have expired)
 CREATE_BATCH = """
 redis.call('HSET', KEYS[1], 'batch', ARGV[1], 'status', ARGV[2], 'lines', ARGV[3])
 if ARGV[4] ~= '' then

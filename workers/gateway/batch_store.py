@@ -86,15 +86,17 @@ class BatchStore:
     async def create_batch(self, stored: StoredBatch, *, ttl_s: int) -> None:
         """Write a new batch with its TTL and list it."""
         batch = stored.batch
-        oldest_alive = time.time() - ttl_s
+        # The listing's score is the creation time to the microsecond, not ``created_at``
+        # (whole seconds): batches created within one second still list newest first.
+        now = time.time()
         args: list[str | bytes | float] = [
             batch.model_dump_json(),
             batch.status.value,
             _LINES.dump_json(stored.lines),
             stored.owner or "",
             ttl_s,
-            batch.created_at,
-            oldest_alive,
+            now,
+            now - ttl_s,
         ]
         await self._create(keys=[self.keys.batch(batch.id), self.keys.batches], args=args)
 

@@ -23,7 +23,6 @@ from schemas.batches import (
     BatchErrorData,
     BatchErrors,
     BatchList,
-    BatchOutputLine,
     BatchStatus,
     FileObject,
     RequestCounts,
@@ -33,10 +32,9 @@ from workers.gateway.batch_lines import (
     LineRules,
     ParsedLine,
     StoredLine,
-    error_line,
     jsonl,
-    output_line,
     parse_lines,
+    sort_lines,
 )
 from workers.gateway.batch_store import BatchStore, NewFile, StoredBatch
 from workers.gateway.errors import ApiError
@@ -182,23 +180,15 @@ class BatchService:
         if batch.status is BatchStatus.IN_PROGRESS:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, now
             await self.store.update_batch(batch, allowed_from=[BatchStatus.IN_PROGRESS])
-        queued = [line for line in stored.lines if line.job_id]
-        records = await self.store.job_records([line.job_id for line in queued if line.job_id])
-        outputs: list[BatchOutputLine] = []
-        errors = [error_line(line) for line in stored.lines if line.job_id is None]
-        expired = False
-        for line, record in zip(queued, records, strict=True):
-            expired |= record is not None and record.status is JobStatus.EXPIRED
-            out = output_line(line, record, batch.endpoint)
-            if out is not None:
-                (errors if out.error else outputs).append(out)
+        queued = [line.job_id for line in stored.lines if line.job_id]
+        ended = sort_lines(stored.lines, await self.store.job_records(queued), batch.endpoint)
         files = []
-        for kind, lines in (("output", outputs), ("error", errors)):
+        for kind, lines in (("output", ended.outputs), ("error", ended.errors)):
             if lines:
                 new = self._output_file(batch.id, kind, jsonl(lines))
                 files.append(new)
                 setattr(batch, f"{kind}_file_id", new.meta.id)
-        _end(batch, expired=expired, now=int(time.time()))
+        end_batch(batch, expired=ended.expired, now=int(time.time()))
         moved = await self.store.update_batch(
             batch,
             allowed_from=[BatchStatus.FINALIZING, BatchStatus.CANCELLING],
@@ -271,7 +261,7 @@ def _page(batches: list[Batch], *, has_more: bool) -> BatchList:
     return BatchList(data=batches, first_id=first, last_id=last, has_more=has_more)
 
 
-def _end(batch: Batch, *, expired: bool, now: int) -> None:
+def end_batch(batch: Batch, *, expired: bool, now: int) -> None:
     """The final status of a batch none of whose jobs is left."""
     if batch.status is BatchStatus.CANCELLING:
         batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
+from schemas.batches import BatchEndpoint
 from tests.integration.gateway.conftest import MAX_NEW_TOKENS
 
 ADAPTERS = ["upper", "rot13", "title"]
@@ -47,9 +49,11 @@ def completions_file(
     bad: bool = True,
     prompts: Sequence[str] | None = None,
     max_tokens: int = MAX_NEW_TOKENS,
+    endpoint: BatchEndpoint = "/v1/completions",
 ) -> BatchFile:
-    """``lines`` completions over three adapters and the base model (plus the bad lines),
-    on ``prompts`` (default: the kit's held-out inputs)."""
+    """``lines`` completions (or chat completions, one user message each) over three
+    adapters and the base model (plus the bad lines), on ``prompts`` (default: the kit's
+    held-out inputs)."""
     inputs = prompts or heldout_inputs()
     models: list[str | None] = [*ADAPTERS, None]
     rows: list[bytes] = []
@@ -58,19 +62,29 @@ def completions_file(
     for i in range(lines):
         adapter, prompt = models[i % len(models)], inputs[i % len(inputs)]
         custom_id = f"req-{i}"
-        body = {
+        body: dict[str, object] = {
             "model": adapter or base_model,
-            "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": 0,
         }
+        if endpoint == "/v1/completions":
+            body["prompt"] = prompt
+        else:
+            body["messages"] = [{"role": "user", "content": prompt}]
         rows.append(
-            orjson.dumps(
-                {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
-            )
+            orjson.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
         )
         expected[custom_id] = expected_output(adapter, prompt)
         bodies[custom_id] = body
         if bad and i % 40 == 7 and i // 40 < len(BAD_LINES):
             rows.append(BAD_LINES[i // 40][0])
     return BatchFile(b"\n".join(rows) + b"\n", expected, bodies)
+
+
+def answer_text(body: Any) -> str:
+    """The generated text of a (chat) completion response body."""
+    choice = body["choices"][0]
+    text: str = (
+        choice["text"] if body["object"] == "text_completion" else choice["message"]["content"]
+    )
+    return text

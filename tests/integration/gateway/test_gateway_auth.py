@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any, cast
 
 import openai
 import pytest
+from fastapi import FastAPI
 
-from tests.integration.gateway.conftest import API_KEYS, GatewayApp, bearer
+from tests.integration.gateway.conftest import API_KEYS, GatewayApp, bearer, gateway_settings
 from tests.integration.gateway.test_gateway_generate import assert_error
+from workers.gateway.app import create_app
+from workers.gateway.model_client import ModelClient
+from workers.gateway.services import Services
 
 GUARDED = [
     ("GET", "/v1/models", None),
@@ -101,3 +108,45 @@ def test_keys_appear_in_no_log(secured_gateway: GatewayApp) -> None:
             data = path.read_bytes()
             leaked = [key for key in (*API_KEYS, "not-a-key") if key.encode() in data]
             assert not leaked, f"{leaked} in {path}"
+
+
+def test_docs_public_keeps_the_document_and_docs_open_but_nothing_else() -> None:
+    # The same app the deployment serves, called in-process: only the settings differ
+    # from secured_gateway's, and no route here reaches the model or Redis.
+    settings = gateway_settings(
+        "redis://127.0.0.1:1", "gwdocs", api_keys=",".join(API_KEYS), http_docs_public=True
+    )
+    app = create_app(Services.create(settings, cast(ModelClient, None)))
+    for path in ("/openapi.json", "/docs"):
+        assert asyncio.run(status_of(app, path, {})) == 200, path
+    assert asyncio.run(status_of(app, "/v1/models", {})) == 401
+    assert asyncio.run(status_of(app, "/v1/batches", bearer("not-a-key"))) == 401
+
+
+async def status_of(app: FastAPI, path: str, headers: dict[str, str]) -> int:
+    """The status of ``GET path`` from ``app``, as an ASGI server would ask it."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    started: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    await app(scope, receive, send)
+    return started[0]

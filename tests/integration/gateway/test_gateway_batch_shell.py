@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from producer import cli
 from tests.integration.gateway.batch_files import completions_file
 from tests.integration.gateway.conftest import GatewayApp
+from tests.terminal import Terminal
 
 SCRIPT = Path(__file__).with_name("batch_curl.sh")
 LINES = 24
+BAR = "\u2501"  # what rich draws its bars with
 
 
 def outputs_of(path: Path) -> dict[str, str]:
@@ -62,6 +65,7 @@ def test_loraq_batch_submit_wait(gateway: GatewayApp, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=280, env=env, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    assert BAR not in run.stderr and "\x1b" not in run.stderr  # no bar into a pipe
     batch_id, summary = run.stdout.splitlines()[0], run.stdout.splitlines()[-1]
     assert (
         batch_id.startswith("batch_") and f"completed\ttotal={LINES} completed={LINES}" in summary
@@ -77,3 +81,24 @@ def test_loraq_batch_submit_wait(gateway: GatewayApp, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, env=env, check=True,
     )  # fmt: skip
     assert batch_id in listed.stdout
+
+
+@pytest.mark.timeout(120)
+def test_submit_wait_draws_a_progress_bar_on_a_terminal_and_keeps_stdout_plain(
+    gateway: GatewayApp,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = completions_file(gateway.settings.base_model_name, lines=8, bad=False)
+    (tmp_path / "in.jsonl").write_bytes(batch.content)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("LORAQ_GATEWAY_URL", gateway.url)
+    assert cli.main(["batch", "submit", str(tmp_path / "in.jsonl"), "--wait"]) == 0
+    out = capsys.readouterr().out
+    batch_id, summary = out.splitlines()  # what a script reads: the id, then the summary
+    assert batch_id.startswith("batch_") and summary.startswith(f"{batch_id}\tcompleted\t")
+    assert "\x1b" not in out and BAR not in out
+    drawn = terminal.getvalue()
+    assert f"batch {batch_id}" in drawn and BAR in drawn and "100%" in drawn
