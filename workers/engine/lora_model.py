@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ from workers.adapters.validation import base_module_shapes
 from workers.engine.stacked_lora import StackedLora, linear_modules
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache by: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name only warns there), while 5.19, which
+    the vLLM extra pins, knows ``past_key_values`` only and ignores ``cache``."""
+    parameters = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class MultiLoraModel:
@@ -48,6 +57,7 @@ class MultiLoraModel:
         # False sends adapters added from now on through PEFT (for comparisons).
         self.prefer_stacked = True
         self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
+        self._cache_keyword = cache_keyword(base)
 
     def compile_decoder(self) -> None:
         """``torch.compile`` the decoder stack (dynamic shapes, so rows and lengths that
@@ -121,7 +131,7 @@ class MultiLoraModel:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
+                **{self._cache_keyword: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
