@@ -231,6 +231,9 @@ class VllmBackend:
     async def close(self) -> None:
         """Stop vLLM (rows still running are aborted) and its engine-core process."""
         self._llm.shutdown()
+        # Dropped now, while the interpreter is whole: vLLM's __del__ shuts down again,
+        # which fails during interpreter teardown.
+        self._llm = None
         self._tokenize.shutdown(wait=False)
 
     async def _events(
