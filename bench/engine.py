@@ -14,8 +14,9 @@ the most likely one in this model), greedy. Memory: resident set size measured f
 base + 20 adapters in one engine against 20 separate PEFT model copies, next to the sum
 of parameter bytes. Cold load: ``ensure_adapter`` of an adapter not on the device.
 
-Then the batch shapes of ``--shapes`` (rows x new tokens; mixed against base only, see
-``bench/engine_shapes.py``).
+Then the batch shapes of ``--shapes`` (rows x new tokens) on both backends, the HF engine
+and vLLM (when installed), on the same model and adapters: mixed, base only, one at a
+time (see ``bench/engine_backends.py``).
 
     python -m bench.engine [--new-tokens 32] [--repeats 3] [--shapes 16x32,16x256,64x64]
 
@@ -40,7 +41,8 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines, shape_runs
+from bench.engine_backends import backend_lines, backend_runs, plot_backends
+from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines
 from bench.report import RESULTS
 from schemas import GenerationParams
 from workers.engine.engine import Engine
@@ -310,11 +312,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.run(engine.close())
             asyncio.run(peft_engine.close())
         shapes = parse_shapes(args.shapes) if args.shapes else []
-        results["shapes"] = (
-            shape_runs(settings, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats)
-            if shapes
-            else []
+        # Both backends with the batch's adapters and rank only: vLLM sizes its LoRA
+        # buffers by max_loras x max_lora_rank.
+        sized = settings.model_copy(
+            update={"max_adapters_per_replica": BATCH_ADAPTERS, "max_lora_rank": RANK}
         )
+        results["backends"] = (
+            backend_runs(sized, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats)
+            if shapes
+            else {}
+        )
+        # The HF engine's mixed and base-only figures, as the shapes table has them.
+        results["shapes"] = results["backends"].get("hf", [])
         results["memory"] = memory(base, adapters)
     b, a, c, d = "b_mixed_batch", "a_naive_set_adapter", "c_base_batch", "d_engine_one_at_a_time"
     results["ratios"] = {
@@ -383,6 +392,7 @@ def write(results: dict[str, Any]) -> None:
     ]
     if results["shapes"]:
         lines += shape_lines(results["shapes"], BATCH_ADAPTERS)
+        lines += backend_lines(results["backends"], BATCH_ADAPTERS)
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 
@@ -392,7 +402,7 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, mem, shapes) = plt.subplots(1, 3, figsize=(18, 4.5))
+    fig, (speed, mem, shapes, backends) = plt.subplots(1, 4, figsize=(24, 4.5))
     keys = list(LABELS)
     speed.barh(
         [LABELS[k] for k in keys], [results[k]["tokens_per_s"] for k in keys], color="tab:blue"
@@ -413,6 +423,7 @@ def plot(results: dict[str, Any]) -> None:
     mem.legend()
     if results["shapes"]:
         plot_shapes(shapes, results["shapes"])
+        plot_backends(backends, results["backends"])
     fig.tight_layout()
     fig.savefig(RESULTS / "engine.png", dpi=120)
 

@@ -1,22 +1,12 @@
 """Batch shapes for ``bench/engine.py``: rows x new tokens, mixed adapters against base only.
 
-One engine sized for the widest shape serves every shape; each shape's mixed and base-only
-runs alternate, so that the neighbours' load hits both alike. Rows use ``BATCH_ADAPTERS``
-adapters in turn, prompts of 14-20 characters; every row generates exactly its tokens.
+The runs are :mod:`bench.engine_backends`'s (both backends on the same shapes); here are
+parsing the shapes, and the HF engine's table and plot of them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
-
-from schemas import GenerationParams
-from workers.engine.engine import Engine
-from workers.engine.model_loader import load_model
-from workers.engine.requests import GenerationRequest
-from workers.settings import WorkerSettings
 
 DEFAULT_SHAPES = ((16, 32), (16, 256), (64, 64))
 
@@ -30,69 +20,8 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def _requests(rows: int, tokens: int, adapters: int, *, mixed: bool) -> list[GenerationRequest]:
-    params = GenerationParams(max_new_tokens=tokens)
-    return [
-        GenerationRequest(
-            adapter=f"ad{row % adapters:02d}" if mixed else None,
-            prompt=f"request number {row:02d}" + "x" * (row % 5),
-            params=params,
-        )
-        for row in range(rows)
-    ]
-
-
-def _together(engine: Engine, requests: list[GenerationRequest]) -> Callable[[], float]:
-    async def run() -> float:
-        started = time.perf_counter()
-        outputs = await asyncio.gather(*[engine.generate(r) for r in requests])
-        return sum(o.completion_tokens for o in outputs) / (time.perf_counter() - started)
-
-    return lambda: asyncio.run(run())
-
-
-def shape_runs(
-    settings: WorkerSettings,
-    shapes: list[tuple[int, int]],
-    *,
-    adapters: int,
-    repeats: int,
-) -> list[dict[str, Any]]:
-    """Tokens/s of mixed and base-only batches for every shape (best of ``repeats``)."""
-    widest = max(rows for rows, _ in shapes)
-    longest = max(tokens for _, tokens in shapes)
-    sized = settings.model_copy(
-        update={"max_batch_size": widest, "max_new_tokens": max(longest, settings.max_new_tokens)}
-    )
-    engine = Engine(sized, load_model(sized))
-    results = []
-    try:
-        for name in sorted({f"ad{i:02d}" for i in range(adapters)}):
-            asyncio.run(engine.ensure_adapter(name))
-        for rows, tokens in shapes:
-            mixed = _together(engine, _requests(rows, tokens, adapters, mixed=True))
-            base = _together(engine, _requests(rows, tokens, adapters, mixed=False))
-            mixed()  # warm-up of this shape
-            rates: dict[str, list[float]] = {"mixed": [], "base": []}
-            for _ in range(repeats):
-                rates["mixed"].append(mixed())
-                rates["base"].append(base())
-            results.append(
-                {
-                    "rows": rows,
-                    "new_tokens": tokens,
-                    "mixed_tokens_per_s": max(rates["mixed"]),
-                    "base_tokens_per_s": max(rates["base"]),
-                    "runs": rates,
-                }
-            )
-    finally:
-        asyncio.run(engine.close())
-    return results
-
-
 def shape_lines(results: list[dict[str, Any]], adapters: int) -> list[str]:
-    """The markdown table of :func:`shape_runs`."""
+    """The markdown table of the HF engine's shape runs (:mod:`bench.engine_backends`)."""
     lines = [
         "",
         f"| shape (rows x new tokens, {adapters} adapters) | mixed tokens/s | "

@@ -22,6 +22,11 @@ class WorkerSettings(AdapterRootSettings):
     model_config = SettingsConfigDict(env_prefix="LORAQ_", env_file=".env", extra="ignore")
 
     # Base model
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Inference backend of the model replicas: hf (transformers/PEFT, any HF "
+        "model, bitsandbytes, every PEFT LoRA type) or vllm (needs the vllm extra).",
+    )
     model: str = Field(str(DEMO_DIR / "model"), description="Base model name or path.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype: auto, float32, float16, bfloat16."

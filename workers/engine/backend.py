@@ -22,6 +22,7 @@ __all__ = [
     "Backend",
     "BackendStats",
     "EngineError",
+    "EngineObserver",
     "GenerationOutput",
     "GenerationRequest",
     "TextDelta",
@@ -68,8 +69,32 @@ class BackendStats:
         return counters
 
 
+class EngineObserver(Protocol):
+    """Told of every forward pass and adapter load, on a backend's own thread: must be cheap.
+
+    This is how the metrics of the Serve layer see a backend without it importing Ray. A
+    backend that cannot see its forward passes (vLLM) reports adapter loads only.
+    """
+
+    def forward_pass(self, rows: int, adapters: int) -> None:
+        """One pass ran ``rows`` rows of ``adapters`` distinct adapters (base not counted)."""
+
+    def adapter_loaded(self, seconds: float) -> None:
+        """An adapter was loaded onto the device in ``seconds`` (evictions included)."""
+
+    def adapter_read(self, seconds: float) -> None:
+        """An adapter was read from disk into host memory in ``seconds`` (loader thread)."""
+
+
 class Backend(Protocol):
-    """What the model deployment needs from an inference backend."""
+    """What the model deployment needs from an inference backend.
+
+    Adapters are named, never given as paths: a backend resolves names through the
+    adapter registry (:mod:`workers.adapters.registry`) and validates a folder against
+    the base model before its first load, raising the protocol's error types
+    (``validation`` for a bad name, ``unknown_adapter``, ``incompatible_adapter``).
+    Every coroutine runs on the one event loop the backend serves.
+    """
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
@@ -91,12 +116,34 @@ class Backend(Protocol):
         """Warm these adapters ahead of their requests, without waiting; never raises."""
         ...
 
+    def knows_adapter(self, name: str) -> bool:
+        """Whether ``name`` is registered (a malformed name is a ``validation`` error)."""
+        ...
+
+    def check_adapter(self, name: str) -> None:
+        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
+        bad name); loads nothing."""
+        ...
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Register ``name`` at run time; ``path`` must lie under a configured adapter root
+        (``validation`` error otherwise, or when ``name`` is taken by another folder)."""
+        ...
+
     def remove_adapter(self, name: str) -> bool:
         """Unregister run-time registration ``name`` and free it once unused."""
         ...
 
     def loaded_adapters(self) -> list[str]:
         """Adapters on the device now, least recently used first."""
+        ...
+
+    def host_adapters(self) -> list[str]:
+        """Adapters held in host memory, least recently used first."""
+        ...
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Report forward passes and adapter loads to ``observer`` from now on."""
         ...
 
     def backend_stats(self) -> BackendStats:

@@ -25,11 +25,12 @@ BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
 def cache_argument(model: nn.Module) -> str:
     """The name under which ``model``'s forward takes its KV cache.
 
-    transformers renamed ``past_key_values`` to ``cache`` (5.24 here; the GPU machine has
-    5.17): a cache under the other name would be swallowed by ``**kwargs`` and the model
-    would build a fresh ``DynamicCache`` of its own.
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name only warns
+    there), while 5.19, which the vLLM extra pins, and 5.17, the GPU machine's, know
+    ``past_key_values`` only: a cache under the other name would be swallowed by
+    ``**kwargs`` and the model would build a fresh ``DynamicCache`` of its own.
     """
-    parameters = inspect.signature(model.forward).parameters
+    parameters = inspect.signature(type(model).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 

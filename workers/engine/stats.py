@@ -6,28 +6,12 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from workers.adapters.manager import AdapterManager
-from workers.engine.backend import BackendStats
+from workers.engine.backend import BackendStats, EngineObserver
 from workers.engine.lora_model import BASE_ADAPTER
 
-
-class EngineObserver(Protocol):
-    """Told of every forward pass and adapter load, on the model thread: must be cheap.
-
-    This is how the metrics of the Serve layer see the engine without the engine
-    importing Ray.
-    """
-
-    def forward_pass(self, rows: int, adapters: int) -> None:
-        """One pass ran ``rows`` rows of ``adapters`` distinct adapters (base not counted)."""
-
-    def adapter_loaded(self, seconds: float) -> None:
-        """An adapter was loaded onto the device in ``seconds`` (evictions included)."""
-
-    def adapter_read(self, seconds: float) -> None:
-        """An adapter was read from disk into host memory in ``seconds`` (loader thread)."""
+__all__ = ["EngineObserver", "PassStats", "backend_stats"]
 
 
 @dataclass

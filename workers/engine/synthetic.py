@@ -81,7 +81,7 @@ def build_llama(path: Path, *, shape: LlamaShape | None = None, seed: int = 0) -
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]  # (transformers 5.19)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

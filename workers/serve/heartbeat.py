@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from producer.activity import stale_fields
 from schemas.keys import Keys
 from schemas.replicas import MISSED_BEATS, Heartbeat, ReplicaHeartbeat
+from workers.engine.backend import BackendStats
 from workers.queue.store import REDIS_DOWN
 from workers.serve.periodic import Periodic
 
@@ -25,28 +26,28 @@ def heartbeat_of(
     replica: str,
     node: str,
     adapters: list[str],
-    engine_stats: Mapping[str, float],
+    stats: BackendStats,
     interval_s: float,
     now: float,
 ) -> ReplicaHeartbeat:
-    """The heartbeat of a replica from its engine's counters (:meth:`Engine.stats`)."""
+    """The heartbeat of a replica from its backend's counters (:meth:`Backend.backend_stats`)."""
     return ReplicaHeartbeat(
         replica=replica,
         node=node,
         adapters=adapters,
-        rows_in_flight=int(engine_stats.get("rows_in_flight", 0)),
-        cache_hits=int(engine_stats.get("cache_hits", 0)),
-        cache_loads=int(engine_stats.get("cache_loads", 0)),
-        cache_evictions=int(engine_stats.get("cache_evictions", 0)),
-        host_hits=int(engine_stats.get("host_hits", 0)),
-        host_loads=int(engine_stats.get("host_loads", 0)),
-        host_evictions=int(engine_stats.get("host_evictions", 0)),
-        host_bytes=int(engine_stats.get("host_bytes", 0)),
-        host_load_ms_total=engine_stats.get("host_load_ms_total", 0.0),
-        device_copy_ms_total=engine_stats.get("device_copy_ms_total", 0.0),
-        model_thread_disk_reads=int(engine_stats.get("model_thread_disk_reads", 0)),
-        in_use_evictions=int(engine_stats.get("in_use_evictions", 0)),
-        tokens_generated=int(engine_stats.get("tokens_generated", 0)),
+        rows_in_flight=stats.rows_in_flight,
+        cache_hits=stats.cache_hits,
+        cache_loads=stats.cache_loads,
+        cache_evictions=stats.cache_evictions,
+        host_hits=stats.host_hits,
+        host_loads=stats.host_loads,
+        host_evictions=stats.host_evictions,
+        host_bytes=stats.host_bytes,
+        host_load_ms_total=stats.host_load_ms_total,
+        device_copy_ms_total=stats.device_copy_ms_total,
+        model_thread_disk_reads=stats.model_thread_disk_reads,
+        in_use_evictions=stats.in_use_evictions,
+        tokens_generated=stats.tokens_generated,
         ts=now,
         interval_s=interval_s,
     )

@@ -7,7 +7,7 @@ of every replica reach Prometheus on any number of nodes, with no port of our ow
 docs/METRICS.md lists them.
 
 Metric objects are made on first use, in the replica's process. The engine's counters are
-read from ``Engine.stats()`` every ``metrics_interval_s`` and added as deltas; only the
+read from ``Backend.backend_stats()`` every ``metrics_interval_s`` and added as deltas; only the
 per-pass histograms are recorded as passes run (a few microseconds each, on the model
 thread, against milliseconds per pass).
 """
@@ -23,6 +23,7 @@ from typing import Literal
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
+from workers.engine.backend import BackendStats
 from workers.queue.store import Backlog
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -225,7 +226,7 @@ SPECS = (
     GENERATED_TOKENS,
     TOKENS_PER_SECOND,
 )
-# Counters of ``Engine.stats()`` and the metric each one feeds.
+# Counters of :class:`BackendStats` and the metric each one feeds.
 ENGINE_COUNTERS = {
     "cache_hits": ADAPTER_HITS,
     "cache_loads": ADAPTER_LOADS,
@@ -321,7 +322,7 @@ class ConsumerMetrics:
 
 
 class ModelMetrics:
-    """The metrics of one LoRAModel replica; the engine's observer (see ``Engine.observe``)."""
+    """The metrics of one LoRAModel replica; the engine's observer (see ``Backend.observe``)."""
 
     def __init__(self, application: str, replica: str) -> None:
         self._tags = {"application": application, "replica": replica}
@@ -343,9 +344,10 @@ class ModelMetrics:
         """Loader thread: record one read of an adapter into host memory."""
         histogram(ADAPTER_READ_SECONDS).observe(seconds, tags=self._tags)
 
-    def report(self, stats: Mapping[str, float], now: float) -> None:
-        """Add what the engine's counters ``stats`` grew by; set the gauges."""
-        deltas = counter_deltas(self._last, stats)
+    def report(self, stats: BackendStats, now: float) -> None:
+        """Add what the backend's counters ``stats`` grew by; set the gauges."""
+        counters = stats.as_dict()
+        deltas = counter_deltas(self._last, counters)
         for stat, delta in deltas.items():
             if delta > 0:  # Ray's counters take positive steps only
                 counter(ENGINE_COUNTERS[stat]).inc(delta, tags=self._tags)
@@ -353,6 +355,6 @@ class ModelMetrics:
         if elapsed_s > 0:
             rate = deltas["tokens_generated"] / elapsed_s
             gauge(TOKENS_PER_SECOND).set(rate, tags=self._tags)
-        gauge(ADAPTERS_LOADED).set(stats["adapters_loaded"], tags=self._tags)
-        gauge(HOST_BYTES).set(stats["host_bytes"], tags=self._tags)
-        self._last, self._last_at = dict(stats), now
+        gauge(ADAPTERS_LOADED).set(stats.adapters_loaded, tags=self._tags)
+        gauge(HOST_BYTES).set(stats.host_bytes, tags=self._tags)
+        self._last, self._last_at = counters, now

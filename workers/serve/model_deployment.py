@@ -1,7 +1,8 @@
 """LoRAModel: one base model and its adapters per replica, served through Ray Serve.
 
-A thin shell around :class:`workers.engine.engine.Engine`; the engine batches requests of
-different adapters into one forward pass and owns the adapter cache.
+A thin shell around a :class:`workers.engine.backend.Backend` (``LORAQ_ENGINE``: the HF
+engine, or vLLM); the backend batches requests of different adapters into one forward pass
+and owns the adapter cache.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray import serve
@@ -19,6 +20,8 @@ from producer.connection import async_client
 from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
 from workers.adapters.registrations import registered_path, registered_paths
+from workers.engine.backend import Backend
+from workers.engine.factory import build_backend
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.logs import configure_logging
 from workers.serve.autoscaling import read_backlog
@@ -28,9 +31,6 @@ from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
 from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
-
-if TYPE_CHECKING:
-    from workers.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,13 @@ class LoRAModel:
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
-        # Imported here, in the replica: the process that deploys the app (``loraq
-        # serve``, ``loraq demo``) then never loads torch, transformers or PEFT, and
-        # prints none of their import-time warnings.
-        from workers.engine.engine import Engine
-
         configure_logging(settings)
         self.settings = settings
-        self.engine: Engine = Engine.from_settings(settings)
+        # Built on the replica's event loop: the vLLM backend binds to the loop it is built
+        # on. The factory imports the backend here, in the replica: the process that
+        # deploys the app (``loraq serve``, ``loraq demo``) never loads torch,
+        # transformers or PEFT, and prints none of their import-time warnings.
+        self.engine: Backend = build_backend(settings)
         self.replica = serve.get_replica_context().replica_tag
         self.routed_loads = 0
         self.groups = StreamGroups()
@@ -138,7 +137,7 @@ class LoRAModel:
             replica=self.replica,
             node=ray.get_runtime_context().get_node_id(),
             adapters=self.engine.loaded_adapters(),
-            engine_stats=self.engine.stats(),
+            stats=self.engine.backend_stats(),
             interval_s=self.settings.heartbeat_s,
             now=time.time(),
         )
@@ -226,7 +225,7 @@ class LoRAModel:
             "group_calls": self.groups.counters.calls,
             "group_requests": self.groups.counters.requests,
             "group_cancels": self.groups.counters.cancels,
-            **self.engine.stats(),
+            **self.engine.backend_stats().as_dict(),
         }
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
@@ -235,7 +234,7 @@ class LoRAModel:
         return await read_backlog(self._redis, self._keys)
 
     async def _report_metrics(self) -> None:
-        self.metrics.report(self.engine.stats(), time.monotonic())
+        self.metrics.report(self.engine.backend_stats(), time.monotonic())
 
     async def __del__(self) -> None:
         await self._metrics_reporter.stop()

@@ -1,0 +1,158 @@
+"""Both backends on the same workloads, for ``bench/engine.py`` and docs/SERVING.md.
+
+For every batch shape (rows x new tokens): the rows mixed over ``BATCH_ADAPTERS`` adapters
+at once, the same rows on the base model only, and the mixed rows one at a time (the first
+``ONE_AT_A_TIME_ROWS`` of them: a rate, so fewer rows measure the same thing faster). The
+HF engine and vLLM (when installed) get the same model, adapters, prompts and settings;
+every row generates exactly its tokens. Runs of one shape alternate, so that load from
+neighbours hits all alike; each figure is the best of ``repeats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from typing import Any
+
+from schemas import GenerationParams
+from workers.engine.backend import Backend
+from workers.engine.requests import GenerationRequest
+from workers.settings import WorkerSettings
+
+ONE_AT_A_TIME_ROWS = 8
+BACKENDS = ("hf", "vllm")
+RUNS = ("mixed", "base", "one_at_a_time")
+
+
+def requests(rows: int, tokens: int, adapters: int, *, mixed: bool) -> list[GenerationRequest]:
+    """``rows`` requests of ``tokens`` new tokens; adapters in turn, or the base model."""
+    params = GenerationParams(max_new_tokens=tokens)
+    return [
+        GenerationRequest(
+            adapter=f"ad{row % adapters:02d}" if mixed else None,
+            prompt=f"request number {row:02d}" + "x" * (row % 5),
+            params=params,
+        )
+        for row in range(rows)
+    ]
+
+
+async def _together(backend: Backend, batch: list[GenerationRequest]) -> float:
+    started = time.perf_counter()
+    outputs = await asyncio.gather(*[backend.generate(r) for r in batch])
+    return sum(o.completion_tokens for o in outputs) / (time.perf_counter() - started)
+
+
+async def _one_at_a_time(backend: Backend, batch: list[GenerationRequest]) -> float:
+    started, tokens = time.perf_counter(), 0
+    for request in batch:
+        tokens += (await backend.generate(request)).completion_tokens
+    return tokens / (time.perf_counter() - started)
+
+
+async def measure(
+    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int, repeats: int
+) -> list[dict[str, Any]]:
+    """Tokens/s of every run of every shape on ``backend`` (its adapters made warm first)."""
+    for index in range(adapters):
+        await backend.ensure_adapter(f"ad{index:02d}")
+    results = []
+    for rows, tokens in shapes:
+        mixed = requests(rows, tokens, adapters, mixed=True)
+        base = requests(rows, tokens, adapters, mixed=False)
+        await _together(backend, mixed)  # warm-up of this shape
+        rates: dict[str, list[float]] = {run: [] for run in RUNS}
+        for _ in range(repeats):
+            rates["mixed"].append(await _together(backend, mixed))
+            rates["base"].append(await _together(backend, base))
+            rates["one_at_a_time"].append(await _one_at_a_time(backend, mixed[:ONE_AT_A_TIME_ROWS]))
+        best = {f"{run}_tokens_per_s": max(rates[run]) for run in RUNS}
+        results.append({"rows": rows, "new_tokens": tokens, **best, "runs": rates})
+    return results
+
+
+def sized(settings: WorkerSettings, shapes: list[tuple[int, int]]) -> WorkerSettings:
+    """``settings`` with room for the widest and the longest shape."""
+    longest = max(tokens for _, tokens in shapes)
+    return settings.model_copy(
+        update={
+            "max_batch_size": max(rows for rows, _ in shapes),
+            "max_new_tokens": max(longest, settings.max_new_tokens),
+        }
+    )
+
+
+def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) -> Any:
+    from workers.engine.engine import Engine
+    from workers.engine.model_loader import load_model
+
+    async def main() -> list[dict[str, Any]]:
+        engine = Engine(settings, load_model(settings))
+        try:
+            return await measure(engine, shapes, **kw)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) -> Any:
+    from workers.engine.vllm_backend import VllmBackend
+
+    async def main() -> list[dict[str, Any]]:
+        # Built on the loop (and thread) that uses it: vLLM binds to both.
+        backend = VllmBackend.from_settings(settings.model_copy(update={"engine": "vllm"}))
+        try:
+            return await measure(backend, shapes, **kw)
+        finally:
+            await backend.close()
+
+    return asyncio.run(main())
+
+
+def backend_runs(
+    settings: WorkerSettings, shapes: list[tuple[int, int]], *, adapters: int, repeats: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`measure`'s results."""
+    settings = sized(settings, shapes)
+    results = {"hf": _run_hf(settings, shapes, adapters=adapters, repeats=repeats)}
+    if importlib.util.find_spec("vllm") is not None:
+        results["vllm"] = _run_vllm(settings, shapes, adapters=adapters, repeats=repeats)
+    return results
+
+
+def backend_lines(results: dict[str, list[dict[str, Any]]], adapters: int) -> list[str]:
+    """The markdown table: one line per shape, each backend's runs side by side."""
+    names = [name for name in BACKENDS if name in results]
+    header = " | ".join(f"{name} {run.replace('_', ' ')}" for run in RUNS for name in names)
+    lines = [
+        "",
+        f"Tokens/s by backend (rows x new tokens, {adapters} adapters mixed; one at a time: "
+        f"{ONE_AT_A_TIME_ROWS} of the mixed rows in turn):",
+        "",
+        f"| shape | {header} |",
+        "|---|" + "---:|" * (len(RUNS) * len(names)),
+    ]
+    for index, row in enumerate(results["hf"]):
+        cells = [
+            f"{results[name][index][f'{run}_tokens_per_s']:.0f}" for run in RUNS for name in names
+        ]
+        lines.append(f"| {row['rows']} x {row['new_tokens']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_backends(axis: Any, results: dict[str, list[dict[str, Any]]]) -> None:
+    """Grouped bars: each backend's runs per shape."""
+    names = [name for name in BACKENDS if name in results]
+    shapes = [f"{r['rows']}x{r['new_tokens']}" for r in results["hf"]]
+    bars = [(name, run) for name in names for run in RUNS]
+    width = 0.8 / len(bars)
+    for offset, (name, run) in enumerate(bars):
+        x = [i - 0.4 + width * (offset + 0.5) for i in range(len(shapes))]
+        values = [r[f"{run}_tokens_per_s"] for r in results[name]]
+        axis.bar(x, values, width, label=f"{name} {run.replace('_', ' ')}")
+    axis.set_xticks(list(range(len(shapes))), shapes)
+    axis.set_ylabel("generated tokens/s (best run)")
+    axis.set_title("backends by batch shape")
+    axis.legend(fontsize="small")

@@ -1,0 +1,96 @@
+"""The vLLM backend's tests: real vLLM (its CPU build), the demo kit, no mocks.
+
+vLLM is optional: without it every test here is skipped. Its engine core runs one OpenMP
+thread with a 1 GiB KV cache (these machines are small and shared); the environment is
+set before Ray starts, so that the served app's replicas inherit it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from workers.engine.vllm_backend import VllmBackend
+from workers.settings import DEMO_DIR, WorkerSettings
+
+pytest.importorskip("vllm")
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
+# The demo model has 128 positions; the long jobs of the served tests (cancelled while
+# they run) go past them, as they do on the HF engine.
+os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """One event loop on a thread of its own for a whole module: the vLLM backend binds to
+    the loop (and its engine core to the thread) it is built on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 240.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def bad_adapters(root: Path) -> Path:
+    """The demo adapters plus two the base cannot use, in one scanned folder."""
+    folder = root / "adapters"
+    shutil.copytree(DEMO_DIR / "adapters", folder)
+    for name, change in {
+        "no-such-module": ("target_modules", ["wq_proj"]),
+        "too-big": ("r", 128),
+    }.items():
+        shutil.copytree(DEMO_DIR / "adapters" / "upper", folder / name)
+        config = folder / name / "adapter_config.json"
+        values = json.loads(config.read_text())
+        values[change[0]] = change[1]
+        config.write_text(json.dumps(values))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(
+    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmBackend]:
+    """One vLLM backend per module on the demo kit, room for every adapter in a batch."""
+    settings = WorkerSettings(
+        engine="vllm",
+        adapter_dir=str(bad_adapters(tmp_path_factory.mktemp("vllm-kit"))),
+        adapters={},
+        max_adapters_per_replica=4,
+        max_lora_rank=16,
+        max_batch_size=64,
+        max_input_tokens=64,
+        max_new_tokens=48,
+    )
+
+    async def start() -> VllmBackend:
+        return VllmBackend.from_settings(settings)
+
+    backend = loop_thread.run(start())
+    yield backend
+    loop_thread.run(backend.close())

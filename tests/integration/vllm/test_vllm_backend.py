@@ -1,0 +1,151 @@
+"""The demo kit through the vLLM backend: quality in mixed batches, seeds, errors, streams.
+
+Bars as for the HF engine (tests/integration/test_demo_kit.py): on the 200 held-out inputs
+each adapter >= 95% exact on its own task and the base model >= 95% on echo; the base
+model and every other adapter < 5% on each adapter's task. Every input goes to every
+model in one mixed submission, so the batches mix all four adapters and the base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import LoopThread
+
+from demo.evaluate import MAX_NEW_TOKENS
+from demo.tasks import ADAPTER_RULES, BASE_RULE, heldout_inputs
+from schemas import ErrorType, GenerationParams
+from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.engine.vllm_backend import VllmBackend
+
+MODELS: list[str | None] = [*sorted(ADAPTER_RULES), None]
+RULES = {"echo": BASE_RULE, **ADAPTER_RULES}
+
+
+def job(adapter: str | None, prompt: str, **params: object) -> GenerationRequest:
+    values = {"max_new_tokens": MAX_NEW_TOKENS, **params}
+    return GenerationRequest(adapter, prompt, params=GenerationParams.model_validate(values))
+
+
+async def run_all(backend: VllmBackend, jobs: list[GenerationRequest]) -> list[GenerationOutput]:
+    return await asyncio.gather(*[backend.generate(j) for j in jobs])
+
+
+def test_every_model_meets_its_bars_inside_mixed_batches(
+    backend: VllmBackend, loop_thread: LoopThread
+) -> None:
+    inputs = heldout_inputs()
+    pairs = [(model, text) for text in inputs for model in MODELS]
+    outputs = loop_thread.run(run_all(backend, [job(m, t) for m, t in pairs]))
+    # model -> task -> exact match over the held-out inputs
+    matrix = {
+        str(model): {
+            task: sum(
+                out.text == rule(text)
+                for (m, text), out in zip(pairs, outputs, strict=True)
+                if m == model
+            )
+            / len(inputs)
+            for task, rule in RULES.items()
+        }
+        for model in MODELS
+    }
+    print(f"\nvLLM exact match on {len(inputs)} held-out inputs, mixed batches: {matrix}")
+    assert matrix["None"]["echo"] >= 0.95, matrix
+    for task in ADAPTER_RULES:
+        assert matrix[task][task] >= 0.95, matrix
+        for model in MODELS:
+            if model != task:
+                assert matrix[str(model)][task] < 0.05, (model, task, matrix)
+    assert backend.backend_stats().rows >= len(pairs)
+    assert sorted(backend.loaded_adapters()) == sorted(ADAPTER_RULES)
+
+
+def test_a_seeded_job_gives_the_same_text_alone_and_in_a_mixed_batch(
+    backend: VllmBackend, loop_thread: LoopThread
+) -> None:
+    prompt = heldout_inputs()[0]
+    seeded = job("reverse", prompt, temperature=1.5, top_k=20, top_p=0.95, seed=1234)
+    alone = loop_thread.run(backend.generate(seeded))
+    others = [
+        job(model, text, temperature=1.0, seed=index if index % 2 else None)
+        for index, (model, text) in enumerate((m, t) for t in heldout_inputs()[1:5] for m in MODELS)
+    ]
+    batch = loop_thread.run(run_all(backend, [*others[:10], seeded, *others[10:]]))
+    assert batch[10].text == alone.text
+    assert batch[10].token_ids == alone.token_ids
+    # A different seed draws differently (the temperature is high enough to show it).
+    draws = loop_thread.run(
+        run_all(backend, [job("reverse", prompt, temperature=1.5, seed=s) for s in range(8)])
+    )
+    assert len({d.text for d in draws}) > 1
+
+
+@pytest.mark.parametrize(
+    ("adapter", "error"),
+    [
+        ("nope", ErrorType.UNKNOWN_ADAPTER),
+        ("../adapters/upper", ErrorType.VALIDATION),
+        ("/etc/passwd", ErrorType.VALIDATION),
+        ("no-such-module", ErrorType.INCOMPATIBLE_ADAPTER),
+        ("too-big", ErrorType.INCOMPATIBLE_ADAPTER),
+    ],
+)
+def test_bad_adapters_fail_with_the_hf_engines_error_types(
+    backend: VllmBackend, loop_thread: LoopThread, adapter: str, error: ErrorType
+) -> None:
+    with pytest.raises(EngineError) as caught:
+        loop_thread.run(backend.generate(job(adapter, "hello")))
+    assert caught.value.type is error, caught.value.message
+    # The backend still serves.
+    assert loop_thread.run(backend.generate(job("upper", "hello"))).text == "HELLO"
+
+
+def test_limits_fail_validation(backend: VllmBackend, loop_thread: LoopThread) -> None:
+    for request in (job(None, "x" * 80), job(None, "hi", max_new_tokens=49), job(None, "")):
+        with pytest.raises(EngineError) as caught:
+            loop_thread.run(backend.generate(request))
+        assert caught.value.type is ErrorType.VALIDATION
+
+
+def test_stream_deltas_add_up_to_the_output_and_stop_strings_end_it(
+    backend: VllmBackend, loop_thread: LoopThread
+) -> None:
+    async def collect(request: GenerationRequest) -> list[TextDelta | GenerationOutput]:
+        return [item async for item in backend.stream(request)]
+
+    prompt = heldout_inputs()[3]
+    whole = ADAPTER_RULES["upper"](prompt)
+    items = loop_thread.run(collect(job("upper", prompt)))
+    *deltas, output = items
+    assert isinstance(output, GenerationOutput) and output.text == whole
+    assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == output.text
+    assert len(deltas) > 1 and output.finish_reason == "stop"
+    assert output.completion_tokens == len(output.token_ids) > 0
+    stop = whole[2:4]
+    stopped = loop_thread.run(backend.generate(job("upper", prompt, stop=[stop])))
+    assert stopped.text == whole[: whole.index(stop)] and stopped.finish_reason == "stop"
+    short = loop_thread.run(backend.generate(job("upper", prompt, max_new_tokens=3)))
+    assert short.text == whole[:3] and short.finish_reason == "length"
+
+
+def test_cancel_aborts_a_running_row(backend: VllmBackend, loop_thread: LoopThread) -> None:
+    async def cancelled() -> tuple[list[str], GenerationOutput]:
+        request = job(None, "abcde" * 12, max_new_tokens=48)
+        request.request_id = "to-cancel"
+        stream = backend.stream(request)
+        seen: list[str] = []
+        async for item in stream:
+            if isinstance(item, GenerationOutput):
+                return seen, item
+            seen.append(item.text)
+            if len(seen) == 2:
+                assert backend.cancel("to-cancel")
+        raise AssertionError("no output")
+
+    seen, output = loop_thread.run(cancelled())
+    assert output.finish_reason == "cancelled"
+    assert output.text == "".join(seen) and output.completion_tokens < 48
+    assert not backend.cancel("to-cancel")
+    assert backend.backend_stats().rows_in_flight == 0

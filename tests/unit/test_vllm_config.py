@@ -1,0 +1,82 @@
+"""What the vLLM backend asks of vLLM, from loraq's settings (pure: no vllm needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import ErrorType, GenerationParams
+from workers.adapters.validation import ModuleShape
+from workers.engine.requests import EngineError
+from workers.engine.vllm_config import (
+    engine_kwargs,
+    finish_reason,
+    max_cpu_loras,
+    max_model_len,
+    sampling_kwargs,
+    vllm_lora_rank,
+)
+from workers.settings import WorkerSettings
+
+SHAPES = {
+    f"model.layers.{i}.self_attn.{m}": ModuleShape(64, 64)
+    for i in range(2)
+    for m in ("q_proj", "v_proj")
+} | {"lm_head": ModuleShape(64, 100)}
+
+
+def test_ranks_round_up_to_what_vllm_sizes_buffers_for() -> None:
+    assert [vllm_lora_rank(r) for r in (1, 2, 8, 12, 64, 65)] == [1, 8, 8, 16, 64, 128]
+    with pytest.raises(EngineError):
+        vllm_lora_rank(1000)
+
+
+def test_host_tier_in_adapters_is_bytes_over_the_largest_adapter_and_at_least_the_slots() -> None:
+    # 4 targets x rank 8 x (64 + 64) x 4 bytes = 16 KiB per adapter; 1 MiB holds 64.
+    settings = WorkerSettings(max_lora_rank=8, adapter_host_cache_mb=1, dtype="float32")
+    assert max_cpu_loras(settings, SHAPES) == 64
+    none = settings.model_copy(update={"adapter_host_cache_mb": 0})
+    assert max_cpu_loras(none, SHAPES) == settings.max_adapters_per_replica
+
+
+def test_context_is_prompt_plus_new_tokens_within_the_models_positions() -> None:
+    settings = WorkerSettings(max_input_tokens=100, max_new_tokens=50)
+    assert max_model_len(settings, 128) == 128
+    assert max_model_len(settings, 4096) == 150
+    assert max_model_len(settings, 128, allow_long=True) == 150
+
+
+def test_engine_arguments_map_the_slots_and_refuse_bitsandbytes() -> None:
+    settings = WorkerSettings(max_adapters_per_replica=3, max_batch_size=7, max_lora_rank=12)
+    kwargs = engine_kwargs(settings, SHAPES, max_positions=None, on_cpu=True)
+    assert kwargs["enable_lora"] and kwargs["max_loras"] == 3 and kwargs["max_num_seqs"] == 7
+    assert kwargs["max_lora_rank"] == 16 and kwargs["enforce_eager"]
+    assert kwargs["max_cpu_loras"] >= 3
+    with pytest.raises(EngineError) as caught:
+        engine_kwargs(
+            settings.model_copy(update={"quantization": "4bit"}),
+            SHAPES,
+            max_positions=None,
+            on_cpu=True,
+        )
+    assert caught.value.type is ErrorType.VALIDATION
+
+
+def test_sampling_and_finish_reasons() -> None:
+    params = GenerationParams(
+        max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=3, stop=["x"]
+    )
+    assert sampling_kwargs(params) == {
+        "max_tokens": 9,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 5,
+        "seed": 3,
+        "stop": ["x"],
+    }
+    assert [finish_reason(r) for r in ("stop", "length", "abort")] == [
+        "stop",
+        "length",
+        "cancelled",
+    ]
+    with pytest.raises(EngineError):
+        finish_reason(None)

@@ -1,0 +1,405 @@
+"""The vLLM backend: vLLM's v1 ``AsyncLLM`` doing the forward passes behind the seam.
+
+vLLM brings its kernels (paged attention, CUDA graphs, its LoRA kernels) and its own
+scheduler; loraq keeps everything around them: the registry that turns a name into a
+folder, the validation of an adapter against the base, prompts and chat templates
+(:mod:`workers.engine.prompts`, so both backends see the same token ids and limits), and
+the error types. vLLM gets a resolved ``LoRARequest`` per job, with one int id per
+adapter name for as long as the name is registered.
+
+Threads and processes: every method runs on the one event loop the backend was built on.
+``AsyncLLM`` runs its engine core in a child process (:mod:`workers.engine.vllm_process`
+makes it die with this one); the tokenizer runs on one thread of its own.
+
+vllm is imported here only: the rest of the package works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas import ErrorType
+from workers.adapters.registry import AdapterRegistry
+from workers.adapters.validation import ModuleShape, base_module_shapes, validate_adapter
+from workers.engine.backend import Backend, BackendStats, EngineObserver
+from workers.engine.prompts import encode_request
+from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.engine.vllm_config import (
+    VllmCounters,
+    engine_kwargs,
+    finish_reason,
+    sampling_kwargs,
+)
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def _meta_shapes(settings: WorkerSettings) -> tuple[dict[str, ModuleShape], int | None, Any]:
+    """The base's linear modules (from its config, on the meta device: no weights read),
+    its longest sequence, and its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    remote = settings.trust_remote_code
+    config = AutoConfig.from_pretrained(settings.model, trust_remote_code=remote)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)  # type: ignore[no-untyped-call]
+    tokenizer = AutoTokenizer.from_pretrained(settings.model, trust_remote_code=remote)
+    positions = getattr(config, "max_position_embeddings", None)
+    return base_module_shapes(model), positions if isinstance(positions, int) else None, tokenizer
+
+
+def _on_cpu(settings: WorkerSettings) -> bool:
+    import torch
+
+    return settings.device == "cpu" or not torch.cuda.is_available()
+
+
+class VllmBackend:
+    """Generates text for requests of any adapter with vLLM's ``AsyncLLM``."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        llm: Any,
+        tokenizer: Any,
+        shapes: dict[str, ModuleShape],
+        registry: AdapterRegistry,
+    ) -> None:
+        self._settings = settings
+        self._llm = llm
+        self._tokenizer = tokenizer
+        self._shapes = shapes
+        self._registry = registry
+        self._ids: dict[str, int] = {}  # adapter name -> its LoRARequest id
+        self._next_id = itertools.count(1)
+        self._folders: dict[str, Path] = {}  # validated folder, and added to vLLM, per name
+        self._loads: dict[str, asyncio.Task[None]] = {}  # one load per name at a time
+        self._warm: OrderedDict[str, None] = OrderedDict()  # what vLLM holds, LRU first
+        self._in_use: Counter[str] = Counter()  # rows running per adapter
+        # Removed names still in use -> their id and folder, dropped from vLLM when unused.
+        self._retired: dict[str, tuple[int, Path]] = {}
+        self._rows: dict[str, set[str]] = {}  # request id -> vLLM's request ids
+        self._row_ids = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()  # fire-and-forget calls, kept alive
+        self._counters = VllmCounters()
+        self._observer: EngineObserver | None = None
+        self._tokenize = concurrent.futures.ThreadPoolExecutor(1, "loraq-tokenize")
+        # vLLM's context: longer prompts fail validation, generation stops at its end.
+        self.max_model_len = settings.max_input_tokens + settings.max_new_tokens
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> VllmBackend:
+        """Start vLLM on the model ``settings`` name; call it on the loop it will serve."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from workers.engine.vllm_process import bind_engine_core_to_parent
+
+        shapes, positions, tokenizer = _meta_shapes(settings)
+        kwargs = engine_kwargs(
+            settings,
+            shapes,
+            max_positions=positions,
+            on_cpu=_on_cpu(settings),
+            allow_long=bool(os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")),
+        )
+        bind_engine_core_to_parent()
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
+        backend = cls(settings, llm=llm, tokenizer=tokenizer, shapes=shapes, registry=registry)
+        backend.max_model_len = int(kwargs["max_model_len"])
+        return backend
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer prompts are encoded with."""
+        return self._tokenizer
+
+    async def generate(self, request: GenerationRequest) -> GenerationOutput:
+        """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
+        async with contextlib.aclosing(self._events(request, stream=False)) as events:
+            async for event in events:
+                if isinstance(event, GenerationOutput):
+                    return event
+        raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
+
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        """Text deltas of ``request`` as vLLM makes them, then its output, last; closing
+        the iterator early aborts the row in vLLM."""
+        async with contextlib.aclosing(self._events(request, stream=True)) as events:
+            async for event in events:
+                yield event
+
+    def cancel(self, request_id: str) -> bool:
+        """Abort the rows of ``request_id`` in vLLM; their output ends ``cancelled``."""
+        rows = self._rows.get(request_id, set())
+        if rows:
+            self._spawn(self._llm.abort(list(rows)))
+        return bool(rows)
+
+    async def ensure_adapter(self, name: str) -> None:
+        """Validate ``name``'s folder (first use) and have vLLM load it."""
+        await self._ensure(name)
+        self._spawn(self._refresh_warm())
+
+    async def prefetch(self, names: Sequence[str]) -> None:
+        """Load these adapters into vLLM without waiting; bad names are skipped."""
+        for name in dict.fromkeys(names):
+            self._spawn(self._prefetch_one(name))
+
+    def knows_adapter(self, name: str) -> bool:
+        """Whether ``name`` is registered (a malformed name is a ``validation`` error)."""
+        return self._registry.find(name) is not None
+
+    def check_adapter(self, name: str) -> None:
+        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
+        bad name); loads nothing."""
+        self._registry.resolve(name)
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Register ``name`` at run time; ``path`` must lie under a configured adapter root."""
+        folder = self._registry.check_folder(path)
+        if name in self._retired and self._retired[name][1] != folder:
+            raise EngineError(
+                ErrorType.VALIDATION,
+                f"adapter {name!r} was removed and is still in use with its old folder; "
+                "register the new version under a new name",
+            )
+        self._registry.add(name, path, replace=False, runtime=True)
+
+    def remove_adapter(self, name: str) -> bool:
+        """Unregister run-time registration ``name``; vLLM drops it once no row uses it."""
+        if self._registry.remove(name) is None:
+            return False
+        lora_id = self._ids.pop(name, None)
+        folder = self._folders.pop(name, None)
+        self._warm.pop(name, None)
+        if lora_id is not None and folder is not None:
+            if self._in_use[name]:
+                self._retired[name] = (lora_id, folder)
+            else:
+                self._drop(lora_id)
+        log.info("adapter %s unregistered; freed once unused", name)
+        return True
+
+    def adapter_names(self) -> list[str]:
+        """Registered adapter names."""
+        return self._registry.names()
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapters vLLM holds (as of the latest load), least recently used first."""
+        return list(self._warm)
+
+    def host_adapters(self) -> list[str]:
+        """vLLM keeps its adapters in its own host cache: the same list."""
+        return self.loaded_adapters()
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Report adapter loads to ``observer`` (vLLM does not show us its passes)."""
+        self._observer = observer
+
+    def backend_stats(self) -> BackendStats:
+        """What this backend counts; vLLM's scheduler and caches tell it nothing more, so
+        the pass and tier counters stay 0."""
+        c = self._counters
+        zeros = BackendStats(**dict.fromkeys(BackendStats.__dataclass_fields__, 0))
+        return dataclasses.replace(
+            zeros,
+            rows=c.rows,
+            tokens_generated=c.tokens_generated,
+            rows_in_flight=c.rows_in_flight,
+            cache_loads=c.adapter_loads,
+            cache_load_failures=c.adapter_load_failures,
+            adapter_load_ms_total=c.adapter_load_ms_total,
+            adapters_loaded=len(self._warm),
+            adapters_registered=len(self._registry.names()),
+            adapters_removed=c.adapters_removed,
+        )
+
+    async def close(self) -> None:
+        """Stop vLLM (rows still running are aborted) and its engine-core process."""
+        self._llm.shutdown()
+        # Dropped now, while the interpreter is whole: vLLM's __del__ shuts down again,
+        # which fails during interpreter teardown.
+        self._llm = None
+        self._tokenize.shutdown(wait=False)
+
+    async def _events(
+        self, request: GenerationRequest, *, stream: bool
+    ) -> AsyncGenerator[TextDelta | GenerationOutput, None]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt_ids = await asyncio.get_running_loop().run_in_executor(
+            self._tokenize,
+            functools.partial(
+                encode_request,
+                self._tokenizer,
+                request,
+                max_input_tokens=self._settings.max_input_tokens,
+                max_new_tokens=self._settings.max_new_tokens,
+            ),
+        )
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise EngineError(
+                ErrorType.VALIDATION,
+                f"the prompt is {len(prompt_ids)} tokens, over this model's context of "
+                f"{self.max_model_len} with room for new tokens",
+            )
+        lora = await self._lora_request(request.adapter) if request.adapter else None
+        sampling = sampling_kwargs(request.params)
+        sampling["max_tokens"] = min(sampling["max_tokens"], room)
+        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        row_id = self._track(request)
+        started = time.perf_counter()
+        text: list[str] = []
+        tokens: list[int] = []
+        reason: str | None = None
+        try:
+            prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+            async for out in self._llm.generate(prompt, params, row_id, lora_request=lora):
+                piece = out.outputs[0]
+                text.append(piece.text)
+                tokens.extend(piece.token_ids)
+                if stream and piece.text:
+                    yield TextDelta(piece.text)
+                if out.finished:
+                    reason = piece.finish_reason
+            yield GenerationOutput(
+                text="".join(text),
+                finish_reason=finish_reason(reason),
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=len(tokens),
+                adapter=request.adapter or None,
+                generation_ms=(time.perf_counter() - started) * 1000,
+                token_ids=tokens,
+            )
+        finally:
+            if reason is None:  # the caller left (or vLLM failed): free the row in vLLM
+                self._spawn(self._llm.abort(row_id))
+            self._untrack(request, row_id, len(tokens))
+
+    async def _lora_request(self, name: str) -> Any:
+        """The ``LoRARequest`` of ``name``, validated and loaded on first use."""
+        from vllm.lora.request import LoRARequest
+
+        folder = await self._ensure(name)
+        if name in self._warm:
+            self._warm.move_to_end(name)
+        return LoRARequest(name, self._ids[name], str(folder))
+
+    async def _ensure(self, name: str) -> Path:
+        """Resolve ``name`` (errors for bad and unknown names), then validate and add it to
+        vLLM once per registration; concurrent first uses share one load."""
+        folder = self._registry.resolve(name)
+        if self._folders.get(name) == folder:
+            return folder
+        load = self._loads.get(name)
+        if load is None:
+            load = asyncio.ensure_future(self._load(name, folder))
+            self._loads[name] = load
+            load.add_done_callback(lambda _: self._loads.pop(name, None))
+        await asyncio.shield(load)
+        return folder
+
+    async def _load(self, name: str, folder: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        started = time.perf_counter()
+        try:
+            # Ours first: the same incompatible_adapter errors as the HF engine, before
+            # vLLM reads any tensor.
+            await asyncio.to_thread(
+                validate_adapter, folder, self._shapes, self._settings.max_lora_rank
+            )
+            lora_id = self._ids.get(name) or next(self._next_id)
+            await self._llm.add_lora(LoRARequest(name, lora_id, str(folder)))
+        except EngineError:
+            self._counters.adapter_load_failures += 1
+            raise
+        except Exception as exc:  # vLLM refuses what its LoRA layers cannot hold
+            self._counters.adapter_load_failures += 1
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER, f"adapter {name!r} failed to load in vLLM: {exc}"
+            ) from exc
+        seconds = time.perf_counter() - started
+        self._ids[name], self._folders[name] = lora_id, folder
+        self._counters.adapter_loads += 1
+        self._counters.adapter_load_ms_total += seconds * 1000
+        if self._observer is not None:
+            self._observer.adapter_loaded(seconds)
+        await self._refresh_warm()
+
+    async def _refresh_warm(self) -> None:
+        """Mirror the adapters vLLM holds now (its LRU may have dropped some)."""
+        held = await self._llm.list_loras()
+        names = {lora_id: name for name, lora_id in self._ids.items()}
+        for name in [n for n in self._warm if self._ids.get(n) not in held]:
+            del self._warm[name]
+        for lora_id in sorted(held):
+            found = names.get(lora_id)
+            if found is not None and found not in self._warm:
+                self._warm[found] = None
+
+    async def _prefetch_one(self, name: str) -> None:
+        try:
+            await self.ensure_adapter(name)
+        except Exception as exc:  # a hint, not a request: nobody waits for its error
+            log.debug("prefetch of adapter %r skipped: %s", name, exc)
+
+    def _track(self, request: GenerationRequest) -> str:
+        row_id = f"{request.request_id or 'row'}#{next(self._row_ids)}"
+        self._rows.setdefault(request.request_id or "", set()).add(row_id)
+        self._counters.rows_in_flight += 1
+        if request.adapter:
+            self._in_use[request.adapter] += 1
+        return row_id
+
+    def _untrack(self, request: GenerationRequest, row_id: str, tokens: int) -> None:
+        rows = self._rows.get(request.request_id or "", set())
+        rows.discard(row_id)
+        if not rows:
+            self._rows.pop(request.request_id or "", None)
+        self._counters.rows_in_flight -= 1
+        self._counters.rows += 1
+        self._counters.tokens_generated += tokens
+        name = request.adapter
+        if name:
+            self._in_use[name] -= 1
+            if not self._in_use[name]:
+                del self._in_use[name]
+                if name in self._retired:
+                    self._drop(self._retired.pop(name)[0])
+
+    def _drop(self, lora_id: int) -> None:
+        self._counters.adapters_removed += 1
+        self._spawn(self._llm.remove_lora(lora_id))
+
+    def _spawn(self, call: Any) -> None:
+        task = asyncio.ensure_future(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+if TYPE_CHECKING:
+    # mypy proves here that the vLLM backend is a Backend, the seam its callers use.
+    _VLLM_IS_A_BACKEND: type[Backend] = VllmBackend

@@ -1,0 +1,136 @@
+"""What the vLLM backend asks of vLLM, worked out from loraq's settings (pure, no vllm).
+
+Kept apart from the backend so that the mapping of settings, sampling parameters and
+finish reasons is plain code, read and tested without vLLM installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from schemas import ErrorType, GenerationParams
+from workers.adapters.validation import ModuleShape
+from workers.engine.requests import EngineError
+from workers.settings import WorkerSettings
+
+# The ranks vLLM 0.32 sizes its LoRA buffers for (``vllm.config.lora.MaxLoRARanks``).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Modules vLLM's LoRA layers replace in a Llama-like model: the budget of one adapter in
+# the host tier is counted over these, at the highest rank allowed.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+FinishReason = Literal["stop", "length", "cancelled"]
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "cancelled"}
+
+
+def vllm_lora_rank(max_rank: int) -> int:
+    """The smallest rank vLLM supports that holds ``max_rank`` (our own cap still applies:
+    adapters are validated against ``max_lora_rank`` before vLLM sees them)."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= max_rank:
+            return rank
+    raise EngineError(
+        ErrorType.VALIDATION, f"max_lora_rank {max_rank} is over vLLM's {VLLM_LORA_RANKS[-1]}"
+    )
+
+
+def adapter_budget_bytes(shapes: Mapping[str, ModuleShape], rank: int, dtype_bytes: int) -> int:
+    """Bytes of the largest adapter the base accepts: rank ``rank`` on every LoRA target."""
+    targets = [s for name, s in shapes.items() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
+    return sum(rank * (s.in_features + s.out_features) * dtype_bytes for s in targets)
+
+
+def max_cpu_loras(settings: WorkerSettings, shapes: Mapping[str, ModuleShape]) -> int:
+    """How many adapters vLLM keeps in host memory: the host tier (``adapter_host_cache_mb``)
+    over the budget of the largest adapter, and never fewer than the device slots.
+
+    vLLM counts its host cache in adapters, loraq in bytes: counting each adapter at the
+    largest size allowed keeps vLLM within the bytes.
+    """
+    dtype_bytes = FLOAT_BYTES.get(settings.dtype, 4)
+    budget = adapter_budget_bytes(shapes, settings.max_lora_rank, dtype_bytes)
+    fit = settings.adapter_host_cache_mb * 2**20 // budget if budget else 0
+    return max(settings.max_adapters_per_replica, int(fit))
+
+
+def max_model_len(
+    settings: WorkerSettings, max_positions: int | None, *, allow_long: bool = False
+) -> int:
+    """The longest sequence: the longest prompt and every new token, within the model's
+    positions unless ``allow_long`` (vLLM's ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``)."""
+    wanted = settings.max_input_tokens + settings.max_new_tokens
+    return min(wanted, max_positions) if max_positions and not allow_long else wanted
+
+
+def engine_kwargs(
+    settings: WorkerSettings,
+    shapes: Mapping[str, ModuleShape],
+    *,
+    max_positions: int | None,
+    on_cpu: bool,
+    allow_long: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.AsyncEngineArgs`` for a replica of ``settings``."""
+    if settings.quantization != "none":
+        raise EngineError(
+            ErrorType.VALIDATION,
+            "LORAQ_QUANTIZATION is bitsandbytes on the HF engine; with LORAQ_ENGINE=vllm "
+            "serve a pre-quantized checkpoint (AWQ, GPTQ, FP8: vLLM reads it from its config)",
+        )
+    return {
+        "model": settings.model,
+        "tokenizer": settings.model,
+        "dtype": settings.dtype,
+        "trust_remote_code": settings.trust_remote_code,
+        "enable_lora": True,
+        # The device slots: vLLM's scheduler runs at most this many adapters per step.
+        "max_loras": settings.max_adapters_per_replica,
+        "max_lora_rank": vllm_lora_rank(settings.max_lora_rank),
+        "max_cpu_loras": max_cpu_loras(settings, shapes),
+        "max_num_seqs": settings.max_batch_size,
+        "max_model_len": max_model_len(settings, max_positions, allow_long=allow_long),
+        # CUDA graphs are the GPU's gain; on a CPU there is nothing to capture.
+        "enforce_eager": on_cpu,
+        # Our counters come from the outputs; vLLM's periodic stat log lines are noise.
+        "disable_log_stats": True,
+    }
+
+
+def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` for one job's ``params``.
+
+    Both sides mean the same by these: temperature 0 is greedy, top_k 0 is off, stop
+    strings end the text before them; vLLM draws a seeded row from its own generator, so
+    the row does not depend on its batch.
+    """
+    return {
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "seed": params.seed,
+        "stop": list(params.stop),
+    }
+
+
+def finish_reason(reason: str | None) -> FinishReason:
+    """Ours for vLLM's ``finish_reason`` (``abort``: the row was cancelled)."""
+    if reason is None or reason not in _FINISH:
+        raise EngineError(ErrorType.INTERNAL, f"vLLM ended a row with {reason!r}")
+    return _FINISH[reason]
+
+
+@dataclass
+class VllmCounters:
+    """What the vLLM backend counts itself (vLLM's scheduler does not report passes)."""
+
+    rows: int = 0
+    tokens_generated: int = 0
+    rows_in_flight: int = 0
+    adapter_loads: int = 0
+    adapter_load_failures: int = 0
+    adapter_load_ms_total: float = 0.0
+    adapters_removed: int = 0
