@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_SHAPES = ((16, 32), (16, 256), (64, 64))
-
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """``"16x32,64x64"`` -> ``[(16, 32), (64, 64)]`` (rows, new tokens)."""
