@@ -62,6 +62,11 @@ class BackendStats:
     adapters_removed: int
     in_use_evictions: int
 
+    @classmethod
+    def zeros(cls, **counts: float) -> BackendStats:
+        """Every counter 0 but ``counts`` (for a backend that counts only some)."""
+        return cls(**{**dict.fromkeys(cls.__dataclass_fields__, 0), **counts})  # type: ignore[arg-type]
+
     def as_dict(self) -> dict[str, float]:
         """The counters by name (what the metrics and the heartbeat publish); counts stay
         ints."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import itertools
 import logging
@@ -219,9 +218,7 @@ class VllmBackend:
         """What this backend counts; vLLM's scheduler and caches tell it nothing more, so
         the pass and tier counters stay 0."""
         c = self._counters
-        zeros = BackendStats(**dict.fromkeys(BackendStats.__dataclass_fields__, 0))
-        return dataclasses.replace(
-            zeros,
+        return BackendStats.zeros(
             rows=c.rows,
             tokens_generated=c.tokens_generated,
             rows_in_flight=c.rows_in_flight,

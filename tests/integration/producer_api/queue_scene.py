@@ -12,6 +12,7 @@ from producer import Producer
 from schemas import JobError, JobResult, JobStatus, Keys, codec
 from schemas.records import ErrorType
 from schemas.replicas import ReplicaHeartbeat
+from workers.engine.backend import BackendStats
 from workers.queue.store import FinalWrite, JobStore
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 
@@ -38,12 +39,9 @@ def replica_status(tokens: int, now: float) -> ReplicaHeartbeat:
         replica=REPLICA,
         node=NODE,
         adapters=ADAPTERS,
-        engine_stats={
-            "rows_in_flight": 1,
-            "cache_hits": 7,
-            "cache_loads": 2,
-            "tokens_generated": tokens,
-        },
+        stats=BackendStats.zeros(
+            rows_in_flight=1, cache_hits=7, cache_loads=2, tokens_generated=tokens
+        ),
         interval_s=5.0,
         now=now,
     )
