@@ -7,9 +7,10 @@ with ``ts``, ``level``, ``logger``, ``msg`` and those fields.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,13 +22,8 @@ from workers.settings import WorkerSettings
 LOGGERS = ("workers", "producer", "loraq")
 MASK = "***"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD = {
-    *vars(logging.LogRecord("", 0, "", 0, "", None, None)),
-    "message",
-    "asctime",
-    "taskName",
-}
+# Attributes set on every record after it is made; the others are the record factory's.
+_FORMATTED = {"message", "asctime", "taskName"}
 
 
 def job_extra(job_id: str | None, adapter: str | None) -> dict[str, str]:
@@ -38,14 +34,22 @@ def job_extra(job_id: str | None, adapter: str | None) -> dict[str, str]:
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a log call added through ``extra``.
 
-    Private attributes are left out: Ray's record factory adds ``_ray_timestamp_ns`` to
-    every record in a process that imported Ray.
+    What the current record factory puts on every record is not ``extra``: libraries
+    install factories of their own (vLLM's adds ``vllm_process_name``, Ray's the private
+    ``_ray_timestamp_ns``); private attributes are left out too.
     """
+    standard = _standard(logging.getLogRecordFactory())
     return {
         key: value
         for key, value in vars(record).items()
-        if key not in _STANDARD and not key.startswith("_")
+        if key not in standard and not key.startswith("_")
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _standard(factory: Callable[..., logging.LogRecord]) -> frozenset[str]:
+    """The attributes ``factory`` gives every record (cached: a factory changes rarely)."""
+    return frozenset({*vars(factory("", 0, "", 0, "", None, None)), *_FORMATTED})
 
 
 def secrets_of(settings: WorkerSettings) -> list[str]:
