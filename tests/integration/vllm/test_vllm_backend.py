@@ -9,6 +9,7 @@ model in one mixed submission, so the batches mix all four adapters and the base
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from conftest import LoopThread
@@ -131,21 +132,25 @@ def test_stream_deltas_add_up_to_the_output_and_stop_strings_end_it(
 
 
 def test_cancel_aborts_a_running_row(backend: VllmBackend, loop_thread: LoopThread) -> None:
-    async def cancelled() -> tuple[list[str], GenerationOutput]:
+    async def cancelled() -> tuple[list[str], GenerationOutput, bool]:
         request = job(None, "abcde" * 12, max_new_tokens=48)
         request.request_id = "to-cancel"
-        stream = backend.stream(request)
         seen: list[str] = []
-        async for item in stream:
-            if isinstance(item, GenerationOutput):
-                return seen, item
-            seen.append(item.text)
-            if len(seen) == 2:
-                assert backend.cancel("to-cancel")
-        raise AssertionError("no output")
+        # Closed here, not by the garbage collector: the row is untracked when it closes.
+        async with contextlib.aclosing(backend.stream(request)) as stream:
+            async for item in stream:
+                if isinstance(item, GenerationOutput):
+                    break
+                seen.append(item.text)
+                if len(seen) == 2:
+                    assert backend.cancel("to-cancel")
+            else:
+                raise AssertionError("no output")
+        # On the backend's loop, as every caller of the backend is.
+        return seen, item, backend.cancel("to-cancel")
 
-    seen, output = loop_thread.run(cancelled())
+    seen, output, cancelled_again = loop_thread.run(cancelled())
     assert output.finish_reason == "cancelled"
     assert output.text == "".join(seen) and output.completion_tokens < 48
-    assert not backend.cancel("to-cancel")
+    assert not cancelled_again
     assert backend.backend_stats().rows_in_flight == 0
