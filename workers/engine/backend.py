@@ -7,10 +7,12 @@ that no layer reads counters by key names it has to guess.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from schemas import ErrorType
 from workers.engine.requests import (
     EngineError,
     GenerationOutput,
@@ -89,6 +91,16 @@ class EngineObserver(Protocol):
 
     def adapter_read(self, seconds: float) -> None:
         """An adapter was read from disk into host memory in ``seconds`` (loader thread)."""
+
+
+async def output_of(events: AsyncGenerator[TextDelta | GenerationOutput, None]) -> GenerationOutput:
+    """The output at the end of a backend's row ``events``, which are closed on return
+    (for ``generate``: both backends stream a row and keep only its output)."""
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, GenerationOutput):
+                return event
+    raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
 
 
 class Backend(Protocol):

@@ -28,7 +28,7 @@ from workers.adapters.host_weights import read_adapter
 from workers.adapters.manager import AdapterManager
 from workers.adapters.registry import AdapterRegistry
 from workers.adapters.validation import base_module_shapes
-from workers.engine.backend import Backend, BackendStats
+from workers.engine.backend import Backend, BackendStats, output_of
 from workers.engine.batcher import Batcher
 from workers.engine.cpu_layout import column_major_linears
 from workers.engine.decode import DecodeBatch, FinishReason, Row
@@ -123,11 +123,7 @@ class Engine:
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
-        async with contextlib.aclosing(self._events(request, stream=False)) as events:
-            async for event in events:
-                if isinstance(event, GenerationOutput):
-                    return event
-        raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
+        return await output_of(self._events(request, stream=False))
 
     async def stream(
         self, request: GenerationRequest

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from schemas import ErrorType
 from workers.adapters.registry import AdapterRegistry
 from workers.adapters.validation import ModuleShape, base_module_shapes, validate_adapter
-from workers.engine.backend import Backend, BackendStats, EngineObserver
+from workers.engine.backend import Backend, BackendStats, EngineObserver, output_of
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.vllm_config import (
@@ -131,11 +131,7 @@ class VllmBackend:
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """Run ``request`` to the end; raises :class:`EngineError` for a request at fault."""
-        async with contextlib.aclosing(self._events(request, stream=False)) as events:
-            async for event in events:
-                if isinstance(event, GenerationOutput):
-                    return event
-        raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
+        return await output_of(self._events(request, stream=False))
 
     async def stream(
         self, request: GenerationRequest
