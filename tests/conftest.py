@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+# Longer than Ray's and vLLM's own exit work takes; see pytest_unconfigure.
+EXIT_GRACE_S = 180
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Bound the interpreter's exit: past ``EXIT_GRACE_S`` every thread's stack is printed
+    and the process exits with 1. One CI run passed all its tests, then hung in teardown
+    (an object's ``__del__`` there) until CI's own limit killed it, with nothing to show
+    where."""
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,23 @@ def _meta_shapes(settings: WorkerSettings) -> tuple[dict[str, ModuleShape], int 
     return base_module_shapes(model), positions if isinstance(positions, int) else None, tokenizer
 
 
+def _release_importer_frames() -> None:
+    """Drop the traceback vLLM keeps with its failed optional import of torchcodec.
+
+    vLLM stores that ``ImportError`` in a module global; its traceback's frames reach,
+    through ``f_back``, every frame on the stack of whoever first imported vLLM, and keep
+    their locals alive: :meth:`VllmBackend.from_settings`'s ``AsyncLLM`` among them. That
+    ``AsyncLLM`` then outlived :meth:`VllmBackend.close` until interpreter teardown,
+    where its ``__del__`` failed and the pytest process of one CI run never exited.
+    The error's message, all vLLM reports from it, stays.
+    """
+    from vllm.multimodal.media import audio
+
+    error = getattr(audio, "_torchcodec_import_exc", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
+
+
 def _on_cpu(settings: WorkerSettings) -> bool:
     import torch
 
@@ -109,6 +126,7 @@ class VllmBackend:
 
         from workers.engine.vllm_process import bind_engine_core_to_parent
 
+        _release_importer_frames()
         shapes, positions, tokenizer = _meta_shapes(settings)
         kwargs = engine_kwargs(
             settings,

@@ -8,6 +8,7 @@ set before Ray starts, so that the served app's replicas inherit it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -94,3 +95,9 @@ def backend(
     backend = loop_thread.run(start())
     yield backend
     loop_thread.run(backend.close())
+    del backend
+    gc.collect()
+    # An AsyncLLM left alive shuts down only at interpreter teardown: its __del__ fails
+    # there, and once kept the pytest process from exiting.
+    alive = [o for o in gc.get_objects() if type(o).__name__ == "AsyncLLM"]
+    assert not alive, f"{len(alive)} AsyncLLM outlived VllmBackend.close()"
