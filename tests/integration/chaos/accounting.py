@@ -84,6 +84,13 @@ def streamed_text(events: list[dict[str, str]]) -> str | None:
     return "".join(chunks) if chunks else None
 
 
+def ran_as(record: JobRecord) -> str:
+    """How a job ran, for a wrong answer's line: what tells one cause from another."""
+    result = record.result
+    ending = f"{result.finish_reason}, {result.completion_tokens} tokens" if result else "no result"
+    return f"adapter {record.adapter}, attempt {record.attempts}, {ending}, on {record.worker}"
+
+
 def account(
     client: redis.Redis, keys: Keys, expected: Mapping[str, str | None], scenario: str
 ) -> Tally:
@@ -130,7 +137,7 @@ def account(
             got = record.result.text if record.result else None
             if got != text:
                 tally.wrong_output += 1
-                tally.problems.append(f"{job_id}: {got!r} instead of {text!r}")
+                tally.problems.append(f"{job_id}: {got!r} instead of {text!r} ({ran_as(record)})")
     tally.pending = int(client.xpending(keys.jobs, keys.group)["pending"])
     if tally.pending:
         tally.problems.append(f"{tally.pending} entries still pending in {keys.group}")
