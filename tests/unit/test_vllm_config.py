@@ -42,7 +42,7 @@ def test_context_is_prompt_plus_new_tokens_within_the_models_positions() -> None
     settings = WorkerSettings(max_input_tokens=100, max_new_tokens=50)
     assert max_model_len(settings, 128) == 128
     assert max_model_len(settings, 4096) == 150
-    assert max_model_len(settings, 128, allow_long=True) == 150
+    assert max_model_len(settings, None) == 150
 
 
 def test_engine_arguments_map_the_slots_and_refuse_bitsandbytes() -> None:

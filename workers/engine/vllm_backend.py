@@ -22,7 +22,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -128,13 +127,7 @@ class VllmBackend:
 
         _release_importer_frames()
         shapes, positions, tokenizer = _meta_shapes(settings)
-        kwargs = engine_kwargs(
-            settings,
-            shapes,
-            max_positions=positions,
-            on_cpu=_on_cpu(settings),
-            allow_long=bool(os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")),
-        )
+        kwargs = engine_kwargs(settings, shapes, max_positions=positions, on_cpu=_on_cpu(settings))
         bind_engine_core_to_parent()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         registry = AdapterRegistry(settings.adapters, settings.adapter_dir)

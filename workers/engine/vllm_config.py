@@ -56,13 +56,18 @@ def max_cpu_loras(settings: WorkerSettings, shapes: Mapping[str, ModuleShape]) -
     return max(settings.max_adapters_per_replica, int(fit))
 
 
-def max_model_len(
-    settings: WorkerSettings, max_positions: int | None, *, allow_long: bool = False
-) -> int:
+def max_model_len(settings: WorkerSettings, max_positions: int | None) -> int:
     """The longest sequence: the longest prompt and every new token, within the model's
-    positions unless ``allow_long`` (vLLM's ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``)."""
+    positions whatever ``VLLM_ALLOW_LONG_MAX_MODEL_LEN`` says.
+
+    Past its positions a model's output is garbage, and on vLLM 0.32's CPU build such a
+    row also broke *other* jobs: after one job ran to 2048 tokens on the 128-position
+    demo model, 3 of every 300 later jobs of that replica came out as padding (token 0,
+    empty text), with adapters and without. A longer prompt is refused; new tokens stop
+    at the context instead.
+    """
     wanted = settings.max_input_tokens + settings.max_new_tokens
-    return min(wanted, max_positions) if max_positions and not allow_long else wanted
+    return min(wanted, max_positions) if max_positions else wanted
 
 
 def engine_kwargs(
@@ -71,7 +76,6 @@ def engine_kwargs(
     *,
     max_positions: int | None,
     on_cpu: bool,
-    allow_long: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments of ``vllm.AsyncEngineArgs`` for a replica of ``settings``."""
     if settings.quantization != "none":
@@ -91,7 +95,7 @@ def engine_kwargs(
         "max_lora_rank": vllm_lora_rank(settings.max_lora_rank),
         "max_cpu_loras": max_cpu_loras(settings, shapes),
         "max_num_seqs": settings.max_batch_size,
-        "max_model_len": max_model_len(settings, max_positions, allow_long=allow_long),
+        "max_model_len": max_model_len(settings, max_positions),
         # CUDA graphs are the GPU's gain; on a CPU there is nothing to capture.
         "enforce_eager": on_cpu,
         # Our counters come from the outputs; vLLM's periodic stat log lines are noise.

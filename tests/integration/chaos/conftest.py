@@ -137,10 +137,16 @@ class ChaosApp(LiveApp):
         count = self.settings.num_consumer_replicas
         return _run(launch.replica_stats(self.running.consumer, count, key="consumer"))
 
-    def wait_replaced(self, pids: Callable[[], dict[str, int]], count: int, dead: int) -> float:
+    def wait_replaced(
+        self,
+        pids: Callable[[], dict[str, int]],
+        count: int,
+        dead: int,
+        timeout_s: float = HEALTHY_TIMEOUT_S,
+    ) -> float:
         """Seconds until ``count`` replicas answer ``pids()``, none of them process ``dead``."""
         started = time.monotonic()
-        while time.monotonic() - started < HEALTHY_TIMEOUT_S:
+        while time.monotonic() - started < timeout_s:
             try:
                 found = pids()
                 if len(found) == count and dead not in found.values():

@@ -26,9 +26,6 @@ pytest.importorskip("vllm")
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
-# The demo model has 128 positions; the long jobs of the served tests (cancelled while
-# they run) go past them, as they do on the HF engine.
-os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
 
 T = TypeVar("T")
 
