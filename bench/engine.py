@@ -15,10 +15,12 @@ base + 20 adapters in one engine against 20 separate PEFT model copies, next to 
 of parameter bytes. Cold load: ``ensure_adapter`` of an adapter not on the device.
 
 Then the batch shapes of ``--shapes`` (rows x new tokens) on both backends, the HF engine
-and vLLM (when installed), on the same model and adapters: mixed, base only, one at a
-time (see ``bench/engine_backends.py``).
+and vLLM (when installed), on the same model, adapters and weights dtype (``--dtype``;
+``--vllm-dtype`` gives vLLM another): mixed, base only, one at a time (see
+``bench/engine_backends.py``).
 
     python -m bench.engine [--new-tokens 32] [--repeats 3] [--shapes 16x32,16x256,64x64]
+                           [--dtype float32] [--vllm-dtype auto]
 
 Writes bench/results/engine.{json,md,png}.
 """
@@ -315,10 +317,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Both backends with the batch's adapters and rank only: vLLM sizes its LoRA
         # buffers by max_loras x max_lora_rank.
         sized = settings.model_copy(
-            update={"max_adapters_per_replica": BATCH_ADAPTERS, "max_lora_rank": RANK}
+            update={
+                "max_adapters_per_replica": BATCH_ADAPTERS,
+                "max_lora_rank": RANK,
+                "dtype": args.dtype,
+            }
         )
+        vllm_dtype = args.vllm_dtype or args.dtype
+        results["config"]["backend_dtypes"] = {"hf": args.dtype, "vllm": vllm_dtype}
         results["backends"] = (
-            backend_runs(sized, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats)
+            backend_runs(
+                sized, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats, vllm_dtype=vllm_dtype
+            )
             if shapes
             else {}
         )
@@ -392,7 +402,9 @@ def write(results: dict[str, Any]) -> None:
     ]
     if results["shapes"]:
         lines += shape_lines(results["shapes"], BATCH_ADAPTERS)
-        lines += backend_lines(results["backends"], BATCH_ADAPTERS)
+        lines += backend_lines(
+            results["backends"], BATCH_ADAPTERS, results["config"]["backend_dtypes"]
+        )
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 
@@ -436,6 +448,17 @@ def main() -> None:
         "--shapes",
         default="16x32,16x256,64x64",
         help="batch shapes ROWSxTOKENS, comma-separated ('' skips them)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype of both backends in the shapes runs",
+    )
+    parser.add_argument(
+        "--vllm-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="vLLM's dtype there instead (auto: bfloat16 for this float32 model on an x86 CPU)",
     )
     parser.add_argument(
         "--threads",

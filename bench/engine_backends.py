@@ -6,12 +6,19 @@ at once, the same rows on the base model only, and the mixed rows one at a time 
 HF engine and vLLM (when installed) get the same model, adapters, prompts and settings;
 every row generates exactly its tokens. Runs of one shape alternate, so that load from
 neighbours hits all alike; each figure is the best of ``repeats``.
+
+Both backends run at the same weights dtype (``float32`` unless told otherwise): asked
+for ``auto``, vLLM 0.32 turns a float32 checkpoint into bfloat16 on an x86 CPU (its
+``_resolve_auto_dtype``), where our engine keeps the checkpoint's float32, so an
+``auto`` run compares two precisions, not two engines. ``--vllm-dtype auto`` measures
+that one too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import time
 from typing import Any
 
@@ -100,6 +107,10 @@ def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) 
 def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) -> Any:
     from workers.engine.vllm_backend import VllmBackend
 
+    # Without it, vLLM's CPU worker reserves 92 % of the NUMA node's memory for its KV
+    # cache and refuses to start when less is free; 1 GiB holds every shape here.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
     async def main() -> list[dict[str, Any]]:
         # Built on the loop (and thread) that uses it: vLLM binds to both.
         backend = VllmBackend.from_settings(settings.model_copy(update={"engine": "vllm"}))
@@ -112,24 +123,38 @@ def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int
 
 
 def backend_runs(
-    settings: WorkerSettings, shapes: list[tuple[int, int]], *, adapters: int, repeats: int
+    settings: WorkerSettings,
+    shapes: list[tuple[int, int]],
+    *,
+    adapters: int,
+    repeats: int,
+    vllm_dtype: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`measure`'s results."""
+    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`measure`'s results.
+
+    vLLM runs at ``settings.dtype`` unless ``vllm_dtype`` names another (``auto``: its own
+    choice).
+    """
     settings = sized(settings, shapes)
     results = {"hf": _run_hf(settings, shapes, adapters=adapters, repeats=repeats)}
     if importlib.util.find_spec("vllm") is not None:
-        results["vllm"] = _run_vllm(settings, shapes, adapters=adapters, repeats=repeats)
+        dtype = vllm_dtype or settings.dtype
+        vllm_settings = settings.model_copy(update={"dtype": dtype})
+        results["vllm"] = _run_vllm(vllm_settings, shapes, adapters=adapters, repeats=repeats)
     return results
 
 
-def backend_lines(results: dict[str, list[dict[str, Any]]], adapters: int) -> list[str]:
+def backend_lines(
+    results: dict[str, list[dict[str, Any]]], adapters: int, dtypes: dict[str, str]
+) -> list[str]:
     """The markdown table: one line per shape, each backend's runs side by side."""
     names = [name for name in BACKENDS if name in results]
     header = " | ".join(f"{name} {run.replace('_', ' ')}" for run in RUNS for name in names)
+    weights = ", ".join(f"{name} {dtypes[name]}" for name in names)
     lines = [
         "",
         f"Tokens/s by backend (rows x new tokens, {adapters} adapters mixed; one at a time: "
-        f"{ONE_AT_A_TIME_ROWS} of the mixed rows in turn):",
+        f"{ONE_AT_A_TIME_ROWS} of the mixed rows in turn; weights: {weights}):",
         "",
         f"| shape | {header} |",
         "|---|" + "---:|" * (len(RUNS) * len(names)),

@@ -3,12 +3,14 @@
 PEFT's per-row path loops over the distinct adapters of a batch in every LoRA layer, and
 loading an adapter through PEFT creates modules and reads its folder. Here each base
 linear module an adapter targets keeps the A and B matrices of every slot in two stacked
-tensors (ranks zero-padded to the module's largest); a forward hook on the *base* module
-adds each row's delta with two ``bmm`` calls (or two matmuls when every row uses one
-slot). Moving an adapter in is a ``copy_`` of its host tensors into a free slot; moving
-it out zeroes its scales. No PEFT module is involved, so PEFT's own adapters (the ones
-this path cannot hold) compose: PEFT wraps the base module and still calls it, and its
-rows get slot 0, whose delta is zero.
+tensors (ranks zero-padded to the module's largest), both kept transposed (``in`` before
+the rank, the rank before ``out``) so that a pass's per-row selection is already the
+contiguous operand ``bmm`` wants (measured 1.5x faster at 64 rows than transposed views);
+a forward hook on the *base* module adds each row's delta with two ``bmm`` calls (or two
+matmuls when every row uses one slot). Moving an adapter in is a ``copy_`` of its host
+tensors into a free slot; moving it out zeroes its scales. No PEFT module is involved,
+so PEFT's own adapters (the ones this path cannot hold) compose: PEFT wraps the base
+module and still calls it, and its rows get slot 0, whose delta is zero.
 
 Hooks on ``nn.Linear`` fire for bitsandbytes ``Linear8bitLt``/``Linear4bit`` too (they
 subclass it). Not thread-safe: only the model thread calls it.
@@ -35,8 +37,8 @@ STACK_DTYPE = torch.float32
 class _Stack:
     """One base module's slots; slot ``s`` of each tensor belongs to one adapter."""
 
-    a: torch.Tensor  # [slots, r_max, in]
-    b: torch.Tensor  # [slots, out, r_max]
+    a: torch.Tensor  # [slots, in, r_max]: A transposed
+    b: torch.Tensor  # [slots, r_max, out]: B transposed
     scale: torch.Tensor  # [slots]
     # Host mirrors, so a pass decides what to compute without reading the device.
     scales: list[float]  # [slots]; 0.0: the slot's adapter does not target this module
@@ -92,10 +94,10 @@ class StackedLora:
             for module, weights in adapter.modules.items():
                 rank = weights.a.shape[0]
                 stack = self._stack(module, rank)
-                stack.a[slot, :rank].copy_(weights.a, non_blocking=True)
-                stack.a[slot, rank:].zero_()
-                stack.b[slot, :, :rank].copy_(weights.b, non_blocking=True)
-                stack.b[slot, :, rank:].zero_()
+                stack.a[slot, :, :rank].copy_(weights.a.T, non_blocking=True)
+                stack.a[slot, :, rank:].zero_()
+                stack.b[slot, :rank].copy_(weights.b.T, non_blocking=True)
+                stack.b[slot, rank:].zero_()
                 stack.scale[slot] = weights.scale
                 stack.scales[slot], stack.ranks[slot] = weights.scale, rank
         self._invalidate()
@@ -146,16 +148,16 @@ class StackedLora:
     def _one_slot(stack: _Stack, slot: int, x: torch.Tensor) -> torch.Tensor:
         """The delta when every row uses ``slot``, in the adapter's own rank."""
         rank = stack.ranks[slot]
-        hidden = torch.nn.functional.linear(x, stack.a[slot, :rank])  # [rows, T, r]
-        return torch.nn.functional.linear(hidden * stack.scales[slot], stack.b[slot, :, :rank])
+        hidden = x @ stack.a[slot, :, :rank]  # [rows, T, r]
+        return (hidden * stack.scales[slot]) @ stack.b[slot, :rank]  # [rows, T, out]
 
     def _per_row(self, stack: _Stack, x: torch.Tensor) -> torch.Tensor:
         assert self._rows is not None
         if stack.selected_for != self._pass_key:
             rows = self._rows
             stack.rows = (
-                stack.a.index_select(0, rows).transpose(1, 2),  # [rows, in, r_max]
-                stack.b.index_select(0, rows).transpose(1, 2),  # [rows, r_max, out]
+                stack.a.index_select(0, rows),  # [rows, in, r_max]
+                stack.b.index_select(0, rows),  # [rows, r_max, out]
                 stack.scale.index_select(0, rows)[:, None, None],  # [rows, 1, 1]
             )
             stack.selected_for = self._pass_key
@@ -166,17 +168,17 @@ class StackedLora:
     def _stack(self, module: str, rank: int) -> _Stack:
         """The stack of ``module``, made (and its hook registered) or widened to ``rank``."""
         old = self._stacks.get(module)
-        if old is not None and old.a.shape[1] >= rank:
+        if old is not None and old.a.shape[2] >= rank:
             return old
         linear = self._modules[module]
         device = linear.weight.device
-        width = rank if old is None else max(rank, old.a.shape[1])
+        width = rank if old is None else max(rank, old.a.shape[2])
         stack = _Stack(
             a=torch.zeros(
-                (self._size, width, linear.in_features), dtype=STACK_DTYPE, device=device
+                (self._size, linear.in_features, width), dtype=STACK_DTYPE, device=device
             ),
             b=torch.zeros(
-                (self._size, linear.out_features, width), dtype=STACK_DTYPE, device=device
+                (self._size, width, linear.out_features), dtype=STACK_DTYPE, device=device
             ),
             scale=torch.zeros(self._size, dtype=STACK_DTYPE, device=device),
             scales=[0.0] * self._size if old is None else old.scales,
@@ -185,9 +187,9 @@ class StackedLora:
         if old is None:
             linear.register_forward_hook(self._hook, with_kwargs=True)
         else:
-            old_width = old.a.shape[1]
-            stack.a[:, :old_width].copy_(old.a)
-            stack.b[:, :, :old_width].copy_(old.b)
+            old_width = old.a.shape[2]
+            stack.a[:, :, :old_width].copy_(old.a)
+            stack.b[:, :old_width].copy_(old.b)
             stack.scale.copy_(old.scale)
         self._stacks[module] = stack
         self._by_module[id(linear)] = stack
