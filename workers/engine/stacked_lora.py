@@ -4,13 +4,14 @@ PEFT's per-row path loops over the distinct adapters of a batch in every LoRA la
 loading an adapter through PEFT creates modules and reads its folder. Here each base
 linear module an adapter targets keeps the A and B matrices of every slot in two stacked
 tensors (ranks zero-padded to the module's largest), both kept transposed (``in`` before
-the rank, the rank before ``out``) so that a pass's per-row selection is already the
-contiguous operand ``bmm`` wants (measured 1.5x faster at 64 rows than transposed views);
-a forward hook on the *base* module adds each row's delta with two ``bmm`` calls (or two
-matmuls when every row uses one slot). Moving an adapter in is a ``copy_`` of its host
-tensors into a free slot; moving it out zeroes its scales. No PEFT module is involved,
-so PEFT's own adapters (the ones this path cannot hold) compose: PEFT wraps the base
-module and still calls it, and its rows get slot 0, whose delta is zero.
+the rank, the rank before ``out``) so that a pass's selection is already the contiguous
+operand ``bmm`` wants. A forward hook on the *base* module adds each row's delta with
+two ``bmm`` calls over the pass's rows grouped by slot, each adapter read once per pass
+(:mod:`row_groups`), or two matmuls when every row uses one slot. Moving an adapter in
+is a ``copy_`` of its host tensors into a free slot; moving it out zeroes its scales. No
+PEFT module is involved, so PEFT's own adapters (the ones this path cannot hold)
+compose: PEFT wraps the base module and still calls it, and its rows get slot 0, whose
+delta is zero.
 
 Hooks on ``nn.Linear`` fire for bitsandbytes ``Linear8bitLt``/``Linear4bit`` too (they
 subclass it). Not thread-safe: only the model thread calls it.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from workers.adapters.host_weights import HostAdapter
+from workers.engine.row_groups import group_rows
 
 BASE_SLOT = 0  # never assigned: a base row (or a PEFT row) gets no delta from the stacks
 # PEFT keeps adapter weights in float32 even on a half-precision base (its
@@ -43,9 +45,20 @@ class _Stack:
     # Host mirrors, so a pass decides what to compute without reading the device.
     scales: list[float]  # [slots]; 0.0: the slot's adapter does not target this module
     ranks: list[int]  # [slots]
-    # This pass's per-row selection, kept while the rows of the batch stay the same.
+    # This pass's per-group selection, kept while the rows of the batch stay the same.
     selected_for: int = -1
-    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None)
+    groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class _PassGroups:
+    """:class:`~workers.engine.row_groups.RowGroups` of a pass, as device tensors."""
+
+    slots: torch.Tensor  # [G]
+    size: int  # M
+    # [G * M] and [R]; None when each row is its own group, in order (no gather needed).
+    gather: torch.Tensor | None
+    scatter: torch.Tensor | None
 
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
@@ -63,7 +76,7 @@ class StackedLora:
         self._by_module: dict[int, _Stack] = {}  # id(base module) -> its stack
         self._slots: dict[str, int] = {}  # adapter name -> slot
         self._free = list(range(capacity, BASE_SLOT, -1))
-        self._rows: torch.Tensor | None = None  # [rows] slot of each row
+        self._groups: _PassGroups | None = None  # this pass's rows grouped by slot
         self._row_names: list[str] | None = None
         self._pass_slots: frozenset[int] = frozenset()  # this pass's slots, base excluded
         self._uniform = False  # every row of this pass uses the same slot
@@ -120,7 +133,14 @@ class StackedLora:
             slots = [self._slots.get(name, BASE_SLOT) for name in adapter_names]
             self._pass_slots = frozenset(slots) - {BASE_SLOT}
             self._uniform = len(set(slots)) == 1
-            self._rows = torch.tensor(slots, device=device)
+            groups = group_rows(slots)
+            per_row = groups.size == 1
+            self._groups = _PassGroups(
+                slots=torch.tensor(groups.slots, device=device),
+                size=groups.size,
+                gather=None if per_row else torch.tensor(groups.gather, device=device),
+                scatter=None if per_row else torch.tensor(groups.scatter, device=device),
+            )
             self._pass_key += 1
         self._active = bool(self._pass_slots)
 
@@ -140,7 +160,7 @@ class StackedLora:
             return None  # no adapter of this pass targets this module
         x = (args[0] if args else next(iter(kwargs.values()))).to(STACK_DTYPE)  # [rows, T, in]
         # All rows on one slot (a pass of one adapter, the common case) needs no gather.
-        delta = self._one_slot(stack, used[0], x) if self._uniform else self._per_row(stack, x)
+        delta = self._one_slot(stack, used[0], x) if self._uniform else self._grouped(stack, x)
         summed: torch.Tensor = output + delta.to(output.dtype)  # [rows, T, out]
         return summed
 
@@ -151,19 +171,28 @@ class StackedLora:
         hidden = x @ stack.a[slot, :, :rank]  # [rows, T, r]
         return (hidden * stack.scales[slot]) @ stack.b[slot, :rank]  # [rows, T, out]
 
-    def _per_row(self, stack: _Stack, x: torch.Tensor) -> torch.Tensor:
-        assert self._rows is not None
+    def _grouped(self, stack: _Stack, x: torch.Tensor) -> torch.Tensor:
+        """The delta of rows of several slots: one ``bmm`` pair over the rows grouped by
+        slot (:mod:`row_groups`), each group reading its adapter once."""
+        groups = self._groups
+        assert groups is not None
         if stack.selected_for != self._pass_key:
-            rows = self._rows
-            stack.rows = (
-                stack.a.index_select(0, rows),  # [rows, in, r_max]
-                stack.b.index_select(0, rows),  # [rows, r_max, out]
-                stack.scale.index_select(0, rows)[:, None, None],  # [rows, 1, 1]
+            stack.groups = (
+                stack.a.index_select(0, groups.slots),  # [G, in, r_max]
+                stack.b.index_select(0, groups.slots),  # [G, r_max, out]
+                stack.scale.index_select(0, groups.slots)[:, None, None],  # [G, 1, 1]
             )
             stack.selected_for = self._pass_key
-        assert stack.rows is not None
-        rows_a, rows_b, rows_scale = stack.rows
-        return torch.bmm(torch.bmm(x, rows_a) * rows_scale, rows_b)
+        assert stack.groups is not None
+        group_a, group_b, group_scale = stack.groups
+        if groups.gather is None or groups.scatter is None:  # one group per row: [R, T, in]
+            return torch.bmm(torch.bmm(x, group_a) * group_scale, group_b)
+        count, size = len(groups.slots), groups.size
+        _, tokens, features = x.shape
+        # [G * M, T, in] -> [G, M * T, in]: a group's rows and tokens share its A and B.
+        blocks = x.index_select(0, groups.gather).reshape(count, size * tokens, features)
+        delta = torch.bmm(torch.bmm(blocks, group_a) * group_scale, group_b)  # [G, M * T, out]
+        return delta.reshape(count * size, tokens, -1).index_select(0, groups.scatter)
 
     def _stack(self, module: str, rank: int) -> _Stack:
         """The stack of ``module``, made (and its hook registered) or widened to ``rank``."""

@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 
 NAMES = ["a", "b", BASE_ADAPTER, "a", "c", "d", "e", "b"]
+# Enough rows per adapter that the stacked path groups them by slot (row_groups).
+WIDE = NAMES * 5
 
 
 def logits(model: MultiLoraModel, ids: torch.Tensor, names: list[str]) -> torch.Tensor:
@@ -36,19 +38,25 @@ def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
     for name in ["d", "a", "c", "b", "e"]:
         model.add(name, kit.adapters / name)
         peft.add(name, kit.adapters / name)
-    ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 90, (len(WIDE), 7), generator=torch.Generator().manual_seed(0))
     # Plain LoRA goes into the stacked slots: a copy, no PEFT module at all.
     assert model.stacked_in_use and model.peft is None and model.peft_loads == 0
     assert not any(isinstance(m, LoraLayer) for m in model.base.modules())
     assert not peft.stacked_in_use
-    check_paths(model, peft, ids)
+    check_paths(model, peft, ids[: len(NAMES)], NAMES)
+    check_paths(model, peft, ids, WIDE)
+    # A wide pass runs grouped: 40 rows in 6 blocks of 10 (inspection of a private part).
+    logits(model, ids, WIDE)
+    groups = model._stacked._groups
+    assert groups is not None and (len(groups.slots), groups.size) == (6, 10)
     # Evicted adapters' slots change hands: "a" (q, v) takes the slot "c" (k, up) held.
     for loaded in (model, peft):
         loaded.remove("a")
         loaded.remove("c")
         loaded.add("a", kit.adapters / "a")
         loaded.add("c", kit.adapters / "c")
-    check_paths(model, peft, ids)
+    check_paths(model, peft, ids[: len(NAMES)], NAMES)
+    check_paths(model, peft, ids, WIDE)
 
 
 def test_stacked_and_peft_adapters_share_a_pass(kit: Kit) -> None:
@@ -66,11 +74,13 @@ def test_stacked_and_peft_adapters_share_a_pass(kit: Kit) -> None:
     torch.testing.assert_close(mixed, alone, rtol=1e-4, atol=1e-4)
 
 
-def check_paths(model: MultiLoraModel, peft: MultiLoraModel, ids: torch.Tensor) -> None:
-    stacked = logits(model, ids, NAMES)
-    per_row = logits(peft, ids, NAMES)
-    alone = torch.cat([logits(peft, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
-    stacked_alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
+def check_paths(
+    model: MultiLoraModel, peft: MultiLoraModel, ids: torch.Tensor, names: list[str]
+) -> None:
+    stacked = logits(model, ids, names)
+    per_row = logits(peft, ids, names)
+    alone = torch.cat([logits(peft, ids[i : i + 1], [n]) for i, n in enumerate(names)])
+    stacked_alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(names)])
     torch.testing.assert_close(stacked, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(stacked_alone, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(per_row, alone, rtol=1e-4, atol=1e-4)
