@@ -49,9 +49,9 @@ def group_rows(
     size = max((len(rows) for rows in groups), default=0)
     total = len(row_slots)
     if len(groups) * size > max_padding * total or total - len(groups) < min_saved_reads:
-        slots, groups, size = list(row_slots), [[row] for row in range(len(row_slots))], 1
+        slots, groups, size = list(row_slots), [[row] for row in range(total)], 1
     gather: list[int] = []
-    scatter = [0] * len(row_slots)
+    scatter = [0] * total
     for rows in groups:
         for row in rows:
             scatter[row] = len(gather)
