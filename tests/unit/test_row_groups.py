@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from workers.engine.row_groups import MIN_SAVED_READS, RowGroups, group_rows
+from workers.engine.row_groups import MAX_GROUP_SHARE, MIN_SAVED_READS, RowGroups, group_rows
 
 
 def grouped(row_slots: list[int]) -> RowGroups:
     """Grouping however few reads it saves."""
-    return group_rows(row_slots, min_saved_reads=0)
+    return group_rows(row_slots, max_group_share=1.0, min_saved_reads=0)
 
 
 def blocks(row_slots: list[int]) -> list[list[int]]:
@@ -54,7 +54,13 @@ def test_padding_within_the_bound_keeps_the_groups() -> None:
 
 
 def test_grouping_that_saves_few_reads_keeps_one_group_per_row() -> None:
-    few = [1 + row % 8 for row in range(8 + MIN_SAVED_READS - 1)]  # saves one read too few
-    assert group_rows(few).size == 1
-    enough = [1 + row % 8 for row in range(8 + MIN_SAVED_READS)]
-    assert len(group_rows(enough).slots) == 8
+    pairs = [1 + row // 2 for row in range(2 * MIN_SAVED_READS)]  # groups of 2: saves R / 2
+    assert group_rows(pairs[:-2]).size == 1  # saves one read too few
+    assert (len(group_rows(pairs).slots), group_rows(pairs).size) == (MIN_SAVED_READS, 2)
+
+
+def test_groups_near_the_row_count_keep_one_group_per_row() -> None:
+    # 16 rows of 12 adapters: 12 reads instead of 16 do not pay for the grouped bmm.
+    assert MAX_GROUP_SHARE * 16 < 12
+    assert group_rows([1 + row % 12 for row in range(16)]).size == 1
+    assert len(group_rows([1 + row % 8 for row in range(16)]).slots) == 8

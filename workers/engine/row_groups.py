@@ -7,11 +7,17 @@ rows of one slot sit together in ``[groups, size, ...]`` blocks (a group with fe
 than the largest is padded with a repeat of some row, whose output is never read), so
 each adapter is read once per pass and the two products stay two ``bmm`` calls. Each
 row is its own group (the per-row gather again) when padding would more than double the
-rows computed (one big group among many singletons), or when grouping saves fewer than
-``MIN_SAVED_READS`` adapter reads: its two extra gathers then cost more than they save
-(measured on this project's CPU, one thread, rank 16, 512 wide: grouped 0.64x the time
-of per-row at 64 rows of 8 adapters and 0.83x at 32 of 8, but 1.6x at 16 of 8 and 1.4x at
-24 of 8).
+rows computed (one big group among many singletons), when the groups are more than
+``MAX_GROUP_SHARE`` of the rows, or when grouping saves fewer than ``MIN_SAVED_READS``
+adapter reads. A grouped read costs more than a per-row one (``bmm`` over blocks of
+several rows, and two gathers), so grouping pays only where it reads well under the rows'
+count of adapters. Measured per hooked module on this project's CPU (one thread, rank 16,
+512 wide, the stacks read from memory as in a model's decode step, not from cache),
+grouped time / per-row time: 0.70-0.82 at 16 rows of 8 adapters, 0.49 at 32 of 8, 0.33 at 64
+of 8, 0.60 at 32 of 16, 0.75 at 64 of 32, 0.94-1.04 at 20 of 8, 8 of 4 and 48 of 32 (groups 0.4-0.67
+of the rows), but 1.3-1.7 at 16 of 12, 32 of 24 and 64 of 48 (0.75) and 1.5 at 16 of 16.
+(An earlier threshold, 24 saved reads, came from a measurement with the stacks in cache,
+where a read is nearly free and only the gathers' cost showed.)
 
 Shapes: ``R`` rows, ``G`` groups, ``M`` rows per group (padded).
 """
@@ -22,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_PADDING = 2.0  # at most G x M <= MAX_PADDING x R rows computed
-MIN_SAVED_READS = 24  # group only when R - G >= this
+MAX_GROUP_SHARE = 0.6  # group only when G <= MAX_GROUP_SHARE x R
+MIN_SAVED_READS = 4  # and R - G >= this
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ def group_rows(
     row_slots: Sequence[int],
     *,
     max_padding: float = MAX_PADDING,
+    max_group_share: float = MAX_GROUP_SHARE,
     min_saved_reads: int = MIN_SAVED_READS,
 ) -> RowGroups:
     """Group rows by their slot (``row_slots[i]`` is row ``i``'s), in order of first use."""
@@ -48,7 +56,12 @@ def group_rows(
     slots, groups = list(members), list(members.values())
     size = max((len(rows) for rows in groups), default=0)
     total = len(row_slots)
-    if len(groups) * size > max_padding * total or total - len(groups) < min_saved_reads:
+    count = len(groups)
+    if (
+        count * size > max_padding * total
+        or count > max_group_share * total
+        or total - count < min_saved_reads
+    ):
         slots, groups, size = list(row_slots), [[row] for row in range(total)], 1
     gather: list[int] = []
     scatter = [0] * total
