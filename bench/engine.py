@@ -43,7 +43,7 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.engine_backends import backend_lines, backend_runs, plot_backends
+from bench.engine_backends import backend_lines, backend_runs, plot_backends, target_lines
 from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines
 from bench.report import RESULTS
 from schemas import GenerationParams
@@ -223,12 +223,8 @@ def rss_bytes() -> int:
     return pages * 4096
 
 
-def parameter_bytes(module: torch.nn.Module, *, lora_only: bool = False) -> int:
-    return sum(
-        p.numel() * p.element_size()
-        for name, p in module.named_parameters()
-        if not lora_only or "lora_" in name
-    )
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def materialize(model: torch.nn.Module) -> torch.nn.Module:
@@ -256,8 +252,9 @@ def memory(base: Path, adapters: Path) -> dict[str, float]:
         asyncio.run(engine.ensure_adapter(name))
     shared_rss = rss_bytes() - start
     assert len(engine.loaded_adapters()) == MEMORY_ADAPTERS
-    adapter_bytes = parameter_bytes(engine.base_model, lora_only=True)
-    base_bytes = parameter_bytes(engine.base_model) - adapter_bytes
+    # The stacked slots are plain tensors, not parameters: the engine counts them.
+    adapter_bytes = asyncio.run(engine.adapter_device_bytes())
+    base_bytes = parameter_bytes(engine.base_model)
     asyncio.run(engine.close())
     del engine
     gc.collect()
@@ -393,18 +390,20 @@ def write(results: dict[str, Any]) -> None:
         "|---|---:|---:|---:|",
         f"| resident set growth, measured (MiB) | {memory_['shared_rss_mib']:.1f} | "
         f"{memory_['copies_rss_mib']:.1f} | {memory_['rss_ratio']:.1f}x |",
-        f"| parameter bytes, computed (MiB) | {memory_['shared_param_mib']:.1f} | "
+        f"| weight bytes, computed (MiB) | {memory_['shared_param_mib']:.1f} | "
         f"{memory_['copies_param_mib']:.1f} | "
         f"{memory_['copies_param_mib'] / memory_['shared_param_mib']:.1f}x |",
         "",
-        f"Base parameters {memory_['base_param_mib']:.1f} MiB; one adapter "
-        f"{memory_['adapter_param_mib_each']:.2f} MiB.",
+        f"Base parameters {memory_['base_param_mib']:.1f} MiB; one adapter's device slot "
+        f"{memory_['adapter_param_mib_each']:.2f} MiB (the stacks of all "
+        f"{MEMORY_ADAPTERS} slots, the base slot included, over {MEMORY_ADAPTERS}).",
     ]
     if results["shapes"]:
         lines += shape_lines(results["shapes"], BATCH_ADAPTERS)
         lines += backend_lines(
             results["backends"], BATCH_ADAPTERS, results["config"]["backend_dtypes"]
         )
+        lines += target_lines(results["backends"])
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 

@@ -5,7 +5,9 @@ at once, the same rows on the base model only, and the mixed rows one at a time 
 ``ONE_AT_A_TIME_ROWS`` of them: a rate, so fewer rows measure the same thing faster). The
 HF engine and vLLM (when installed) get the same model, adapters, prompts and settings;
 every row generates exactly its tokens. Runs of one shape alternate, so that load from
-neighbours hits all alike; each figure is the best of ``repeats``.
+neighbours hits all alike; each figure is the best of ``repeats``, and mixed / base is
+also given as the median of each turn's pair (the two runs back to back, so the load of
+that moment hits both).
 
 Both backends run at the same weights dtype (``float32`` unless told otherwise): asked
 for ``auto``, vLLM 0.32 turns a float32 checkpoint into bfloat16 on an x86 CPU (its
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import statistics
 import time
 from typing import Any
 
@@ -75,7 +78,18 @@ async def measure(
             rates["base"].append(await _together(backend, base))
             rates["one_at_a_time"].append(await _one_at_a_time(backend, mixed[:ONE_AT_A_TIME_ROWS]))
         best = {f"{run}_tokens_per_s": max(rates[run]) for run in RUNS}
-        results.append({"rows": rows, "new_tokens": tokens, **best, "runs": rates})
+        paired = statistics.median(
+            m / b for m, b in zip(rates["mixed"], rates["base"], strict=True)
+        )
+        results.append(
+            {
+                "rows": rows,
+                "new_tokens": tokens,
+                **best,
+                "mixed_over_base_paired": paired,
+                "runs": rates,
+            }
+        )
     return results
 
 
@@ -164,6 +178,55 @@ def backend_lines(
             f"{results[name][index][f'{run}_tokens_per_s']:.0f}" for run in RUNS for name in names
         ]
         lines.append(f"| {row['rows']} x {row['new_tokens']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def target_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The issue's CPU targets as ratios of this run: per shape, our base / vLLM's base
+    (>= 1.0), our mixed / our base (>= 0.9; best runs, and the median of paired turns),
+    our mixed / vLLM's mixed (>= 2); per row count, tokens/s at the most new tokens over
+    the fewest (>= 0.95)."""
+    hf, vllm = results["hf"], results.get("vllm")
+    shapes = [f"{r['rows']} x {r['new_tokens']}" for r in hf]
+    lines = ["", "Targets, as ratios within this run:", "", f"| target | {' | '.join(shapes)} |"]
+    lines.append("|---|" + "---:|" * len(hf))
+
+    def line(label: str, values: list[float]) -> None:
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+
+    if vllm is not None:
+        line(
+            "our base / vLLM base (>= 1.0)",
+            [
+                h["base_tokens_per_s"] / v["base_tokens_per_s"]
+                for h, v in zip(hf, vllm, strict=True)
+            ],
+        )
+    line(
+        "our mixed / our base, best runs (>= 0.9)",
+        [r["mixed_tokens_per_s"] / r["base_tokens_per_s"] for r in hf],
+    )
+    line("our mixed / our base, median of paired turns", [r["mixed_over_base_paired"] for r in hf])
+    if vllm is not None:
+        line(
+            "our mixed / vLLM mixed (>= 2)",
+            [
+                h["mixed_tokens_per_s"] / v["mixed_tokens_per_s"]
+                for h, v in zip(hf, vllm, strict=True)
+            ],
+        )
+    for rows in sorted({r["rows"] for r in hf}):
+        same = sorted((r for r in hf if r["rows"] == rows), key=lambda r: r["new_tokens"])
+        if len(same) > 1:
+            short, long = same[0], same[-1]
+            ratios = ", ".join(
+                f"{run} {long[f'{run}_tokens_per_s'] / short[f'{run}_tokens_per_s']:.2f}"
+                for run in ("base", "mixed")
+            )
+            lines.append(
+                f"\nAt {rows} rows, tokens/s at {long['new_tokens']} new tokens over "
+                f"{short['new_tokens']} (>= 0.95): {ratios}."
+            )
     return lines
 
 

@@ -30,7 +30,7 @@ from workers.adapters.registry import AdapterRegistry
 from workers.adapters.validation import base_module_shapes
 from workers.engine.backend import Backend, BackendStats, output_of
 from workers.engine.batcher import Batcher
-from workers.engine.cpu_layout import column_major_linears
+from workers.engine.cpu_layout import column_major_linears, pack_linears
 from workers.engine.decode import DecodeBatch, FinishReason, Row
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 from workers.engine.model_loader import LoadedModel, load_model
@@ -56,7 +56,10 @@ class Engine:
         self._tokenizer = loaded.tokenizer
         self._device = loaded.device
         if self._device.type == "cpu":
-            # The few rows of a decode step multiply faster by column-major weights there.
+            # The few rows of a decode step multiply faster by packed or column-major
+            # weights there; inductor lays out a compiled decoder's weights itself.
+            if settings.cpu_packed_linears and not settings.compile_decoder:
+                pack_linears(loaded.model)
             column_major_linears(loaded.model)
         # Module shapes of the bare base model, before PEFT wraps any layer.
         shapes = base_module_shapes(loaded.model)
@@ -198,6 +201,11 @@ class Engine:
     def loaded_adapters(self) -> list[str]:
         """Adapters on the device now, least recently used first."""
         return self._adapters.loaded()
+
+    async def adapter_device_bytes(self) -> int:
+        """Device bytes the adapters hold (stacked slots, free ones included, and PEFT's
+        LoRA weights), read on the model thread between steps."""
+        return await asyncio.wrap_future(self._worker.call(self._model.adapter_bytes, "bytes"))
 
     def add_adapter(self, name: str, path: str) -> None:
         """Register ``name`` at run time; ``path`` must lie under a configured adapter root.

@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache
 from workers.adapters.host_weights import HostAdapter, parse_adapter
 from workers.adapters.loader import delete_adapter, load_adapter
 from workers.adapters.validation import base_module_shapes
+from workers.engine.cpu_layout import unpack_linears
 from workers.engine.stacked_lora import StackedLora, linear_modules
 
 BASE_ADAPTER = "__base__"  # PEFT's marker for a row that uses no adapter
@@ -85,6 +86,15 @@ class MultiLoraModel:
         """Adapters on the device."""
         return [*self._stacked.names(), *self._peft_names]
 
+    def adapter_bytes(self) -> int:
+        """Device bytes held for adapters: the stacked slots and PEFT's LoRA weights."""
+        peft = (
+            0
+            if self.peft is None
+            else sum(p.nbytes for n, p in self.peft.named_parameters() if "lora_" in n)
+        )
+        return self._stacked.nbytes() + peft
+
     def is_stacked(self, name: str) -> bool:
         """Whether ``name`` is in a stacked slot (so its rows need no PEFT module)."""
         return self._stacked.holds(name)
@@ -98,6 +108,8 @@ class MultiLoraModel:
         if self.prefer_stacked and self._stacked.can_hold(adapter):
             self._stacked.add(name, adapter)
             return
+        # PEFT's layers may read the base weights (DoRA's norms): dense ones, for good.
+        unpack_linears(self.base)
         self._loads += 1
         self.peft_loads += 1
         peft_name = f"adapter{self._loads}"

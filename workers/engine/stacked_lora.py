@@ -87,6 +87,10 @@ class StackedLora:
         """Adapters in the slots."""
         return list(self._slots)
 
+    def nbytes(self) -> int:
+        """Device bytes of the stacks: every slot's, free ones included (allocated once)."""
+        return sum(t.nbytes for s in self._stacks.values() for t in (s.a, s.b, s.scale))
+
     def holds(self, name: str) -> bool:
         """Whether ``name`` is in a slot."""
         return name in self._slots

@@ -12,6 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from workers.engine.cpu_layout import PackedLinear
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 
 NAMES = ["a", "b", BASE_ADAPTER, "a", "c", "d", "e", "b"]
@@ -62,12 +63,20 @@ def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
 def test_stacked_and_peft_adapters_share_a_pass(kit: Kit) -> None:
     """PEFT wraps the base modules the stacked hooks sit on: both deltas still apply."""
     model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
+    assert model.adapter_bytes() == 0
     for name in ["a", "b", "d"]:
         model.add(name, kit.adapters / name)
+    stacked = model.adapter_bytes()  # every slot of the stacks, allocated at once
+    model.remove("d")
+    assert stacked > 0 and model.adapter_bytes() == stacked
+    model.add("d", kit.adapters / "d")
     model.prefer_stacked = False
     for name in ["c", "e"]:
         model.add(name, kit.adapters / name)
     assert model.is_stacked("a") and not model.is_stacked("c") and model.peft_loads == 2
+    assert model.peft is not None
+    peft_bytes = sum(p.nbytes for n, p in model.peft.named_parameters() if "lora_" in n)
+    assert peft_bytes > 0 and model.adapter_bytes() == stacked + peft_bytes
     ids = torch.randint(4, 90, (len(NAMES), 7), generator=torch.Generator().manual_seed(1))
     mixed = logits(model, ids, NAMES)
     alone = torch.cat([logits(model, ids[i : i + 1], [n]) for i, n in enumerate(NAMES)])
@@ -98,6 +107,7 @@ def test_an_adapter_with_lora_bias_falls_back_to_peft_and_stays_correct(
     base = AutoModelForCausalLM.from_pretrained(kit.base)
     get_peft_model(base, config).save_pretrained(str(tmp_path / "biased"))
     engine = start_engine(kit.settings(adapters={"biased": str(tmp_path / "biased")}))
+    packed = [m for m in engine.base_model.modules() if type(m) is PackedLinear]
     try:
 
         async def run() -> list[list[int]]:
@@ -109,6 +119,9 @@ def test_an_adapter_with_lora_bias_falls_back_to_peft_and_stays_correct(
 
         biased, _ = asyncio.run(run())
         assert not engine._model.stacked_in_use  # PEFT's per-row path served the mixed pass
+        # PEFT wrapped dense weights: the packed CPU layout was undone before it loaded.
+        assert packed and not any(type(m) is PackedLinear for m in engine.base_model.modules())
+        assert asyncio.run(engine.adapter_device_bytes()) == engine._model.adapter_bytes()
     finally:
         stop_engine(engine)
     reference = PeftModel.from_pretrained(
