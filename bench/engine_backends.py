@@ -22,6 +22,7 @@ import asyncio
 import importlib.util
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -62,9 +63,10 @@ async def _one_at_a_time(backend: Backend, batch: list[GenerationRequest]) -> fl
 
 
 async def measure(
-    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int, repeats: int
-) -> list[dict[str, Any]]:
-    """Tokens/s of every run of every shape on ``backend`` (its adapters made warm first)."""
+    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int
+) -> list[dict[str, list[float]]]:
+    """One turn of every run of every shape on ``backend`` (its adapters made warm first,
+    each shape warmed up once): tokens/s per run, as one-element lists."""
     for index in range(adapters):
         await backend.ensure_adapter(f"ad{index:02d}")
     results = []
@@ -72,12 +74,22 @@ async def measure(
         mixed = requests(rows, tokens, adapters, mixed=True)
         base = requests(rows, tokens, adapters, mixed=False)
         await _together(backend, mixed)  # warm-up of this shape
-        rates: dict[str, list[float]] = {run: [] for run in RUNS}
-        for _ in range(repeats):
-            rates["mixed"].append(await _together(backend, mixed))
-            rates["base"].append(await _together(backend, base))
-            rates["one_at_a_time"].append(await _one_at_a_time(backend, mixed[:ONE_AT_A_TIME_ROWS]))
-        best = {f"{run}_tokens_per_s": max(rates[run]) for run in RUNS}
+        results.append(
+            {
+                "mixed": [await _together(backend, mixed)],
+                "base": [await _together(backend, base)],
+                "one_at_a_time": [await _one_at_a_time(backend, mixed[:ONE_AT_A_TIME_ROWS])],
+            }
+        )
+    return results
+
+
+def summary(shapes: list[tuple[int, int]], turns: list[list[dict[str, list[float]]]]) -> Any:
+    """Per shape, the runs of every turn, the best of each, and mixed / base as the median
+    of each turn's pair."""
+    results = []
+    for index, (rows, tokens) in enumerate(shapes):
+        rates = {run: [turn[index][run][0] for turn in turns] for run in RUNS}
         paired = statistics.median(
             m / b for m, b in zip(rates["mixed"], rates["base"], strict=True)
         )
@@ -85,7 +97,7 @@ async def measure(
             {
                 "rows": rows,
                 "new_tokens": tokens,
-                **best,
+                **{f"{run}_tokens_per_s": max(rates[run]) for run in RUNS},
                 "mixed_over_base_paired": paired,
                 "runs": rates,
             }
@@ -104,21 +116,21 @@ def sized(settings: WorkerSettings, shapes: list[tuple[int, int]]) -> WorkerSett
     )
 
 
-def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) -> Any:
+def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: int) -> Any:
     from workers.engine.engine import Engine
     from workers.engine.model_loader import load_model
 
     async def main() -> list[dict[str, Any]]:
         engine = Engine(settings, load_model(settings))
         try:
-            return await measure(engine, shapes, **kw)
+            return await measure(engine, shapes, adapters=adapters)
         finally:
             await engine.close()
 
     return asyncio.run(main())
 
 
-def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int) -> Any:
+def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: int) -> Any:
     from workers.engine.vllm_backend import VllmBackend
 
     # Without it, vLLM's CPU worker reserves 92 % of the NUMA node's memory for its KV
@@ -129,7 +141,7 @@ def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], **kw: int
         # Built on the loop (and thread) that uses it: vLLM binds to both.
         backend = VllmBackend.from_settings(settings.model_copy(update={"engine": "vllm"}))
         try:
-            return await measure(backend, shapes, **kw)
+            return await measure(backend, shapes, adapters=adapters)
         finally:
             await backend.close()
 
@@ -144,18 +156,33 @@ def backend_runs(
     repeats: int,
     vllm_dtype: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`measure`'s results.
+    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`summary` of
+    ``repeats`` turns. The backends take turns (a fresh engine each, one turn of every
+    shape), so that turn ``i`` of both ran minutes apart, not a whole bench apart: the
+    load of the shared cores moves more than the backends differ.
 
     vLLM runs at ``settings.dtype`` unless ``vllm_dtype`` names another (``auto``: its own
     choice).
     """
     settings = sized(settings, shapes)
-    results = {"hf": _run_hf(settings, shapes, adapters=adapters, repeats=repeats)}
+    backends = {"hf": (_run_hf, settings)}
     if importlib.util.find_spec("vllm") is not None:
         dtype = vllm_dtype or settings.dtype
-        vllm_settings = settings.model_copy(update={"dtype": dtype})
-        results["vllm"] = _run_vllm(vllm_settings, shapes, adapters=adapters, repeats=repeats)
-    return results
+        backends["vllm"] = (_run_vllm, settings.model_copy(update={"dtype": dtype}))
+    turns: dict[str, list[Any]] = {name: [] for name in backends}
+    for turn in range(repeats):
+        for name, (run, backend_settings) in backends.items():
+            print(f"backends: turn {turn + 1} of {repeats}, {name}", file=sys.stderr, flush=True)
+            turns[name].append(run(backend_settings, shapes, adapters))
+    return {name: summary(shapes, runs) for name, runs in turns.items()}
+
+
+def paired(
+    results: dict[str, list[dict[str, Any]]], index: int, run: str, other: str = "vllm"
+) -> float:
+    """Median over turns of our ``run`` / ``other``'s ``run`` at shape ``index``."""
+    ours, theirs = results["hf"][index]["runs"][run], results[other][index]["runs"][run]
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
 
 
 def backend_lines(
@@ -182,51 +209,60 @@ def backend_lines(
 
 
 def target_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The issue's CPU targets as ratios of this run: per shape, our base / vLLM's base
-    (>= 1.0), our mixed / our base (>= 0.9; best runs, and the median of paired turns),
-    our mixed / vLLM's mixed (>= 2); per row count, tokens/s at the most new tokens over
-    the fewest (>= 0.95)."""
-    hf, vllm = results["hf"], results.get("vllm")
+    """The issue's CPU targets as ratios within this run, each from the best runs and as
+    the median over turns of the ratio within a turn: per shape, our base / vLLM's base
+    (>= 1.0), our mixed / our base (>= 0.9), our mixed / vLLM's mixed (>= 2); per row
+    count, tokens/s at the most new tokens over the fewest (>= 0.95)."""
+    hf = results["hf"]
     shapes = [f"{r['rows']} x {r['new_tokens']}" for r in hf]
-    lines = ["", "Targets, as ratios within this run:", "", f"| target | {' | '.join(shapes)} |"]
-    lines.append("|---|" + "---:|" * len(hf))
+    lines = [
+        "",
+        "Targets, as ratios within this run (best runs / median of the ratios within a turn):",
+        "",
+        f"| target | {' | '.join(shapes)} |",
+        "|---|" + "---:|" * len(hf),
+    ]
 
-    def line(label: str, values: list[float]) -> None:
-        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    def best(run: str, index: int, other: str = "vllm") -> float:
+        ours: float = hf[index][f"{run}_tokens_per_s"]
+        return ours / float(results[other][index][f"{run}_tokens_per_s"])
 
-    if vllm is not None:
+    def line(label: str, cells: list[tuple[float, float]]) -> None:
+        lines.append(f"| {label} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells) + " |")
+
+    indices = range(len(hf))
+    if "vllm" in results:
         line(
             "our base / vLLM base (>= 1.0)",
-            [
-                h["base_tokens_per_s"] / v["base_tokens_per_s"]
-                for h, v in zip(hf, vllm, strict=True)
-            ],
+            [(best("base", i), paired(results, i, "base")) for i in indices],
         )
     line(
-        "our mixed / our base, best runs (>= 0.9)",
-        [r["mixed_tokens_per_s"] / r["base_tokens_per_s"] for r in hf],
+        "our mixed / our base (>= 0.9)",
+        [
+            (r["mixed_tokens_per_s"] / r["base_tokens_per_s"], r["mixed_over_base_paired"])
+            for r in hf
+        ],
     )
-    line("our mixed / our base, median of paired turns", [r["mixed_over_base_paired"] for r in hf])
-    if vllm is not None:
+    if "vllm" in results:
         line(
             "our mixed / vLLM mixed (>= 2)",
-            [
-                h["mixed_tokens_per_s"] / v["mixed_tokens_per_s"]
-                for h, v in zip(hf, vllm, strict=True)
-            ],
+            [(best("mixed", i), paired(results, i, "mixed")) for i in indices],
         )
     for rows in sorted({r["rows"] for r in hf}):
         same = sorted((r for r in hf if r["rows"] == rows), key=lambda r: r["new_tokens"])
-        if len(same) > 1:
-            short, long = same[0], same[-1]
-            ratios = ", ".join(
-                f"{run} {long[f'{run}_tokens_per_s'] / short[f'{run}_tokens_per_s']:.2f}"
-                for run in ("base", "mixed")
-            )
-            lines.append(
-                f"\nAt {rows} rows, tokens/s at {long['new_tokens']} new tokens over "
-                f"{short['new_tokens']} (>= 0.95): {ratios}."
-            )
+        if len(same) < 2:
+            continue
+        short, long = same[0], same[-1]
+        cells = []
+        for run in ("base", "mixed"):
+            turns = zip(long["runs"][run], short["runs"][run], strict=True)
+            within = statistics.median(a / b for a, b in turns)
+            top = long[f"{run}_tokens_per_s"] / short[f"{run}_tokens_per_s"]
+            cells.append(f"{run} {top:.2f} / {within:.2f}")
+        lines.append(
+            f"\nAt {rows} rows, tokens/s at {long['new_tokens']} new tokens over "
+            f"{short['new_tokens']} (>= 0.95): {', '.join(cells)}."
+        )
     return lines
 
 
