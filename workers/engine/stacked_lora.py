@@ -19,7 +19,7 @@ subclass it). Not thread-safe: only the model thread calls it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from workers.adapters.host_weights import HostAdapter
-from workers.engine.row_groups import group_rows
+from workers.engine.row_groups import RowGroups, group_rows
 
 BASE_SLOT = 0  # never assigned: a base row (or a PEFT row) gets no delta from the stacks
 # PEFT keeps adapter weights in float32 even on a half-precision base (its
@@ -69,8 +69,15 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
 class StackedLora:
     """``capacity`` device slots over the base model's linear modules."""
 
-    def __init__(self, modules: Mapping[str, nn.Linear], capacity: int) -> None:
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Linear],
+        capacity: int,
+        *,
+        grouping: Callable[[Sequence[int]], RowGroups] = group_rows,
+    ) -> None:
         self._modules = dict(modules)
+        self._grouping = grouping  # a pass's rows -> its groups (bench/cpu_kernels.py varies it)
         self._size = capacity + 1  # the slots, plus the base slot
         self._stacks: dict[str, _Stack] = {}
         self._by_module: dict[int, _Stack] = {}  # id(base module) -> its stack
@@ -137,7 +144,7 @@ class StackedLora:
             slots = [self._slots.get(name, BASE_SLOT) for name in adapter_names]
             self._pass_slots = frozenset(slots) - {BASE_SLOT}
             self._uniform = len(set(slots)) == 1
-            groups = group_rows(slots)
+            groups = self._grouping(slots)
             per_row = groups.size == 1
             self._groups = _PassGroups(
                 slots=torch.tensor(groups.slots, device=device),
@@ -152,19 +159,27 @@ class StackedLora:
         """The pass is over: the hooks add nothing until the next :meth:`begin`."""
         self._active = False
 
-    def _hook(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> torch.Tensor | None:
-        """Forward hook of a base linear module: add each row's own LoRA delta."""
+    def delta(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """This pass's LoRA delta of base module ``module`` for its input ``x`` (``[rows,
+        T, in]``): ``[rows, T, out]`` in the stacks' dtype, or None when no row's adapter
+        targets ``module`` (or no pass that wants deltas is under way)."""
         stack = self._by_module.get(id(module))
         if not self._active or stack is None:
             return None
         used = [slot for slot in self._pass_slots if stack.scales[slot]]
         if not used:
             return None  # no adapter of this pass targets this module
-        x = (args[0] if args else next(iter(kwargs.values()))).to(STACK_DTYPE)  # [rows, T, in]
+        x = x.to(STACK_DTYPE)
         # All rows on one slot (a pass of one adapter, the common case) needs no gather.
-        delta = self._one_slot(stack, used[0], x) if self._uniform else self._grouped(stack, x)
+        return self._one_slot(stack, used[0], x) if self._uniform else self._grouped(stack, x)
+
+    def _hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> torch.Tensor | None:
+        """Forward hook of a base linear module: add each row's own LoRA delta."""
+        delta = self.delta(module, args[0] if args else next(iter(kwargs.values())))
+        if delta is None:
+            return None
         summed: torch.Tensor = output + delta.to(output.dtype)  # [rows, T, out]
         return summed
 

@@ -1,0 +1,201 @@
+"""The CPU measurements behind two engine choices, per kernel, weights read from memory.
+
+- **Row grouping** (``workers/engine/row_groups.py``): the stacked LoRA hooks of 36
+  modules of 512 x 512 (the bench model's q/k/v/o), rank 16, one decode step of R rows
+  over S adapters: :meth:`~workers.engine.stacked_lora.StackedLora.delta` (what each
+  hook adds), with every pass per row, then with every pass grouped.
+- **Linear layout** (``workers/engine/cpu_layout.py``): the bench model's 63 linear layers
+  (9 layers of q/k/v/o, gate/up, down) on R rows of one token and one 16 x 20 prefill:
+  dense row-major, column-major, oneDNN packed.
+
+Before each sweep a 120 MB buffer is written, so that the weights come from memory as in
+a model's step (a sweep of one module's small stacks alone would sit in cache, where
+reads are nearly free and only a path's overheads show). Each figure is the median of
+``--repeats`` sweeps, one torch thread.
+
+    python -m bench.cpu_kernels [--repeats 15]
+
+Writes bench/results/cpu_kernels.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.report import RESULTS, save, table
+from workers.adapters.host_weights import HostAdapter, LoraWeights
+from workers.engine.cpu_layout import column_major_linears, pack_linears
+from workers.engine.row_groups import RowGroups, group_rows
+from workers.engine.stacked_lora import StackedLora
+
+WIDTH, RANK, MODULES = 512, 16, 36
+GROUPINGS = {
+    "per_row": functools.partial(group_rows, min_saved_reads=1 << 30),
+    "grouped": functools.partial(group_rows, max_group_share=1.0, min_saved_reads=0),
+}
+PASSES = [(4, 2), (8, 4), (16, 8), (16, 12), (16, 16), (24, 8), (32, 8), (32, 16), (32, 24)]
+PASSES += [(48, 32), (64, 8), (64, 16), (64, 32), (64, 48)]
+LAYERS = [(512, 512)] * 4 + [(1536, 512)] * 2 + [(512, 1536)]  # (out, in) of one layer
+ROWS = [1, 4, 16, 64]
+
+_flush = torch.empty(30_000_000)
+
+
+def sweep_ms(step: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``step`` over ``repeats`` sweeps, caches flushed before each."""
+    times = []
+    for _ in range(repeats + 1):  # the first sweep warms up
+        _flush.fill_(1.0)
+        started = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[1:])
+
+
+def lora_hooks(rows: int, adapters: int, repeats: int) -> dict[str, Any]:
+    """Microseconds per hooked module for one pass of ``rows`` over ``adapters``."""
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        f"m{i}": LoraWeights(
+            a=torch.randn(RANK, WIDTH, generator=generator),
+            b=torch.randn(WIDTH, RANK, generator=generator),
+            scale=2.0,
+        )
+        for i in range(MODULES)
+    }
+    names = [f"ad{row % adapters}" for row in range(rows)]
+    x = torch.randn(rows, 1, WIDTH, generator=generator)  # [R, 1, in]
+    result: dict[str, Any] = {"rows": rows, "adapters": adapters}
+    for label, grouping in GROUPINGS.items():
+        # Modules of their own: a StackedLora keeps its stacks by module.
+        modules = {name: nn.Linear(WIDTH, WIDTH, bias=False) for name in weights}
+        stacked = StackedLora(modules, adapters, grouping=grouping)
+        for index in range(adapters):
+            adapter = HostAdapter(folder=Path("."), stackable=True, modules=weights)
+            stacked.add(f"ad{index}", adapter)
+
+        def step(stacked: StackedLora = stacked, modules: dict[str, nn.Linear] = modules) -> None:
+            with torch.inference_mode():
+                for module in modules.values():
+                    stacked.delta(module, x)
+
+        stacked.begin(names, x.device)
+        result[f"{label}_us"] = sweep_ms(step, repeats) * 1000 / MODULES
+        stacked.end()
+        groups: RowGroups = grouping(_slots(rows, adapters))
+        result[f"{label}_groups"] = len(groups.slots)
+    chosen = group_rows(_slots(rows, adapters))
+    result["engine_groups"] = "grouped" if chosen.size > 1 else "per_row"
+    result["grouped_over_per_row"] = result["grouped_us"] / result["per_row_us"]
+    return result
+
+
+def _slots(rows: int, adapters: int) -> Sequence[int]:
+    """The slot of each row of a pass of ``rows`` over ``adapters`` (slots from 1)."""
+    return [1 + row % adapters for row in range(rows)]
+
+
+def linears(repeats: int) -> list[dict[str, Any]]:
+    """Milliseconds for the bench model's 63 linear layers, per layout and input shape."""
+    torch.manual_seed(0)
+    layouts: dict[str, nn.Module] = {}
+    for label, layout in (("row_major", None), ("column_major", column_major_linears)):
+        model = nn.Sequential(*[nn.Linear(i, o, bias=False) for _ in range(9) for o, i in LAYERS])
+        if layout is not None:
+            layout(model)
+        layouts[label] = model
+    packed = nn.Sequential(*[nn.Linear(i, o, bias=False) for _ in range(9) for o, i in LAYERS])
+    if pack_linears(packed):
+        layouts["packed"] = packed
+    shapes = [(rows, 1) for rows in ROWS] + [(16, 20)]
+    results = []
+    for rows, tokens in shapes:
+        inputs = {width: torch.randn(rows, tokens, width) for width in (512, 1536)}
+        row: dict[str, Any] = {"rows": rows, "tokens": tokens}
+        for label, model in layouts.items():
+
+            def step(model: nn.Module = model, inputs: dict[int, torch.Tensor] = inputs) -> None:
+                with torch.inference_mode():
+                    for layer in model:
+                        layer(inputs[layer.in_features])
+
+            row[f"{label}_ms"] = sweep_ms(step, repeats)
+        results.append(row)
+    return results
+
+
+def plot(hooks: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
+    labels = [f"{h['rows']}/{h['adapters']}" for h in hooks]
+    x = range(len(labels))
+    left.bar([i - 0.2 for i in x], [h["per_row_us"] for h in hooks], 0.4, label="per row")
+    left.bar([i + 0.2 for i in x], [h["grouped_us"] for h in hooks], 0.4, label="grouped")
+    left.set_xticks(list(x), labels, rotation=45)
+    left.set_xlabel("rows / adapters in the pass")
+    left.set_ylabel("µs per hooked module")
+    left.set_title("stacked LoRA hook, stacks read from memory")
+    left.legend()
+    names = [k[:-3] for k in layers[0] if k.endswith("_ms")]
+    shapes = [f"{r['rows']}x{r['tokens']}" for r in layers]
+    width = 0.8 / len(names)
+    for offset, name in enumerate(names):
+        positions = [i - 0.4 + width * (offset + 0.5) for i in range(len(shapes))]
+        right.bar(positions, [r[f"{name}_ms"] for r in layers], width, label=name)
+    right.set_xticks(list(range(len(shapes))), shapes)
+    right.set_xlabel("rows x tokens")
+    right.set_ylabel("ms for 63 linear layers")
+    right.set_title("linear layout")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cpu_kernels.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    hooks = [lora_hooks(rows, adapters, args.repeats) for rows, adapters in PASSES]
+    layers = linears(args.repeats)
+    lines = ["# CPU kernels (one torch thread, weights read from memory)", ""]
+    lines += table(
+        {
+            "rows / adapters": lambda h: f"{h['rows']} / {h['adapters']}",
+            "groups": lambda h: str(h["grouped_groups"]),
+            "per row µs": lambda h: f"{h['per_row_us']:.1f}",
+            "grouped µs": lambda h: f"{h['grouped_us']:.1f}",
+            "grouped / per row": lambda h: f"{h['grouped_over_per_row']:.2f}",
+            "engine's choice": lambda h: h["engine_groups"],
+        },
+        hooks,
+    )
+    names = [k[:-3] for k in layers[0] if k.endswith("_ms")]
+    columns: dict[str, Callable[[dict[str, Any]], str]] = {
+        "rows x tokens": lambda r: f"{r['rows']} x {r['tokens']}"
+    }
+    for name in names:
+        columns[f"{name} ms"] = functools.partial(lambda r, n: f"{r[f'{n}_ms']:.1f}", n=name)
+    if "packed" in names:
+        columns["column-major / packed"] = lambda r: f"{r['column_major_ms'] / r['packed_ms']:.2f}x"
+    lines += ["", *table(columns, layers)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    save("cpu_kernels", {"lora_hooks": hooks, "linears": layers}, lines)
+    plot(hooks, layers)
+
+
+if __name__ == "__main__":
+    main()
