@@ -8,8 +8,8 @@ layouts do better, with the same values:
   and the module's products run through oneDNN's linear, the path PyTorch's own
   inductor "freezing" takes. Measured on this project's 2-core machine (1 thread, the
   bench model's 63 linear layers, weights read from memory, ``bench/cpu_kernels.py``):
-  1.8-1.9x the column-major speed at 4 rows, 1.5-1.65x at 16, 1.1-1.5x at 64, 1.1-1.36x
-  for a 16 x 20 prefill; 0.9-0.96x at one row.
+  1.4-1.9x the column-major speed at 4 rows, 1.5-1.65x at 16, 1.1-1.5x at 64, 1.1-1.4x
+  for a 16 x 20 prefill; 0.9-1.0x at one row.
   The packed tensor replaces the dense one (the same bytes), so a packed module's weight
   is an MKL-DNN tensor: only its own forward reads it. PEFT's layers read base weights
   (DoRA's norms, for one), so :func:`unpack_linears` gives every module its dense weight
