@@ -245,7 +245,6 @@ def materialize(model: torch.nn.Module) -> torch.nn.Module:
 
 def memory(base: Path, adapters: Path) -> dict[str, float]:
     """1 base + 20 adapters in one engine against 20 separate PEFT model copies."""
-    gc.collect()
     start = rss_bytes()
     settings = engine_settings(base, adapters)
     loaded = load_model(settings)
@@ -261,7 +260,6 @@ def memory(base: Path, adapters: Path) -> dict[str, float]:
     base_bytes = parameter_bytes(engine.base_model)
     asyncio.run(engine.close())
     del engine
-    gc.collect()
     start = rss_bytes()
     copies = []
     for name in sorted(p.name for p in adapters.iterdir()):
