@@ -7,6 +7,11 @@
 - **Linear layout** (``workers/engine/cpu_layout.py``): the bench model's 63 linear layers
   (9 layers of q/k/v/o, gate/up, down) on R rows of one token and one 16 x 20 prefill:
   dense row-major, column-major, oneDNN packed.
+- **Decode attention** (``workers/engine/cpu_attention.py``): one decode step's attention
+  over the bench model's 9 layers (8 heads of 64), R rows of L cached columns in slot
+  buffers (views, as the slot cache hands them out), some columns masked as left padding:
+  PyTorch's SDPA, loraq's kernel, and a plain sum of the same keys and values (the read
+  floor).
 
 Before each sweep a 120 MB buffer is written, so that the weights come from memory as in
 a model's step (a sweep of one module's small stacks alone would sit in cache, where
@@ -33,6 +38,7 @@ from torch import nn
 
 from bench.report import RESULTS, save, table
 from workers.adapters.host_weights import HostAdapter, LoraWeights
+from workers.engine.cpu_attention import decode_attention, kernel
 from workers.engine.cpu_layout import column_major_linears, pack_linears
 from workers.engine.row_groups import RowGroups, group_rows
 from workers.engine.stacked_lora import StackedLora
@@ -45,7 +51,10 @@ GROUPINGS = {
 PASSES = [(4, 2), (8, 4), (16, 8), (16, 12), (16, 16), (24, 8), (32, 8), (32, 16), (32, 24)]
 PASSES += [(48, 32), (64, 8), (64, 16), (64, 32), (64, 48)]
 LAYERS = [(512, 512)] * 4 + [(1536, 512)] * 2 + [(512, 1536)]  # (out, in) of one layer
+LAYERS_PER_MODEL = 9
 ROWS = [1, 4, 16, 64]
+ATTENTION = [(1, 300), (16, 48), (16, 160), (16, 288), (64, 96)]  # (rows, cached columns)
+HEADS, HEAD_DIM, PADDING = 8, 64, 6
 
 _flush = torch.empty(30_000_000)
 
@@ -114,7 +123,9 @@ def linears(repeats: int) -> list[dict[str, Any]]:
         ("packed", pack_linears),
     )
     for label, layout in choices:
-        model = nn.Sequential(*[nn.Linear(i, o, bias=False) for _ in range(9) for o, i in LAYERS])
+        model = nn.Sequential(
+            *[nn.Linear(i, o, bias=False) for _ in range(LAYERS_PER_MODEL) for o, i in LAYERS]
+        )
         if layout is None or layout(model):  # packing lays out nothing without oneDNN
             layouts[label] = model
     shapes = [(rows, 1) for rows in ROWS] + [(16, 20)]
@@ -134,13 +145,47 @@ def linears(repeats: int) -> list[dict[str, Any]]:
     return results
 
 
-def plot(hooks: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
+def attention(repeats: int) -> list[dict[str, Any]]:
+    """Milliseconds for one decode step's attention over 9 layers, per way of computing it."""
+    torch.manual_seed(0)
+    return [attention_step(rows, length, repeats) for rows, length in ATTENTION]
+
+
+def attention_step(rows: int, length: int, repeats: int) -> dict[str, Any]:
+    """One shape of :func:`attention`: ``rows`` rows of ``length`` cached columns."""
+    module = nn.Module()  # what transformers' attention functions read off a layer
+    module.num_key_value_groups, module.is_causal = 1, True
+    capacity = 1 << max(7, (length - 1).bit_length())  # as the slot cache doubles
+    shape = (rows, HEADS, capacity, HEAD_DIM)
+    caches = [(torch.randn(shape), torch.randn(shape)) for _ in range(LAYERS_PER_MODEL)]
+    views = [(k[:, :, :length], v[:, :, :length]) for k, v in caches]
+    query = torch.randn(rows, 1, HEADS, HEAD_DIM).transpose(1, 2)  # [R, H, 1, D]
+    mask = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    mask[..., :PADDING] = False
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    ways: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+        "sdpa": lambda k, v: sdpa(query, k, v, attn_mask=mask)
+    }
+    if kernel() is not None:
+        ways["kernel"] = lambda k, v: decode_attention(module, query, k, v, mask)
+    ways["read"] = lambda k, v: (k.sum(), v.sum())
+    row: dict[str, Any] = {"rows": rows, "columns": length}
+    read_bytes = 2 * rows * HEADS * length * HEAD_DIM * 4 * LAYERS_PER_MODEL
+    for label, way in ways.items():
+        row[f"{label}_ms"] = sweep_ms(lambda way=way: [way(k, v) for k, v in views], repeats)
+        row[f"{label}_gb_s"] = read_bytes / row[f"{label}_ms"] / 1e6
+    return row
+
+
+def plot(
+    hooks: list[dict[str, Any]], layers: list[dict[str, Any]], attention: list[dict[str, Any]]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(20, 4.5))
     labels = [f"{h['rows']}/{h['adapters']}" for h in hooks]
     x = range(len(labels))
     left.bar([i - 0.2 for i in x], [h["per_row_us"] for h in hooks], 0.4, label="per row")
@@ -161,6 +206,17 @@ def plot(hooks: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
     right.set_ylabel("ms for 63 linear layers")
     right.set_title("linear layout")
     right.legend()
+    ways = [k[:-3] for k in attention[0] if k.endswith("_ms")]
+    shapes = [f"{r['rows']}x{r['columns']}" for r in attention]
+    width = 0.8 / len(ways)
+    for offset, name in enumerate(ways):
+        positions = [i - 0.4 + width * (offset + 0.5) for i in range(len(shapes))]
+        third.bar(positions, [r[f"{name}_gb_s"] for r in attention], width, label=name)
+    third.set_xticks(list(range(len(shapes))), shapes)
+    third.set_xlabel("rows x cached columns")
+    third.set_ylabel("GB/s of keys and values")
+    third.set_title("decode attention, 9 layers")
+    third.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "cpu_kernels.png", dpi=120)
 
@@ -172,6 +228,7 @@ def main() -> None:
     torch.set_num_threads(1)
     hooks = [lora_hooks(rows, adapters, args.repeats) for rows, adapters in PASSES]
     layers = linears(args.repeats)
+    attended = attention(args.repeats)
     lines = ["# CPU kernels (one torch thread, weights read from memory)", ""]
     lines += table(
         {
@@ -193,9 +250,18 @@ def main() -> None:
     if "packed" in names:
         columns["column-major / packed"] = lambda r: f"{r['column_major_ms'] / r['packed_ms']:.2f}x"
     lines += ["", *table(columns, layers)]
+    ways = [k[:-3] for k in attended[0] if k.endswith("_ms")]
+    columns = {"rows x columns": lambda r: f"{r['rows']} x {r['columns']}"}
+    for name in ways:
+        columns[f"{name} ms (GB/s)"] = functools.partial(
+            lambda r, n: f"{r[f'{n}_ms']:.2f} ({r[f'{n}_gb_s']:.1f})", n=name
+        )
+    if "kernel" in ways:
+        columns["sdpa / kernel"] = lambda r: f"{r['sdpa_ms'] / r['kernel_ms']:.2f}x"
+    lines += ["", *table(columns, attended)]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    save("cpu_kernels", {"lora_hooks": hooks, "linears": layers}, lines)
-    plot(hooks, layers)
+    save("cpu_kernels", {"lora_hooks": hooks, "linears": layers, "attention": attended}, lines)
+    plot(hooks, layers, attended)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ class WorkerSettings(AdapterRootSettings):
         "(1.5-1.9x faster products at 4-64 rows); off, or with compile_decoder: dense "
         "column-major. Undone for good once an adapter needs PEFT's path.",
     )
+    cpu_decode_attention: bool = Field(
+        True,
+        description="On a CPU, run a float32 model's one-token attention through loraq's "
+        "kernel, built by gcc at start (about 2x SDPA's speed on a decode step's cache); "
+        "off, with compile_decoder, or with no gcc: SDPA.",
+    )
 
     # Serve application
     app_name: str = Field("loraq", min_length=1, description="Serve application name.")

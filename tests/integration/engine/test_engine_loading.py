@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
+import pytest
 import torch
 from engine_kit import Kit, Reference, request, start_engine, stop_engine
 from peft import PeftModel
 
+from workers.engine import cpu_attention
 from workers.engine.model_loader import load_model
 
 ROWS: list[tuple[str | None, str, int]] = [
@@ -72,6 +75,21 @@ def test_eager_attention_matches_the_default(kit: Kit, reference: Reference) -> 
         stop_engine(engine)
     for row, got in zip(ROWS, outputs, strict=True):
         assert got == reference(*row), row
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the kernel is built by gcc")
+def test_decode_attention_runs_on_our_kernel_by_default_and_on_sdpa_when_off(
+    kit: Kit, reference: Reference
+) -> None:
+    for enabled, expected in ((True, cpu_attention.NAME), (False, "sdpa")):
+        engine = start_engine(kit.settings(cpu_decode_attention=enabled))
+        try:
+            assert engine._model.base.config._attn_implementation == expected
+            outputs = asyncio.run(_generate_all(engine))
+        finally:
+            stop_engine(engine)
+        for row, got in zip(ROWS, outputs, strict=True):
+            assert got == reference(*row), (enabled, row)
 
 
 def test_bfloat16_loads_and_generates(kit: Kit) -> None:
