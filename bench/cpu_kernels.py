@@ -7,7 +7,7 @@
 - **Linear layout** (``workers/engine/cpu_layout.py``): the bench model's 63 linear layers
   (9 layers of q/k/v/o, gate/up, down) on R rows of one token and one 16 x 20 prefill:
   dense row-major, column-major, oneDNN packed.
-- **Decode attention** (``workers/engine/cpu_attention.py``): one decode step's attention
+- **Decode attention** (``workers/engine/decode_attention.py``): one decode step's attention
   over the bench model's 9 layers (8 heads of 64), R rows of L cached columns in slot
   buffers (views, as the slot cache hands them out), some columns masked as left padding:
   PyTorch's SDPA, loraq's kernel, and a plain sum of the same keys and values (the read
@@ -38,8 +38,8 @@ from torch import nn
 
 from bench.report import RESULTS, save, table
 from workers.adapters.host_weights import HostAdapter, LoraWeights
-from workers.engine.cpu_attention import decode_attention, kernel
 from workers.engine.cpu_layout import column_major_linears, pack_linears
+from workers.engine.decode_attention import decode_attention, kernel
 from workers.engine.row_groups import RowGroups, group_rows
 from workers.engine.stacked_lora import StackedLora
 

@@ -73,11 +73,18 @@ class WorkerSettings(AdapterRootSettings):
         "(1.5-1.9x faster products at 4-64 rows); off, or with compile_decoder: dense "
         "column-major. Undone for good once an adapter needs PEFT's path.",
     )
-    cpu_decode_attention: bool = Field(
+    cpu_lora_kernel: bool = Field(
         True,
-        description="On a CPU, run a float32 model's one-token attention through loraq's "
-        "kernel, built by gcc at start (about 2x SDPA's speed on a decode step's cache); "
-        "off, with compile_decoder, or with no gcc: SDPA.",
+        description="On a CPU, add the stacked adapters' deltas (float32) through loraq's "
+        "kernel, built by gcc at start: each adapter read once a pass, no gather or "
+        "scatter of rows. Off, or with no gcc: two bmm calls per module.",
+    )
+    decode_attention: bool = Field(
+        True,
+        description="Run one-token attention through loraq's decode attention: on a CPU "
+        "(float32) a kernel built by gcc at start (about 2x SDPA's speed on a decode "
+        "step's cache), elsewhere SDPA with a GQA model's query heads grouped by kv head "
+        "(no copy of the cache per query head). Off, or with compile_decoder: SDPA.",
     )
 
     # Serve application

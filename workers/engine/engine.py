@@ -30,9 +30,9 @@ from workers.adapters.registry import AdapterRegistry
 from workers.adapters.validation import base_module_shapes
 from workers.engine.backend import Backend, BackendStats, output_of
 from workers.engine.batcher import Batcher
-from workers.engine.cpu_attention import use_decode_attention
 from workers.engine.cpu_layout import column_major_linears, pack_linears
 from workers.engine.decode import DecodeBatch, FinishReason, Row
+from workers.engine.decode_attention import use_decode_attention
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 from workers.engine.model_loader import LoadedModel, load_model
 from workers.engine.prompts import encode_request
@@ -58,16 +58,20 @@ class Engine:
         self._device = loaded.device
         if self._device.type == "cpu":
             # The few rows of a decode step multiply faster by packed or column-major
-            # weights there, and read their cache faster through our attention kernel;
-            # inductor lays out a compiled decoder's weights itself, and traces SDPA.
+            # weights there; inductor lays out a compiled decoder's weights itself.
             if settings.cpu_packed_linears and not settings.compile_decoder:
                 pack_linears(loaded.model)
             column_major_linears(loaded.model)
-            if settings.cpu_decode_attention and not settings.compile_decoder:
-                use_decode_attention(loaded.model)
+        if settings.decode_attention and not settings.compile_decoder:
+            # A compiled decoder traces transformers' SDPA instead.
+            use_decode_attention(loaded.model)
         # Module shapes of the bare base model, before PEFT wraps any layer.
         shapes = base_module_shapes(loaded.model)
-        self._model = MultiLoraModel(loaded.model, capacity=settings.max_adapters_per_replica)
+        self._model = MultiLoraModel(
+            loaded.model,
+            capacity=settings.max_adapters_per_replica,
+            cpu_kernel=settings.cpu_lora_kernel,
+        )
         if settings.compile_decoder:
             self._model.compile_decoder()
         self._stats = PassStats()

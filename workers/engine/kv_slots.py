@@ -61,10 +61,12 @@ class SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         """Write each row's new key/value (``[R, H, 1, D]``) at its column; views to read."""
         assert self.keys is not None and self.values is not None
         owner = self._owner
-        rows, columns = owner.pass_rows, owner.pass_columns  # [R], [R]
-        self.keys[rows, :, columns] = key_states[:, :, 0]
-        self.values[rows, :, columns] = value_states[:, :, 0]
-        count, length = len(rows), owner.kv_length
+        for buffer, states in ((self.keys, key_states), (self.values, value_states)):
+            # One row per (row, head) of the buffer seen as [slots * H * L, D]: a plain
+            # row copy, where indexing [rows, :, columns] took a slower scatter.
+            flat = buffer.view(-1, buffer.shape[-1])
+            flat.index_copy_(0, owner.flat_columns(buffer), states.reshape(-1, states.shape[-1]))
+        count, length = len(owner.pass_rows), owner.kv_length
         return self.keys[:count, :, :length], self.values[:count, :, :length]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -90,6 +92,9 @@ class SlotCache(Cache):
         self.pass_rows = torch.empty(0, dtype=torch.long)
         self.pass_columns = torch.empty(0, dtype=torch.long)
         self.kv_length = 0
+        # (heads, capacity) -> [R * H] rows of a [slots * H * L, D] view that this pass
+        # writes; the layers of a model share one.
+        self._flat: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def capacity(self) -> int:
@@ -142,6 +147,18 @@ class SlotCache(Cache):
         assert self.mask is not None
         self.pass_rows, self.pass_columns, self.kv_length = rows, columns, kv_length
         self.mask[rows, columns] = 1
+        self._flat = {}
+
+    def flat_columns(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The rows of ``buffer`` (``[slots, H, L, D]``) seen as ``[slots * H * L, D]``
+        that this pass writes, row-major over (pass row, head): ``[R * H]``."""
+        _, heads, capacity, _ = buffer.shape
+        key = (heads, capacity)
+        if key not in self._flat:
+            head = torch.arange(heads, device=buffer.device)
+            starts = (self.pass_rows[:, None] * heads + head) * capacity  # [R, H]
+            self._flat[key] = (starts + self.pass_columns[:, None]).reshape(-1)
+        return self._flat[key]
 
     def pass_mask(self) -> torch.Tensor:
         """The attention mask of the next pass, a view ``[R, kv_length]``."""

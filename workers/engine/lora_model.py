@@ -47,7 +47,9 @@ class MultiLoraModel:
     its hooks). Not thread-safe: only the model thread calls it.
     """
 
-    def __init__(self, base: PreTrainedModel, *, capacity: int) -> None:
+    def __init__(self, base: PreTrainedModel, *, capacity: int, cpu_kernel: bool = True) -> None:
+        """``capacity`` adapter slots; ``cpu_kernel``: their deltas through loraq's CPU
+        kernel where it applies (:class:`~workers.engine.stacked_lora.StackedLora`)."""
         self.base = base
         self.peft: PeftModel | None = None
         # Our names -> PEFT's. Adapter names may hold "." (no torch module name may) or
@@ -58,7 +60,7 @@ class MultiLoraModel:
         self._row_adapters: list[str] | None = None  # what the PEFT hooks inject, when set
         # Before PEFT wraps anything: the hooks belong on the base modules themselves.
         self._shapes = base_module_shapes(base)
-        self._stacked = StackedLora(linear_modules(base), capacity)
+        self._stacked = StackedLora(linear_modules(base), capacity, cpu_kernel=cpu_kernel)
         self._cache_argument = cache_argument(base)
         # False sends adapters added from now on through PEFT (for comparisons).
         self.prefer_stacked = True

@@ -71,3 +71,27 @@ def group_rows(
             gather.append(row)
         gather.extend([rows[0]] * (size - len(rows)))
     return RowGroups(slots=slots, size=size, gather=gather, scatter=scatter)
+
+
+@dataclass(frozen=True)
+class SlotRuns:
+    """A pass's rows in runs of one slot each, for the CPU kernel (no padding: it loops
+    over each run's rows itself); rows of ``skip`` (the base slot) are left out."""
+
+    order: list[int]  # the rows, run after run
+    starts: list[int]  # [runs + 1] where each run starts in ``order``, then its end
+    slots: list[int]  # [runs] the slot of each run
+
+
+def slot_runs(row_slots: Sequence[int], skip: int) -> SlotRuns:
+    """Rows grouped by slot (``row_slots[i]`` is row ``i``'s), in order of first use."""
+    members: dict[int, list[int]] = {}
+    for row, slot in enumerate(row_slots):
+        if slot != skip:
+            members.setdefault(slot, []).append(row)
+    order: list[int] = []
+    starts = [0]
+    for rows in members.values():
+        order.extend(rows)
+        starts.append(len(order))
+    return SlotRuns(order=order, starts=starts, slots=list(members))

@@ -27,12 +27,15 @@ import torch
 from torch import nn
 
 from workers.adapters.host_weights import HostAdapter
-from workers.engine.row_groups import RowGroups, group_rows
+from workers.engine import native
+from workers.engine.row_groups import RowGroups, group_rows, slot_runs
 
 BASE_SLOT = 0  # never assigned: a base row (or a PEFT row) gets no delta from the stacks
 # PEFT keeps adapter weights in float32 even on a half-precision base (its
 # autocast_adapter_dtype); the stacks do the same, so both paths compute alike.
 STACK_DTYPE = torch.float32
+# csrc/lora_delta.c: x, out, a, b, scale, order, starts, slots, then 7 sizes and strides.
+_KERNEL_ARGUMENTS = (native.POINTER,) * 8 + (native.INT,) * 7
 
 
 @dataclass
@@ -47,7 +50,7 @@ class _Stack:
     ranks: list[int]  # [slots]
     # This pass's per-group selection, kept while the rows of the batch stay the same.
     selected_for: int = -1
-    groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None)
+    groups: tuple[torch.Tensor, torch.Tensor] | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,12 @@ class StackedLora:
         capacity: int,
         *,
         grouping: Callable[[Sequence[int]], RowGroups] = group_rows,
+        cpu_kernel: bool = True,
     ) -> None:
+        """``grouping``: how the PyTorch path groups a pass's rows; ``cpu_kernel``: add the
+        deltas through ``csrc/lora_delta.c`` on a CPU, in float32, where gcc built it."""
         self._modules = dict(modules)
+        self._cpu_kernel = cpu_kernel
         self._grouping = grouping  # a pass's rows -> its groups (bench/cpu_kernels.py varies it)
         self._size = capacity + 1  # the slots, plus the base slot
         self._stacks: dict[str, _Stack] = {}
@@ -84,6 +91,8 @@ class StackedLora:
         self._slots: dict[str, int] = {}  # adapter name -> slot
         self._free = list(range(capacity, BASE_SLOT, -1))
         self._groups: _PassGroups | None = None  # this pass's rows grouped by slot
+        # The same rows in runs of one slot, for the CPU kernel: order, starts, slots.
+        self._runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._row_names: list[str] | None = None
         self._pass_slots: frozenset[int] = frozenset()  # this pass's slots, base excluded
         self._uniform = False  # every row of this pass uses the same slot
@@ -152,6 +161,12 @@ class StackedLora:
                 gather=None if per_row else torch.tensor(groups.gather, device=device),
                 scatter=None if per_row else torch.tensor(groups.scatter, device=device),
             )
+            runs = slot_runs(slots, skip=BASE_SLOT)
+            self._runs = (
+                torch.tensor(runs.order, dtype=torch.long),
+                torch.tensor(runs.starts, dtype=torch.long),
+                torch.tensor(runs.slots, dtype=torch.long),
+            )
             self._pass_key += 1
         self._active = bool(self._pass_slots)
 
@@ -177,11 +192,44 @@ class StackedLora:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> torch.Tensor | None:
         """Forward hook of a base linear module: add each row's own LoRA delta."""
-        delta = self.delta(module, args[0] if args else next(iter(kwargs.values())))
+        x = args[0] if args else next(iter(kwargs.values()))
+        if self._add_on_kernel(module, x, output):
+            return None
+        delta = self.delta(module, x)
         if delta is None:
             return None
         summed: torch.Tensor = output + delta.to(output.dtype)  # [rows, T, out]
         return summed
+
+    def _add_on_kernel(self, module: nn.Module, x: torch.Tensor, output: Any) -> bool:
+        """On a CPU, in float32: add the pass's deltas into ``output`` (``[rows, T, out]``)
+        in place through ``csrc/lora_delta.c``, which reads each run's adapter once and
+        needs no gather, padding or scatter. False where it does not apply (another
+        device or dtype, no kernel), and the PyTorch path runs instead."""
+        stack = self._by_module.get(id(module))
+        if not (self._cpu_kernel and self._active) or stack is None or self._runs is None:
+            return False
+        tensors = (x, output, stack.a)
+        if not all(
+            isinstance(t, torch.Tensor)
+            and t.device.type == "cpu"
+            and t.dtype == STACK_DTYPE
+            and t.is_contiguous()
+            for t in tensors
+        ):
+            return False
+        kernel = native.function("lora_delta", "loraq_lora_delta", _KERNEL_ARGUMENTS)
+        if kernel is None:
+            return False
+        order, starts, slots = self._runs
+        _, tokens, features = x.shape  # [R, T, in]
+        _, rank, out_features = stack.b.shape
+        kernel(
+            x.data_ptr(), output.data_ptr(), stack.a.data_ptr(), stack.b.data_ptr(),
+            stack.scale.data_ptr(), order.data_ptr(), starts.data_ptr(), slots.data_ptr(),
+            len(slots), tokens, features, out_features, rank, features, out_features,
+        )  # fmt: skip
+        return True
 
     @staticmethod
     def _one_slot(stack: _Stack, slot: int, x: torch.Tensor) -> torch.Tensor:
@@ -196,21 +244,22 @@ class StackedLora:
         groups = self._groups
         assert groups is not None
         if stack.selected_for != self._pass_key:
+            # The scales go into the selected B once per selection, not into every step.
+            scale = stack.scale.index_select(0, groups.slots)[:, None, None]  # [G, 1, 1]
             stack.groups = (
                 stack.a.index_select(0, groups.slots),  # [G, in, r_max]
-                stack.b.index_select(0, groups.slots),  # [G, r_max, out]
-                stack.scale.index_select(0, groups.slots)[:, None, None],  # [G, 1, 1]
+                stack.b.index_select(0, groups.slots) * scale,  # [G, r_max, out]
             )
             stack.selected_for = self._pass_key
         assert stack.groups is not None
-        group_a, group_b, group_scale = stack.groups
+        group_a, group_b = stack.groups
         if groups.gather is None or groups.scatter is None:  # one group per row: [R, T, in]
-            return torch.bmm(torch.bmm(x, group_a) * group_scale, group_b)
+            return torch.bmm(torch.bmm(x, group_a), group_b)
         count, size = len(groups.slots), groups.size
         _, tokens, features = x.shape
         # [G * M, T, in] -> [G, M * T, in]: a group's rows and tokens share its A and B.
         blocks = x.index_select(0, groups.gather).reshape(count, size * tokens, features)
-        delta = torch.bmm(torch.bmm(blocks, group_a) * group_scale, group_b)  # [G, M * T, out]
+        delta = torch.bmm(torch.bmm(blocks, group_a), group_b)  # [G, M * T, out]
         return delta.reshape(count * size, tokens, -1).index_select(0, groups.scatter)
 
     def _stack(self, module: str, rank: int) -> _Stack:

@@ -10,7 +10,7 @@ import torch
 from engine_kit import Kit, Reference, request, start_engine, stop_engine
 from peft import PeftModel
 
-from workers.engine import cpu_attention
+from workers.engine import decode_attention
 from workers.engine.model_loader import load_model
 
 ROWS: list[tuple[str | None, str, int]] = [
@@ -81,8 +81,8 @@ def test_eager_attention_matches_the_default(kit: Kit, reference: Reference) -> 
 def test_decode_attention_runs_on_our_kernel_by_default_and_on_sdpa_when_off(
     kit: Kit, reference: Reference
 ) -> None:
-    for enabled, expected in ((True, cpu_attention.NAME), (False, "sdpa")):
-        engine = start_engine(kit.settings(cpu_decode_attention=enabled))
+    for enabled, expected in ((True, decode_attention.NAME), (False, "sdpa")):
+        engine = start_engine(kit.settings(decode_attention=enabled))
         try:
             assert engine._model.base.config._attn_implementation == expected
             outputs = asyncio.run(_generate_all(engine))

@@ -1,4 +1,4 @@
-"""The CPU decode attention kernel: SDPA's results, on the calls it takes, SDPA on the rest."""
+"""Decode attention: SDPA's results from the CPU kernel and from grouped SDPA, SDPA on the rest."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from workers.engine import cpu_attention
-from workers.engine.cpu_attention import NAME, decode_attention, use_decode_attention
+from workers.engine import decode_attention as attention
+from workers.engine import native
+from workers.engine.decode_attention import NAME, decode_attention, use_decode_attention
 
 
 class Attention(torch.nn.Module):
@@ -43,7 +44,7 @@ def built() -> None:
     """Where gcc is, the kernel must build."""
     if shutil.which("gcc") is None:
         pytest.skip("the kernel is built by gcc")
-    assert cpu_attention.kernel() is not None
+    assert attention.kernel() is not None
 
 
 @pytest.mark.parametrize(
@@ -93,25 +94,46 @@ def test_a_row_with_every_column_masked_gets_zeros() -> None:
     torch.testing.assert_close(out[0], sdpa(query[:1], key[:1], value[:1], mask[:1])[0])
 
 
-@pytest.mark.parametrize("case", ["prefill", "bfloat16", "float_mask", "dropout"])
+@pytest.mark.parametrize("case", ["prefill", "float_mask", "dropout"])
 def test_calls_it_does_not_cover_go_to_sdpa(case: str) -> None:
     torch.manual_seed(1)
     length = 3 if case == "prefill" else 1
     query, key, value = (torch.randn(2, 4, n, 16) for n in (length, 9, 9))
     mask: torch.Tensor | None = torch.ones(2, 1, length, 9, dtype=torch.bool)
     dropout = 0.0
-    if case == "bfloat16":
-        query, key, value = (t.bfloat16() for t in (query, key, value))
-    elif case == "float_mask":
+    if case == "float_mask":
         mask = torch.zeros(2, 1, 1, 9)
     elif case == "dropout":
         dropout = 0.5
-    assert not cpu_attention.fits(query, key, value, mask, dropout, {})
+    assert not attention.fits(query, key, value, mask, dropout, {})
     if case != "dropout":  # dropout draws random numbers: compare the others only
         out, _ = decode_attention(Attention(1), query, key, value, mask, dropout=dropout)
         expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         torch.testing.assert_close(out, expected.transpose(1, 2).contiguous())
-    assert not cpu_attention.fits(query, key, value, None, 0.0, {"softcap": 30.0})
+    assert not attention.fits(query, key, value, None, 0.0, {"softcap": 30.0})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_off_the_kernel_gqa_heads_are_grouped_by_kv_head_not_repeated(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CUDA and half precision take: SDPA over [B, KVH, G, D], no repeat_kv copy."""
+    if dtype is torch.float32:  # as where the kernel did not build
+        monkeypatch.setattr(attention, "kernel", lambda: None)
+    torch.manual_seed(3)
+    query = torch.randn(3, 1, 8, 16).transpose(1, 2).to(dtype)
+    key, value = (t.to(dtype) for t in slot_views(3, 2, 11, 16, 16))
+    mask = (torch.rand(3, 11) > 0.3)[:, None, None, :]
+    mask[..., -1] = True
+
+    def transformers_sdpa(*args: object, **kwargs: object) -> None:
+        raise AssertionError("transformers' SDPA path (and its repeat_kv) ran")
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", transformers_sdpa)
+    out, _ = decode_attention(Attention(4), query, key, value, mask)
+    expected = sdpa(query.float(), key.float(), value.float(), mask).to(dtype)
+    tolerance = 2e-2 if dtype is torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -150,17 +172,18 @@ def test_a_model_switched_to_it_decodes_as_with_sdpa() -> None:
 
 @pytest.fixture
 def no_gcc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(cpu_attention.shutil, "which", lambda name: None)
-    cpu_attention.kernel.cache_clear()
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    native.library.cache_clear()
+    native.function.cache_clear()
     yield
     monkeypatch.undo()
-    cpu_attention.kernel.cache_clear()
+    native.library.cache_clear()
+    native.function.cache_clear()
 
 
-def test_without_gcc_a_model_stays_on_sdpa(no_gcc: None) -> None:
-    model = tiny_llama()
-    assert cpu_attention.kernel() is None
-    assert not use_decode_attention(model) and model.config._attn_implementation == "sdpa"
+def test_without_gcc_decode_steps_run_on_sdpa(no_gcc: None) -> None:
+    assert attention.kernel() is None
     query, key, value = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
     out, _ = decode_attention(Attention(1), query, key, value, None)
     torch.testing.assert_close(out, sdpa(query, key, value, None))
+    test_a_model_switched_to_it_decodes_as_with_sdpa()  # GQA heads, grouped for SDPA
