@@ -1,9 +1,10 @@
 """The CPU measurements behind two engine choices, per kernel, weights read from memory.
 
-- **Row grouping** (``workers/engine/row_groups.py``): the stacked LoRA hooks of 36
-  modules of 512 x 512 (the bench model's q/k/v/o), rank 16, one decode step of R rows
-  over S adapters: :meth:`~workers.engine.stacked_lora.StackedLora.delta` (what each
-  hook adds), with every pass per row, then with every pass grouped.
+- **Row grouping** (``workers/engine/row_groups.py``) and the **LoRA kernel**
+  (``csrc/lora_delta.c``): the stacked LoRA hooks of 36 modules of 512 x 512 (the bench
+  model's q/k/v/o), rank 16, one decode step of R rows over S adapters: the PyTorch path
+  (:meth:`~workers.engine.stacked_lora.StackedLora.delta` and the hook's add) with every
+  pass per row, then with every pass grouped, and the kernel (``add_on_kernel``).
 - **Linear layout** (``workers/engine/cpu_layout.py``): the bench model's 63 linear layers
   (9 layers of q/k/v/o, gate/up, down) on R rows of one token and one 16 x 20 prefill:
   dense row-major, column-major, oneDNN packed.
@@ -84,27 +85,41 @@ def lora_hooks(rows: int, adapters: int, repeats: int) -> dict[str, Any]:
     names = [f"ad{row % adapters}" for row in range(rows)]
     x = torch.randn(rows, 1, WIDTH, generator=generator)  # [R, 1, in]
     result: dict[str, Any] = {"rows": rows, "adapters": adapters}
-    for label, grouping in GROUPINGS.items():
+    output = torch.zeros(rows, 1, WIDTH)  # what a hook adds into on the kernel
+    for label, grouping in (*GROUPINGS.items(), ("kernel", group_rows)):
         # Modules of their own: a StackedLora keeps its stacks by module.
         modules = {name: nn.Linear(WIDTH, WIDTH, bias=False) for name in weights}
-        stacked = StackedLora(modules, adapters, grouping=grouping)
+        stacked = StackedLora(modules, adapters, grouping=grouping, cpu_kernel=True)
         for index in range(adapters):
             adapter = HostAdapter(folder=Path("."), stackable=True, modules=weights)
             stacked.add(f"ad{index}", adapter)
 
-        def step(stacked: StackedLora = stacked, modules: dict[str, nn.Linear] = modules) -> None:
+        def step(
+            stacked: StackedLora = stacked,
+            modules: dict[str, nn.Linear] = modules,
+            label: str = label,
+        ) -> None:
             with torch.inference_mode():
                 for module in modules.values():
-                    stacked.delta(module, x)
+                    if label == "kernel":
+                        stacked.add_on_kernel(module, x, output)
+                    else:
+                        delta = stacked.delta(module, x)
+                        assert delta is not None
+                        output + delta  # the hook adds it too
 
         stacked.begin(names, x.device)
-        result[f"{label}_us"] = sweep_ms(step, repeats) * 1000 / MODULES
+        if label != "kernel" or stacked.add_on_kernel(next(iter(modules.values())), x, output):
+            result[f"{label}_us"] = sweep_ms(step, repeats) * 1000 / MODULES
         stacked.end()
         groups: RowGroups = grouping(_slots(rows, adapters))
         result[f"{label}_groups"] = len(groups.slots)
     chosen = group_rows(_slots(rows, adapters))
     result["engine_groups"] = "grouped" if chosen.size > 1 else "per_row"
     result["grouped_over_per_row"] = result["grouped_us"] / result["per_row_us"]
+    if "kernel_us" in result:
+        fastest = min(result["grouped_us"], result["per_row_us"])
+        result["kernel_over_pytorch"] = result["kernel_us"] / fastest
     return result
 
 
@@ -185,38 +200,24 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right, third) = plt.subplots(1, 3, figsize=(20, 4.5))
-    labels = [f"{h['rows']}/{h['adapters']}" for h in hooks]
-    x = range(len(labels))
-    left.bar([i - 0.2 for i in x], [h["per_row_us"] for h in hooks], 0.4, label="per row")
-    left.bar([i + 0.2 for i in x], [h["grouped_us"] for h in hooks], 0.4, label="grouped")
-    left.set_xticks(list(x), labels, rotation=45)
-    left.set_xlabel("rows / adapters in the pass")
-    left.set_ylabel("µs per hooked module")
-    left.set_title("stacked LoRA hook, stacks read from memory")
-    left.legend()
-    names = [k[:-3] for k in layers[0] if k.endswith("_ms")]
-    shapes = [f"{r['rows']}x{r['tokens']}" for r in layers]
-    width = 0.8 / len(names)
-    for offset, name in enumerate(names):
-        positions = [i - 0.4 + width * (offset + 0.5) for i in range(len(shapes))]
-        right.bar(positions, [r[f"{name}_ms"] for r in layers], width, label=name)
-    right.set_xticks(list(range(len(shapes))), shapes)
-    right.set_xlabel("rows x tokens")
-    right.set_ylabel("ms for 63 linear layers")
-    right.set_title("linear layout")
-    right.legend()
-    ways = [k[:-3] for k in attention[0] if k.endswith("_ms")]
-    shapes = [f"{r['rows']}x{r['columns']}" for r in attention]
-    width = 0.8 / len(ways)
-    for offset, name in enumerate(ways):
-        positions = [i - 0.4 + width * (offset + 0.5) for i in range(len(shapes))]
-        third.bar(positions, [r[f"{name}_gb_s"] for r in attention], width, label=name)
-    third.set_xticks(list(range(len(shapes))), shapes)
-    third.set_xlabel("rows x cached columns")
-    third.set_ylabel("GB/s of keys and values")
-    third.set_title("decode attention, 9 layers")
-    third.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(20, 4.5))
+    panels = [
+        (hooks, "us", lambda h: f"{h['rows']}/{h['adapters']}", "rows / adapters in the pass",
+         "µs per hooked module", "stacked LoRA hook, stacks read from memory"),
+        (layers, "ms", lambda r: f"{r['rows']}x{r['tokens']}", "rows x tokens",
+         "ms for 63 linear layers", "linear layout"),
+        (attention, "gb_s", lambda r: f"{r['rows']}x{r['columns']}", "rows x cached columns",
+         "GB/s of keys and values", "decode attention, 9 layers"),
+    ]  # fmt: skip
+    for axis, (rows, unit, label, xlabel, ylabel, title) in zip(axes, panels, strict=True):
+        names = [k[: -len(unit) - 1] for k in rows[0] if k.endswith(f"_{unit}")]
+        width = 0.8 / len(names)
+        for offset, name in enumerate(names):
+            positions = [i - 0.4 + width * (offset + 0.5) for i in range(len(rows))]
+            axis.bar(positions, [r[f"{name}_{unit}"] for r in rows], width, label=name)
+        axis.set_xticks(list(range(len(rows))), [label(r) for r in rows], rotation=45)
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        axis.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "cpu_kernels.png", dpi=120)
 
@@ -237,7 +238,11 @@ def main() -> None:
             "per row µs": lambda h: f"{h['per_row_us']:.1f}",
             "grouped µs": lambda h: f"{h['grouped_us']:.1f}",
             "grouped / per row": lambda h: f"{h['grouped_over_per_row']:.2f}",
-            "engine's choice": lambda h: h["engine_groups"],
+            "PyTorch path's choice": lambda h: h["engine_groups"],
+            "kernel µs": lambda h: f"{h['kernel_us']:.1f}" if "kernel_us" in h else "-",
+            "kernel / faster of the two": lambda h: (
+                f"{h['kernel_over_pytorch']:.2f}" if "kernel_over_pytorch" in h else "-"
+            ),
         },
         hooks,
     )

@@ -62,7 +62,7 @@ def hooked_outputs(rows: list[str], tokens: int, kernel: bool) -> list[torch.Ten
     ],
 )
 def test_the_kernel_adds_what_the_pytorch_path_adds(rows: list[str], tokens: int) -> None:
-    assert native.function("lora_delta", "loraq_lora_delta", ()) is not None
+    assert native.library("lora_delta") is not None
     for ours, theirs in zip(
         hooked_outputs(rows, tokens, kernel=True),
         hooked_outputs(rows, tokens, kernel=False),
@@ -77,3 +77,13 @@ def test_slot_runs_group_rows_by_slot_and_leave_base_rows_out() -> None:
     assert runs.starts == [0, 2, 4, 5]
     assert runs.slots == [2, 1, 3]
     assert slot_runs([0, 0], skip=0).order == []
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the kernel is built by gcc")
+def test_each_caller_gets_a_function_object_of_its_own() -> None:
+    """ctypes shares one object per attribute: argtypes set by one caller would be
+    another's, and a call with the wrong argtypes passes garbage."""
+    narrow = native.function("lora_delta", "loraq_lora_delta", (native.INT,))
+    wide = native.function("lora_delta", "loraq_lora_delta", (native.INT, native.INT))
+    assert narrow is not None and wide is not None
+    assert narrow.argtypes == [native.INT] and wide.argtypes == [native.INT, native.INT]

@@ -65,6 +65,6 @@ def function(source: str, name: str, arguments: tuple[Any, ...]) -> Any | None:
     loaded = library(source)
     if loaded is None:
         return None
-    found = getattr(loaded, name)
+    found = loaded[name]  # a function object of its own (attribute access shares one)
     found.argtypes, found.restype = list(arguments), None
     return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine_kit import Reference, request
+from engine_kit import Kit, Reference, request, start_engine, stop_engine
 
 from workers.engine.engine import Engine
 from workers.engine.requests import GenerationOutput, TextDelta
@@ -37,6 +37,22 @@ async def test_every_row_of_a_mixed_batch_matches_peft_alone(
     # Far fewer passes than rows x tokens: the rows really shared them.
     passes = engine.stats()["forward_passes"] - passes_before
     assert passes < sum(max_new for _, _, max_new in ROWS) / 3
+
+
+def test_the_pytorch_paths_cuda_takes_match_peft_too(kit: Kit, reference: Reference) -> None:
+    """With the CPU kernels off, the stacked deltas go through bmm and attention through
+    SDPA, as on a GPU."""
+    engine = start_engine(kit.settings(cpu_lora_kernel=False, decode_attention=False))
+    try:
+
+        async def run() -> list[GenerationOutput]:
+            return await asyncio.gather(*[engine.generate(request(*row)) for row in ROWS])
+
+        outputs = asyncio.run(run())
+    finally:
+        stop_engine(engine)
+    for (adapter, prompt, max_new), output in zip(ROWS, outputs, strict=True):
+        assert output.token_ids == reference(adapter, prompt, max_new), (adapter, prompt)
 
 
 async def test_the_oracle_tells_adapters_apart(reference: Reference) -> None:

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-enum { CHUNK = 8, WAYS = 4 }; /* rank columns per pass over x; k-steps in flight */
+enum { CHUNK = 16, WAYS = 4 }; /* rank columns per pass over x; k-steps in flight */
 
 /* hidden[:rank] = x[:in] @ a ([in, rank]). A plain k-loop accumulates into one vector
  * and waits on each fused multiply-add; here CHUNK rank columns at a time run WAYS
@@ -47,6 +47,28 @@ static void shrink(const float *x, const float *a, float *hidden, int64_t in, in
   }
 }
 
+/* out[:out_features] += scale * hidden[:rank] @ b ([rank, out_features]), four rank rows
+ * a pass over out, so that out is loaded and stored a quarter as often. */
+static void expand(const float *hidden, const float *b, float *out, float scale,
+                   int64_t rank, int64_t out_features) {
+  int64_t j = 0;
+  for (; j + 4 <= rank; j += 4) {
+    const float h0 = scale * hidden[j], h1 = scale * hidden[j + 1];
+    const float h2 = scale * hidden[j + 2], h3 = scale * hidden[j + 3];
+    const float *b0 = b + j * out_features, *b1 = b0 + out_features;
+    const float *b2 = b1 + out_features, *b3 = b2 + out_features;
+#pragma omp simd
+    for (int64_t d = 0; d < out_features; ++d)
+      out[d] += h0 * b0[d] + h1 * b1[d] + h2 * b2[d] + h3 * b3[d];
+  }
+  for (; j < rank; ++j) {
+    const float h = scale * hidden[j];
+    const float *bj = b + j * out_features;
+#pragma omp simd
+    for (int64_t d = 0; d < out_features; ++d) out[d] += h * bj[d];
+  }
+}
+
 void loraq_lora_delta(const float *x, float *out, const float *a, const float *b,
                       const float *scale, const int64_t *order, const int64_t *starts,
                       const int64_t *group_slot, int64_t groups, int64_t tokens,
@@ -68,12 +90,7 @@ void loraq_lora_delta(const float *x, float *out, const float *a, const float *b
           const float *xn = x + n * x_row;
           float *on = out + n * o_row;
           shrink(xn, as, hidden, in, rank);
-          for (int64_t j = 0; j < rank; ++j) {
-            const float h = s * hidden[j];
-            const float *bj = bs + j * out_features;
-#pragma omp simd
-            for (int64_t d = 0; d < out_features; ++d) on[d] += h * bj[d];
-          }
+          expand(hidden, bs, on, s, rank, out_features);
         }
       }
     }
