@@ -82,7 +82,7 @@ class WorkerSettings(AdapterRootSettings):
     decode_attention: bool = Field(
         True,
         description="Run one-token attention through loraq's decode attention: on a CPU "
-        "(float32) a kernel built by gcc at start (about 2x SDPA's speed on a decode "
+        "(float32) a kernel built by gcc at start (1.3-2.3x SDPA's speed on a decode "
         "step's cache), elsewhere SDPA with a GQA model's query heads grouped by kv head "
         "(no copy of the cache per query head). Off, or with compile_decoder: SDPA.",
     )
