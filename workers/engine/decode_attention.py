@@ -26,6 +26,7 @@ softcap, sinks or position bias), and SDPA's own otherwise, prefills included.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -36,6 +37,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from workers.engine import native
 
+log = logging.getLogger(__name__)
 NAME = "loraq_decode"
 # Keyword arguments of an attention call that change its result in ways the kernel does
 # not compute (Gemma's softcap, gpt-oss's sinks, T5-style position biases).
@@ -166,5 +168,9 @@ def use_decode_attention(model: PreTrainedModel) -> bool:
         kernel()  # built now rather than in the first decode step
     AttentionInterface.register(NAME, decode_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
-    model.set_attn_implementation(NAME)
+    try:
+        model.set_attn_implementation(NAME)
+    except ValueError as error:  # a transformers that refuses registered names
+        log.warning("decode attention not set (%s); the model keeps SDPA", error)
+        return False
     return bool(model.config._attn_implementation == NAME)
