@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 from workers.engine import decode_attention as attention
 from workers.engine import native
 from workers.engine.decode_attention import NAME, decode_attention, use_decode_attention
+from workers.engine.synthetic import LlamaShape, build_llama
 
 
 class Attention(torch.nn.Module):
@@ -136,23 +138,18 @@ def test_off_the_kernel_gqa_heads_are_grouped_by_kv_head_not_repeated(
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        attn_implementation="sdpa",
+def tiny_llamas(folder: Path) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Two copies of one small GQA Llama (4 query heads over 2 kv heads), on SDPA."""
+    shape = LlamaShape(hidden_size=32, intermediate_size=64, num_key_value_heads=2)
+    build_llama(folder, shape=shape, seed=2)
+    return tuple(  # type: ignore[return-value]
+        AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+        for _ in range(2)
     )
-    torch.manual_seed(2)
-    return LlamaForCausalLM(config).eval()
 
 
-def test_a_model_switched_to_it_decodes_as_with_sdpa() -> None:
-    ours, theirs = tiny_llama(), tiny_llama()
+def test_a_model_switched_to_it_decodes_as_with_sdpa(tmp_path: Path) -> None:
+    ours, theirs = tiny_llamas(tmp_path)
     assert use_decode_attention(ours) and ours.config._attn_implementation == NAME
     ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -181,9 +178,9 @@ def no_gcc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     native.function.cache_clear()
 
 
-def test_without_gcc_decode_steps_run_on_sdpa(no_gcc: None) -> None:
+def test_without_gcc_decode_steps_run_on_sdpa(no_gcc: None, tmp_path: Path) -> None:
     assert attention.kernel() is None
     query, key, value = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
     out, _ = decode_attention(Attention(1), query, key, value, None)
     torch.testing.assert_close(out, sdpa(query, key, value, None))
-    test_a_model_switched_to_it_decodes_as_with_sdpa()  # GQA heads, grouped for SDPA
+    test_a_model_switched_to_it_decodes_as_with_sdpa(tmp_path)  # GQA heads, grouped for SDPA

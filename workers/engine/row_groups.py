@@ -42,6 +42,14 @@ class RowGroups:
     scatter: list[int]  # [R] the block position of each row
 
 
+def rows_by_slot(row_slots: Sequence[int]) -> dict[int, list[int]]:
+    """Each slot's rows, slots in order of first use."""
+    members: dict[int, list[int]] = {}
+    for row, slot in enumerate(row_slots):
+        members.setdefault(slot, []).append(row)
+    return members
+
+
 def group_rows(
     row_slots: Sequence[int],
     *,
@@ -50,9 +58,7 @@ def group_rows(
     min_saved_reads: int = MIN_SAVED_READS,
 ) -> RowGroups:
     """Group rows by their slot (``row_slots[i]`` is row ``i``'s), in order of first use."""
-    members: dict[int, list[int]] = {}
-    for row, slot in enumerate(row_slots):
-        members.setdefault(slot, []).append(row)
+    members = rows_by_slot(row_slots)
     slots, groups = list(members), list(members.values())
     size = max((len(rows) for rows in groups), default=0)
     total = len(row_slots)
@@ -85,10 +91,8 @@ class SlotRuns:
 
 def slot_runs(row_slots: Sequence[int], skip: int) -> SlotRuns:
     """Rows grouped by slot (``row_slots[i]`` is row ``i``'s), in order of first use."""
-    members: dict[int, list[int]] = {}
-    for row, slot in enumerate(row_slots):
-        if slot != skip:
-            members.setdefault(slot, []).append(row)
+    members = rows_by_slot(row_slots)
+    members.pop(skip, None)
     order: list[int] = []
     starts = [0]
     for rows in members.values():

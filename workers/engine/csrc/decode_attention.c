@@ -5,7 +5,7 @@
  *   s[l]       = scale * q[r, h, :] . k[r, g, l, :]    for the columns the mask keeps
  *   out[r, h]  = sum_l softmax(s)[l] * v[r, g, l, :]
  *
- * Built and loaded by workers/engine/cpu_attention.py, on the machine that runs it. Tensors
+ * Built and loaded by workers/engine/native.py, on the machine that runs it. Tensors
  * come as data pointers and strides in elements (the last dimension of q, k, v and out is
  * contiguous); the mask, when there is one, is one byte per column (0: masked), rows
  * m_row bytes apart. Rows and heads are split over OpenMP threads (the same runtime and
