@@ -27,7 +27,7 @@ from workers.adapters.cache import AdapterCachePolicy, LoadPlan
 from workers.adapters.host_store import HostStore
 from workers.adapters.host_weights import HostAdapter
 from workers.adapters.registry import AdapterRegistry
-from workers.engine.requests import EngineError
+from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
 

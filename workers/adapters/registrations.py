@@ -14,8 +14,7 @@ import redis.asyncio as aioredis
 from schemas import ErrorType
 from schemas.adapters import InvalidRegistration, parse_registration, read_registrations
 from schemas.keys import Keys
-from workers.engine.requests import EngineError
-from workers.queue.store import REDIS_DOWN
+from workers.errors import REDIS_DOWN, EngineError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from schemas import ErrorType
 from schemas.adapters import InvalidRegistration, check_adapter_name, is_within
 from schemas.jobs import ADAPTER_NAME_PATTERN
-from workers.engine.requests import EngineError
+from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from schemas import ErrorType
 from workers.adapters.registry import CONFIG_FILE
-from workers.engine.requests import EngineError
+from workers.errors import EngineError
 
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # PEFT stores the adapter's tensors under this prefix, without the adapter name.

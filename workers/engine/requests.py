@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from schemas import ErrorType, GenerationParams, Job, Message
+from schemas import GenerationParams, Job, Message
+from workers.errors import EngineError
+
+__all__ = ["EngineError", "GenerationOutput", "GenerationRequest", "TextDelta"]
 
 
 @dataclass
@@ -54,19 +57,3 @@ class GenerationOutput:
     generation_ms: float = 0.0
     replica: str | None = None
     token_ids: list[int] = field(default_factory=list)
-
-
-class EngineError(Exception):
-    """A failure of one request that its client caused or can act on.
-
-    Carries the protocol's error ``type``; other rows of the same batch are unaffected.
-    """
-
-    def __init__(self, type: ErrorType, message: str) -> None:
-        super().__init__(message)
-        self.type = type
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[EngineError], tuple[ErrorType, str]]:
-        # Ray pickles exceptions across processes; keep both fields.
-        return (EngineError, (self.type, self.message))

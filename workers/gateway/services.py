@@ -15,11 +15,11 @@ from producer.settings import ClientSettings
 from workers.adapters.registrations import registered_paths
 from workers.adapters.registry import CONFIG_FILE, AdapterRegistry
 from workers.engine.requests import EngineError
+from workers.errors import REDIS_DOWN
 from workers.gateway.api_models import AdapterInfo
 from workers.gateway.auth import ApiKeys
 from workers.gateway.batches import BatchService
 from workers.gateway.model_client import ModelClient
-from workers.queue.store import REDIS_DOWN
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,11 @@ from typing import Protocol, TypeVar
 import redis.asyncio as aioredis
 
 from schemas import Job
+from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.runner import InFlight, JobRunner
-from workers.queue.store import REDIS_DOWN, Entry, JobStore, until_reachable
+from workers.queue.store import Entry, JobStore, until_reachable
 from workers.queue.window import ClaimedWindow, Running
 from workers.scheduling.warm import WarmSets
 from workers.settings import WorkerSettings

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
+from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.store import (
-    REDIS_DOWN,
     Entry,
     FinalWrite,
     JobStore,

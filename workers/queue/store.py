@@ -25,12 +25,11 @@ from producer.activity import live_replicas
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 from schemas.replicas import ReplicaHeartbeat
+from workers.errors import REDIS_DOWN
 from workers.queue.coalesce import Coalescer
 from workers.settings import DEFAULT_DEAD_MAXLEN
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-# What a Redis outage looks like to redis-py: connection refused or reset, timeouts.
-REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
 MAX_OUTAGE_BACKOFF_S = 5.0
 # Script calls of concurrent jobs sent in one pipeline, at most: enough for every job of a
 # consumer at once, small enough that one reply does not hold the others long.

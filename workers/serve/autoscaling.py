@@ -17,6 +17,7 @@ import redis.exceptions
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy
 
 from schemas.keys import Keys
+from workers.errors import REDIS_DOWN
 from workers.queue.scaling import (
     Sample,
     ScalingParams,
@@ -25,7 +26,6 @@ from workers.queue.scaling import (
     group_backlog,
     latest_backlog,
 )
-from workers.queue.store import REDIS_DOWN
 from workers.settings import WorkerSettings
 
 BACKLOG_METRIC = "queue_backlog"

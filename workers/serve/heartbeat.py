@@ -17,7 +17,7 @@ from producer.activity import stale_fields
 from schemas.keys import Keys
 from schemas.replicas import MISSED_BEATS, Heartbeat, ReplicaHeartbeat
 from workers.engine.backend import BackendStats
-from workers.queue.store import REDIS_DOWN
+from workers.errors import REDIS_DOWN
 from workers.serve.periodic import Periodic
 
 
