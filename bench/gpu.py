@@ -45,44 +45,10 @@ import torch
 import transformers
 
 from bench.gpu_models import SHAPES, TARGETS, build_model, floor_ms, streamed_weight_bytes
-from bench.gpu_runs import Runner, engine_runs, one_at_a_time_runs
+from bench.gpu_runs import Plan, Runner, engine_runs, one_at_a_time_runs
 from bench.report import RESULTS
 
 transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one invocation measures."""
-
-    shapes: tuple[str, ...] = ("8b", "1b")
-    rows: tuple[int, ...] = (16, 64)
-    new_tokens: int = 64
-    adapters: int = 32
-    rank: int = 16
-    repeats: int = 3
-    one_at_a_time_requests: int = 4
-    quant_shapes: tuple[str, ...] = ("1b",)
-    compile_shapes: tuple[str, ...] = ("1b",)
-    budget_s: float = 400.0
-    smoke: bool = False
-
-    @classmethod
-    def for_smoke(cls) -> Plan:
-        """A tiny shape, seconds on a CPU; compile only when asked (its own test covers it)."""
-        return cls(
-            shapes=("smoke",),
-            rows=(2, 4),
-            new_tokens=6,
-            adapters=4,
-            rank=8,
-            repeats=1,
-            one_at_a_time_requests=2,
-            quant_shapes=("smoke",),
-            compile_shapes=(),
-            budget_s=300.0,
-            smoke=True,
-        )
 
 
 @dataclass

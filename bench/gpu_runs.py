@@ -1,4 +1,5 @@
-"""The timed runs of ``bench/gpu.py``: the engine's batches and the seed's one-at-a-time.
+"""What ``bench/gpu.py`` measures (its plan) and the timed runs: the engine's batches and
+the seed's one-at-a-time.
 
 Every run builds its own model: the engine hooks its stacked LoRA onto the base modules
 and may compile the decoder, so a model serves one engine only.
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -25,10 +26,41 @@ from workers.engine.requests import GenerationRequest
 from workers.engine.synthetic import build_char_tokenizer
 from workers.settings import WorkerSettings
 
-if TYPE_CHECKING:
-    from bench.gpu import Plan
-
 MAX_PROMPT_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation measures."""
+
+    shapes: tuple[str, ...] = ("8b", "1b")
+    rows: tuple[int, ...] = (16, 64)
+    new_tokens: int = 64
+    adapters: int = 32
+    rank: int = 16
+    repeats: int = 3
+    one_at_a_time_requests: int = 4
+    quant_shapes: tuple[str, ...] = ("1b",)
+    compile_shapes: tuple[str, ...] = ("1b",)
+    budget_s: float = 400.0
+    smoke: bool = False
+
+    @classmethod
+    def for_smoke(cls) -> Plan:
+        """A tiny shape, seconds on a CPU; compile only when asked (its own test covers it)."""
+        return cls(
+            shapes=("smoke",),
+            rows=(2, 4),
+            new_tokens=6,
+            adapters=4,
+            rank=8,
+            repeats=1,
+            one_at_a_time_requests=2,
+            quant_shapes=("smoke",),
+            compile_shapes=(),
+            budget_s=300.0,
+            smoke=True,
+        )
 
 
 @dataclass

@@ -13,8 +13,8 @@ import threading
 from types import FrameType
 from typing import Any
 
+from workers.command_settings import settings_from
 from workers.logs import configure_logging
-from workers.settings import WorkerSettings
 
 log = logging.getLogger("loraq.serve")
 
@@ -50,19 +50,6 @@ def _deployment_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--num-consumer-replicas", type=int, help="JobConsumer replicas")
     sub.add_argument("--http-host", help="Serve HTTP host (default 127.0.0.1)")
     sub.add_argument("--http-port", type=int, help="Serve HTTP port (default 8000)")
-
-
-def settings_from(args: argparse.Namespace, **defaults: Any) -> WorkerSettings:
-    """Worker settings: ``defaults``, then LORAQ_* and .env, then the command line."""
-    names = ("redis_url", "prefix", "num_model_replicas", "num_consumer_replicas")
-    overrides = {
-        name: getattr(args, name)
-        for name in (*names, "http_host", "http_port")
-        if getattr(args, name, None) is not None
-    }
-    env_set = WorkerSettings().model_fields_set
-    base = {name: value for name, value in defaults.items() if name not in env_set}
-    return WorkerSettings(**{**base, **overrides})
 
 
 def run_serve(args: argparse.Namespace) -> int:

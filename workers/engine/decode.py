@@ -157,7 +157,7 @@ class DecodeBatch:
         self._eos_ids = _eos_ids(tokenizer, model)
         self._pad_id = int(tokenizer.pad_token_id)
         self.joinable = is_joinable(DynamicCache(config=model.config))
-        self._slots: SlotRows | None = None
+        self._slots: SlotRows[Row] | None = None
         if self.joinable:
             layers = model.config.get_text_config(decoder=True).num_hidden_layers
             cache = SlotCache(layers, slots=max_rows, max_length=max_length)
@@ -176,7 +176,7 @@ class DecodeBatch:
         return self._slots.cache if self._slots is not None else None
 
     @property
-    def _state(self) -> SlotRows | _DynamicState | None:
+    def _state(self) -> SlotRows[Row] | _DynamicState | None:
         return self._slots if self._slots is not None else self._dynamic
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ join or leave. Shapes: ``N`` slots, ``R`` rows in the pass, ``n`` rows joining.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import torch
 from transformers import DynamicCache
@@ -19,14 +19,14 @@ from transformers import DynamicCache
 from workers.engine.kv_slots import SlotCache
 from workers.engine.sampling import SamplingPlan
 
-if TYPE_CHECKING:
-    from workers.engine.decode import Row
+# A row as the decode loop keeps it; slots only hold it (no attribute of it is read here).
+RowT = TypeVar("RowT")
 
 # (input ids [R, 1], attention mask [R, kv], position ids [R, 1], cache) -> logits [R, V]
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, SlotCache], torch.Tensor]
 
 
-class SlotRows:
+class SlotRows(Generic[RowT]):
     """Rows in cache slots; only the model thread uses it."""
 
     def __init__(self, cache: SlotCache, device: torch.device) -> None:
@@ -36,7 +36,7 @@ class SlotRows:
         def zeros() -> torch.Tensor:
             return torch.zeros(slots, dtype=torch.long, device=device)
 
-        self.rows: list[Row | None] = []  # by slot, up to the highest slot in use
+        self.rows: list[RowT | None] = []  # by slot, up to the highest slot in use
         self.plan: SamplingPlan | None = None  # of ``rows`` (holes greedy), built on change
         self._columns = zeros()  # [N] the column each row writes next
         self._positions = zeros()  # [N] the position of the token each row feeds next
@@ -50,7 +50,7 @@ class SlotRows:
 
     def join(
         self,
-        rows: Sequence[Row],
+        rows: Sequence[RowT],
         prefill: DynamicCache,
         mask: torch.Tensor,
         next_positions: torch.Tensor,
