@@ -48,7 +48,7 @@ from producer.adapter_registrations import AdapterRegistrations
 from producer.embedded import free_port, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL
 from schemas import JobRecord, JobStatus, Keys
-from workers.serve import launch
+from workers import launch
 from workers.settings import DEMO_DIR, WorkerSettings
 
 MAX_NEW_TOKENS = 8

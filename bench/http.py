@@ -35,9 +35,9 @@ from bench.queue import MAX_NEW_TOKENS, Job, Measure, NoopModel, clean, closed_l
 from bench.report import RESULTS, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer.embedded import free_port
+from workers import launch
+from workers.app import GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.gateway.deployment import Gateway
-from workers.serve import launch
-from workers.serve.app import GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.settings import WorkerSettings
 
 HOST = "127.0.0.1"

@@ -38,9 +38,9 @@ from producer import AsyncProducer
 from producer.embedded import resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL
 from schemas import GenerationParams, JobStatus
+from workers import launch
+from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
-from workers.serve import launch
-from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.serve.consumer_deployment import JobConsumer
 from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings

@@ -54,7 +54,7 @@ def _deployment_options(sub: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``loraq serve``: deploy, log where everything is, wait for a signal, shut down."""
-    from workers.serve import launch
+    from workers import launch
 
     settings = settings_from(args)
     configure_logging(settings)

@@ -25,8 +25,8 @@ from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
 from producer.client import Producer
 from producer.errors import JobTimeoutError
 from schemas import JobRecord, JobStatus, Keys
+from workers import launch
 from workers.command_settings import settings_from
-from workers.serve import launch
 from workers.settings import WorkerSettings
 
 DEMO_MAX_NEW_TOKENS = 32

@@ -15,7 +15,7 @@ from ray import serve
 
 from producer.embedded import free_port
 from tests.conftest import REPO
-from workers.serve.launch import allow_slow_proxy_start, serve_start_options
+from workers.launch import allow_slow_proxy_start, serve_start_options
 from workers.settings import WorkerSettings
 
 DEMO_KIT = REPO / "demo" / "model"
@@ -38,7 +38,7 @@ def ray_serve() -> Iterator[str]:
         num_cpus=max(8, os.cpu_count() or 1),
         include_dashboard=False,
         log_to_driver=False,
-        # Metrics reach the node's /metrics (see workers.serve.launch.metrics_urls) within
+        # Metrics reach the node's /metrics (see workers.launch.metrics_urls) within
         # about a second instead of Ray's default ten.
         _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
     )
@@ -48,5 +48,5 @@ def ray_serve() -> Iterator[str]:
     serve.start(**serve_start_options(settings))  # as loraq serve starts it
     yield f"http://{SERVE_HTTP_HOST}:{port}"
     # Each app's fixture deleted it; Serve's controller and proxy go with Ray (as in
-    # workers.serve.launch.shutdown: serve.shutdown() makes Ray print raylet lines).
+    # workers.launch.shutdown: serve.shutdown() makes Ray print raylet lines).
     ray.shutdown()

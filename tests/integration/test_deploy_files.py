@@ -24,7 +24,7 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from tests.conftest import REPO
-from workers.serve.app import app_builder
+from workers.app import app_builder
 from workers.settings import WorkerSettings
 
 DATA = REPO / "tests" / "data"

@@ -13,7 +13,7 @@ import pytest
 from producer.embedded import free_port
 from schemas import ErrorType, Job, JobError
 from tests.conftest import REPO
-from workers.serve import launch
+from workers import launch
 from workers.serve import metrics as m
 
 DASHBOARD = REPO / "deploy" / "grafana" / "loraq-dashboard.json"

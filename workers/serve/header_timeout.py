@@ -11,7 +11,7 @@ not complete within :data:`TIMEOUT_ENV` seconds of its opening, or of the end of
 previous response, is closed. Requests already running are never cut.
 
 ``loraq serve`` sets both variables through Serve's controller options
-(:func:`workers.serve.launch.serve_start_options`); the proxy inherits them.
+(:func:`workers.launch.serve_start_options`); the proxy inherits them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Asking every replica of a deployment: Serve has no broadcast.
 
-Apart from :mod:`workers.serve.launch` so that the gateway can use it without importing
+Apart from :mod:`workers.launch` so that the gateway can use it without importing
 the app builder (and with it torch).
 """
 

@@ -30,8 +30,8 @@ from tests.integration.serve.conftest import (
     e2e_settings,
     prompts_right_on_every_model,
 )
-from workers.serve import launch
-from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
+from workers import launch
+from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT
 from workers.settings import WorkerSettings
 
 JOBS = 300

@@ -20,7 +20,7 @@ from schemas import JobRecord
 from tests.integration.chaos.accounting import FIGURES, account
 from tests.integration.chaos.conftest import JOBS, ChaosApp, chaos_settings, deploy_chaos_app
 from tests.integration.serve.conftest import MAX_NEW_TOKENS
-from workers.serve import launch
+from workers import launch
 
 OUTAGE_S = 10.0
 # Sync calls made during the outage: about one every SYNC_EVERY_S.

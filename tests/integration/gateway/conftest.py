@@ -21,7 +21,7 @@ from ray import serve
 
 from producer.embedded import EmbeddedRedis
 from tests.integration.serve.conftest import delete_prefix
-from workers.serve.app import build_app
+from workers.app import build_app
 from workers.settings import WorkerSettings
 
 # Demo outputs are at most 17 characters: a few tokens past them is enough.

@@ -20,8 +20,8 @@ from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
 from producer import Producer
 from schemas import FINAL_STATUSES, GenerationParams, JobRecord, Keys, codec
 from tests.conftest import REPO
+from workers import launch
 from workers.engine.requests import GenerationRequest
-from workers.serve import launch
 from workers.settings import WorkerSettings
 
 # The demo kit's outputs are one or two short words: a few tokens past them is enough.

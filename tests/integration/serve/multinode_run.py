@@ -36,7 +36,7 @@ from tests.integration.serve.conftest import (
     prompts_right_on_every_model,
 )
 from tests.integration.serve.test_serve_jobs import job_plan
-from workers.serve import launch
+from workers import launch
 
 JOBS = 60
 CPUS_PER_NODE = 2

@@ -21,7 +21,7 @@ from tests.integration.serve.conftest import (
     delete_prefix,
     e2e_settings,
 )
-from workers.serve import launch
+from workers import launch
 
 JOBS = 200
 # With affinity and warm replicas the ideal is no load at all (4 adapters fit the 2 x 2

@@ -24,8 +24,8 @@ from tests.integration.serve.conftest import (
     prompts_right_on_every_model,
 )
 from tests.integration.serve.test_serve_jobs import job_plan
-from workers.serve import launch
-from workers.serve.app import MODEL_DEPLOYMENT
+from workers import launch
+from workers.app import MODEL_DEPLOYMENT
 
 JOBS = 600
 MAX_IN_FLIGHT = 4

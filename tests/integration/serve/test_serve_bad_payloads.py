@@ -13,7 +13,7 @@ import redis
 from schemas import ErrorType, JobStatus, codec
 from tests.conftest import redis_cli
 from tests.integration.serve.conftest import LiveApp, assert_events_end_with_status
-from workers.serve.app import MODEL_DEPLOYMENT
+from workers.app import MODEL_DEPLOYMENT
 
 # (name, payload, id it carries or None, error type, words the message must hold)
 CASES = [

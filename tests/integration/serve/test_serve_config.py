@@ -26,7 +26,7 @@ from tests.integration.serve.conftest import (
     delete_prefix,
     prompts_right_on_every_model,
 )
-from workers.serve.app import MODEL_DEPLOYMENT
+from workers.app import MODEL_DEPLOYMENT
 from workers.settings import WorkerSettings
 
 # Serve application name and route prefix of the deployed config, apart from other tests'.

@@ -18,8 +18,8 @@ from demo.tasks import heldout_inputs
 from producer import Producer
 from schemas import GenerationParams, JobStatus
 from tests.integration.serve.conftest import MAX_NEW_TOKENS, MODELS, delete_prefix, e2e_settings
+from workers import launch
 from workers.engine.requests import GenerationRequest
-from workers.serve import launch
 
 # Base-model prompts on which the demo kit babbles up to max_new_tokens (see chaos).
 LONG_PROMPT = "abcde" * 30

@@ -23,7 +23,7 @@ from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer import Producer
 from schemas import JobRecord, JobStatus, Keys, codec
 from tests.integration.serve.conftest import MAX_NEW_TOKENS, delete_prefix, e2e_settings
-from workers.serve import launch
+from workers import launch
 from workers.serve import metrics as m
 from workers.settings import WorkerSettings
 

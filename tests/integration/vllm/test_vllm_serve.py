@@ -28,7 +28,7 @@ from tests.integration.chaos.conftest import (
     kill,
 )
 from tests.integration.serve.conftest import MAX_NEW_TOKENS, delete_prefix
-from workers.serve import launch
+from workers import launch
 from workers.settings import DEMO_DIR
 
 # The demo kit babbles to max_new_tokens on long base-model prompts: jobs that run for

@@ -22,7 +22,7 @@ from producer.embedded import EmbeddedRedis, resolve_redis_url
 from producer.errors import mask_url
 from producer.settings import DEFAULT_REDIS_URL
 from workers.adapters.registry import AdapterRegistry
-from workers.serve.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
+from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.serve.header_timeout import proxy_env
 from workers.serve.replicas import replica_stats as replica_stats  # re-exported
 from workers.settings import WorkerSettings

@@ -1,7 +1,9 @@
 """The Serve application, built from one settings object.
 
 ``build_app`` is what ``loraq serve`` runs; ``app_builder`` is the same for Serve's own
-tools: ``serve run workers.serve.app:app_builder`` or ``serve deploy serve_config.yaml``.
+tools: ``serve run workers.app:app_builder`` or ``serve deploy serve_config.yaml``.
+It stands above :mod:`workers.serve` and :mod:`workers.gateway` because it binds the
+deployments of both; neither imports it.
 """
 
 from __future__ import annotations
