@@ -70,9 +70,19 @@ class Keys:
         """Sorted set of batch ids by creation time (epoch s), for listing."""
         return f"{self.prefix}:batches"
 
+    def owner_batches(self, owner: str) -> str:
+        """Sorted set of one API key's batch ids by creation time: its listing reads no
+        other key's batches."""
+        return f"{self.prefix}:batches:owner:{owner}"
+
     def batch(self, batch_id: str) -> str:
-        """Hash holding one batch (OpenAI Batch API) and its lines' job ids."""
+        """Hash holding one batch (OpenAI Batch API): ``batch`` JSON, ``status``, ``owner``."""
         return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_lines(self, batch_id: str) -> str:
+        """List of one batch's lines (JSON each: ``custom_id``, ``model``, and ``job_id``
+        or ``error``), in input order; read in slices."""
+        return f"{self.prefix}:batch:{batch_id}:lines"
 
     def file(self, file_id: str) -> str:
         """Hash holding one file of the Batch API: ``meta`` JSON and ``content`` bytes."""

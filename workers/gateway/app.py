@@ -14,7 +14,7 @@ from workers.gateway import (
     openai_api,
     status_api,
 )
-from workers.gateway.auth import key_dependency
+from workers.gateway.auth import KeyBeforeBody, key_dependency
 from workers.gateway.errors import error_responses, install_error_handlers
 from workers.gateway.limits import BodySizeLimit, UniqueJsonKeys
 from workers.gateway.services import Services
@@ -58,6 +58,8 @@ def create_app(svc: Services) -> FastAPI:
         body_timeout_s=svc.settings.http_body_timeout_s,
         max_upload_bytes=svc.settings.max_file_bytes,
     )
+    # Outermost: a body without a key is refused before a byte of it is read.
+    app.add_middleware(KeyBeforeBody, keys=svc.keys)
     app.include_router(status_api.health_router)
     routers = [
         generate_api.router,

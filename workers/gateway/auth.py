@@ -15,9 +15,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workers.gateway.errors import ApiError
+from workers.gateway.errors import ApiError, error_response
 
 _bearer = HTTPBearer(
     auto_error=False, description="One of the keys in LORAQ_API_KEYS (comma-separated)."
@@ -25,6 +27,8 @@ _bearer = HTTPBearer(
 # Owner digests are of another kind than the comparison digests: a record's owner field
 # says nothing that would let a Redis reader present the key.
 _OWNER_TAG = b"loraq-job-owner:"
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
+INVALID_KEY = "invalid API key"
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,44 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
 
+class KeyBeforeBody:
+    """ASGI middleware: a request that carries a body (a ``Content-Length`` above 0, or a
+    chunked ``Transfer-Encoding``) is checked for a key from its headers alone, and
+    refused with 401 before a byte of the body is read; the connection is closed, since
+    the unread body may still be on its way. A request without a body goes on to the
+    routes' own guard (:func:`key_dependency`), which leaves ``/healthz`` open.
+    """
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys.enabled:
+            headers = dict(scope.get("headers", ()))
+            if _has_body(headers):
+                problem = _key_problem(self.keys, headers.get(b"authorization", b""))
+                if problem is not None:
+                    close = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+                    await error_response(401, "unauthorized", problem, close)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length", b"0").strip()
+    return b"transfer-encoding" in headers or not length.isdigit() or int(length) > 0
+
+
+def _key_problem(keys: ApiKeys, header: bytes) -> str | None:
+    """Why ``Authorization: header`` is no accepted key (``None``: it is one)."""
+    # Parsed as the routes' guard (FastAPI's HTTPBearer) parses it: the same key passes both.
+    scheme, presented = get_authorization_scheme_param(header.decode("latin-1"))
+    if scheme.lower() != "bearer" or not presented:
+        return MISSING_KEY
+    return None if keys.accepts(presented) else INVALID_KEY
+
+
 def key_dependency(keys: ApiKeys) -> DependsParam:
     """A route dependency that refuses requests without one of ``keys``."""
 
@@ -111,9 +153,9 @@ def key_dependency(keys: ApiKeys) -> DependsParam:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if credentials is None:
-            raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            raise _unauthorized(MISSING_KEY)
         if not keys.accepts(credentials.credentials):
-            raise _unauthorized("invalid API key")
+            raise _unauthorized(INVALID_KEY)
 
     return DependsParam(require_key)
 

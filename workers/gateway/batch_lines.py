@@ -7,7 +7,7 @@ refuses) becomes a :class:`LineError` for the error file; it never fails the bat
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -21,7 +21,9 @@ from schemas.batches import (
     LineError,
     LineResponse,
 )
+from schemas.validation import InvalidJob, check_unique_keys
 from workers.gateway.errors import ApiError, validation_message
+from workers.gateway.jsonl_bounds import numbered_lines
 from workers.gateway.openai_mapping import (
     DEFAULT_COMPLETION_TOKENS,
     adapter_for,
@@ -81,27 +83,30 @@ def job_id(batch_id: str, line: int) -> str:
     return f"batchjob.{batch_id.removeprefix('batch_')}.{line}"
 
 
-def parse_lines(content: bytes, batch_id: str, rules: LineRules) -> list[ParsedLine]:
-    """Every non-blank line of ``content`` as a job or an error (a repeated ``custom_id``
-    is an error of the later line: ids key the output)."""
-    parsed: list[ParsedLine] = []
-    seen: dict[str, int] = {}
-    for number, raw in _lines(content):
-        line = _parse_line(number, raw, batch_id, rules)
+class LineParser:
+    """The lines of one batch, parsed one at a time as a reader reaches them (a repeated
+    ``custom_id`` is an error of the later line: ids key the output)."""
+
+    def __init__(self, batch_id: str, rules: LineRules) -> None:
+        self.batch_id = batch_id
+        self.rules = rules
+        self._seen: dict[str, int] = {}
+
+    def parse(self, number: int, raw: bytes) -> ParsedLine:
+        """Line ``number`` (``raw``, not blank) as a job or an error."""
+        line = _parse_line(number, raw, self.batch_id, self.rules)
         if line.custom_id is not None and line.error is None:
-            first = seen.setdefault(line.custom_id, number)
+            first = self._seen.setdefault(line.custom_id, number)
             if first != number:
-                line = _failed(
-                    number, line.custom_id, "validation", f"custom_id repeats line {first}"
-                )
-        parsed.append(line)
-    return parsed
+                message = f"custom_id repeats line {first}"
+                return _failed(number, line.custom_id, "validation", message)
+        return line
 
 
-def _lines(content: bytes) -> Iterator[tuple[int, bytes]]:
-    for index, raw in enumerate(content.split(b"\n"), start=1):
-        if raw.strip():
-            yield index, raw
+def parse_lines(content: bytes, batch_id: str, rules: LineRules) -> list[ParsedLine]:
+    """Every non-blank line of ``content`` as a job or an error."""
+    parser = LineParser(batch_id, rules)
+    return [parser.parse(number, raw) for number, raw in numbered_lines(content)]
 
 
 def _failed(number: int, custom_id: str | None, code: str, message: str) -> ParsedLine:
@@ -119,6 +124,11 @@ def _parse_line(number: int, raw: bytes, batch_id: str, rules: LineRules) -> Par
         return _failed(number, None, "validation", "not a JSON object")
     custom_id = data.get("custom_id")
     custom_id = custom_id if isinstance(custom_id, str) else None
+    try:
+        # As every JSON loraq reads: which of two values would run depends on the parser.
+        check_unique_keys(raw)
+    except InvalidJob as exc:
+        return _failed(number, None, "validation", str(exc))
     try:
         request = BatchRequestLine.model_validate(data)
     except ValidationError as exc:

@@ -18,21 +18,33 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
-# KEYS: 1 = {P}:batch:{id}, 2 = {P}:batches
-# ARGV: 1 = batch JSON, 2 = status, 3 = lines JSON, 4 = owner ('' = none), 5 = TTL (s),
-#       6 = creation time (epoch s, fractional), 7 = the oldest creation time still alive
-#       (older ids leave the listing: their hashes have expired)
+# KEYS: 1 = {P}:batch:{id}, 2 = {P}:batches, 3 (when the batch has an owner) =
+#       {P}:batches:owner:{owner}, the owner's own listing
+# ARGV: 1 = batch JSON, 2 = status, 3 = owner ('' = none), 4 = TTL (s),
+#       5 = creation time (epoch s, fractional), 6 = the oldest creation time still alive
+#       (older ids leave the listings: their hashes have expired), 7 = the batch id
+# The lines are not here: they are appended to {P}:batch:{id}:lines as they are checked.
 CREATE_BATCH = """
-redis.call('HSET', KEYS[1], 'batch', ARGV[1], 'status', ARGV[2], 'lines', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[4])
+redis.call('HSET', KEYS[1], 'batch', ARGV[1], 'status', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-local id = string.match(KEYS[1], 'batch:(.*)$')
-redis.call('ZADD', KEYS[2], ARGV[6], id)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[7])
-redis.call('EXPIRE', KEYS[2], ARGV[5], 'GT')
-redis.call('EXPIRE', KEYS[2], ARGV[5], 'NX')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+for k = 2, #KEYS do
+  redis.call('ZADD', KEYS[k], ARGV[5], ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[6])
+  redis.call('EXPIRE', KEYS[k], ARGV[4], 'GT')
+  redis.call('EXPIRE', KEYS[k], ARGV[4], 'NX')
+end
+return 1
+"""
+
+# KEYS: the listings an expired batch may still be in ({P}:batches, its owner's)
+# ARGV: the ids of batches whose hashes have expired
+FORGET_BATCHES = """
+for k = 1, #KEYS do
+  redis.call('ZREM', KEYS[k], unpack(ARGV))
+end
 return 1
 """
 

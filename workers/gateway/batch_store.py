@@ -1,11 +1,13 @@
-"""Files and batches of the Batch API in Redis: ``{P}:file:{id}``, ``{P}:batch:{id}``,
-``{P}:batches``. Thin: every multi-key change is one script of :mod:`batch_scripts`.
+"""Files and batches of the Batch API in Redis: ``{P}:file:{id}``, ``{P}:batch:{id}``
+with its lines ``{P}:batch:{id}:lines``, the listing ``{P}:batches`` and each owner's
+``{P}:batches:owner:{owner}``. Thin: every multi-key change is one script of
+:mod:`batch_scripts`; a batch's lines are read a slice at a time, never all at once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +20,19 @@ from schemas.codec import as_text
 from workers.gateway import batch_scripts
 from workers.gateway.batch_lines import StoredLine
 
-# Job records read per round trip.
+# Lines, and job records, read per round trip: one slice of a batch's work.
 READ_CHUNK = 1000
 
 
-_LINES = TypeAdapter(list[StoredLine])
+_LINE = TypeAdapter(StoredLine)
 
 
 @dataclass(frozen=True)
 class StoredBatch:
-    """A batch, who owns it, and its lines."""
+    """A batch and who owns it (its lines are read apart: :meth:`BatchStore.line_slices`)."""
 
     batch: Batch
     owner: str | None
-    lines: list[StoredLine]
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,18 @@ class BatchStore:
         self._put_file = client.register_script(batch_scripts.PUT_FILE)
         self._create = client.register_script(batch_scripts.CREATE_BATCH)
         self._update = client.register_script(batch_scripts.UPDATE_BATCH)
+        self._forget = client.register_script(batch_scripts.FORGET_BATCHES)
 
     async def put_file(
-        self, meta: FileObject, content: bytes, *, owner: str | None, ttl_s: int
+        self, meta: FileObject, content: bytes | bytearray, *, owner: str | None, ttl_s: int
     ) -> None:
         """Write a file whole, with its TTL."""
-        args: list[str | bytes | int] = [meta.model_dump_json(), content, owner or "", ttl_s]
+        args: list[str | bytes | bytearray | int] = [
+            meta.model_dump_json(),
+            content,
+            owner or "",
+            ttl_s,
+        ]
         await self._put_file(keys=[self.keys.file(meta.id)], args=args)
 
     async def get_file(self, file_id: str) -> StoredFile | None:
@@ -84,32 +91,59 @@ class BatchStore:
         return bool(await self.client.delete(self.keys.file(file_id)))
 
     async def create_batch(self, stored: StoredBatch, *, ttl_s: int) -> None:
-        """Write a new batch with its TTL and list it."""
+        """Write a new batch with its TTL and list it (in its owner's listing too)."""
         batch = stored.batch
         # The listing's score is the creation time to the microsecond, not ``created_at``
         # (whole seconds): batches created within one second still list newest first.
         now = time.time()
-        args: list[str | bytes | float] = [
+        args: list[str | float] = [
             batch.model_dump_json(),
             batch.status.value,
-            _LINES.dump_json(stored.lines),
             stored.owner or "",
             ttl_s,
             now,
             now - ttl_s,
+            batch.id,
         ]
-        await self._create(keys=[self.keys.batch(batch.id), self.keys.batches], args=args)
+        await self._create(
+            keys=[self.keys.batch(batch.id), *self._listings(stored.owner)], args=args
+        )
+
+    def _listings(self, owner: str | None) -> list[str]:
+        return [self.keys.batches, *([self.keys.owner_batches(owner)] if owner else [])]
 
     async def get_batch(self, batch_id: str) -> StoredBatch | None:
-        """A batch with its owner and lines; ``None`` when there is none."""
-        raw, owner, lines = await self.client.hmget(
-            self.keys.batch(batch_id), ["batch", "owner", "lines"]
-        )
+        """A batch with its owner; ``None`` when there is none."""
+        raw, owner = await self.client.hmget(self.keys.batch(batch_id), ["batch", "owner"])
         if raw is None:
             return None
-        return StoredBatch(
-            Batch.model_validate_json(raw), _text(owner), _LINES.validate_json(lines or b"[]")
-        )
+        return StoredBatch(Batch.model_validate_json(raw), _text(owner))
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        """The batch's status alone (``None``: no batch)."""
+        status = await self.client.hget(self.keys.batch(batch_id), "status")
+        return None if status is None else BatchStatus(as_text(status))
+
+    async def append_lines(self, batch_id: str, lines: Sequence[StoredLine], *, ttl_s: int) -> None:
+        """Add checked lines at the end of the batch's lines (one key: no script needed)."""
+        if not lines:
+            return
+        key = self.keys.batch_lines(batch_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(key, *(line.model_dump_json(exclude_none=True) for line in lines))
+        pipe.expire(key, ttl_s)
+        await pipe.execute()
+
+    async def line_slices(self, batch_id: str) -> AsyncIterator[list[StoredLine]]:
+        """The batch's lines in order, :data:`READ_CHUNK` per round trip."""
+        key = self.keys.batch_lines(batch_id)
+        start = 0
+        while True:
+            raw: list[Any] = list(await self.client.lrange(key, start, start + READ_CHUNK - 1))
+            if not raw:
+                return
+            yield [_LINE.validate_json(item) for item in raw]
+            start += len(raw)
 
     async def update_batch(
         self,
@@ -129,15 +163,24 @@ class BatchStore:
         keys = [self.keys.batch(batch.id), *(self.keys.file(new.meta.id) for new in files)]
         return bool(await self._update(keys=keys, args=args))
 
-    async def batch_ids(self) -> list[str]:
-        """Ids of listed batches, newest first (some may have expired since)."""
-        ids: list[Any] = list(await self.client.zrevrange(self.keys.batches, 0, -1))
+    async def listed(
+        self, owner: str | None, *, after: str | None, start: int, count: int
+    ) -> list[str]:
+        """Up to ``count`` ids of ``owner``'s listing (``None``: everyone's), newest first,
+        from position ``start`` past ``after`` (an id not in that listing: none at all)."""
+        index = self._listings(owner)[-1]
+        if after is not None:
+            rank: Any = await self.client.zrevrank(index, after)
+            if rank is None:
+                return []
+            start += int(rank) + 1
+        ids: list[Any] = list(await self.client.zrevrange(index, start, start + count - 1))
         return [as_text(i) for i in ids]
 
-    async def forget(self, batch_ids: Sequence[str]) -> None:
-        """Drop expired batches from the listing."""
+    async def forget(self, owner: str | None, batch_ids: Sequence[str]) -> None:
+        """Drop expired batches from the listings."""
         if batch_ids:
-            await self.client.zrem(self.keys.batches, *batch_ids)
+            await self._forget(keys=self._listings(owner), args=list(batch_ids))
 
     async def job_statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """The status of each job (``None``: no record)."""

@@ -1,9 +1,11 @@
 """The Batch API's life cycle over the queue: upload, create, follow, finalize, cancel.
 
-A batch's status follows its jobs: each read counts the jobs that ended (a job's final
-status is written once, so the counts only grow) and, once none is left, writes the
-output and error files and the final status in one script. Readers may race; the
-script lets one of them win.
+Creating a batch checks only its size in lines before it answers (``validating``); its
+lines are checked and queued in the background, in slices (:mod:`batch_tasks`). A
+batch's status then follows its jobs: each read counts the jobs that ended (a job's
+final status is written once, so the counts only grow), a slice of lines per round
+trip, and, once none is left, writes the output and error files and the final status in
+one script. Readers may race; the script lets one of them win.
 """
 
 from __future__ import annotations
@@ -14,34 +16,24 @@ import uuid
 from collections.abc import Sequence
 
 from producer.client import AsyncProducer
-from producer.errors import SubmitError
 from schemas import JobStatus
 from schemas.batches import (
     COMPLETION_WINDOW_S,
     Batch,
     BatchCreate,
-    BatchErrorData,
-    BatchErrors,
     BatchList,
     BatchStatus,
     FileObject,
     RequestCounts,
 )
 from workers.gateway.auth import Caller
-from workers.gateway.batch_lines import (
-    LineRules,
-    ParsedLine,
-    StoredLine,
-    jsonl,
-    parse_lines,
-    sort_lines,
-)
+from workers.gateway.batch_lines import LineRules, StoredLine, jsonl, sort_lines
 from workers.gateway.batch_store import BatchStore, NewFile, StoredBatch
+from workers.gateway.batch_tasks import BatchTasks
 from workers.gateway.errors import ApiError
+from workers.gateway.jsonl_bounds import LineBounds, LineLimitError, slices
 from workers.settings import WorkerSettings
 
-# Cancellations sent at once (each is one small script).
-CANCEL_CONCURRENCY = 64
 _RUNNING = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
 
 
@@ -74,8 +66,11 @@ class BatchService:
         self.settings = settings
         self.producer = producer
         self.store = BatchStore(producer.client, producer.keys)
+        self.tasks = BatchTasks(self.store, producer, ttl_s=settings.batch_ttl_s)
 
-    async def upload(self, filename: str, content: bytes, owner: str | None) -> FileObject:
+    async def upload(
+        self, filename: str, content: bytes | bytearray, owner: str | None
+    ) -> FileObject:
         """Store an input file (``purpose=batch``)."""
         now = int(time.time())
         meta = FileObject(
@@ -104,13 +99,15 @@ class BatchService:
         return found
 
     async def create(self, body: BatchCreate, caller: Caller) -> Batch:
-        """Check the input file, queue one job per good line, and start the batch."""
+        """Check the input file's size in lines, start the batch (``validating``), and
+        leave checking and queueing its lines to the background (:class:`BatchTasks`)."""
         meta = await self.visible_file(body.input_file_id, caller)
         if meta.purpose != "batch":
             raise ApiError(
                 400, "validation", f"file {meta.id!r} has purpose {meta.purpose!r}, not 'batch'"
             )
         content = await self.store.file_content(meta.id) or b""
+        total = await self._count_lines(content, meta.id)
         now = int(time.time())
         batch = Batch(
             id=f"batch_{uuid.uuid4().hex}",
@@ -120,16 +117,33 @@ class BatchService:
             created_at=now,
             expires_at=now + COMPLETION_WINDOW_S,
             metadata=body.metadata,
+            request_counts=RequestCounts(total=total),
         )
-        parsed = self._parse(content, batch)
-        lines = [line.stored() for line in parsed]
-        batch.request_counts, _ = count_lines(lines, [])
-        stored = StoredBatch(batch, caller.owner, lines)
-        await self.store.create_batch(stored, ttl_s=self.settings.batch_ttl_s)
-        return await self._queue(stored, [line for line in parsed if line.job is not None], caller)
+        await self.store.create_batch(
+            StoredBatch(batch, caller.owner), ttl_s=self.settings.batch_ttl_s
+        )
+        self.tasks.start(
+            batch.id, self.tasks.queue(batch, caller.owner, content, self._rules(batch))
+        )
+        return batch
 
-    def _parse(self, content: bytes, batch: Batch) -> list[ParsedLine]:
-        rules = LineRules(
+    async def _count_lines(self, content: bytes, file_id: str) -> int:
+        """The file's non-blank lines, counted a slice at a time; 400 at the first slice
+        past ``max_batch_lines`` (or a line over the longest allowed), or for no lines."""
+        bounds = LineBounds(max_lines=self.settings.max_batch_lines)
+        try:
+            for piece in slices(content):
+                bounds.feed(piece)
+                await asyncio.sleep(0)
+            total = bounds.finish()
+        except LineLimitError as exc:
+            raise ApiError(400, "validation", f"file {file_id!r}: {exc}") from None
+        if not total:
+            raise ApiError(400, "validation", f"file {file_id!r} has no lines")
+        return total
+
+    def _rules(self, batch: Batch) -> LineRules:
+        return LineRules(
             endpoint=batch.endpoint,
             base_model=self.settings.base_model_name,
             max_new_tokens=self.settings.max_new_tokens,
@@ -137,37 +151,23 @@ class BatchService:
             deadline=float(batch.expires_at or 0),
             result_ttl_s=self.settings.batch_ttl_s,
         )
-        parsed = parse_lines(content, batch.id, rules)
-        if not parsed:
-            raise ApiError(400, "validation", f"file {batch.input_file_id!r} has no lines")
-        if len(parsed) > self.settings.max_batch_lines:
-            message = f"the file has {len(parsed)} lines, more than {self.settings.max_batch_lines}"
-            raise ApiError(400, "validation", message)
-        return parsed
-
-    async def _queue(self, stored: StoredBatch, queued: list[ParsedLine], caller: Caller) -> Batch:
-        batch = stored.batch.model_copy(deep=True)
-        try:
-            await self.producer.submit_many(
-                [line.job for line in queued if line.job], owner=caller.owner
-            )
-        except SubmitError as exc:
-            batch.status, batch.failed_at = BatchStatus.FAILED, int(time.time())
-            batch.errors = BatchErrors(
-                data=[BatchErrorData(code="queue_refused", message=str(exc))]
-            )
-        else:
-            batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, int(time.time())
-        await self.store.update_batch(batch, allowed_from=[BatchStatus.VALIDATING])
-        return batch
 
     async def refresh(self, stored: StoredBatch) -> Batch:
-        """The batch with counts and status as its jobs stand; finalized once all ended."""
+        """The batch with counts and status as its jobs stand; finalized once all ended.
+        Its jobs are read a slice of lines at a time."""
         batch = stored.batch.model_copy(deep=True)
         if batch.status not in _RUNNING:
             return batch
-        job_ids = [line.job_id for line in stored.lines if line.job_id]
-        counts, pending = count_lines(stored.lines, await self.store.job_statuses(job_ids))
+        counts = RequestCounts(total=batch.request_counts.total)
+        pending = 0
+        async for lines in self.store.line_slices(batch.id):
+            statuses = await self.store.job_statuses([line.job_id for line in lines if line.job_id])
+            some, more = count_lines(lines, statuses)
+            counts.completed, counts.failed = (
+                counts.completed + some.completed,
+                counts.failed + some.failed,
+            )
+            pending += more
         batch.request_counts = counts
         if pending:
             if counts != stored.batch.request_counts:
@@ -180,15 +180,21 @@ class BatchService:
         if batch.status is BatchStatus.IN_PROGRESS:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, now
             await self.store.update_batch(batch, allowed_from=[BatchStatus.IN_PROGRESS])
-        queued = [line.job_id for line in stored.lines if line.job_id]
-        ended = sort_lines(stored.lines, await self.store.job_records(queued), batch.endpoint)
+        contents = {"output": bytearray(), "error": bytearray()}
+        expired = False
+        async for lines in self.store.line_slices(batch.id):
+            queued = [line.job_id for line in lines if line.job_id]
+            ended = sort_lines(lines, await self.store.job_records(queued), batch.endpoint)
+            contents["output"] += jsonl(ended.outputs)
+            contents["error"] += jsonl(ended.errors)
+            expired |= ended.expired
         files = []
-        for kind, lines in (("output", ended.outputs), ("error", ended.errors)):
-            if lines:
-                new = self._output_file(batch.id, kind, jsonl(lines))
+        for kind, content in contents.items():
+            if content:
+                new = self._output_file(batch.id, kind, bytes(content))
                 files.append(new)
                 setattr(batch, f"{kind}_file_id", new.meta.id)
-        end_batch(batch, expired=ended.expired, now=int(time.time()))
+        end_batch(batch, expired=expired, now=int(time.time()))
         moved = await self.store.update_batch(
             batch,
             allowed_from=[BatchStatus.FINALIZING, BatchStatus.CANCELLING],
@@ -213,47 +219,51 @@ class BatchService:
         return NewFile(meta, content)
 
     async def cancel(self, stored: StoredBatch, caller: Caller) -> Batch:
-        """Stop the batch: jobs not started end ``cancelled`` without running, running ones
-        stop at their next step; the batch ends ``cancelled`` once none is left."""
+        """Stop the batch: it goes ``cancelling`` at once, its jobs are cancelled in the
+        background (see :meth:`BatchTasks.cancel`), and it ends ``cancelled`` once none
+        is left. A batch still ``validating`` stops queueing at its next slice."""
         batch = stored.batch.model_copy(deep=True)
         if batch.status.is_final:
             raise ApiError(
                 409, "conflict", f"batch {batch.id!r} already ended: {batch.status.value}"
             )
         if batch.status is not BatchStatus.CANCELLING:
+            validating = batch.status is BatchStatus.VALIDATING
             batch.status, batch.cancelling_at = BatchStatus.CANCELLING, int(time.time())
             allowed = [BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING]
             if not await self.store.update_batch(batch, allowed_from=allowed):
                 return await self.refresh(await self.visible_batch(batch.id, caller))
-        job_ids = [line.job_id for line in stored.lines if line.job_id]
-        limit = asyncio.Semaphore(CANCEL_CONCURRENCY)
-
-        async def cancel_one(job_id: str) -> None:
-            async with limit:
-                await self.producer.cancel(job_id)
-
-        await asyncio.gather(*(cancel_one(job_id) for job_id in job_ids))
-        return await self.refresh(StoredBatch(batch, stored.owner, stored.lines))
+            if validating:
+                return batch  # its queueing task sees the status and cancels what it queued
+        self.tasks.start(batch.id, self.tasks.cancel(batch.id))
+        return batch
 
     async def list(self, caller: Caller, *, after: str | None, limit: int) -> BatchList:
-        """The caller's batches, newest first, from the one after ``after``."""
-        ids = await self.store.batch_ids()
-        if after is not None:
-            ids = ids[ids.index(after) + 1 :] if after in ids else []
-        found: list[Batch] = []
+        """The caller's batches, newest first, from the one after ``after``: read from the
+        caller's own listing, so other keys' batches are never read (an ``after`` that is
+        not the caller's answers as an unknown id does: an empty page)."""
+        owner = caller.required_owner
+        found: list[StoredBatch] = []
         expired: list[str] = []
+        start, has_more = 0, False
         try:
-            for batch_id in ids:
-                stored = await self.store.get_batch(batch_id)
-                if stored is None:
-                    expired.append(batch_id)
-                elif caller.may_see(stored.owner):
-                    if len(found) == limit:
-                        return _page(found, has_more=True)
-                    found.append(await self.refresh(stored))
+            while not has_more:
+                ids = await self.store.listed(owner, after=after, start=start, count=limit + 1)
+                if not ids:
+                    break
+                start += len(ids)
+                for batch_id in ids:
+                    stored = await self.store.get_batch(batch_id)
+                    if stored is None:
+                        expired.append(batch_id)
+                    elif caller.may_see(stored.owner):
+                        has_more = len(found) == limit
+                        if has_more:
+                            break
+                        found.append(stored)
         finally:
-            await self.store.forget(expired)
-        return _page(found, has_more=False)
+            await self.store.forget(owner, expired)
+        return _page([await self.refresh(stored) for stored in found], has_more=has_more)
 
 
 def _page(batches: list[Batch], *, has_more: bool) -> BatchList:

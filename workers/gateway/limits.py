@@ -1,5 +1,6 @@
 """Bounds on request bodies, before anything parses them: size (413), time to arrive
-(408), and JSON objects that repeat a key (422)."""
+(408), and JSON objects that repeat a key (422). The API key is checked before any of
+them (:class:`~workers.gateway.auth.KeyBeforeBody`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.validation import InvalidJob, check_unique_keys
-from workers.gateway.errors import error_response
+from workers.gateway.errors import ApiError, error_response
 
 # Sent with a refusal of a body that did not arrive whole: the rest of it may still be on
 # its way, so the connection cannot carry another request.
@@ -25,9 +26,11 @@ class BodySizeLimit:
     408 for a body not whole within ``body_timeout_s`` (a client trickling it holds a
     connection and a replica slot). Both close the connection.
 
-    The body is read here, at most one byte past the limit, and handed on whole: the
-    routes parse JSON bodies whole anyway, and a refusal raised from inside the route's
-    own read would come out as FastAPI's generic 400.
+    A JSON body is read here, at most one byte past the limit, and handed on whole: the
+    routes parse JSON bodies whole anyway, and a refusal raised from inside FastAPI's own
+    read would come out as its generic 400. An upload is not buffered: its route reads
+    it as it streams, through :func:`bounded_receive`, which refuses it at the first
+    piece past the limit or the deadline.
     """
 
     def __init__(
@@ -62,12 +65,15 @@ class BodySizeLimit:
         if declared is not None and int(declared) > limit:
             await self._refuse(scope, receive, send, limit)
             return
+        if limit == self.max_upload_bytes and limit > self.max_body_bytes:
+            deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+            await self.app(scope, self.bounded_receive(receive, limit, deadline), send)
+            return
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await self._read_body(receive, limit)
         except TimeoutError:
-            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
-            await error_response(408, "timeout", message, _CLOSE)(scope, receive, send)
+            await error_response(408, "timeout", self._late_message(), _CLOSE)(scope, receive, send)
             return
         if body is None:
             await self._refuse(scope, receive, send, limit)
@@ -90,10 +96,37 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    def bounded_receive(self, receive: Receive, limit: int, deadline: float) -> Receive:
+        """``receive`` for a route that reads its body as it streams: :class:`ApiError`
+        413 at the first piece that takes the body past ``limit``, 408 past
+        ``deadline`` (the event loop's clock); both close the connection."""
+        size = 0
+
+        async def bounded() -> Message:
+            nonlocal size
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(408, "timeout", self._late_message(), _CLOSE) from None
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise ApiError(413, "payload_too_large", self._large_message(limit), _CLOSE)
+            return message
+
+        return bounded
+
+    def _late_message(self) -> str:
+        return f"the request body did not arrive within {self.body_timeout_s:g} s"
+
+    def _large_message(self, limit: int) -> str:
         message = f"request body is over {limit} bytes"
         if limit == self.max_upload_bytes:
             message += " (a file is at most max_file_bytes)"
+        return message
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message = self._large_message(limit)
         await error_response(413, "payload_too_large", message, _CLOSE)(scope, receive, send)
 
 

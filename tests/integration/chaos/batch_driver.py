@@ -47,8 +47,11 @@ class BatchDriver:
             uploaded = await self.service.upload("chaos.jsonl", content, owner=None)
             body = BatchCreate(input_file_id=uploaded.id, endpoint="/v1/completions")
             batch = await self.service.create(body, ANYONE)
-            stored = await self.service.visible_batch(batch.id, ANYONE)
-            jobs = {line.custom_id or "": line.job_id for line in stored.lines if line.job_id}
+            # Its lines are queued in the background: the job ids are known once it is done.
+            await self.service.tasks.settled(batch.id)
+            jobs: dict[str, str] = {}
+            async for lines in self.service.store.line_slices(batch.id):
+                jobs.update({line.custom_id or "": line.job_id for line in lines if line.job_id})
             return batch, jobs
 
         return self._loop.run(create())
