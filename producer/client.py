@@ -18,7 +18,8 @@ from redis.commands.core import AsyncScript, Script
 from typing_extensions import Self, Unpack
 
 from producer import connection
-from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of, mask_url
+from producer.durability import Durability
+from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of
 from producer.following import (
     OWNER_FIELDS,
     EventFollower,
@@ -61,16 +62,19 @@ class _ProducerBase(Generic[ClientT]):
         *,
         prefix: str | None = None,
         job_ttl_s: int | None = None,
+        durability: Durability | None = None,
     ) -> None:
         """Around ``client``; with none, a client of its own from the settings
-        (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...), closed with the producer."""
+        (``LORAQ_REDIS_URL``, ``LORAQ_PREFIX``, ...), closed with the producer.
+        ``durability``: replicas each enqueue waits for (default: the settings')."""
         settings = ClientSettings() if client is None else None
         if client is None:
             assert settings is not None
             client = self._new_client(settings)
-        kwargs = client.connection_pool.connection_kwargs
+        kwargs = connection.connection_kwargs(client)
         self.keys = Keys(prefix or (settings.prefix if settings else DEFAULT_PREFIX))
         self.job_ttl_s = job_ttl_s or (settings.job_ttl_s if settings else DEFAULT_JOB_TTL_S)
+        self.durability = durability or (Durability.of(settings) if settings else Durability())
         self._client: ClientT = client
         self._url = endpoint_of(kwargs)
         self._slice_s = block_slice_s(kwargs)
@@ -90,7 +94,7 @@ class _ProducerBase(Generic[ClientT]):
         return self._client
 
     def _adopt(self, settings: ClientSettings) -> Self:
-        self._url = mask_url(settings.effective_redis_url)
+        self._url = connection.describe(settings)
         self._owns_client = True
         return self
 
@@ -117,6 +121,9 @@ class _ProducerBase(Generic[ClientT]):
     def _follower(self, job_ids: Iterable[str], timeout: float | None) -> EventFollower:
         ids = [checked_job_id(job_id) for job_id in job_ids]
         return EventFollower(self.keys, ids, timeout_s=timeout, slice_s=self._slice_s)
+
+    def _replicated(self, replies: list[Any], calls: Sequence[EnqueueCall]) -> list[Any]:
+        return self.durability.split(replies, [call.job_id for call in calls])
 
     @staticmethod
     def _result(outcome: EnqueueOutcome) -> list[str]:
@@ -147,7 +154,7 @@ class Producer(_ProducerBase[redis.Redis]):
         """A producer with its own client; :meth:`close` closes it."""
         settings = settings or ClientSettings()
         client = connection.sync_client(settings)
-        return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+        return cls(client, **_options(settings))._adopt(settings)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str | None = None) -> Producer:
@@ -173,6 +180,8 @@ class Producer(_ProducerBase[redis.Redis]):
 
     def _submit(self, job: Job) -> str:
         call = self._call(job)
+        if self.durability.waits:  # the WAIT must share the write's pipeline
+            return self._result(self._enqueue_chunk([call]))[0]
         with self._errors(), self._refusals(call):
             self._enqueue(keys=call.keys, args=call.args)
         return call.job_id
@@ -212,8 +221,8 @@ class Producer(_ProducerBase[redis.Redis]):
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(self._enqueue.sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
+        self.durability.add_wait(pipe)
+        return self._replicated(pipe.execute(raise_on_error=False), calls)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, ``None`` when there is none (unknown id, expired, or not yet
@@ -329,7 +338,7 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         """A producer with its own client; :meth:`aclose` closes it."""
         settings = settings or ClientSettings()
         client = connection.async_client(settings)
-        return cls(client, prefix=settings.prefix, job_ttl_s=settings.job_ttl_s)._adopt(settings)
+        return cls(client, **_options(settings))._adopt(settings)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str | None = None) -> AsyncProducer:
@@ -346,6 +355,8 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
 
     async def _submit(self, job: Job) -> str:
         call = self._call(job)
+        if self.durability.waits:  # the WAIT must share the write's pipeline
+            return self._result(await self._enqueue_chunk([call]))[0]
         with self._errors(), self._refusals(call):
             await self._enqueue(keys=call.keys, args=call.args)
         return call.job_id
@@ -376,8 +387,8 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(self._enqueue.sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        self.durability.add_wait(pipe)
+        return self._replicated(await pipe.execute(raise_on_error=False), calls)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """See :meth:`Producer.get`."""
@@ -467,6 +478,15 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _options(settings: ClientSettings) -> dict[str, Any]:
+    """What a producer takes from the settings besides its client."""
+    return {
+        "prefix": settings.prefix,
+        "job_ttl_s": settings.job_ttl_s,
+        "durability": Durability.of(settings),
+    }
 
 
 def _settings_for(url: str, prefix: str | None) -> ClientSettings:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import Self
 
+from producer.redis_modes import RedisMode, mode_problems, parse_sentinels
 from schemas.keys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_JOB_TTL_S = 7 * 86400
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+DEFAULT_SENTINEL_SERVICE = "mymaster"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
@@ -33,6 +36,56 @@ class ClientSettings(BaseSettings):
         10.0, gt=0, description="Socket read timeout; blocking reads stay below it."
     )
     connect_retries: int = Field(3, ge=0, description="Retries of a failed connection.")
+    redis_sentinels: str | None = Field(
+        None,
+        description="Sentinel mode: host:port,host:port of the sentinels; the URL then gives "
+        "only the database, user and password of the primary.",
+    )
+    redis_sentinel_service: str = Field(
+        DEFAULT_SENTINEL_SERVICE, min_length=1, description="Sentinel mode: the service name."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Sentinel mode: the sentinels' own password (requirepass)."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="Cluster mode: the URL names any node; the prefix needs a {hash tag}.",
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must have a new job (and a final result) before it "
+        "counts as written: WAIT after each enqueue and final write (not in Cluster mode).",
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="How long that WAIT may take; past it the write is an error."
+    )
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_parse(cls, value: str | None) -> str | None:
+        if value:
+            parse_sentinels(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> Self:
+        problems = mode_problems(
+            sentinels=self.redis_sentinels,
+            cluster=self.redis_cluster,
+            prefix=self.prefix,
+            min_replicas=self.redis_min_replicas,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def redis_mode(self) -> RedisMode:
+        """Which kind of Redis deployment the settings name."""
+        if self.redis_sentinels:
+            return RedisMode.SENTINEL
+        return RedisMode.CLUSTER if self.redis_cluster else RedisMode.PLAIN
 
     @property
     def effective_redis_url(self) -> str:

@@ -18,8 +18,9 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from producer.connection import describe as redis_where
 from producer.embedded import EmbeddedRedis, resolve_redis_url
-from producer.errors import mask_url
+from producer.redis_modes import RedisMode
 from producer.settings import DEFAULT_REDIS_URL
 from workers.adapters.registry import AdapterRegistry
 from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
@@ -161,8 +162,11 @@ def deploy(
     ``ray_log_level`` is that of Ray's and Serve's own lines in this process (cluster
     started, application ready); the replicas log to their files whatever it is.
     """
-    redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
-    settings = settings.model_copy(update={"redis_url": redis_url})
+    embedded = None
+    # Sentinels or a cluster are named on purpose: only one server by URL falls back.
+    if settings.redis_mode is RedisMode.PLAIN:
+        redis_url, embedded = resolve_redis_url(settings.redis_url, DEFAULT_REDIS_URL)
+        settings = settings.model_copy(update={"redis_url": redis_url})
     running = Running(settings, started_ray=False, embedded_redis=embedded)
     # Serve's client logger does not propagate to Ray's: it has a level of its own.
     logging.getLogger(SERVE_LOGGER).setLevel(ray_log_level)
@@ -185,7 +189,7 @@ def describe(running: Running) -> list[str]:
     registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
     where = "embedded server" if running.embedded_redis else "external server"
     return [
-        f"redis: {mask_url(settings.effective_redis_url)} ({where}), prefix {settings.prefix!r}",
+        f"redis: {redis_where(settings)} ({where}), prefix {settings.prefix!r}",
         f"queue: XADD {settings.prefix}:jobs * job '<json>'",
         f"http: http://{settings.http_host}:{settings.http_port}{settings.http_route_prefix} "
         "(OpenAPI at openapi.json, pages at docs)",

@@ -53,10 +53,12 @@ def _standard(factory: Callable[..., logging.LogRecord]) -> frozenset[str]:
 
 
 def secrets_of(settings: WorkerSettings) -> list[str]:
-    """What must never be written to a log: the Redis password and the API keys."""
+    """What must never be written to a log: the Redis passwords and the API keys."""
     found = []
     if settings.redis_url:
         found.append(urlsplit(settings.redis_url).password or "")
+    if settings.redis_sentinel_password is not None:
+        found.append(settings.redis_sentinel_password.get_secret_value())
     if settings.api_keys is not None:
         found.extend(key.strip() for key in settings.api_keys.get_secret_value().split(","))
     return [secret for secret in found if secret]

@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from functools import cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -22,14 +20,15 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from producer.activity import live_replicas
+from producer.durability import Durability, ReplicationTimeoutError
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 from schemas.replicas import ReplicaHeartbeat
+from schemas.scripts import script_source
 from workers.errors import REDIS_DOWN
 from workers.queue.coalesce import Coalescer
 from workers.settings import DEFAULT_DEAD_MAXLEN
 
-LUA_DIR = Path(__file__).resolve().parent / "lua"
 MAX_OUTAGE_BACKOFF_S = 5.0
 # Script calls of concurrent jobs sent in one pipeline, at most: enough for every job of a
 # consumer at once, small enough that one reply does not hold the others long.
@@ -53,12 +52,6 @@ async def until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
                 log.warning("redis unreachable (%s), retrying: %s", what, exc)
             await asyncio.sleep(delay_s)
             delay_s = min(MAX_OUTAGE_BACKOFF_S, delay_s * 2)
-
-
-@cache
-def script_source(name: str) -> str:
-    """The text of ``lua/{name}.lua`` behind the shared helpers of ``lua/common.lua``."""
-    return (LUA_DIR / "common.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -165,8 +158,10 @@ class JobStore:
         *,
         events_maxlen: int,
         dead_maxlen: int = DEFAULT_DEAD_MAXLEN,
+        durability: Durability | None = None,
     ) -> None:
         self.client = client
+        self.durability = durability or Durability()
         self.keys = keys
         self.events_maxlen = events_maxlen
         self.dead_maxlen = dead_maxlen
@@ -203,10 +198,27 @@ class JobStore:
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         # Not a redis-py Script in the pipeline: that costs a SCRIPT EXISTS round trip
         # before every execute.
+        finishes = [call.script is self._finish for call in calls]
+        durable = self.durability.waits and any(finishes)
         async with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return list(await pipe.execute(raise_on_error=False))
+            if durable:
+                self.durability.add_wait(pipe)
+            replies = list(await pipe.execute(raise_on_error=False))
+        if not durable:
+            return replies
+        try:
+            return self.durability.split(replies, [str(call.keys[0]) for call in calls])
+        except ReplicationTimeoutError as exc:
+            # The final writes stand on the primary but are not safe yet: each fails, and
+            # its job keeps its result in memory and writes it again (a no-op but for a
+            # new WAIT) until it is replicated, or until a failover lost it and the write
+            # lands on the promoted replica. Marks and chunks need no such guarantee.
+            return [
+                exc if finish and not isinstance(reply, BaseException) else reply
+                for finish, reply in zip(finishes, replies[:-1], strict=True)
+            ]
 
     async def ensure_group(self) -> bool:
         """Create the consumer group from the stream's start; ``False`` if it existed."""

@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from producer.connection import async_client
+from producer.durability import Durability
 from schemas import Keys
 from schemas.replicas import ConsumerHeartbeat
 from workers.logs import configure_logging
@@ -59,6 +60,7 @@ class JobConsumer:
             Keys(settings.prefix),
             events_maxlen=settings.events_maxlen,
             dead_maxlen=settings.dead_maxlen,
+            durability=Durability.of(settings),
         )
         dispatcher = ServeDispatcher(
             model,
