@@ -84,6 +84,15 @@ class Keys:
         or ``error``), in input order; read in slices."""
         return f"{self.prefix}:batch:{batch_id}:lines"
 
+    def batch_counts(self, batch_id: str) -> str:
+        """Hash of one batch's request counts per slice of its lines (``"completed failed
+        pending"``), and ``next``, the slice the next read starts from."""
+        return f"{self.prefix}:batch:{batch_id}:counts"
+
+    def batch_finalizer(self, batch_id: str) -> str:
+        """String with a TTL: present while a gateway replica writes the batch's files."""
+        return f"{self.prefix}:batch:{batch_id}:finalizer"
+
     def file(self, file_id: str) -> str:
         """Hash holding one file of the Batch API: ``meta`` JSON and ``content`` bytes."""
         return f"{self.prefix}:file:{file_id}"

@@ -7,7 +7,7 @@ with its lines ``{P}:batch:{id}:lines``, the listing ``{P}:batches`` and each ow
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +18,16 @@ from schemas import JobRecord, JobStatus, Keys
 from schemas.batches import Batch, BatchStatus, FileObject
 from schemas.codec import as_text
 from workers.gateway import batch_scripts
+from workers.gateway.batch_counts import SliceCount
 from workers.gateway.batch_lines import StoredLine
 
-# Lines, and job records, read per round trip: one slice of a batch's work.
-READ_CHUNK = 1000
+# Lines, and job records, read per round trip: one slice of a batch's work (a few ms).
+READ_CHUNK = 500
 
 
 _LINE = TypeAdapter(StoredLine)
+# The field of a batch's counts hash that is not a slice.
+_NEXT = "next"
 
 
 @dataclass(frozen=True)
@@ -134,16 +137,48 @@ class BatchStore:
         pipe.expire(key, ttl_s)
         await pipe.execute()
 
-    async def line_slices(self, batch_id: str) -> AsyncIterator[list[StoredLine]]:
-        """The batch's lines in order, :data:`READ_CHUNK` per round trip."""
+    async def line_total(self, batch_id: str) -> int:
+        """How many lines the batch has stored."""
+        return int(await self.client.llen(self.keys.batch_lines(batch_id)))
+
+    async def line_slice(self, batch_id: str, index: int) -> list[StoredLine]:
+        """Slice ``index`` of the batch's lines (:data:`READ_CHUNK` lines, fewer at the end)."""
+        start = index * READ_CHUNK
         key = self.keys.batch_lines(batch_id)
-        start = 0
-        while True:
-            raw: list[Any] = list(await self.client.lrange(key, start, start + READ_CHUNK - 1))
-            if not raw:
-                return
-            yield [_LINE.validate_json(item) for item in raw]
-            start += len(raw)
+        raw: list[Any] = list(await self.client.lrange(key, start, start + READ_CHUNK - 1))
+        return [_LINE.validate_json(item) for item in raw]
+
+    async def line_slices(self, batch_id: str) -> AsyncIterator[list[StoredLine]]:
+        """The batch's lines in order, one slice per round trip."""
+        index = 0
+        while lines := await self.line_slice(batch_id, index):
+            yield lines
+            index += 1
+
+    async def slice_counts(self, batch_id: str) -> tuple[dict[int, SliceCount], int]:
+        """The stored counts of the batch's slices, and the slice the next read starts at."""
+        raw: dict[Any, Any] = await self.client.hgetall(self.keys.batch_counts(batch_id))
+        fields = {as_text(name): as_text(value) for name, value in raw.items()}
+        start = int(fields.pop(_NEXT, "0"))
+        return {int(index): SliceCount.load(value) for index, value in fields.items()}, start
+
+    async def save_slice_counts(
+        self, batch_id: str, counts: Mapping[int, SliceCount], *, start: int, ttl_s: int
+    ) -> None:
+        """Store freshly read slice counts and where the next read starts (one key)."""
+        key = self.keys.batch_counts(batch_id)
+        mapping: dict[Any, Any] = {_NEXT: str(start)}
+        mapping.update({str(index): count.dump() for index, count in counts.items()})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl_s)
+        await pipe.execute()
+
+    async def claim_finalizer(self, batch_id: str, lease_s: int) -> bool:
+        """Whether this replica may write the batch's files now: none else claimed it
+        within ``lease_s`` (a claimer that died is replaced after it)."""
+        key = self.keys.batch_finalizer(batch_id)
+        return bool(await self.client.set(key, "1", nx=True, ex=lease_s))
 
     async def update_batch(
         self,

@@ -27,14 +27,18 @@ from schemas.batches import (
     RequestCounts,
 )
 from workers.gateway.auth import Caller
+from workers.gateway.batch_counts import SliceCount, add_up, slices_to_read
 from workers.gateway.batch_lines import LineRules, StoredLine, jsonl, sort_lines
-from workers.gateway.batch_store import BatchStore, NewFile, StoredBatch
+from workers.gateway.batch_store import READ_CHUNK, BatchStore, NewFile, StoredBatch
 from workers.gateway.batch_tasks import BatchTasks
 from workers.gateway.errors import ApiError
 from workers.gateway.jsonl_bounds import LineBounds, LineLimitError, slices
 from workers.settings import WorkerSettings
 
 _RUNNING = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+# How long a replica's claim to write a batch's files holds: past it (the replica died),
+# the next read claims it again.
+FINALIZE_LEASE_S = 120
 
 
 def not_found(kind: str, ident: str) -> ApiError:
@@ -153,33 +157,48 @@ class BatchService:
         )
 
     async def refresh(self, stored: StoredBatch) -> Batch:
-        """The batch with counts and status as its jobs stand; finalized once all ended.
-        Its jobs are read a slice of lines at a time."""
+        """The batch with counts and status as its jobs stand, from a bounded read (see
+        :mod:`batch_counts`); once every job has ended it goes ``finalizing`` and its
+        files are written in the background (:meth:`_finalize`)."""
         batch = stored.batch.model_copy(deep=True)
         if batch.status not in _RUNNING:
             return batch
-        counts = RequestCounts(total=batch.request_counts.total)
-        pending = 0
-        async for lines in self.store.line_slices(batch.id):
-            statuses = await self.store.job_statuses([line.job_id for line in lines if line.job_id])
-            some, more = count_lines(lines, statuses)
-            counts.completed, counts.failed = (
-                counts.completed + some.completed,
-                counts.failed + some.failed,
-            )
-            pending += more
-        batch.request_counts = counts
-        if pending:
-            if counts != stored.batch.request_counts:
-                await self.store.update_batch(batch, allowed_from=[batch.status])
-            return batch
-        return await self._finalize(stored, batch)
+        if batch.status is not BatchStatus.FINALIZING:
+            batch.request_counts, over = await self._count(batch)
+            if not over:
+                if batch.request_counts != stored.batch.request_counts:
+                    await self.store.update_batch(batch, allowed_from=[batch.status])
+                return batch
+            if batch.status is BatchStatus.IN_PROGRESS:
+                batch.status, batch.finalizing_at = BatchStatus.FINALIZING, int(time.time())
+                if not await self.store.update_batch(batch, allowed_from=[BatchStatus.IN_PROGRESS]):
+                    again = await self.store.get_batch(batch.id)  # another reader moved it
+                    return again.batch if again else batch
+        if await self.store.claim_finalizer(batch.id, FINALIZE_LEASE_S):
+            self.tasks.start(batch.id, self._finalize(stored.owner, batch))
+        return batch
 
-    async def _finalize(self, stored: StoredBatch, batch: Batch) -> Batch:
-        now = int(time.time())
-        if batch.status is BatchStatus.IN_PROGRESS:
-            batch.status, batch.finalizing_at = BatchStatus.FINALIZING, now
-            await self.store.update_batch(batch, allowed_from=[BatchStatus.IN_PROGRESS])
+    async def _count(self, batch: Batch) -> tuple[RequestCounts, bool]:
+        """Refresh a few unfinished slices' counts; the batch's counts and whether all
+        of its jobs have ended."""
+        known, start = await self.store.slice_counts(batch.id)
+        slices = -(-(await self.store.line_total(batch.id)) // READ_CHUNK)
+        fresh: dict[int, SliceCount] = {}
+        chosen = slices_to_read(known, slices, start=start)
+        for index in chosen:
+            lines = await self.store.line_slice(batch.id, index)
+            statuses = await self.store.job_statuses([line.job_id for line in lines if line.job_id])
+            counts, pending = count_lines(lines, statuses)
+            fresh[index] = SliceCount(counts.completed, counts.failed, pending)
+        if fresh:
+            await self.store.save_slice_counts(
+                batch.id, fresh, start=(chosen[-1] + 1) % slices, ttl_s=self.settings.batch_ttl_s
+            )
+        return add_up({**known, **fresh}, slices, batch.request_counts.total)
+
+    async def _finalize(self, owner: str | None, batch: Batch) -> None:
+        """Write the output and error files, a slice of lines at a time, and end the batch
+        (the script lets one writer win when two raced)."""
         contents = {"output": bytearray(), "error": bytearray()}
         expired = False
         async for lines in self.store.line_slices(batch.id):
@@ -188,23 +207,20 @@ class BatchService:
             contents["output"] += jsonl(ended.outputs)
             contents["error"] += jsonl(ended.errors)
             expired |= ended.expired
+        done = batch.model_copy(deep=True)
         files = []
         for kind, content in contents.items():
             if content:
                 new = self._output_file(batch.id, kind, bytes(content))
                 files.append(new)
-                setattr(batch, f"{kind}_file_id", new.meta.id)
-        end_batch(batch, expired=expired, now=int(time.time()))
-        moved = await self.store.update_batch(
-            batch,
+                setattr(done, f"{kind}_file_id", new.meta.id)
+        end_batch(done, expired=expired, now=int(time.time()))
+        await self.store.update_batch(
+            done,
             allowed_from=[BatchStatus.FINALIZING, BatchStatus.CANCELLING],
-            owner=stored.owner,
+            owner=owner,
             files=files,
         )
-        if not moved:  # another reader finalized it first: its files are the ones
-            again = await self.store.get_batch(batch.id)
-            return again.batch if again else batch
-        return batch
 
     def _output_file(self, batch_id: str, kind: str, content: bytes) -> NewFile:
         now = int(time.time())
