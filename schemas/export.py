@@ -1,7 +1,9 @@
-"""Write the JSON Schema files of the wire contract: ``python -m schemas.export``.
+"""Write the generated files of the wire contract: ``python -m schemas.export``.
 
-The files under ``schemas/json/`` are checked in so that clients in other languages can
-validate against them; a test fails when they are stale.
+The JSON Schema files under ``schemas/json/`` are checked in so that clients in other
+languages can validate against them, and ``schemas/lua/statuses.lua`` so that the queue's
+scripts follow the state machine of :mod:`schemas.records`; a test fails when they are
+stale.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from schemas.adapters import AdapterRegistration
 from schemas.batches import Batch, BatchCreate, BatchOutputLine, BatchRequestLine, FileObject
 from schemas.jobs import GenerationParams, Job
 from schemas.records import JobError, JobEvent, JobRecord, JobResult
+from schemas.scripts import STATUSES_LUA, statuses_lua
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
@@ -44,8 +47,9 @@ def render(model: type[BaseModel]) -> str:
 
 
 def rendered() -> dict[Path, str]:
-    """Every schema file's path and expected content."""
-    return {JSON_DIR / f"{name}.json": render(model) for name, model in MODELS.items()}
+    """Every generated file's path and expected content."""
+    schemas = {JSON_DIR / f"{name}.json": render(model) for name, model in MODELS.items()}
+    return {**schemas, STATUSES_LUA: statuses_lua()}
 
 
 def main() -> int:

@@ -31,18 +31,25 @@ FINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
 
-_ALLOWED = {
-    JobStatus.QUEUED: {JobStatus.RUNNING} | FINAL_STATUSES,
-    # A transient failure puts a running job back in the queue for another attempt.
-    JobStatus.RUNNING: {JobStatus.QUEUED, JobStatus.RUNNING} | FINAL_STATUSES,
+# The job state machine, its one source: which status may follow which (``None``: no
+# record yet). The queue's Lua scripts read it as ``schemas/lua/statuses.lua``, which
+# ``python -m schemas.export`` writes from it; a test runs those scripts against it.
+# A live status may move to any: ``queued`` again is a retry, ``running`` again a new
+# attempt after a consumer died; a final status is written once.
+_LIVE_NEXT = frozenset({JobStatus.QUEUED, JobStatus.RUNNING}) | FINAL_STATUSES
+TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
+    # Enqueued (a record with 'queued'), or pushed with plain XADD: its record is written
+    # when a worker takes it ('running'), or ends it (a payload that cannot be parsed).
+    None: _LIVE_NEXT,
+    JobStatus.QUEUED: _LIVE_NEXT,
+    JobStatus.RUNNING: _LIVE_NEXT,
+    **{status: frozenset() for status in FINAL_STATUSES},
 }
 
 
 def can_transition(current: JobStatus | None, new: JobStatus) -> bool:
     """Whether a record in ``current`` (``None``: no record yet) may move to ``new``."""
-    if current is None:
-        return True
-    return new in _ALLOWED.get(current, frozenset())
+    return new in TRANSITIONS[current]
 
 
 class ErrorType(str, Enum):

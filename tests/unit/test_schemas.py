@@ -31,7 +31,7 @@ def schema(name: str) -> dict[str, Any]:
     return json.loads((JSON_DIR / f"{name}.json").read_text())
 
 
-def test_json_schema_files_are_current() -> None:
+def test_generated_files_are_current() -> None:
     stale = [p.name for p, text in rendered().items() if not p.exists() or p.read_text() != text]
     assert not stale, f"run `python -m schemas.export`: stale {stale}"
 

@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from functools import cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -26,11 +24,11 @@ from producer.durability import Durability, ReplicationTimeoutError
 from producer.stats import find_group
 from schemas import JobStatus, Keys, codec
 from schemas.replicas import ReplicaHeartbeat
+from schemas.scripts import script_source
 from workers.errors import REDIS_DOWN
 from workers.queue.coalesce import Coalescer
 from workers.settings import DEFAULT_DEAD_MAXLEN
 
-LUA_DIR = Path(__file__).resolve().parent / "lua"
 MAX_OUTAGE_BACKOFF_S = 5.0
 # Script calls of concurrent jobs sent in one pipeline, at most: enough for every job of a
 # consumer at once, small enough that one reply does not hold the others long.
@@ -54,12 +52,6 @@ async def until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
                 log.warning("redis unreachable (%s), retrying: %s", what, exc)
             await asyncio.sleep(delay_s)
             delay_s = min(MAX_OUTAGE_BACKOFF_S, delay_s * 2)
-
-
-@cache
-def script_source(name: str) -> str:
-    """The text of ``lua/{name}.lua`` behind the shared helpers of ``lua/common.lua``."""
-    return (LUA_DIR / "common.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)

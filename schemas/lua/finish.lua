@@ -1,7 +1,8 @@
 -- Store a job's final status, its terminal event, and acknowledge its stream entry: the
--- one write that ends a job. It writes only when the job is not final yet, so a job
--- delivered twice (a slow consumer that resumed) keeps its first answer; the second
--- writer still acknowledges its entry.
+-- one write that ends a job. It writes only when the job may still move to that status
+-- (can_move, statuses.lua: not once it has ended), so a job delivered twice (a slow
+-- consumer that resumed) keeps its first answer; the second writer still acknowledges
+-- its entry.
 -- KEYS: 1 job hash, 2 job events, 3 all events, 4 jobs stream, 5 dead-letter stream,
 --       6 the job's cancel flag (deleted: a flag never outlives its job)
 -- ARGV: 1 group, 2 entry id, 3 job id, 4 final status, 5 adapter, 6 now,
@@ -30,7 +31,7 @@ if problem then
   return {0, ''}
 end
 local current = redis.call('HGET', KEYS[1], 'status')
-if FINAL[current] then
+if not can_move(current, ARGV[4]) then
   redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
   return {0, current}
 end

@@ -3,7 +3,8 @@
 -- ARGV: 1 job id, 2 status, 3 adapter, 4 worker, 5 now, 6 created_at (used if the hash has
 --       none: a job pushed without a record), 7 record ttl seconds, 8 events maxlen,
 --       9 max attempts, 10 the stream entry id
--- Returns {outcome, value}: {'final', status} when the job already ended (nothing changed);
+-- Returns {outcome, value}: {'final', status} when the job already ended, so that it cannot
+-- move to ARGV 2 (can_move, statuses.lua; nothing changed);
 -- {'cancel', ''} when cancellation was asked; {'exhausted', attempts} when 'running' was
 -- asked for a job started max-attempts times already; {'refused', why} when the job's
 -- keys cannot hold its record (see job_keys_problem); otherwise {'ok', attempts}.
@@ -12,7 +13,7 @@ if problem then
   return {'refused', problem}
 end
 local current = redis.call('HGET', KEYS[1], 'status')
-if FINAL[current] then
+if not can_move(current, ARGV[2]) then
   return {'final', current}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then

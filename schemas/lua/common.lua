@@ -1,5 +1,5 @@
--- Shared by every loraq queue script (prepended when the script is registered).
-local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+-- Shared by every loraq queue script (prepended, after statuses.lua, when the script is
+-- registered: schemas/scripts.py).
 
 -- A status entry in the job's own events stream. attempt (optional, with 'running'):
 -- which start of the job this is. A job run again after its replica died streams its text
