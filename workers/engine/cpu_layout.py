@@ -6,18 +6,16 @@ layouts do better, with the same values:
 
 - **Packed** (float32, oneDNN): the weight is reordered once into oneDNN's blocked layout
   and the module's products run through oneDNN's linear, the path PyTorch's own
-  inductor "freezing" takes. Measured on this project's 2-core machine (1 thread, the
-  bench model's 63 linear layers, weights read from memory, ``bench/cpu_kernels.py``):
-  1.4-1.9x the column-major speed at 4 rows, 1.5-1.65x at 16, 1.1-1.5x at 64, 1.1-1.4x
-  for a 16 x 20 prefill; 0.9-1.0x at one row.
+  inductor "freezing" takes: faster than column-major from a few rows up, about even at
+  one row (``bench/cpu_kernels.py``; figures in docs/SERVING.md, "Where our CPU step
+  goes").
   The packed tensor replaces the dense one (the same bytes), so a packed module's weight
   is an MKL-DNN tensor: only its own forward reads it. PEFT's layers read base weights
   (DoRA's norms, for one), so :func:`unpack_linears` gives every module its dense weight
   back before PEFT wraps any (the stacked LoRA hooks need no weight values).
 - **Column-major** (other float dtypes, or packing turned off): ``W.t().contiguous().t()``
-  makes ``W.T`` the contiguous operand, which the BLAS multiplies faster for few rows:
-  1.6-1.8x for the bench model's matrices alone at 16 rows (in cache), +13-15% tokens/s
-  at 64 rows x 64 tokens. Every module still sees the same ``[out, in]`` tensor.
+  makes ``W.T`` the contiguous operand, which the BLAS multiplies faster for few rows.
+  Every module still sees the same ``[out, in]`` tensor.
 
 CUDA's BLAS takes either dense layout alike; nothing here runs there. Weights shared by
 two modules (an output layer tied to the embedding) and quantized layers (bitsandbytes

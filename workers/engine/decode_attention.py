@@ -4,12 +4,11 @@ Two things SDPA does badly for a decode step's query of one token, which this mo
 attention function does instead:
 
 - **On a CPU** (float32), PyTorch's flash-attention kernel reads the keys and values at a
-  fraction of what one core reads. Measured by ``bench/cpu_kernels.py`` (this project's
-  2-core machine, 1 thread, the bench model's 9 layers of 8 heads x 64, every layer's
-  cache read from memory): SDPA 5-8 GB/s, the kernel of ``csrc/decode_attention.c`` 9.5-19
-  GB/s, a plain sum of the same views 11-22 GB/s; 1.5-2.3x SDPA at 16 and 64 rows of
-  48-288 columns, 1.3-2.2x at one row. The kernel is built at run time by gcc
-  (:mod:`native`); without gcc, SDPA.
+  fraction of what one core reads; the kernel of ``csrc/decode_attention.c`` reads each
+  key and value column once, kv heads in place, close to a plain read of the same bytes
+  (``bench/cpu_kernels.py`` measures both; its figures are in docs/SERVING.md, "Where our
+  CPU step goes"). The kernel is built at run time by gcc (:mod:`native`); without gcc,
+  SDPA.
 - **On a model of GQA heads** (Llama-3: 32 query heads over 8 kv heads), transformers'
   SDPA path copies the keys and values to every query head (``repeat_kv``) whenever a mask
   is passed, and a decode step of ours always passes one: four times the cache written

@@ -11,13 +11,10 @@ rows computed (one big group among many singletons), when the groups are more th
 ``MAX_GROUP_SHARE`` of the rows, or when grouping saves fewer than ``MIN_SAVED_READS``
 adapter reads. A grouped read costs more than a per-row one (``bmm`` over blocks of
 several rows, and two gathers), so grouping pays only where it reads well under the rows'
-count of adapters. Measured per hooked module (``bench/cpu_kernels.py``: this project's
-CPU, one thread, rank 16, 512 wide, the stacks read from memory as in a decode step, not
-from cache), grouped time / per-row time: 0.70-1.0 at 16 rows of 8 adapters, 0.3-0.65
-at 64 of 8, 0.4-0.6 at 64 of 16, 0.6-0.85 at 64 of 32, about 1.0 at 20 of 8, 8 of 4 and
-48 of 32 (groups 0.4-0.67 of the rows), but 1.3-1.7 at 16 of 12, 32 of 24 and 64 of 48
-(0.75 of the rows). An earlier threshold, 24 saved reads, came from a measurement with
-the stacks in cache, where a read is nearly free and only the gathers' cost showed.
+count of adapters. The thresholds come from ``bench/cpu_kernels.py`` with the stacks read
+from memory, as in a decode step (figures in docs/SERVING.md, "Where our CPU step goes"):
+with the stacks in cache a read is nearly free and only the gathers' cost shows, which
+had set an earlier threshold far too high.
 
 Shapes: ``R`` rows, ``G`` groups, ``M`` rows per group (padded).
 """

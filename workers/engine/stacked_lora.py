@@ -8,8 +8,8 @@ the rank, the rank before ``out``) so that a pass's selection is already the con
 operand ``bmm`` wants. A forward hook on the *base* module adds each row's delta. On a
 CPU in float32 that is one call of ``csrc/lora_delta.c`` (:meth:`StackedLora.add_on_kernel`),
 which walks the pass's rows in runs of one slot, reads each adapter once and adds in
-place, with no gather, padding or scatter of rows: 0.5-0.9x the time of the PyTorch path
-per hooked module at 4-64 rows of 2-48 adapters on the bench model (``bench/cpu_kernels.py``).
+place, with no gather, padding or scatter of rows (faster than the PyTorch path per hooked
+module: ``bench/cpu_kernels.py``, figures in docs/SERVING.md, "Where our CPU step goes").
 Elsewhere (CUDA, half precision, no gcc) it is two ``bmm`` calls over the pass's rows
 grouped by slot, each adapter read once per pass (:mod:`row_groups`), or two matmuls
 when every row uses one slot. Moving an adapter in

@@ -45,8 +45,8 @@ class ServeDispatcher:
 
     def _handle_for(self, model_id: str) -> DeploymentHandle[Any]:
         # By value over Serve's inter-deployment gRPC rather than through the object store:
-        # each streamed message is then a message, not an object, which on two cores lifted
-        # the queue path from 0.6 to 0.8 of the direct handle's throughput (bench/queue.py).
+        # each streamed message is then a message, not an object, a cost per message less
+        # (bench/queue.py; docs/SERVING.md, "Cost of the queue").
         handle = self.handle.options(stream=True, _by_reference=False)
         return handle.options(multiplexed_model_id=model_id) if model_id else handle
 
