@@ -10,7 +10,10 @@ both ways make idempotent.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +63,20 @@ class FailoverApp(ChaosApp):
 
     def client(self) -> redis.Redis:
         return sync_client(self.settings)
+
+
+def cli_round_trip(app: FailoverApp, env: dict[str, str]) -> tuple[str, str]:
+    """``loraq submit --wait`` in a process of its own, its Redis mode from ``env``
+    (``LORAQ_*``): the text it printed and what the adapter's rule predicts."""
+    prompt = app.pool[0]
+    command = [sys.executable, "-m", "producer.cli", "--prefix", app.settings.prefix, "submit"]
+    command += ["--adapter", "upper", "--param", f"max_new_tokens={MAX_NEW_TOKENS}"]
+    command += ["--wait", "--timeout", "60", prompt]
+    done = subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout)["result"]["text"], expected_output("upper", prompt)
 
 
 def deploy(base_url: str, settings: WorkerSettings, pool: list[str] | None = None) -> FailoverApp:

@@ -19,7 +19,13 @@ from redis.crc import key_slot
 
 from tests.integration.chaos.accounting import account
 from tests.integration.chaos.conftest import chaos_settings
-from tests.integration.failover.feeds import FIGURES, FailoverApp, LibraryFeed, deploy
+from tests.integration.failover.feeds import (
+    FIGURES,
+    FailoverApp,
+    LibraryFeed,
+    cli_round_trip,
+    deploy,
+)
 from tests.integration.failover.topology import Cluster
 from workers import launch
 
@@ -104,3 +110,7 @@ def test_the_busiest_queue_slot_migrates_under_500_jobs_a_queue(
         print(tally.line(), feed.errors[:2])
         tally.check()
         assert tally.statuses == {"succeeded": JOBS_PER_QUEUE}
+    # The CLI on the moved queue, by a node that no longer serves its slot.
+    env = {"LORAQ_REDIS_CLUSTER": "true", "LORAQ_REDIS_URL": f"redis://127.0.0.1:{source.port}/0"}
+    text, expected_text = cli_round_trip(busiest.app, env)
+    assert text == expected_text

@@ -17,7 +17,14 @@ import requests
 
 from tests.integration.chaos.accounting import account
 from tests.integration.chaos.conftest import chaos_settings
-from tests.integration.failover.feeds import FIGURES, FailoverApp, LibraryFeed, RawFeed, deploy
+from tests.integration.failover.feeds import (
+    FIGURES,
+    FailoverApp,
+    LibraryFeed,
+    RawFeed,
+    cli_round_trip,
+    deploy,
+)
 from tests.integration.failover.topology import SERVICE, SentinelSet
 from workers import launch
 
@@ -102,3 +109,7 @@ def test_the_primary_killed_under_600_jobs_from_two_producers(
     assert tally.jobs == 2 * JOBS_PER_FEED
     assert tally.statuses == {"succeeded": 2 * JOBS_PER_FEED}
     assert tally.last_finished_at - promoted_at < FINAL_BOUND_S
+    # The CLI finds the promoted primary through the sentinels as well.
+    env = {"LORAQ_REDIS_SENTINELS": sentinel_set.addresses, "LORAQ_REDIS_SENTINEL_SERVICE": SERVICE}
+    text, expected_text = cli_round_trip(app, {**env, "LORAQ_REDIS_MIN_REPLICAS": "1"})
+    assert text == expected_text
