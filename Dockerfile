@@ -4,6 +4,7 @@
 #
 #   docker build -t loraq .                                        # CPU torch (default)
 #   docker build --build-arg TORCH_VARIANT=cu128 -t loraq:cu128 .  # CUDA 12.8 torch
+#   docker build --build-arg KERNEL_LEVEL=x86-64-v4 -t loraq .      # CPU kernels for AVX-512
 #   docker run --rm -p 8000:8000 -p 8265:8265 -p 8080:8080 --shm-size=2g \
 #     -e LORAQ_REDIS_URL=redis://redis-host:6379/0 loraq
 #
@@ -15,7 +16,14 @@ FROM ${PYTHON_IMAGE} AS build
 # A PyTorch wheel index: cpu, or a CUDA build such as cu128 (needs the NVIDIA runtime).
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+# The x86-64 level the CPU kernels (workers/engine/csrc) are built for; a replica checks its
+# CPU against it at start. Empty: none built ahead (an arm64 image), PyTorch's path then.
+ARG KERNEL_LEVEL=x86-64-v3
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/loraq/bin:$PATH
+# gcc builds the CPU kernels here; the final image has none.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/loraq
 # torch first and pinned: the extra's `torch==2.13.0` is then already met, and PyPI's
 # default Linux wheel (a multi-GB CUDA build) is never pulled into the CPU image.
@@ -27,6 +35,9 @@ COPY producer producer
 COPY workers workers
 COPY demo demo
 RUN pip install ".[worker]"
+# Into the installed package (workers/engine/prebuilt/), so from outside /src, whose
+# workers/ would be imported first.
+RUN if [ -n "${KERNEL_LEVEL}" ]; then cd / && python -m workers.engine.native "${KERNEL_LEVEL}"; fi
 
 FROM ${PYTHON_IMAGE}
 # tini reaps the processes Ray leaves behind; wget is what KubeRay's readiness probe of

@@ -9,9 +9,12 @@ against the repository's serve_config.yaml (which test_serve_config.py deploys).
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +28,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from tests.conftest import REPO
 from workers.app import app_builder
+from workers.engine import native
 from workers.settings import WorkerSettings
 
 DATA = REPO / "tests" / "data"
@@ -109,6 +113,41 @@ def test_dockerfile_builds_a_slim_non_root_cpu_image_serving_the_worker_extra() 
     assert env["LORAQ_HTTP_HOST"] == "0.0.0.0"
     [expose] = [a for op, a in final_stage() if op == "EXPOSE"]
     assert {int(port) for port in expose.split()} == PORTS
+
+
+@pytest.mark.skipif(
+    shutil.which("gcc") is None or platform.machine() != "x86_64", reason="needs gcc on x86-64"
+)
+def test_dockerfile_builds_the_cpu_kernels_ahead_for_a_stated_level(tmp_path: Path) -> None:
+    steps = dockerfile()
+    build = steps[: steps.index(final_stage()[0])]
+    args = dict(a.split("=", 1) for op, a in build if op == "ARG" and "=" in a)
+    level = args["KERNEL_LEVEL"]
+    assert level in native.LEVEL_FLAGS
+    runs = [a for op, a in build if op == "RUN"]
+    assert any("apt-get install" in run and " gcc " in run for run in runs)
+    assert not any("gcc" in a for op, a in final_stage() if op == "RUN")  # none in the image
+    [kernels] = [run for run in runs if "workers.engine.native" in run]
+    assert 'python -m workers.engine.native "${KERNEL_LEVEL}"' in kernels
+    assert "cd / &&" in kernels  # the installed package, not /src's copy, gets them
+    # The step on a copy of the package as pip installs it: the libraries and their level
+    # land beside native.py.
+    site = tmp_path / "site-packages"
+    skip = shutil.ignore_patterns("prebuilt", "__pycache__")
+    shutil.copytree(REPO / "workers" / "engine", site / "workers" / "engine", ignore=skip)
+    shutil.copy(REPO / "workers" / "__init__.py", site / "workers")
+    subprocess.run(
+        [sys.executable, "-m", "workers.engine.native", level],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin:/usr/local/bin"},
+        check=True,
+        capture_output=True,
+    )
+    prebuilt = site / "workers" / "engine" / "prebuilt"
+    assert (prebuilt / native.LEVEL_FILE).read_text().strip() == level
+    assert {path.stem for path in prebuilt.glob("*.so")} == {
+        path.stem for path in native.SOURCES.glob("*.c")
+    }
 
 
 def load_pyproject_worker_extra() -> list[str]:

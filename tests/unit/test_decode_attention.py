@@ -167,6 +167,13 @@ def test_a_model_switched_to_it_decodes_as_with_sdpa(tmp_path: Path) -> None:
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
 
+def test_a_model_off_the_cpu_keeps_transformers_attention(tmp_path: Path) -> None:
+    model, _ = tiny_llamas(tmp_path)
+    model.to("meta")  # any device but the CPU: no weights needed to decide
+    assert not use_decode_attention(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
 @pytest.fixture
 def no_gcc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(native.shutil, "which", lambda name: None)

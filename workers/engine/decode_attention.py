@@ -1,21 +1,22 @@
-"""One-token decode attention, behind transformers' attention interface.
+"""One-token decode attention on a CPU, behind transformers' attention interface.
 
 Two things SDPA does badly for a decode step's query of one token, which this module's
-attention function does instead:
+attention function does instead. Only a model on a CPU is switched to it: on CUDA no
+measurement has shown it better than transformers' own attention, which stays.
 
-- **On a CPU** (float32), PyTorch's flash-attention kernel reads the keys and values at a
+- **In float32**, PyTorch's flash-attention CPU kernel reads the keys and values at a
   fraction of what one core reads; the kernel of ``csrc/decode_attention.c`` reads each
   key and value column once, kv heads in place, close to a plain read of the same bytes
   (``bench/cpu_kernels.py`` measures both; its figures are in docs/SERVING.md, "Where our
-  CPU step goes"). The kernel is built at run time by gcc (:mod:`native`); without gcc,
-  SDPA.
+  CPU step goes"). The kernel is built ahead of time or at start (:mod:`native`);
+  without it, SDPA.
 - **On a model of GQA heads** (Llama-3: 32 query heads over 8 kv heads), transformers'
   SDPA path copies the keys and values to every query head (``repeat_kv``) whenever a mask
   is passed, and a decode step of ours always passes one: four times the cache written
   and read again, every layer. Here the kernel reads each kv head in place, and where it
-  does not run (CUDA, half precision) SDPA gets the query heads of a kv head as that
-  head's query positions (``[B, KVH, G, D]``: one token, so no causal order among them),
-  which is the same attention without the copy.
+  does not run (half precision, or no kernel) SDPA gets the query heads of a kv head as
+  that head's query positions (``[B, KVH, G, D]``: one token, so no causal order among
+  them), which is the same attention without the copy.
 
 :func:`use_decode_attention` switches a model from ``sdpa`` to ``loraq_decode``: a name
 registered with transformers whose masks are SDPA's and whose calls take one of the two
@@ -160,11 +161,10 @@ def _grouped_sdpa(
 
 def use_decode_attention(model: PreTrainedModel) -> bool:
     """Switch ``model`` from SDPA to :data:`NAME`; False (and unchanged) when it does not
-    use SDPA."""
-    if model.config._attn_implementation != "sdpa":
+    use SDPA or is not on a CPU."""
+    if model.config._attn_implementation != "sdpa" or model.device.type != "cpu":
         return False
-    if model.device.type == "cpu":
-        kernel()  # built now rather than in the first decode step
+    kernel()  # loaded (or built) now rather than in the first decode step
     AttentionInterface.register(NAME, decode_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     try:
