@@ -8,26 +8,15 @@ fails when a script decides on its own, whatever the generated file says.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from producer.scripts import CANCEL, cancel_args
-from schemas import JobStatus, Keys, can_transition, codec
+from schemas import JobStatus, can_transition, codec
 from workers.queue.store import FinalWrite, JobStore, MarkOutcome
 
 ENTRY = "1-0"
 CURRENT = [None, *JobStatus]
-
-
-@pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    job_store = JobStore(client, Keys(prefix), events_maxlen=1000)
-    assert await job_store.ensure_group()
-    yield job_store
-    await client.aclose()
 
 
 async def job_in(store: JobStore, status: JobStatus | None) -> str:

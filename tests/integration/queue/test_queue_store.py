@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import orjson
-import pytest
 import redis
-import redis.asyncio as aioredis
 
-from schemas import JobEvent, JobStatus, Keys, codec
+from schemas import JobEvent, JobStatus, codec
 from workers.queue.store import FinalWrite, JobStore, MarkOutcome
-
-
-@pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[JobStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    job_store = JobStore(client, Keys(prefix), events_maxlen=1000)
-    assert await job_store.ensure_group()
-    yield job_store
-    await client.aclose()
 
 
 async def push(store: JobStore, payload: dict[str, object]) -> str:
