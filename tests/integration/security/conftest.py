@@ -17,6 +17,8 @@ KEY_A, KEY_B, ADMIN = "sec-key-a", "sec-key-b", "sec-admin-key"
 BODY_TIMEOUT_S = 2.0
 DEAD_MAXLEN = 1000
 DEAD_PAYLOAD_MAX_BYTES = 1024
+# The default file limit: the Batch API tests send files of that size.
+MAX_FILE_BYTES = 32 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,7 @@ def secure_app(ray_serve: str, redis_url: str) -> Iterator[GatewayApp]:
         http_body_timeout_s=BODY_TIMEOUT_S,
         dead_maxlen=DEAD_MAXLEN,
         dead_payload_max_bytes=DEAD_PAYLOAD_MAX_BYTES,
+        max_file_bytes=MAX_FILE_BYTES,
     )
     app = deploy(settings, ray_serve, headers=bearer(KEY_A))
     yield app

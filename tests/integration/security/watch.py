@@ -1,0 +1,133 @@
+"""What the Batch API tests watch while a hostile or large request runs: the gateway
+replica's RSS, and how long ``/healthz`` (and another key's requests) take meanwhile."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psutil
+import requests
+
+from tests.integration.gateway.conftest import GatewayApp
+
+MB = 1024 * 1024
+POLL_S = 0.2
+# A poll that does not answer counts as this long (it is over every bound anyway).
+POLL_TIMEOUT_S = 5.0
+RSS_SAMPLE_S = 0.05
+SETTLE_S = 15.0
+MIN_WATCH_S = 1.0
+SLOW_S = 0.1
+
+
+def gateway_process(app: GatewayApp) -> psutil.Process:
+    """The process of the app's gateway replica (Ray titles it ``ServeReplica:<app>:Gateway``)."""
+    title = f"ServeReplica:{app.settings.app_name}:Gateway"
+    for process in psutil.process_iter(["cmdline"]):
+        if any(title in part for part in process.info["cmdline"] or ()):
+            return process
+    raise AssertionError(f"no process titled {title}")
+
+
+@dataclass
+class Watch:
+    """The figures of one watched request (seconds, bytes)."""
+
+    rss_start: int
+    rss_peak: int = 0
+    rss_after: int = 0
+    slowest_health_s: float = 0.0
+    slowest_other_s: float = 0.0
+    polls: int = 0
+    # (seconds since the watch began, /healthz s, other s) of each poll over 0.1 s.
+    slow: list[tuple[float, float, float]] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.rss_peak - self.rss_start) / MB
+
+    @property
+    def median_other_s(self) -> float:
+        return statistics.median(self.others) if self.others else 0.0
+
+    @property
+    def left_mb(self) -> float:
+        return (self.rss_after - self.rss_start) / MB
+
+    def check(self) -> None:
+        """The acceptance bounds of issue 29."""
+        assert self.polls > 0
+        assert self.slowest_health_s < 1.0, self
+        assert self.growth_mb < 64, self
+        assert self.left_mb < 32, self
+
+
+def _timed(call: Callable[[], requests.Response]) -> float:
+    started = time.monotonic()
+    try:
+        reply = call()
+    except requests.RequestException:
+        return POLL_TIMEOUT_S
+    return time.monotonic() - started if reply.ok else POLL_TIMEOUT_S
+
+
+@contextmanager
+def watched(
+    app: GatewayApp, other: Callable[[], requests.Response] | None = None
+) -> Iterator[Watch]:
+    """Watch the gateway replica while the block runs: its RSS every 50 ms, ``/healthz``
+    (and ``other``, another key's request) every 0.2 s; after it, the RSS once it settles."""
+    process = gateway_process(app)
+    watch = Watch(rss_start=process.memory_info().rss)
+
+    def sample() -> None:
+        while True:
+            watch.rss_peak = max(watch.rss_peak, process.memory_info().rss)
+            if watch._stop.wait(RSS_SAMPLE_S):
+                return
+
+    def poll() -> None:
+        while not watch._stop.wait(POLL_S):
+            at = time.monotonic() - started
+            health = _timed(lambda: requests.get(app.url + "/healthz", timeout=POLL_TIMEOUT_S))
+            listed = _timed(other) if other is not None else 0.0
+            watch.slowest_health_s = max(watch.slowest_health_s, health)
+            watch.slowest_other_s = max(watch.slowest_other_s, listed)
+            watch.others.append(listed)
+            if max(health, listed) > SLOW_S:
+                watch.slow.append((round(at, 2), round(health, 3), round(listed, 3)))
+            watch.polls += 1
+
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=sample, daemon=True),
+        threading.Thread(target=poll, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield watch
+    finally:
+        # Watched for a while even when the request was refused at once.
+        time.sleep(max(0.0, MIN_WATCH_S - (time.monotonic() - started)))
+        watch._stop.set()
+        for thread in threads:
+            thread.join()
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        watch.rss_after = process.memory_info().rss
+        if watch.left_mb < 32 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(
+        f"\nRSS +{watch.growth_mb:.1f} MB peak, +{watch.left_mb:.1f} MB after; /healthz at "
+        f"most {watch.slowest_health_s:.3f} s; other key at most {watch.slowest_other_s:.3f} s, "
+        f"median {watch.median_other_s:.3f} s; {watch.polls} polls; slow: {watch.slow}"
+    )
