@@ -1,16 +1,17 @@
 """The ``loraq`` command line: client verbs here, worker verbs from ``workers.cli`` if installed.
 
 A producer-only install (``pip install loraq``) has the client verbs; the worker extra
-adds ``serve``, ``demo`` and the rest through :func:`register_worker_verbs`.
+adds ``serve``, ``demo`` and the rest through :func:`register_worker_verbs`, which finds
+``workers.cli`` by its entry point (``loraq.verbs`` in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from schemas.jobs import GenerationParams
 log = logging.getLogger(__name__)
 
 EXIT_NO_REDIS = 3
+VERBS_GROUP = "loraq.verbs"  # entry points of verbs other packages add
 
 EPILOG = """\
 exit codes: 0 ok; 1 job failed, was cancelled or expired, or a wait timed out;
@@ -265,13 +267,18 @@ def add_dead_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def register_worker_verbs(subparsers: Any) -> None:
-    """Let ``workers.cli.register(subparsers)`` add its verbs, when the worker extra is in."""
-    try:
-        module = importlib.import_module("workers.cli")
-    except ImportError as exc:
-        log.debug("no worker verbs: %s", exc)
-        return
-    module.register(subparsers)
+    """Let each ``loraq.verbs`` entry point (``workers.cli.register``: ``serve``, ``demo``)
+    add its verbs, where its dependencies are installed (the worker extra).
+
+    Entry points rather than an import, so that the client side names no package above it.
+    """
+    for entry in entry_points(group=VERBS_GROUP):
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            log.debug("no %s verbs: %s", entry.name, exc)
+            continue
+        register(subparsers)
 
 
 def settings_from(args: argparse.Namespace) -> ClientSettings:
