@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from workers.gateway.app import create_app
+from workers.gateway.batch_sweep import BatchSweep
 from workers.gateway.model_client import ModelClient
 from workers.gateway.services import Services
 from workers.logs import configure_logging
@@ -37,6 +38,8 @@ class Gateway:
             model, affinity=settings.affinity_routing, replicas=settings.num_model_replicas
         )
         self.services = Services.create(settings, client)
+        self.sweep = BatchSweep(self.services.batches)
+        self.sweep.start()
         log.info(
             "gateway up: %d adapters registered, API keys %s",
             len(self.services.registry.names()),
@@ -47,4 +50,5 @@ class Gateway:
         return create_app(self.services)
 
     async def __del__(self) -> None:
+        await self.sweep.stop()
         await self.services.aclose()
