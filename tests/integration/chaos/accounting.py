@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -56,6 +57,15 @@ class Tally:
 # Every scenario's tally, for the terminal summary (conftest.py); kept here because pytest
 # imports a conftest under a module name of its own.
 FIGURES: list[Tally] = []
+
+
+def write_figures(terminalreporter: Any, title: str, tallies: list[Tally]) -> None:
+    """One line of figures per scenario that ran, in a section of pytest's summary."""
+    if not tallies:
+        return
+    terminalreporter.section(title)
+    for tally in tallies:
+        terminalreporter.write_line(tally.line())
 
 
 def final_events(client: redis.Redis, keys: Keys) -> Counter[str]:

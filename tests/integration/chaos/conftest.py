@@ -22,7 +22,7 @@ from ray import serve
 
 from demo.tasks import ADAPTER_RULES, expected_output
 from producer.embedded import EmbeddedRedis
-from tests.integration.chaos.accounting import FIGURES
+from tests.integration.chaos.accounting import FIGURES, write_figures
 from tests.integration.serve.conftest import (
     MAX_NEW_TOKENS,
     LiveApp,
@@ -51,12 +51,7 @@ MODELS: list[str | None] = [*ADAPTER_RULES, None]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """One line of figures per chaos scenario that ran."""
-    if not FIGURES:
-        return
-    terminalreporter.section("chaos figures")
-    for tally in FIGURES:
-        terminalreporter.write_line(tally.line())
+    write_figures(terminalreporter, "chaos figures", FIGURES)
 
 
 @dataclass

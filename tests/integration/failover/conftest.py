@@ -8,33 +8,24 @@ from typing import Any
 
 import pytest
 
+from tests.integration.chaos.accounting import write_figures
 from tests.integration.failover.feeds import FIGURES
-from tests.integration.failover.topology import Cluster, SentinelSet
+from tests.integration.failover.topology import Cluster, SentinelSet, running
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("failover figures")
-    for tally in FIGURES:
-        terminalreporter.write_line(tally.line())
+    write_figures(terminalreporter, "failover figures", FIGURES)
 
 
 @pytest.fixture(scope="module")
 def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """A primary, a replica and three sentinels, stopped at the module's end."""
-    topology = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    try:
-        yield topology.start()
-    finally:
-        topology.stop()
+    with running(SentinelSet(tmp_path_factory.mktemp("sentinel"))) as topology:
+        yield topology
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three primaries in one Redis Cluster, stopped at the module's end."""
-    topology = Cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield topology.start()
-    finally:
-        topology.stop()
+    with running(Cluster(tmp_path_factory.mktemp("cluster"))) as topology:
+        yield topology

@@ -11,10 +11,14 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import redis
+from typing_extensions import Self
 
 from producer.embedded import free_port
 
@@ -120,6 +124,25 @@ def data_node(folder: Path, *extra: str) -> RedisProcess:
     # A replica's first sync starts at once (Redis waits 5 s by default for more replicas).
     args += ["--maxmemory-policy", "noeviction", "--repl-diskless-sync-delay", "0", *extra]
     return RedisProcess(folder, args)
+
+
+class Topology(Protocol):
+    def start(self) -> Self: ...
+
+    def stop(self) -> None: ...
+
+
+T = TypeVar("T", bound=Topology)
+
+
+@contextmanager
+def running(topology: T) -> Iterator[T]:
+    """``topology`` started, and stopped however the block ends (a failed start too:
+    what had started by then is stopped)."""
+    try:
+        yield topology.start()
+    finally:
+        topology.stop()
 
 
 @dataclass
