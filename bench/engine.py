@@ -46,8 +46,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.engine_backends import backend_lines, backend_runs, plot_backends, target_lines
 from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines
+from bench.local_adapters import resolved, warm
 from bench.report import RESULTS
 from schemas import GenerationParams
+from workers.adapters.registry import AdapterRegistry
+from workers.adapters.resolved import name_of
 from workers.engine.engine import Engine
 from workers.engine.model_loader import load_model
 from workers.engine.requests import GenerationRequest
@@ -166,7 +169,11 @@ def engine_runs(engine: Engine, peft_engine: Engine, new_tokens: int) -> dict[st
     """(b), (c) and (d) on one engine, (e) on ``peft_engine`` (its adapters loaded
     through PEFT); the batch's adapters are made warm first on both."""
     params = GenerationParams(max_new_tokens=new_tokens)
-    mixed = [GenerationRequest(adapter=a, prompt=p, params=params) for a, p in workload()]
+    folder = engine_folder(engine)
+    mixed = [
+        GenerationRequest(adapter=a, prompt=p, params=params, resolved=resolved(folder, a))
+        for a, p in workload()
+    ]
     base_only = [GenerationRequest(adapter=None, prompt=p, params=params) for _, p in workload()]
 
     async def together(requests: list[GenerationRequest]) -> tuple[int, float]:
@@ -184,9 +191,9 @@ def engine_runs(engine: Engine, peft_engine: Engine, new_tokens: int) -> dict[st
         outputs = await asyncio.gather(*[peft_engine.generate(r) for r in requests])
         return sum(o.completion_tokens for o in outputs), time.perf_counter() - started
 
-    for warm in (engine, peft_engine):
+    for backend in (engine, peft_engine):
         for name in sorted({a for a, _ in workload()}):
-            asyncio.run(warm.ensure_adapter(name))
+            asyncio.run(backend.ensure_adapter(warm(folder, name)))
     asyncio.run(together(mixed))  # warm-up
     asyncio.run(peft_per_row(mixed))
     return {
@@ -206,13 +213,25 @@ def peft_path_engine(settings: WorkerSettings) -> Engine:
     return engine
 
 
+def engine_folder(engine: Engine) -> str | None:
+    """The adapter folder the bench gave ``engine``."""
+    return engine._settings.adapter_dir
+
+
+def adapter_names(folder: str | Path | None) -> list[str]:
+    """The adapters the bench wrote into ``folder``."""
+    return AdapterRegistry({}, str(folder) if folder else None).names()
+
+
 def cold_loads(engine: Engine, count: int) -> dict[str, float]:
     """Time ``ensure_adapter`` for adapters not on the device (validation + load)."""
-    cold = [n for n in engine.adapter_names() if n not in engine.loaded_adapters()][:count]
+    folder = engine_folder(engine)
+    loaded = {name_of(key) for key in engine.loaded_adapters()}
+    cold = [n for n in adapter_names(folder) if n not in loaded][:count]
     times = []
     for name in cold:
         started = time.perf_counter()
-        asyncio.run(engine.ensure_adapter(name))
+        asyncio.run(engine.ensure_adapter(warm(folder, name)))
         times.append((time.perf_counter() - started) * 1000)
     return {"cold_load_ms_median": statistics.median(times), "cold_load_ms_max": max(times)}
 
@@ -251,8 +270,8 @@ def memory(base: Path, adapters: Path) -> dict[str, float]:
     materialize(loaded.model)
     engine = Engine(settings, loaded)
     del loaded
-    for name in engine.adapter_names():
-        asyncio.run(engine.ensure_adapter(name))
+    for name in adapter_names(adapters):
+        asyncio.run(engine.ensure_adapter(warm(adapters, name)))
     shared_rss = rss_bytes() - start
     assert len(engine.loaded_adapters()) == MEMORY_ADAPTERS
     # The stacked slots are plain tensors, not parameters: the engine counts them.

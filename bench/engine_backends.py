@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+from bench.local_adapters import resolved, warm
 from schemas import GenerationParams
 from workers.engine.backend import Backend
 from workers.engine.requests import GenerationRequest
@@ -36,16 +37,20 @@ BACKENDS = ("hf", "vllm")
 RUNS = ("mixed", "base", "one_at_a_time")
 
 
-def requests(rows: int, tokens: int, adapters: int, *, mixed: bool) -> list[GenerationRequest]:
+def requests(
+    rows: int, tokens: int, adapters: int, *, mixed: bool, folder: str | None
+) -> list[GenerationRequest]:
     """``rows`` requests of ``tokens`` new tokens; adapters in turn, or the base model."""
     params = GenerationParams(max_new_tokens=tokens)
+    names = [f"ad{row % adapters:02d}" if mixed else None for row in range(rows)]
     return [
         GenerationRequest(
-            adapter=f"ad{row % adapters:02d}" if mixed else None,
+            adapter=name,
             prompt=f"request number {row:02d}" + "x" * (row % 5),
             params=params,
+            resolved=resolved(folder, name),
         )
-        for row in range(rows)
+        for row, name in enumerate(names)
     ]
 
 
@@ -63,16 +68,16 @@ async def _one_at_a_time(backend: Backend, batch: list[GenerationRequest]) -> fl
 
 
 async def measure(
-    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int
+    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int, folder: str | None
 ) -> list[dict[str, list[float]]]:
-    """One turn of every run of every shape on ``backend`` (its adapters made warm first,
-    each shape warmed up once): tokens/s per run, as one-element lists."""
+    """One turn of every run of every shape on ``backend`` (its adapters, in ``folder``,
+    made warm first, each shape warmed up once): tokens/s per run, as one-element lists."""
     for index in range(adapters):
-        await backend.ensure_adapter(f"ad{index:02d}")
+        await backend.ensure_adapter(warm(folder, f"ad{index:02d}"))
     results = []
     for rows, tokens in shapes:
-        mixed = requests(rows, tokens, adapters, mixed=True)
-        base = requests(rows, tokens, adapters, mixed=False)
+        mixed = requests(rows, tokens, adapters, mixed=True, folder=folder)
+        base = requests(rows, tokens, adapters, mixed=False, folder=folder)
         await _together(backend, mixed)  # warm-up of this shape
         results.append(
             {
@@ -123,7 +128,7 @@ def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: i
     async def main() -> list[dict[str, Any]]:
         engine = Engine(settings, load_model(settings))
         try:
-            return await measure(engine, shapes, adapters=adapters)
+            return await measure(engine, shapes, adapters=adapters, folder=settings.adapter_dir)
         finally:
             await engine.close()
 
@@ -141,7 +146,7 @@ def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters:
         # Built on the loop (and thread) that uses it: vLLM binds to both.
         backend = VllmBackend.from_settings(settings.model_copy(update={"engine": "vllm"}))
         try:
-            return await measure(backend, shapes, adapters=adapters)
+            return await measure(backend, shapes, adapters=adapters, folder=settings.adapter_dir)
         finally:
             await backend.close()
 

@@ -19,6 +19,7 @@ import torch
 from peft import PeftModel
 
 from bench.gpu_models import SHAPES, build_model, write_adapters
+from bench.local_adapters import resolved, warm
 from schemas import GenerationParams
 from workers.engine.engine import Engine
 from workers.engine.model_loader import LoadedModel, load_model
@@ -134,11 +135,13 @@ def prompt(row: int) -> str:
 def requests(runner: Runner, shape: str, rows: int, *, mixed: bool) -> list[GenerationRequest]:
     names = runner.adapters[shape]
     params = GenerationParams(max_new_tokens=runner.plan.new_tokens)
+    folder = runner.adapter_dir(shape)
+    chosen = [names[row % len(names)] if mixed else None for row in range(rows)]
     return [
         GenerationRequest(
-            adapter=names[row % len(names)] if mixed else None, prompt=prompt(row), params=params
+            adapter=name, prompt=prompt(row), params=params, resolved=resolved(folder, name)
         )
-        for row in range(rows)
+        for row, name in enumerate(chosen)
     ]
 
 
@@ -157,7 +160,7 @@ def load_engine(runner: Runner, shape: str, variant: str) -> Engine:
         loaded = LoadedModel(runner.model(shape), build_char_tokenizer(), runner.device)
     engine = Engine(settings, loaded)
     for name in runner.adapters[shape]:
-        asyncio.run(engine.ensure_adapter(name))
+        asyncio.run(engine.ensure_adapter(warm(runner.adapter_dir(shape), name)))
     return engine
 
 

@@ -1,8 +1,9 @@
 """``{P}:adapters``: register, list and remove adapters at run time (operator verbs).
 
-A registration binds a name to a folder on the model workers' machines for good: the
-workers load it on first use and keep its weights, so registering a name again with
-another folder is refused. A new version of an adapter gets a new name.
+A registration binds a name to a folder on the model workers' machines or to a remote
+URI (``s3://…``, ``hf://…``). Re-pointing a name (``add --replace``) is allowed: within
+``LORAQ_REGISTRY_SYNC_S`` every replica drops the old bytes and serves the new version to
+jobs that start afterwards, while jobs already running finish on the old one.
 """
 
 from __future__ import annotations
@@ -38,27 +39,29 @@ class AdapterRegistrations:
         self.keys = keys
         self.roots = roots
 
-    def add(self, name: str, path: str) -> bool:
-        """Register ``name`` at ``path``; ``False`` when it already was, to the same folder.
+    def add(self, name: str, location: str, *, replace: bool = False) -> bool:
+        """Register ``name`` at ``location`` (an absolute folder or a URI); ``False`` when
+        it already was, to the same place.
 
-        Raises :class:`InvalidRegistration` for a bad name or path, a folder outside the
-        roots, or a name registered to another folder.
+        Raises :class:`InvalidRegistration` for a bad name, path or URI, a folder outside
+        the roots, or (unless ``replace``) a name registered to another place.
         """
         check_adapter_name(name)
-        try:
-            value = AdapterRegistration(path=path).model_dump_json()
-        except ValidationError as exc:
-            raise InvalidRegistration(describe(exc)) from None
-        if self.roots is not None:
-            check_within_roots(path, self.roots)
+        registration = registration_of(location)
+        if self.roots is not None and registration.path is not None:
+            check_within_roots(registration.path, self.roots)
+        value = registration.model_dump_json(exclude_none=True)
+        if replace:
+            self.client.hset(self.keys.adapters, name, value)
+            return True
         if self.client.hsetnx(self.keys.adapters, name, value):
             return True
         current = self.client.hget(self.keys.adapters, name)
-        if current is not None and _path_of(current) == path:
+        if current is not None and _location_of(current) == registration.location:
             return False
         raise InvalidRegistration(
-            f"adapter {name!r} is already registered to another folder: register the new "
-            "version under a new name (replicas keep the weights they loaded for a name)"
+            f"adapter {name!r} is already registered elsewhere: re-point it with --replace "
+            "(replicas switch within LORAQ_REGISTRY_SYNC_S) or use a new name"
         )
 
     def remove(self, name: str) -> bool:
@@ -74,8 +77,17 @@ class AdapterRegistrations:
         return read_registrations(self.client.hgetall(self.keys.adapters))
 
 
-def _path_of(value: str | bytes) -> str | None:
+def registration_of(location: str) -> AdapterRegistration:
+    """The registration of ``location``: a URI when it has a scheme, else a folder."""
+    field = "uri" if "://" in location else "path"
     try:
-        return parse_registration(value).path
+        return AdapterRegistration.model_validate({field: location})
+    except ValidationError as exc:
+        raise InvalidRegistration(describe(exc)) from None
+
+
+def _location_of(value: str | bytes) -> str | None:
+    try:
+        return parse_registration(value).location
     except InvalidRegistration:
         return None

@@ -213,13 +213,14 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    """Register ``adapters list``, ``adapters add NAME PATH`` and ``adapters remove NAME``."""
+    """Register ``adapters list``, ``adapters add NAME PATH|URI`` and ``adapters remove NAME``."""
     adapters = subparsers.add_parser(
         "adapters",
         help="Adapters registered at run time: list, add, remove.",
-        description="Adapters registered at run time ({P}:adapters). The folder is opened "
-        "on the model workers and must lie under their LORAQ_ADAPTER_DIR or a folder of "
-        "LORAQ_ADAPTERS.",
+        description="Adapters registered at run time ({P}:adapters): a folder, opened on the "
+        "model workers and under their LORAQ_ADAPTER_DIR or a folder of LORAQ_ADAPTERS, or a "
+        "remote URI (s3://, gs://, az://, hf://, https://) downloaded to each node's disk "
+        "cache.",
     )
     verbs_of_adapters = adapters.add_subparsers(
         dest="adapters_verb", metavar="ACTION", required=True
@@ -231,10 +232,20 @@ def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "add",
         verbs.adapters_add,
-        "Register an adapter folder under a name (a name keeps its folder for good).",
+        "Register an adapter folder or URI under a name.",
     )
     sub.add_argument("name", help="the adapter name jobs will use")
-    sub.add_argument("path", help="absolute path of the PEFT folder on the model workers")
+    sub.add_argument(
+        "location",
+        metavar="PATH|URI",
+        help="absolute path of the PEFT folder on the model workers, or s3://bucket/prefix, "
+        "gs://…, az://…, hf://org/repo[@revision][/subfolder], https://host/folder",
+    )
+    sub.add_argument(
+        "--replace",
+        action="store_true",
+        help="re-point a registered name (replicas switch within LORAQ_REGISTRY_SYNC_S)",
+    )
     sub = _verb(
         verbs_of_adapters,
         parent,

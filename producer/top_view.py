@@ -128,7 +128,10 @@ def _replicas_table(frame: TopFrame, rows: int) -> Table:
         f"{sum(b.host_loads for b in replicas)}/{sum(b.host_evictions for b in replicas)}, "
         f"{sum(b.host_bytes for b in replicas) / 2**20:.1f} MiB"
     )
-    table = _table(f"model replicas ({len(replicas)}) · {host}")
+    # The disk tier only where adapters come from remote storage.
+    hits, misses = sum(b.disk.hits for b in replicas), sum(b.disk.misses for b in replicas)
+    disk = f" · disk hit/miss {hits}/{misses}" if hits or misses else ""
+    table = _table(f"model replicas ({len(replicas)}) · {host}{disk}")
     table.add_column("replica", width=16, no_wrap=True, overflow="ellipsis")
     table.add_column("node", width=_SHORT_ID, no_wrap=True)
     table.add_column("rows", justify="right", width=5)

@@ -182,7 +182,15 @@ def stats_lines(stream: str, group: str, found: QueueStats) -> list[str]:
     lines.append(f"model replicas: {len(found.replicas)}")
     for beat in found.replicas:
         adapters = ", ".join(beat.adapters) or "none warm"
-        lines.append(f"  {beat.replica}: {beat.rows_in_flight} rows in flight; {adapters}")
+        line = f"  {beat.replica}: {beat.rows_in_flight} rows in flight; {adapters}"
+        disk = beat.disk
+        if disk.hits or disk.misses:  # adapters from remote storage
+            line += (
+                f"; disk tier {disk.hits} hits, {disk.misses} misses, {disk.downloads} "
+                f"downloads ({disk.download_bytes / 2**20:.1f} MiB, "
+                f"{disk.download_s_total:.1f}s), {disk.download_failures} failed"
+            )
+        lines.append(line)
     return lines
 
 
@@ -308,12 +316,12 @@ def adapters_list(args: argparse.Namespace, producer: Producer) -> int:
 
 
 def adapters_add(args: argparse.Namespace, producer: Producer) -> int:
-    """``loraq adapters add NAME PATH``: register an adapter folder under a name."""
+    """``loraq adapters add NAME PATH|URI [--replace]``: register an adapter under a name."""
     try:
         settings = AdapterRootSettings()
         roots = adapter_roots(settings.adapter_dir, settings.adapters)
         registrations = AdapterRegistrations(producer.client, producer.keys, roots=roots)
-        added = registrations.add(args.name, args.path)
+        added = registrations.add(args.name, args.location, replace=args.replace)
     except InvalidRegistration as exc:
         say(f"loraq: cannot register: {exc}")
         return EXIT_USAGE

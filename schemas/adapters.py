@@ -1,8 +1,11 @@
 """Adapters registered at run time: the values of ``{P}:adapters`` (name -> JSON).
 
-An operator (``loraq adapters add``, or any Redis client with ``HSET``) names a folder on
-the model workers' machines; the workers use it only when it lies under one of their
-configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders of ``LORAQ_ADAPTERS``).
+An operator (``loraq adapters add``, or any Redis client with ``HSET``) names either a
+folder on the model workers' machines (``{"path": …}``), which the workers use only when
+it lies under one of their configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders
+of ``LORAQ_ADAPTERS``), or a remote location (``{"uri": "s3://…"}``, protocol v1.3): an
+object-store folder, a Hub repository or an HTTP folder, which the workers download
+into their node's disk cache.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
 from schemas import codec
+from schemas.adapter_uris import MAX_URI_CHARS, InvalidUri, parse_adapter_uri
 from schemas.jobs import ADAPTER_NAME_PATTERN
 from schemas.validation import describe
 
@@ -33,11 +37,20 @@ def _absolute(path: str) -> str:
     return path
 
 
+def _checked_uri(uri: str) -> str:
+    try:
+        parse_adapter_uri(uri)
+    except InvalidUri as exc:
+        raise ValueError(str(exc)) from None
+    return uri
+
+
 class AdapterRegistration(BaseModel):
-    """One adapter registered at run time: the folder that holds its PEFT files."""
+    """One adapter registered at run time: the folder or the remote location of its PEFT
+    files (exactly one of ``path`` and ``uri``)."""
 
     path: Annotated[
-        str,
+        str | None,
         Field(
             min_length=1,
             max_length=MAX_PATH_CHARS,
@@ -45,8 +58,30 @@ class AdapterRegistration(BaseModel):
             # The validator below says why in words; the schema carries the same rule.
             json_schema_extra={"pattern": "^/[^\\u0000]*$"},
         ),
-        AfterValidator(_absolute),
-    ]
+        AfterValidator(lambda path: None if path is None else _absolute(path)),
+    ] = None
+    uri: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=MAX_URI_CHARS,
+            description="Remote folder of the adapter's PEFT files: s3://bucket/prefix, "
+            "gs://…, az://…, hf://org/repo[@revision][/subfolder], http(s)://host/folder. "
+            "No credentials: the workers take them from their environment.",
+        ),
+        AfterValidator(lambda uri: None if uri is None else _checked_uri(uri)),
+    ] = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> AdapterRegistration:
+        if (self.path is None) == (self.uri is None):
+            raise ValueError("give exactly one of path (a worker folder) and uri")
+        return self
+
+    @property
+    def location(self) -> str:
+        """The path or the URI, whichever it has."""
+        return self.path or self.uri or ""
 
 
 class InvalidRegistration(ValueError):
@@ -97,20 +132,21 @@ def parse_registration(raw: str | bytes) -> AdapterRegistration:
 
 @dataclass(frozen=True)
 class Registered:
-    """One field of ``{P}:adapters``: its folder, or why the field is unusable."""
+    """One field of ``{P}:adapters``: its folder or URI, or why the field is unusable."""
 
     name: str
     path: str | None
     problem: str | None = None
+    uri: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         """As a JSON-ready dict."""
-        return {"name": self.name, "path": self.path, "problem": self.problem}
+        return {"name": self.name, "path": self.path, "uri": self.uri, "problem": self.problem}
 
     def line(self) -> str:
         """One line of text."""
         return (
-            f"{self.name}  {self.path}"
+            f"{self.name}  {self.path or self.uri}"
             if self.problem is None
             else f"{self.name}  ({self.problem})"
         )
@@ -122,7 +158,10 @@ def read_registrations(fields: Mapping[Any, Any]) -> list[Registered]:
     found = []
     for name, value in sorted(codec.decode_fields(fields).items()):
         try:
-            found.append(Registered(check_adapter_name(name), parse_registration(value).path))
+            registration = parse_registration(value)
+            found.append(
+                Registered(check_adapter_name(name), registration.path, uri=registration.uri)
+            )
         except InvalidRegistration as exc:
             found.append(Registered(name, None, str(exc)))
     return found

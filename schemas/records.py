@@ -58,6 +58,8 @@ class ErrorType(str, Enum):
     VALIDATION = "validation"
     UNKNOWN_ADAPTER = "unknown_adapter"
     INCOMPATIBLE_ADAPTER = "incompatible_adapter"
+    # The adapter's store (S3, the Hub, …) did not answer; retried like a crash (v1.3).
+    ADAPTER_UNAVAILABLE = "adapter_unavailable"
     TIMEOUT = "timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     CANCELLED = "cancelled"
@@ -87,6 +89,11 @@ class JobResult(BaseModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     adapter: str | None = None
+    adapter_version: str | None = Field(
+        None,
+        description="Which version of the adapter answered (a digest of its files' "
+        "store tags, or of a local folder's path and files); added in v1.3.",
+    )
     replica: str | None = Field(None, description="The model replica that generated it.")
     timings: Timings = Field(default_factory=Timings)
 

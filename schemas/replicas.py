@@ -29,6 +29,22 @@ class Heartbeat(BaseModel):
         return now - self.ts <= MISSED_BEATS * self.interval_s
 
 
+class DiskTierCounters(BaseModel):
+    """A replica's use of its node's disk tier (remote adapters), since it started."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hits: int = Field(0, ge=0, description="Adapter folders found on the node's disk.")
+    misses: int = Field(0, ge=0, description="Adapter folders not there (or damaged).")
+    downloads: int = Field(0, ge=0, description="Adapter folders downloaded by this replica.")
+    download_bytes: int = Field(0, ge=0, description="Bytes this replica downloaded.")
+    download_failures: int = Field(0, ge=0, description="Downloads given up on.")
+    download_s_total: float = Field(0.0, ge=0, description="Seconds spent downloading.")
+    evictions: int = Field(0, ge=0, description="Entries this replica deleted for room.")
+    corrupt_entries: int = Field(0, ge=0, description="Damaged entries found (fetched again).")
+    bytes_used: int = Field(0, ge=0, description="Bytes on the node's disk tier, last seen.")
+
+
 class ReplicaHeartbeat(Heartbeat):
     """One model replica's status at ``ts``; the field of ``{P}:replicas`` is ``replica``."""
 
@@ -58,6 +74,10 @@ class ReplicaHeartbeat(Heartbeat):
         0, ge=0, description="Adapters taken off the device while in use (a bug if above 0)."
     )
     tokens_generated: int = Field(0, ge=0, description="Tokens generated (counter).")
+    disk: DiskTierCounters = Field(
+        default_factory=DiskTierCounters,
+        description="The node's disk tier, as this replica saw it.",
+    )
 
     @property
     def name(self) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from producer.settings import DEMO_DIR, AdapterRootSettings
+from schemas.adapter_uris import parse_adapter_uri
 
 DEFAULT_DEAD_MAXLEN = 100_000
 
@@ -51,9 +52,50 @@ class WorkerSettings(AdapterRootSettings):
     registry_sync_s: float = Field(
         2.0,
         gt=0,
-        description="How often a model replica reads {P}:adapters and unloads the "
-        "run-time registrations removed there.",
+        description="How long a replica trusts what it resolved for a name: a registration "
+        "re-pointed or removed, or a new object at an adapter's URI, reaches every job that "
+        "starts later than this, and the old bytes leave every tier.",
     )
+    adapter_source: str | None = Field(
+        None,
+        description="Source root of adapters nothing else names: a job's adapter NAME is "
+        "looked up at <source>/NAME/ on first use (s3://bucket/prefix, gs://…, az://…, "
+        "hf://org/repo[@revision], https://host/folder). Needs the matching extra.",
+    )
+    adapter_disk_cache_dir: str = Field(
+        "~/.cache/loraq/adapters",
+        description="The node's disk tier for remote adapters, shared by its replicas and "
+        "kept across restarts.",
+    )
+    adapter_disk_cache_mb: int = Field(
+        10240, ge=1, description="Disk tier budget (MiB), least recently used out first."
+    )
+    max_adapter_mb: int = Field(
+        1024, ge=1, description="A remote adapter folder larger than this (MiB) is refused."
+    )
+    adapter_download_concurrency: int = Field(
+        4, ge=1, description="Downloads (and listings) of remote adapters at once per replica."
+    )
+    adapter_download_timeout_s: float = Field(
+        30.0, gt=0, description="Connect and read timeout of one call to an adapter store."
+    )
+    adapter_download_attempts: int = Field(
+        3,
+        ge=1,
+        description="Tries of a store call before the job fails adapter_unavailable "
+        "(and is retried by the queue).",
+    )
+    adapter_miss_ttl_s: float = Field(
+        10.0, ge=0, description="How long a name the source root lacks is remembered."
+    )
+
+    @field_validator("adapter_source")
+    @classmethod
+    def _source_is_a_uri(cls, value: str | None) -> str | None:
+        # Refused at start, in the setting's own words, rather than at the first job.
+        if value:
+            parse_adapter_uri(value)
+        return value or None
 
     # Batching and limits
     max_batch_size: int = Field(16, ge=1, description="Rows in one forward pass.")

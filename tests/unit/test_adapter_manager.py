@@ -23,7 +23,7 @@ from workers.adapters.host_cache import HostCachePolicy
 from workers.adapters.host_store import HostStore
 from workers.adapters.host_weights import HostAdapter
 from workers.adapters.manager import AdapterManager
-from workers.adapters.registry import AdapterRegistry
+from workers.adapters.resolved import ResolvedAdapter
 from workers.engine.requests import EngineError
 
 T = TypeVar("T")
@@ -57,6 +57,14 @@ def model_thread() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
         yield pool
 
 
+class Named(ResolvedAdapter):
+    """An adapter keyed by its bare name, so that the device's calls read as names."""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
 def make(
     tmp_path: Path,
     pool: concurrent.futures.ThreadPoolExecutor,
@@ -76,7 +84,6 @@ def make(
         return HostAdapter(folder=folder, stackable=True, modules={})
 
     return AdapterManager(
-        registry=AdapterRegistry({}, str(tmp_path)),
         policy=AdapterCachePolicy(capacity),
         host=HostStore(HostCachePolicy(2**20), read),
         device=device,
@@ -90,7 +97,7 @@ async def test_concurrent_requests_for_a_cold_adapter_load_it_once(
 ) -> None:
     device = FakeDevice()
     manager = make(tmp_path, model_thread, device)
-    await asyncio.gather(*[manager.acquire("a") for _ in range(8)])
+    await asyncio.gather(*[manager.acquire(Named("a", "v", tmp_path / "a")) for _ in range(8)])
     assert device.calls == [("add", "a")]
     assert manager.policy.pin_count("a") == 8
     for _ in range(8):
@@ -103,8 +110,8 @@ async def test_a_pinned_adapter_stays_while_others_wait_for_a_slot(
 ) -> None:
     device = FakeDevice()
     manager = make(tmp_path, model_thread, device, capacity=1)
-    await manager.acquire("a")
-    waiting = asyncio.create_task(manager.acquire("b"))
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
+    waiting = asyncio.create_task(manager.acquire(Named("b", "v", tmp_path / "b")))
     await asyncio.sleep(0.2)
     assert not waiting.done() and device.on_device == {"a"}
     manager.release("a")
@@ -120,13 +127,14 @@ async def test_a_failed_load_fails_every_waiter_and_frees_the_slot(
     device = FakeDevice(broken=frozenset({"c"}))
     manager = make(tmp_path, model_thread, device, capacity=1)
     results = await asyncio.gather(
-        *[manager.acquire("c") for _ in range(3)], return_exceptions=True
+        *[manager.acquire(Named("c", "v", tmp_path / "c")) for _ in range(3)],
+        return_exceptions=True,
     )
     assert all(
         isinstance(r, EngineError) and r.type is ErrorType.INCOMPATIBLE_ADAPTER for r in results
     )
     assert manager.policy.state("c") is None and manager.policy.pin_count("c") == 0
-    await manager.acquire("a")
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
     assert manager.loaded() == ["a"]
 
 
@@ -139,10 +147,10 @@ async def test_validation_failure_evicts_nothing(
 
     device = FakeDevice()
     manager = make(tmp_path, model_thread, device, capacity=1, validate=validate)
-    await manager.acquire("a")
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
     manager.release("a")
     with pytest.raises(EngineError):
-        await manager.acquire("d")
+        await manager.acquire(Named("d", "v", tmp_path / "d"))
     assert device.calls == [("add", "a")]
 
 
@@ -151,7 +159,7 @@ async def test_a_cancelled_waiter_leaves_no_pin_behind(
 ) -> None:
     device = FakeDevice(load_s=0.3)
     manager = make(tmp_path, model_thread, device)
-    task = asyncio.create_task(manager.acquire("a"))
+    task = asyncio.create_task(manager.acquire(Named("a", "v", tmp_path / "a")))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -164,8 +172,8 @@ async def test_release_from_another_thread_wakes_a_waiter(
     tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
 ) -> None:
     manager = make(tmp_path, model_thread, FakeDevice(load_s=0), capacity=1)
-    await manager.acquire("a")
-    waiting = asyncio.create_task(manager.acquire("b"))
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
+    waiting = asyncio.create_task(manager.acquire(Named("b", "v", tmp_path / "b")))
     await asyncio.sleep(0.05)
     threading.Thread(target=manager.release, args=("a",)).start()
     await asyncio.wait_for(waiting, 5)

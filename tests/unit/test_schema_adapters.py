@@ -17,7 +17,7 @@ def test_a_registration_is_an_absolute_folder_and_extra_fields_are_ignored() -> 
     [
         ("not json", "Invalid JSON"),
         ("[]", "value: Input should be an object"),
-        ("{}", "path: Field required"),
+        ("{}", "give exactly one of path (a worker folder) and uri"),
         ('{"path": 5}', "path: Input should be a valid string"),
         ('{"path": ""}', "path: String should have at least 1 character"),
         ('{"path": "adapters/sql"}', "path: must be an absolute path"),

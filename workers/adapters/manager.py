@@ -1,5 +1,8 @@
-"""Adapter lifecycle for async callers: resolve, read into host memory, pin, copy onto
-the device once, evict LRU, free what is unregistered.
+"""Adapter lifecycle for async callers: read into host memory, pin, copy onto the device
+once, evict LRU, free what is dropped (a version no longer current).
+
+Adapters arrive resolved (:class:`ResolvedAdapter`: a key ``name@version`` and a local
+folder); every tier is keyed by that key, so a new version never mixes with the old.
 
 The policies (:class:`AdapterCachePolicy` for device slots, the host store's for host
 memory) decide; this class carries their plans out (reads on the loader thread, copies
@@ -19,14 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from schemas import ErrorType
 from workers.adapters.cache import AdapterCachePolicy, LoadPlan
 from workers.adapters.host_store import HostStore
 from workers.adapters.host_weights import HostAdapter
-from workers.adapters.registry import AdapterRegistry
+from workers.adapters.resolved import ResolvedAdapter
 from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -88,14 +90,12 @@ class AdapterManager:
     def __init__(
         self,
         *,
-        registry: AdapterRegistry,
         policy: AdapterCachePolicy,
         host: HostStore,
         device: AdapterDevice,
         run_on_model: RunOnModel[None],
         in_batch: Callable[[str], bool],
     ) -> None:
-        self._registry = registry
         self._policy = policy
         self._host = host
         self._device = device
@@ -104,7 +104,7 @@ class AdapterManager:
         self._lock = threading.Lock()
         self._loads: dict[str, concurrent.futures.Future[None]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._removed: dict[str, Path] = {}  # unregistered, freed once nothing uses them
+        self._removed: set[str] = set()  # dropped keys, freed once nothing uses them
         self.load_ms_total = 0.0
         self.device = DeviceCounters()
         # Called on the model thread with each successful load's seconds.
@@ -125,13 +125,15 @@ class AdapterManager:
         with self._lock:
             return self._policy.loaded_names()
 
-    async def acquire(self, name: str) -> None:
-        """Pin ``name`` for one request, loading it first if it is cold.
+    async def acquire(self, adapter: ResolvedAdapter) -> None:
+        """Pin ``adapter.key`` for one request, loading it first if it is cold.
 
-        Raises ``unknown_adapter``, ``validation`` (bad name) or ``incompatible_adapter``.
-        Waits while every slot is pinned by requests in flight.
+        Raises ``incompatible_adapter``. Waits while every slot is pinned by requests in
+        flight.
         """
-        folder = self._registry.resolve(name)
+        name, folder = adapter.key, adapter.folder
+        with self._lock:
+            self._removed.discard(name)  # the same bytes are wanted again
         host: HostAdapter | None = None  # pinned on the host tier while this holds it
         try:
             while True:
@@ -155,12 +157,12 @@ class AdapterManager:
             if host is not None:
                 self._release_host(name)
 
-    async def prefetch(self, name: str) -> None:
-        """Warm ``name`` on the host tier, and copy it into a *free* device slot.
+    async def prefetch(self, adapter: ResolvedAdapter) -> None:
+        """Warm ``adapter`` on the host tier, and copy it into a *free* device slot.
 
-        Never evicts a device adapter; raises like :meth:`acquire` for a bad name.
+        Never evicts a device adapter; raises like :meth:`acquire` for a bad adapter.
         """
-        folder = self._registry.resolve(name)
+        name, folder = adapter.key, adapter.folder
         with self._lock:
             if self._policy.state(name) is not None:
                 return
@@ -179,21 +181,15 @@ class AdapterManager:
             await _await_pinned(load, self, name)
             self.release(name)  # plan_load pinned it for us; no row needs it yet
 
-    def remove(self, name: str, folder: Path) -> None:
-        """``name`` (which lived in ``folder``) is unregistered: free it on both tiers as
-        soon as nothing uses it (now, if nothing does)."""
+    def remove(self, key: str) -> bool:
+        """Free adapter ``key`` on both tiers as soon as nothing uses it (now, if nothing
+        does); whether any tier held it."""
         with self._lock:
-            self._removed[name] = folder
-        self._free_if_removed(name)
-
-    def restore(self, name: str, folder: Path) -> bool:
-        """``name`` is registered again: keep it unless it was removed from another
-        folder and is not freed yet (its stale weights may still be cached)."""
-        with self._lock:
-            old = self._removed.get(name)
-            if old is not None and old == folder:
-                del self._removed[name]
-            return old is None or old == folder
+            held = self._policy.state(key) is not None or key in self._loads
+            self._removed.add(key)
+        held = self._host.holds(key) or held
+        self._free_if_removed(key)
+        return held
 
     def _next_step(
         self, name: str, host: HostAdapter | None
@@ -286,7 +282,7 @@ class AdapterManager:
                 self._run_on_model(functools.partial(self._take_off, name), "remove")
             self._host.discard(name)
             if self._policy.state(name) is None and not self._host.holds(name):
-                del self._removed[name]
+                self._removed.discard(name)
 
     def _add_waiter(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()

@@ -1,8 +1,8 @@
 """Adapters registered at run time in ``{P}:adapters``, as the workers read them.
 
-A model replica looks a name up when its :class:`AdapterRegistry` does not know it, just
-before loading it; the gateway reads them all to list models. Either way the registry
-still decides: a folder outside the configured adapter roots is refused.
+The catalogue of a model replica looks a name up here when the workers' own folders do
+not have it; the gateway reads them all to list models. Either way a folder outside the
+configured adapter roots is refused.
 """
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ import logging
 import redis.asyncio as aioredis
 
 from schemas import ErrorType
-from schemas.adapters import InvalidRegistration, parse_registration, read_registrations
+from schemas.adapters import (
+    AdapterRegistration,
+    InvalidRegistration,
+    parse_registration,
+    read_registrations,
+)
 from schemas.keys import Keys
 from workers.errors import REDIS_DOWN, EngineError
 
 log = logging.getLogger(__name__)
 
 
-async def registered_path(client: aioredis.Redis, keys: Keys, name: str) -> str | None:
-    """The folder registered for ``name``, or ``None`` when there is no registration.
+async def registration(client: aioredis.Redis, keys: Keys, name: str) -> AdapterRegistration | None:
+    """The registration of ``name`` (a folder or a URI), or ``None`` when there is none.
 
     A registration that cannot be used is an ``unknown_adapter`` error naming the problem
     (the folder is the operator's, so it is logged, not told to the client). Redis down
@@ -35,7 +40,7 @@ async def registered_path(client: aioredis.Redis, keys: Keys, name: str) -> str 
     if raw is None:
         return None
     try:
-        return parse_registration(raw).path
+        return parse_registration(raw)
     except InvalidRegistration as exc:
         log.warning("adapter %s: bad registration in %s: %s", name, keys.adapters, exc)
         raise EngineError(
@@ -45,14 +50,15 @@ async def registered_path(client: aioredis.Redis, keys: Keys, name: str) -> str 
         ) from None
 
 
-async def registered_paths(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
-    """Every usable registration (name -> folder); the bad ones are logged and skipped."""
+async def registered_locations(client: aioredis.Redis, keys: Keys) -> dict[str, str]:
+    """Every usable registration (name -> folder or URI); bad ones are logged and skipped."""
     found = {}
     for item in read_registrations(await client.hgetall(keys.adapters)):
-        if item.path is None:
+        location = item.path or item.uri
+        if location is None:
             log.warning(
                 "adapter %s: bad registration in %s: %s", item.name, keys.adapters, item.problem
             )
         else:
-            found[item.name] = item.path
+            found[item.name] = location
     return found

@@ -1,10 +1,11 @@
-"""Adapter names → folders: the only place that turns a request's name into a path.
+"""The workers' own adapter folders: the configured names and roots.
 
-Sources: the static map (``LORAQ_ADAPTERS``), a scan of ``LORAQ_ADAPTER_DIR`` (one
-sub-folder with ``adapter_config.json`` per adapter), and run-time registrations. The
-configured roots are the scanned folder and the statically mapped folders; a folder
-outside them (after resolving symlinks) is refused, so a client's name can never make
-the worker open an arbitrary path.
+Sources: the static map (``LORAQ_ADAPTERS``) and a scan of ``LORAQ_ADAPTER_DIR`` (one
+sub-folder with ``adapter_config.json`` per adapter). The configured roots are the
+scanned folder and the statically mapped folders; a folder outside them (after resolving
+symlinks) is refused, so a client's name, or an operator's run-time registration, can
+never make a worker open an arbitrary path. The catalogue
+(:mod:`workers.adapters.catalogue`) puts this in front of its other sources.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class AdapterRegistry:
         self._dir = Path(adapter_dir).resolve() if adapter_dir else None
         self._roots: list[Path] = [self._dir] if self._dir else []
         self._folders: dict[str, Path] = {}
-        self._runtime: set[str] = set()  # registered at run time, so removable
         self._scan()
         for name, folder in static.items():
             resolved = Path(folder).resolve()
@@ -68,36 +68,13 @@ class AdapterRegistry:
             )
         return resolved
 
-    def add(self, name: str, folder: str, *, replace: bool = True, runtime: bool = False) -> Path:
-        """Register ``name`` and return its resolved folder, which must lie under a
-        configured root.
-
-        With ``replace=False`` a name already registered to another folder is refused;
-        ``runtime`` marks a run-time registration, which :meth:`remove` may take back.
-        """
+    def add(self, name: str, folder: str) -> Path:
+        """Map ``name`` to ``folder``, which must lie under a configured root."""
         check_name(name)
         resolved = self.check_folder(folder)
         with self._lock:
-            current = self._folders.get(name)
-            if not replace and current is not None and current != resolved:
-                raise EngineError(
-                    ErrorType.VALIDATION,
-                    f"adapter {name!r} is already registered to another folder; "
-                    "register the new version under a new name",
-                )
-            if runtime and current is None:
-                self._runtime.add(name)
             self._folders[name] = resolved
         return resolved
-
-    def remove(self, name: str) -> Path | None:
-        """Unregister a run-time registration; its folder, or ``None`` when ``name`` is
-        not one (static and scanned adapters stay)."""
-        with self._lock:
-            if name not in self._runtime:
-                return None
-            self._runtime.discard(name)
-            return self._folders.pop(name)
 
     def find(self, name: str) -> Path | None:
         """The folder of ``name``, or ``None`` when it is not registered.

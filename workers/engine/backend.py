@@ -8,11 +8,12 @@ that no layer reads counters by key names it has to guess.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from schemas import ErrorType
+from workers.adapters.resolved import ResolvedAdapter
 from workers.engine.requests import (
     EngineError,
     GenerationOutput,
@@ -49,7 +50,6 @@ class BackendStats:
     cache_evictions: int
     adapter_load_ms_total: float
     adapters_loaded: int
-    adapters_registered: int
     host_hits: int
     host_loads: int
     host_load_failures: int
@@ -103,14 +103,26 @@ async def output_of(events: AsyncGenerator[TextDelta | GenerationOutput, None]) 
     raise EngineError(ErrorType.INTERNAL, "the row ended without an output")
 
 
+def resolved_adapter(request: GenerationRequest) -> ResolvedAdapter | None:
+    """The request's adapter as its model replica resolved it (``None``: the base)."""
+    if not request.adapter:
+        return None
+    if request.resolved is None or request.resolved.name != request.adapter:
+        raise EngineError(
+            ErrorType.INTERNAL, f"adapter {request.adapter!r} reached the backend unresolved"
+        )
+    return request.resolved
+
+
 class Backend(Protocol):
     """What the model deployment needs from an inference backend.
 
-    Adapters are named, never given as paths: a backend resolves names through the
-    adapter registry (:mod:`workers.adapters.registry`) and validates a folder against
-    the base model before its first load, raising the protocol's error types
-    (``validation`` for a bad name, ``unknown_adapter``, ``incompatible_adapter``).
-    Every coroutine runs on the one event loop the backend serves.
+    A backend only runs forward passes: adapters reach it resolved (a request's
+    ``resolved``, a :class:`ResolvedAdapter`: one version of one adapter in a local
+    folder, keyed ``name@version``), by the catalogue above it
+    (:mod:`workers.adapters.resolver`). It validates a folder against the base model
+    before its first load (``incompatible_adapter``). Every coroutine runs on the one
+    event loop the backend serves.
     """
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
@@ -125,38 +137,24 @@ class Backend(Protocol):
         """Stop the rows of ``request_id``; whether any was running."""
         ...
 
-    async def ensure_adapter(self, name: str) -> None:
-        """Make adapter ``name`` warm on the device."""
+    async def ensure_adapter(self, adapter: ResolvedAdapter) -> None:
+        """Make ``adapter`` warm on the device (validated against the base first)."""
         ...
 
-    async def prefetch(self, names: Sequence[str]) -> None:
-        """Warm these adapters ahead of their requests, without waiting; never raises."""
+    async def prefetch(self, adapter: ResolvedAdapter) -> None:
+        """Warm ``adapter`` ahead of its requests, evicting nothing; never raises."""
         ...
 
-    def knows_adapter(self, name: str) -> bool:
-        """Whether ``name`` is registered (a malformed name is a ``validation`` error)."""
-        ...
-
-    def check_adapter(self, name: str) -> None:
-        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
-        bad name); loads nothing."""
-        ...
-
-    def add_adapter(self, name: str, path: str) -> None:
-        """Register ``name`` at run time; ``path`` must lie under a configured adapter root
-        (``validation`` error otherwise, or when ``name`` is taken by another folder)."""
-        ...
-
-    def remove_adapter(self, name: str) -> bool:
-        """Unregister run-time registration ``name`` and free it once unused."""
+    def drop_adapter(self, key: str) -> bool:
+        """Free adapter version ``key`` once no row uses it; whether it was held."""
         ...
 
     def loaded_adapters(self) -> list[str]:
-        """Adapters on the device now, least recently used first."""
+        """Keys of the adapters on the device now, least recently used first."""
         ...
 
     def host_adapters(self) -> list[str]:
-        """Adapters held in host memory, least recently used first."""
+        """Keys of the adapters held in host memory, least recently used first."""
         ...
 
     def observe(self, observer: EngineObserver) -> None:

@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,9 +26,9 @@ from workers.adapters.host_cache import HostCachePolicy
 from workers.adapters.host_store import HostStore
 from workers.adapters.host_weights import read_adapter
 from workers.adapters.manager import AdapterManager
-from workers.adapters.registry import AdapterRegistry
+from workers.adapters.resolved import ResolvedAdapter
 from workers.adapters.validation import base_module_shapes
-from workers.engine.backend import Backend, BackendStats, output_of
+from workers.engine.backend import Backend, BackendStats, output_of, resolved_adapter
 from workers.engine.batcher import Batcher
 from workers.engine.cpu_layout import column_major_linears, pack_linears
 from workers.engine.decode import DecodeBatch, FinishReason, Row
@@ -88,7 +88,6 @@ class Engine:
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms
         )
         self._worker = ModelWorker(batch, batcher)
-        self._registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
         host = HostStore(
             HostCachePolicy(settings.adapter_host_cache_mb * 2**20),
             functools.partial(
@@ -99,14 +98,12 @@ class Engine:
             ),
         )
         self._adapters = AdapterManager(
-            registry=self._registry,
             policy=AdapterCachePolicy(settings.max_adapters_per_replica),
             host=host,
             device=self._model,
             run_on_model=self._worker.call,
             in_batch=lambda name: any(row.adapter == name for row in batch.rows),
         )
-        self._prefetches: set[asyncio.Task[None]] = set()  # kept alive until they end
         # One thread, so that encodes never overlap on the tokenizer.
         self._tokenize = concurrent.futures.ThreadPoolExecutor(1, "loraq-tokenize")
         self._rows_lock = threading.Lock()
@@ -149,41 +146,24 @@ class Engine:
             async for event in events:
                 yield event
 
-    async def ensure_adapter(self, name: str) -> None:
-        """Make ``name`` warm on the device (validating it first if it is cold)."""
-        await self._adapters.acquire(name)
-        self._adapters.release(name)
+    async def ensure_adapter(self, adapter: ResolvedAdapter) -> None:
+        """Make ``adapter`` warm on the device (validating it first if it is cold)."""
+        await self._adapters.acquire(adapter)
+        self._adapters.release(adapter.key)
 
-    async def prefetch(self, names: Sequence[str]) -> None:
-        """Warm these adapters ahead of their requests, without waiting for it.
-
-        Each is read into host memory on the loader thread (after the reads of requests)
-        and copied into a device slot if one is *free*: a prefetch never evicts. Bad or
-        unknown names are skipped (logged at DEBUG); this never raises.
-        """
-        for name in dict.fromkeys(names):
-            task = asyncio.ensure_future(self._prefetch_one(name))
-            self._prefetches.add(task)
-            task.add_done_callback(self._prefetches.discard)
-
-    async def _prefetch_one(self, name: str) -> None:
+    async def prefetch(self, adapter: ResolvedAdapter) -> None:
+        """Read ``adapter`` into host memory on the loader thread (after the reads of
+        requests) and copy it into a device slot if one is *free*: a prefetch never
+        evicts. A bad adapter is skipped (logged at DEBUG); this never raises."""
         try:
-            await self._adapters.prefetch(name)
+            await self._adapters.prefetch(adapter)
         except Exception as exc:  # a hint, not a request: nobody waits for its error
-            log.debug("prefetch of adapter %r skipped: %s", name, exc)
+            log.debug("prefetch of adapter %r skipped: %s", adapter.key, exc)
 
-    def remove_adapter(self, name: str) -> bool:
-        """Unregister run-time registration ``name`` and free it on the host and device
-        tiers (once the requests that use it are done); says whether it was one.
-
-        Later requests for it fail ``unknown_adapter``. Static and scanned adapters stay.
-        """
-        folder = self._registry.remove(name)
-        if folder is None:
-            return False
-        self._adapters.remove(name, folder)
-        log.info("adapter %s unregistered; freed once unused", name)
-        return True
+    def drop_adapter(self, key: str) -> bool:
+        """Free adapter version ``key`` on the host and device tiers once the rows that
+        use it are done; whether it was held."""
+        return self._adapters.remove(key)
 
     def cancel(self, request_id: str) -> bool:
         """Stop the rows of ``request_id`` at the next step; their output ends ``cancelled``."""
@@ -193,21 +173,8 @@ class Engine:
                 row.cancelled = True
         return bool(rows)
 
-    def adapter_names(self) -> list[str]:
-        """Registered adapter names."""
-        return self._registry.names()
-
-    def knows_adapter(self, name: str) -> bool:
-        """Whether ``name`` is registered (a bad name is a ``validation`` error)."""
-        return self._registry.find(name) is not None
-
-    def check_adapter(self, name: str) -> None:
-        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
-        bad name); loads nothing."""
-        self._registry.resolve(name)
-
     def loaded_adapters(self) -> list[str]:
-        """Adapters on the device now, least recently used first."""
+        """Keys of the adapters on the device now, least recently used first."""
         return self._adapters.loaded()
 
     async def adapter_device_bytes(self) -> int:
@@ -215,24 +182,8 @@ class Engine:
         LoRA weights), read on the model thread between steps."""
         return await asyncio.wrap_future(self._worker.call(self._model.adapter_bytes, "bytes"))
 
-    def add_adapter(self, name: str, path: str) -> None:
-        """Register ``name`` at run time; ``path`` must lie under a configured adapter root.
-
-        Registering a name again with the same folder changes nothing; another folder is
-        refused, since the adapter may be on the device with the old weights (also while a
-        removed registration of that name is still in use).
-        """
-        folder = self._registry.check_folder(path)
-        if not self._adapters.restore(name, folder):
-            raise EngineError(
-                ErrorType.VALIDATION,
-                f"adapter {name!r} was removed and is still in use with its old folder; "
-                "register the new version under a new name",
-            )
-        self._registry.add(name, path, replace=False, runtime=True)
-
     def host_adapters(self) -> list[str]:
-        """Adapters in host memory, least recently used first."""
+        """Keys of the adapters in host memory, least recently used first."""
         return self._adapters.host.names()
 
     def model_timeline(self) -> list[WorkItem]:
@@ -257,7 +208,6 @@ class Engine:
             self._stats,
             self._adapters,
             rows_in_flight=in_flight,
-            registered=len(self._registry.names()),
         )
 
     def stats(self) -> dict[str, float]:
@@ -284,10 +234,11 @@ class Engine:
                 max_new_tokens=self._settings.max_new_tokens,
             ),
         )
-        sink = _RequestSink(self, loop, stream=stream)
+        adapter = resolved_adapter(request)
+        sink = _RequestSink(self, loop, stream=stream, adapter=adapter)
         row = Row(
             prompt_ids=prompt_ids,
-            adapter=request.adapter or BASE_ADAPTER,
+            adapter=adapter.key if adapter else BASE_ADAPTER,
             max_new_tokens=request.params.max_new_tokens,
             sampler=RowSampler.create(request.params, self._device),
             sink=sink,
@@ -297,11 +248,11 @@ class Engine:
         # Tracked before the adapter is ready, so that a cancel during its load counts:
         # the model thread ends a cancelled row as soon as it sees it.
         self._track(row)
-        if request.adapter:
+        if adapter is not None:
             try:
                 # Pinned from here until the row leaves the batch (released on the model
                 # thread).
-                await self._adapters.acquire(request.adapter)
+                await self._adapters.acquire(adapter)
             except BaseException:
                 self._untrack(row)
                 raise
@@ -345,10 +296,18 @@ class Engine:
 class _RequestSink:
     """Carries one row's events from the model thread to its caller's event loop."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, *, stream: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stream: bool,
+        adapter: ResolvedAdapter | None,
+    ) -> None:
         self._engine = engine
         self._loop = loop
         self._stream = stream
+        self._adapter = adapter
         self.events: asyncio.Queue[Event] = asyncio.Queue()
 
     def delta(self, text: str) -> None:
@@ -358,14 +317,14 @@ class _RequestSink:
     def finish(self, row: Row, reason: FinishReason) -> None:
         self.delta(row.flush_text())
         self._engine._row_done(row)
-        adapter = None if row.adapter == BASE_ADAPTER else row.adapter
         self._post(
             GenerationOutput(
                 text=row.text.text,
                 finish_reason=reason,
                 prompt_tokens=len(row.prompt_ids),
                 completion_tokens=len(row.tokens),
-                adapter=adapter,
+                adapter=self._adapter.name if self._adapter else None,
+                adapter_version=self._adapter.version if self._adapter else None,
                 generation_ms=(time.perf_counter() - row.started) * 1000,
                 token_ids=list(row.tokens),
             )

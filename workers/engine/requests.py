@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from schemas import GenerationParams, Job, Message
+from workers.adapters.resolved import ResolvedAdapter
 from workers.errors import EngineError
 
 __all__ = ["EngineError", "GenerationOutput", "GenerationRequest", "TextDelta"]
@@ -22,6 +23,9 @@ class GenerationRequest:
     request_id: str | None = None
     # The model replica the consumer's scheduler chose (None: the router chooses).
     target_replica: str | None = None
+    # Set by the model replica from ``adapter`` (the catalogue's answer): what a backend
+    # reads, never the name.
+    resolved: ResolvedAdapter | None = None
 
     @classmethod
     def from_job(
@@ -55,5 +59,6 @@ class GenerationOutput:
     completion_tokens: int
     adapter: str | None
     generation_ms: float = 0.0
+    adapter_version: str | None = None
     replica: str | None = None
     token_ids: list[int] = field(default_factory=list)

@@ -50,7 +50,7 @@ class PassStats:
 
 
 def backend_stats(
-    passes: PassStats, adapters: AdapterManager, *, rows_in_flight: int, registered: int
+    passes: PassStats, adapters: AdapterManager, *, rows_in_flight: int
 ) -> BackendStats:
     """The engine's typed counters: the decode loop's, the device tier's, the host tier's."""
     device, host = adapters.device, adapters.host
@@ -70,7 +70,6 @@ def backend_stats(
         cache_evictions=counters.evictions,
         adapter_load_ms_total=adapters.load_ms_total,
         adapters_loaded=len(adapters.loaded()),
-        adapters_registered=registered,
         host_hits=host_counters.hits,
         host_loads=host_counters.loads,
         host_load_failures=host_counters.load_failures,

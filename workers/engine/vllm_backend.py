@@ -1,11 +1,11 @@
 """The vLLM backend: vLLM's v1 ``AsyncLLM`` doing the forward passes behind the seam.
 
 vLLM brings its kernels (paged attention, CUDA graphs, its LoRA kernels) and its own
-scheduler; loraq keeps everything around them: the registry that turns a name into a
-folder, the validation of an adapter against the base, prompts and chat templates
-(:mod:`workers.engine.prompts`, so both backends see the same token ids and limits), and
-the error types. vLLM gets a resolved ``LoRARequest`` per job, with one int id per
-adapter name for as long as the name is registered.
+scheduler; loraq keeps everything around them: the validation of an adapter against the
+base, prompts and chat templates (:mod:`workers.engine.prompts`, so both backends see
+the same token ids and limits), and the error types. Adapters arrive resolved (one
+version in a local folder, keyed ``name@version``, by the catalogue above the backends);
+vLLM gets a ``LoRARequest`` per job named by that key, with one int id per key.
 
 Threads and processes: every method runs on the one event loop the backend was built on.
 ``AsyncLLM`` runs its engine core in a child process (:mod:`workers.engine.vllm_process`
@@ -24,14 +24,20 @@ import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas import ErrorType
-from workers.adapters.registry import AdapterRegistry
+from workers.adapters.resolved import ResolvedAdapter
 from workers.adapters.validation import ModuleShape, base_module_shapes, validate_adapter
-from workers.engine.backend import Backend, BackendStats, EngineObserver, output_of
+from workers.engine.backend import (
+    Backend,
+    BackendStats,
+    EngineObserver,
+    output_of,
+    resolved_adapter,
+)
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.vllm_config import (
@@ -93,20 +99,18 @@ class VllmBackend:
         llm: Any,
         tokenizer: Any,
         shapes: dict[str, ModuleShape],
-        registry: AdapterRegistry,
     ) -> None:
         self._settings = settings
         self._llm = llm
         self._tokenizer = tokenizer
         self._shapes = shapes
-        self._registry = registry
-        self._ids: dict[str, int] = {}  # adapter name -> its LoRARequest id
+        self._ids: dict[str, int] = {}  # adapter key -> its LoRARequest id
         self._next_id = itertools.count(1)
-        self._folders: dict[str, Path] = {}  # validated folder, and added to vLLM, per name
-        self._loads: dict[str, asyncio.Task[None]] = {}  # one load per name at a time
+        self._folders: dict[str, Path] = {}  # validated folder, and added to vLLM, per key
+        self._loads: dict[str, asyncio.Task[None]] = {}  # one load per key at a time
         self._warm: OrderedDict[str, None] = OrderedDict()  # what vLLM holds, LRU first
         self._in_use: Counter[str] = Counter()  # rows running per adapter
-        # Removed names still in use -> their id and folder, dropped from vLLM when unused.
+        # Dropped keys still in use -> their id and folder, dropped from vLLM when unused.
         self._retired: dict[str, tuple[int, Path]] = {}
         self._rows: dict[str, set[str]] = {}  # request id -> vLLM's request ids
         self._row_ids = itertools.count()
@@ -130,8 +134,7 @@ class VllmBackend:
         kwargs = engine_kwargs(settings, shapes, max_positions=positions, on_cpu=_on_cpu(settings))
         bind_engine_core_to_parent()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
-        registry = AdapterRegistry(settings.adapters, settings.adapter_dir)
-        backend = cls(settings, llm=llm, tokenizer=tokenizer, shapes=shapes, registry=registry)
+        backend = cls(settings, llm=llm, tokenizer=tokenizer, shapes=shapes)
         backend.max_model_len = int(kwargs["max_model_len"])
         return backend
 
@@ -160,54 +163,31 @@ class VllmBackend:
             self._spawn(self._llm.abort(list(rows)))
         return bool(rows)
 
-    async def ensure_adapter(self, name: str) -> None:
-        """Validate ``name``'s folder (first use) and have vLLM load it."""
-        await self._ensure(name)
+    async def ensure_adapter(self, adapter: ResolvedAdapter) -> None:
+        """Validate ``adapter``'s folder (first use) and have vLLM load it."""
+        await self._ensure(adapter)
         self._spawn(self._refresh_warm())
 
-    async def prefetch(self, names: Sequence[str]) -> None:
-        """Load these adapters into vLLM without waiting; bad names are skipped."""
-        for name in dict.fromkeys(names):
-            self._spawn(self._prefetch_one(name))
+    async def prefetch(self, adapter: ResolvedAdapter) -> None:
+        """Load ``adapter`` into vLLM ahead of its requests; a bad one is skipped."""
+        try:
+            await self.ensure_adapter(adapter)
+        except Exception as exc:  # a hint, not a request: nobody waits for its error
+            log.debug("prefetch of adapter %r skipped: %s", adapter.key, exc)
 
-    def knows_adapter(self, name: str) -> bool:
-        """Whether ``name`` is registered (a malformed name is a ``validation`` error)."""
-        return self._registry.find(name) is not None
-
-    def check_adapter(self, name: str) -> None:
-        """Raise ``unknown_adapter`` when ``name`` is not registered (``validation`` for a
-        bad name); loads nothing."""
-        self._registry.resolve(name)
-
-    def add_adapter(self, name: str, path: str) -> None:
-        """Register ``name`` at run time; ``path`` must lie under a configured adapter root."""
-        folder = self._registry.check_folder(path)
-        if name in self._retired and self._retired[name][1] != folder:
-            raise EngineError(
-                ErrorType.VALIDATION,
-                f"adapter {name!r} was removed and is still in use with its old folder; "
-                "register the new version under a new name",
-            )
-        self._registry.add(name, path, replace=False, runtime=True)
-
-    def remove_adapter(self, name: str) -> bool:
-        """Unregister run-time registration ``name``; vLLM drops it once no row uses it."""
-        if self._registry.remove(name) is None:
+    def drop_adapter(self, key: str) -> bool:
+        """Forget version ``key``; vLLM drops it once no row uses it."""
+        lora_id = self._ids.pop(key, None)
+        folder = self._folders.pop(key, None)
+        self._warm.pop(key, None)
+        if lora_id is None or folder is None:
             return False
-        lora_id = self._ids.pop(name, None)
-        folder = self._folders.pop(name, None)
-        self._warm.pop(name, None)
-        if lora_id is not None and folder is not None:
-            if self._in_use[name]:
-                self._retired[name] = (lora_id, folder)
-            else:
-                self._drop(lora_id)
-        log.info("adapter %s unregistered; freed once unused", name)
+        if self._in_use[key]:
+            self._retired[key] = (lora_id, folder)
+        else:
+            self._drop(lora_id)
+        log.info("adapter %s dropped; freed once unused", key)
         return True
-
-    def adapter_names(self) -> list[str]:
-        """Registered adapter names."""
-        return self._registry.names()
 
     def loaded_adapters(self) -> list[str]:
         """Adapters vLLM holds (as of the latest load), least recently used first."""
@@ -233,7 +213,6 @@ class VllmBackend:
             cache_load_failures=c.adapter_load_failures,
             adapter_load_ms_total=c.adapter_load_ms_total,
             adapters_loaded=len(self._warm),
-            adapters_registered=len(self._registry.names()),
             adapters_removed=c.adapters_removed,
         )
 
@@ -269,7 +248,8 @@ class VllmBackend:
                 f"the prompt is {len(prompt_ids)} tokens, over this model's context of "
                 f"{self.max_model_len} with room for new tokens",
             )
-        lora = await self._lora_request(request.adapter) if request.adapter else None
+        adapter = resolved_adapter(request)
+        lora = await self._lora_request(adapter) if adapter else None
         sampling = sampling_kwargs(request.params)
         sampling["max_tokens"] = min(sampling["max_tokens"], room)
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
@@ -293,7 +273,8 @@ class VllmBackend:
                 finish_reason=finish_reason(reason),
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=len(tokens),
-                adapter=request.adapter or None,
+                adapter=adapter.name if adapter else None,
+                adapter_version=adapter.version if adapter else None,
                 generation_ms=(time.perf_counter() - started) * 1000,
                 token_ids=tokens,
             )
@@ -302,19 +283,19 @@ class VllmBackend:
                 self._spawn(self._llm.abort(row_id))
             self._untrack(request, row_id, len(tokens))
 
-    async def _lora_request(self, name: str) -> Any:
-        """The ``LoRARequest`` of ``name``, validated and loaded on first use."""
+    async def _lora_request(self, adapter: ResolvedAdapter) -> Any:
+        """The ``LoRARequest`` of ``adapter``, validated and loaded on first use."""
         from vllm.lora.request import LoRARequest
 
-        folder = await self._ensure(name)
-        if name in self._warm:
-            self._warm.move_to_end(name)
-        return LoRARequest(name, self._ids[name], str(folder))
+        folder = await self._ensure(adapter)
+        if adapter.key in self._warm:
+            self._warm.move_to_end(adapter.key)
+        return LoRARequest(adapter.key, self._ids[adapter.key], str(folder))
 
-    async def _ensure(self, name: str) -> Path:
-        """Resolve ``name`` (errors for bad and unknown names), then validate and add it to
-        vLLM once per registration; concurrent first uses share one load."""
-        folder = self._registry.resolve(name)
+    async def _ensure(self, adapter: ResolvedAdapter) -> Path:
+        """Validate ``adapter`` and add it to vLLM once per key; concurrent first uses
+        share one load."""
+        name, folder = adapter.key, adapter.folder
         if self._folders.get(name) == folder:
             return folder
         load = self._loads.get(name)
@@ -364,18 +345,12 @@ class VllmBackend:
             if found is not None and found not in self._warm:
                 self._warm[found] = None
 
-    async def _prefetch_one(self, name: str) -> None:
-        try:
-            await self.ensure_adapter(name)
-        except Exception as exc:  # a hint, not a request: nobody waits for its error
-            log.debug("prefetch of adapter %r skipped: %s", name, exc)
-
     def _track(self, request: GenerationRequest) -> str:
         row_id = f"{request.request_id or 'row'}#{next(self._row_ids)}"
         self._rows.setdefault(request.request_id or "", set()).add(row_id)
         self._counters.rows_in_flight += 1
-        if request.adapter:
-            self._in_use[request.adapter] += 1
+        if request.resolved:
+            self._in_use[request.resolved.key] += 1
         return row_id
 
     def _untrack(self, request: GenerationRequest, row_id: str, tokens: int) -> None:
@@ -386,7 +361,7 @@ class VllmBackend:
         self._counters.rows_in_flight -= 1
         self._counters.rows += 1
         self._counters.tokens_generated += tokens
-        name = request.adapter
+        name = request.resolved.key if request.resolved else None
         if name:
             self._in_use[name] -= 1
             if not self._in_use[name]:

@@ -180,6 +180,10 @@ class BatchStore:
         key = self.keys.batch_finalizer(batch_id)
         return bool(await self.client.set(key, "1", nx=True, ex=lease_s))
 
+    async def release_finalizer(self, batch_id: str) -> None:
+        """The files are written (or the writer gave up): no claim outlives its work."""
+        await self.client.delete(self.keys.batch_finalizer(batch_id))
+
     async def update_batch(
         self,
         batch: Batch,

@@ -174,7 +174,8 @@ class BatchService:
                 if not await self.store.update_batch(batch, allowed_from=[BatchStatus.IN_PROGRESS]):
                     again = await self.store.get_batch(batch.id)  # another reader moved it
                     return again.batch if again else batch
-        if await self.store.claim_finalizer(batch.id, FINALIZE_LEASE_S):
+        lease_s = min(FINALIZE_LEASE_S, self.settings.batch_ttl_s)
+        if await self.store.claim_finalizer(batch.id, lease_s):
             self.tasks.start(batch.id, self._finalize(stored.owner, batch))
         return batch
 
@@ -198,7 +199,13 @@ class BatchService:
 
     async def _finalize(self, owner: str | None, batch: Batch) -> None:
         """Write the output and error files, a slice of lines at a time, and end the batch
-        (the script lets one writer win when two raced)."""
+        (the script lets one writer win when two raced); then release the claim."""
+        try:
+            await self._write_files(owner, batch)
+        finally:
+            await self.store.release_finalizer(batch.id)
+
+    async def _write_files(self, owner: str | None, batch: Batch) -> None:
         contents = {"output": bytearray(), "error": bytearray()}
         expired = False
         async for lines in self.store.line_slices(batch.id):

@@ -44,6 +44,7 @@ async def generate(body: GenerateRequest, svc: ServicesDep) -> JobResult:
         prompt_tokens=output.prompt_tokens,
         completion_tokens=output.completion_tokens,
         adapter=output.adapter,
+        adapter_version=output.adapter_version,
         replica=output.replica,
         timings=Timings(
             generation_ms=round(output.generation_ms, 3),

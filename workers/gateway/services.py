@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from producer.client import AsyncProducer
 from producer.settings import ClientSettings
-from workers.adapters.registrations import registered_paths
+from workers.adapters.registrations import registered_locations
 from workers.adapters.registry import CONFIG_FILE, AdapterRegistry
 from workers.engine.requests import EngineError
 from workers.errors import REDIS_DOWN
@@ -49,25 +49,32 @@ class Services:
             batches=BatchService(settings, producer),
         )
 
-    async def adapter_folders(self) -> dict[str, Path]:
-        """Every adapter a request may name, with its folder, sorted by name: the
-        configured ones, then those registered at run time (``{P}:adapters``).
+    async def adapter_folders(self) -> dict[str, Path | None]:
+        """Every adapter a request may name, with its folder (``None``: a remote one),
+        sorted by name: the configured ones, then those registered at run time
+        (``{P}:adapters``). Names served from ``LORAQ_ADAPTER_SOURCE`` are not listed: the
+        source is not walked.
 
         Read afresh each time, so a removed registration leaves the list. With Redis
         unreachable, or a folder outside the roots, the list goes on without them
         (logged): listing must not fail because of one operator's entry.
         """
-        folders = {name: self.registry.resolve(name) for name in self.registry.names()}
+        folders: dict[str, Path | None] = {
+            name: self.registry.resolve(name) for name in self.registry.names()
+        }
         try:
-            registered = await registered_paths(self.producer.client, self.producer.keys)
+            registered = await registered_locations(self.producer.client, self.producer.keys)
         except REDIS_DOWN as exc:
             log.warning("run-time adapter registrations not read: %r", exc)
             registered = {}
-        for name, path in registered.items():
+        for name, location in registered.items():
             if name in folders or self.registry.find(name) is not None:
                 continue
+            if "://" in location:
+                folders[name] = None
+                continue
             try:
-                folders[name] = self.registry.check_folder(path)
+                folders[name] = self.registry.check_folder(location)
             except EngineError as exc:
                 log.warning("adapter %s: run-time registration refused: %s", name, exc.message)
         return dict(sorted(folders.items()))
@@ -104,10 +111,11 @@ def queue_producer(settings: WorkerSettings) -> AsyncProducer:
     )
 
 
-def adapter_info(name: str, folder: Path, loaded_on: list[str]) -> AdapterInfo:
-    """Rank, alpha and targets of an adapter, from its ``adapter_config.json``."""
+def adapter_info(name: str, folder: Path | None, loaded_on: list[str]) -> AdapterInfo:
+    """Rank, alpha and targets of an adapter, from its ``adapter_config.json`` (unknown
+    for a remote adapter: the gateway downloads nothing)."""
     try:
-        config: Any = json.loads((folder / CONFIG_FILE).read_text())
+        config: Any = json.loads((folder / CONFIG_FILE).read_text()) if folder else {}
     except (OSError, ValueError):
         config = {}
     if not isinstance(config, dict):

@@ -135,6 +135,9 @@ def after_failure(
         return GiveUp(error_type, message)
     if attempts < max_attempts:
         return Retry(retry_delay_s(attempts, base_s, cap_s))
+    if error_type is ErrorType.ADAPTER_UNAVAILABLE:
+        # Said as it is: the store stayed down, not that the job is broken.
+        return GiveUp(error_type, f"{message} (gave up after {attempts} attempts)")
     return GiveUp(
         ErrorType.ATTEMPTS_EXHAUSTED,
         f"the job failed on each of its {attempts} attempts; last error: {message}",

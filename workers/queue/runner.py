@@ -431,6 +431,7 @@ def _result(
         prompt_tokens=output.prompt_tokens if output else 0,
         completion_tokens=output.completion_tokens if output else 0,
         adapter=job.adapter_name,
+        adapter_version=output.adapter_version if output else None,
         replica=output.replica if output else None,
         timings=Timings(
             queue_ms=round((started_at - created_at) * 1000, 3),

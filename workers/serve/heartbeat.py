@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from producer.activity import stale_fields
 from schemas.keys import Keys
-from schemas.replicas import MISSED_BEATS, Heartbeat, ReplicaHeartbeat
+from schemas.replicas import MISSED_BEATS, DiskTierCounters, Heartbeat, ReplicaHeartbeat
 from workers.engine.backend import BackendStats
 from workers.errors import REDIS_DOWN
 from workers.serve.periodic import Periodic
@@ -27,6 +27,7 @@ def heartbeat_of(
     node: str,
     adapters: list[str],
     stats: BackendStats,
+    disk: DiskTierCounters,
     interval_s: float,
     now: float,
 ) -> ReplicaHeartbeat:
@@ -48,6 +49,7 @@ def heartbeat_of(
         model_thread_disk_reads=stats.model_thread_disk_reads,
         in_use_evictions=stats.in_use_evictions,
         tokens_generated=stats.tokens_generated,
+        disk=disk,
         ts=now,
         interval_s=interval_s,
     )

@@ -23,6 +23,7 @@ from typing import Literal
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
+from schemas.replicas import DiskTierCounters
 from workers.engine.backend import BackendStats
 from workers.queue.store import Backlog
 
@@ -165,6 +166,30 @@ HOST_EVICTIONS = MetricSpec(
 HOST_BYTES = MetricSpec(
     "loraq_adapter_host_bytes", "gauge", "Bytes of parsed adapters in host memory.", REPLICA
 )
+DISK_HITS = MetricSpec(
+    "loraq_adapter_disk_hits", "counter", "Remote adapters found on the node's disk.", REPLICA
+)
+DISK_MISSES = MetricSpec(
+    "loraq_adapter_disk_misses", "counter", "Remote adapters not on the node's disk.", REPLICA
+)
+DISK_DOWNLOADS = MetricSpec(
+    "loraq_adapter_downloads", "counter", "Remote adapter folders downloaded.", REPLICA
+)
+DISK_DOWNLOAD_BYTES = MetricSpec(
+    "loraq_adapter_download_bytes", "counter", "Bytes of remote adapters downloaded.", REPLICA
+)
+DISK_DOWNLOAD_FAILURES = MetricSpec(
+    "loraq_adapter_download_failures", "counter", "Adapter downloads given up on.", REPLICA
+)
+DISK_DOWNLOAD_SECONDS = MetricSpec(
+    "loraq_adapter_download_seconds", "counter", "Seconds spent downloading adapters.", REPLICA
+)
+DISK_EVICTIONS = MetricSpec(
+    "loraq_adapter_disk_evictions", "counter", "Disk tier entries deleted for room.", REPLICA
+)
+DISK_BYTES = MetricSpec(
+    "loraq_adapter_disk_bytes", "gauge", "Bytes of adapters on the node's disk tier.", REPLICA
+)
 MODEL_THREAD_READS = MetricSpec(
     "loraq_adapter_model_thread_reads",
     "counter",
@@ -219,6 +244,14 @@ SPECS = (
     HOST_LOADS,
     HOST_EVICTIONS,
     HOST_BYTES,
+    DISK_HITS,
+    DISK_MISSES,
+    DISK_DOWNLOADS,
+    DISK_DOWNLOAD_BYTES,
+    DISK_DOWNLOAD_FAILURES,
+    DISK_DOWNLOAD_SECONDS,
+    DISK_EVICTIONS,
+    DISK_BYTES,
     MODEL_THREAD_READS,
     IN_USE_EVICTIONS,
     ADAPTERS_REMOVED,
@@ -226,6 +259,16 @@ SPECS = (
     GENERATED_TOKENS,
     TOKENS_PER_SECOND,
 )
+# Counters of the disk tier (:class:`DiskTierCounters`) and the metric each one feeds.
+DISK_COUNTERS = {
+    "hits": DISK_HITS,
+    "misses": DISK_MISSES,
+    "downloads": DISK_DOWNLOADS,
+    "download_bytes": DISK_DOWNLOAD_BYTES,
+    "download_failures": DISK_DOWNLOAD_FAILURES,
+    "download_s_total": DISK_DOWNLOAD_SECONDS,
+    "evictions": DISK_EVICTIONS,
+}
 # Counters of :class:`BackendStats` and the metric each one feeds.
 ENGINE_COUNTERS = {
     "cache_hits": ADAPTER_HITS,
@@ -268,9 +311,13 @@ def adapter_label(job: Job | None, error: JobError | None) -> str:
     return job.adapter_name or BASE_LABEL
 
 
-def counter_deltas(previous: Mapping[str, float], current: Mapping[str, float]) -> dict[str, float]:
-    """How much each engine counter grew since ``previous`` (all of it on the first read)."""
-    return {stat: current[stat] - previous.get(stat, 0.0) for stat in ENGINE_COUNTERS}
+def counter_deltas(
+    previous: Mapping[str, float],
+    current: Mapping[str, float],
+    counters: Mapping[str, MetricSpec] = ENGINE_COUNTERS,
+) -> dict[str, float]:
+    """How much each of ``counters`` grew since ``previous`` (all of it on the first read)."""
+    return {stat: current[stat] - previous.get(stat, 0.0) for stat in counters}
 
 
 class ConsumerMetrics:
@@ -329,6 +376,7 @@ class ModelMetrics:
         self._batch_size = histogram(BATCH_SIZE)
         self._adapters_per_batch = histogram(ADAPTERS_PER_BATCH)
         self._last: Mapping[str, float] = {}
+        self._last_disk: Mapping[str, float] = {}
         self._last_at = time.monotonic()
 
     def forward_pass(self, rows: int, adapters: int) -> None:
@@ -344,13 +392,16 @@ class ModelMetrics:
         """Loader thread: record one read of an adapter into host memory."""
         histogram(ADAPTER_READ_SECONDS).observe(seconds, tags=self._tags)
 
-    def report(self, stats: BackendStats, now: float) -> None:
-        """Add what the backend's counters ``stats`` grew by; set the gauges."""
+    def report(self, stats: BackendStats, now: float, *, disk: DiskTierCounters) -> None:
+        """Add what the backend's counters ``stats`` and the disk tier's grew by; set the
+        gauges."""
         counters = stats.as_dict()
         deltas = counter_deltas(self._last, counters)
-        for stat, delta in deltas.items():
-            if delta > 0:  # Ray's counters take positive steps only
-                counter(ENGINE_COUNTERS[stat]).inc(delta, tags=self._tags)
+        self._add(deltas, ENGINE_COUNTERS)
+        disk_counters = disk.model_dump()
+        self._add(counter_deltas(self._last_disk, disk_counters, DISK_COUNTERS), DISK_COUNTERS)
+        self._last_disk = disk_counters
+        gauge(DISK_BYTES).set(disk.bytes_used, tags=self._tags)
         elapsed_s = now - self._last_at
         if elapsed_s > 0:
             rate = deltas["tokens_generated"] / elapsed_s
@@ -358,3 +409,8 @@ class ModelMetrics:
         gauge(ADAPTERS_LOADED).set(stats.adapters_loaded, tags=self._tags)
         gauge(HOST_BYTES).set(stats.host_bytes, tags=self._tags)
         self._last, self._last_at = counters, now
+
+    def _add(self, deltas: Mapping[str, float], specs: Mapping[str, MetricSpec]) -> None:
+        for stat, delta in deltas.items():
+            if delta > 0:  # Ray's counters take positive steps only
+                counter(specs[stat]).inc(delta, tags=self._tags)

@@ -1,12 +1,15 @@
 """LoRAModel: one base model and its adapters per replica, served through Ray Serve.
 
 A thin shell around a :class:`workers.engine.backend.Backend` (``LORAQ_ENGINE``: the HF
-engine, or vLLM); the backend batches requests of different adapters into one forward pass
-and owns the adapter cache.
+engine, or vLLM), which batches requests of different adapters into one forward pass and
+keeps their host and device tiers. Adapter names are resolved here, above the backend
+(:mod:`workers.serve.replica_adapters`): the catalogue, the object store, the node's disk
+tier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,7 +22,7 @@ from ray import serve
 from producer.connection import async_client
 from schemas import ErrorType, Keys
 from schemas.replicas import ReplicaHeartbeat
-from workers.adapters.registrations import registered_path, registered_paths
+from workers.adapters.resolved import name_of
 from workers.engine.backend import Backend
 from workers.engine.factory import build_backend
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
@@ -29,6 +32,7 @@ from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
+from workers.serve.replica_adapters import ReplicaAdapters, resolver_of
 from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
 
@@ -66,7 +70,8 @@ class LoRAModel:
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
             self.routed_loads += 1
-            await self.engine.ensure_adapter(adapter)
+            async with self.adapters.use(adapter) as resolved:
+                await self.engine.ensure_adapter(resolved)
             return adapter
 
         self._load_adapter = serve.multiplexed(
@@ -79,10 +84,9 @@ class LoRAModel:
             self._redis, self._keys, self._heartbeat, settings.heartbeat_s
         )
         self.heartbeat.start()
-        # Names this replica registered from {P}:adapters: the sync unloads those that go.
-        self._runtime: set[str] = set()
+        self.adapters = ReplicaAdapters(resolver_of(settings, self._redis, self._keys), self.engine)
         self._registry_sync = Periodic(
-            self._sync_registry, settings.registry_sync_s, f"adapter registry of {self.replica}"
+            self.adapters.sync, settings.registry_sync_s, f"adapter versions of {self.replica}"
         )
         self._registry_sync.start()
 
@@ -90,82 +94,54 @@ class LoRAModel:
         """Warm ``adapters`` on this replica ahead of their jobs (host tier, free slots).
 
         A hint from the consumer's scheduler (``target_replica`` is the replica it meant;
-        Serve's router chose this one): cheap, returns before the loads are done, and
-        never raises for a bad or unknown name.
+        Serve's router chose this one): cheap, returns before the downloads and loads
+        are done, and never raises for a bad or unknown name.
         """
-        names = []
-        for name in adapters:
-            try:
-                await self._ensure_registered(name)
-            except EngineError as exc:
-                log.debug("prefetch of adapter %r skipped: %s", name, exc.message)
-                continue
-            names.append(name)
-        await self.engine.prefetch(names)
-
-    async def _sync_registry(self) -> None:
-        """Unload run-time registrations removed from ``{P}:adapters`` (their later jobs
-        fail ``unknown_adapter``; rows already running finish first)."""
-        if not self._runtime:
-            return
-        current = await registered_paths(self._redis, self._keys)
-        for name in sorted(self._runtime - current.keys()):
-            self._runtime.discard(name)
-            self.engine.remove_adapter(name)
-
-    async def _ensure_registered(self, adapter: str) -> None:
-        """Register ``adapter`` from ``{P}:adapters`` when the replica does not know it and
-        an operator put it there (an unknown name is left for the engine to refuse)."""
-        if self.engine.knows_adapter(adapter):
-            return
-        path = await registered_path(self._redis, self._keys, adapter)
-        if path is None:
-            return
-        try:
-            self.engine.add_adapter(adapter, path)
-            self._runtime.add(adapter)
-        except EngineError as exc:
-            log.warning("adapter %s: run-time registration refused: %s", adapter, exc.message)
-            raise EngineError(
-                ErrorType.UNKNOWN_ADAPTER,
-                f"adapter {adapter!r} is registered at run time with a folder outside the "
-                "workers' adapter roots; ask the operator to fix it",
-            ) from None
+        self.adapters.prefetch(adapters)
 
     def _heartbeat(self) -> ReplicaHeartbeat:
         return heartbeat_of(
             replica=self.replica,
             node=ray.get_runtime_context().get_node_id(),
-            adapters=self.engine.loaded_adapters(),
+            adapters=self._loaded_names(),
             stats=self.engine.backend_stats(),
+            disk=self.adapters.resolver.disk_stats(),
             interval_s=self.settings.heartbeat_s,
             now=time.time(),
         )
 
-    async def _route(self, request: GenerationRequest) -> None:
-        """Register the request's multiplexed model id with Serve (loading it if cold)."""
+    def _loaded_names(self, *, host: bool = False) -> list[str]:
+        """The adapters on the device (or in host memory), each name once whatever its
+        versions, least recently used first."""
+        keys = self.engine.host_adapters() if host else self.engine.loaded_adapters()
+        return list(dict.fromkeys(name_of(key) for key in keys))
+
+    @contextlib.asynccontextmanager
+    async def _routed(self, request: GenerationRequest) -> AsyncIterator[None]:
+        """Resolve the request's adapter (its files held on this node while it runs) and
+        register its multiplexed model id with Serve (loading it if cold)."""
         model_id = serve.get_multiplexed_model_id()
-        if not model_id:
-            # A direct call without routing: the adapter still has to be registered.
-            if request.adapter:
-                await self._ensure_registered(request.adapter)
-            return
-        if model_id != (request.adapter or ""):
+        if model_id and model_id != (request.adapter or ""):
             raise EngineError(
                 ErrorType.VALIDATION,
                 f"multiplexed model id {model_id!r} differs from the request's adapter "
                 f"{request.adapter!r}",
             )
-        # Known before Serve's loader sees it: that loader logs every failed load as an
-        # ERROR, and on a full replica evicts a warm adapter before it tries.
-        await self._ensure_registered(model_id)
-        self.engine.check_adapter(model_id)
-        await self._load_adapter(model_id)
+        if not request.adapter:
+            yield
+            return
+        # Resolved before Serve's loader sees it: that loader logs every failed load as
+        # an ERROR, and on a full replica evicts a warm adapter before it tries.
+        async with self.adapters.use(request.adapter) as resolved:
+            request.resolved = resolved
+            if model_id:
+                await self._load_adapter(model_id)
+            yield
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """The finished generation of ``request``."""
-        await self._route(request)
-        output = await self.engine.generate(request)
+        async with self._routed(request):
+            output = await self.engine.generate(request)
         output.replica = self.replica
         return output
 
@@ -173,7 +149,13 @@ class LoRAModel:
         self, request: GenerationRequest
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
         """Text chunks of ``request`` as it generates, then its output (last)."""
-        await self._route(request)
+        async with self._routed(request):
+            async for item in self._chunks(request):
+                yield item
+
+    async def _chunks(
+        self, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
         chunks = ChunkBuffer(
             interval_s=self.settings.stream_chunk_ms / 1000,
             min_deltas=self.settings.stream_chunk_tokens,
@@ -219,8 +201,9 @@ class LoRAModel:
             "replica": self.replica,
             # The process, for operators (and the chaos tests that kill it).
             "pid": os.getpid(),
-            "adapters": list(self.engine.loaded_adapters()),
-            "host_adapters": self.engine.host_adapters(),
+            "adapters": self._loaded_names(),
+            "host_adapters": self._loaded_names(host=True),
+            "disk": self.adapters.resolver.disk_stats().model_dump(),
             "routed_loads": self.routed_loads,
             "group_calls": self.groups.counters.calls,
             "group_requests": self.groups.counters.requests,
@@ -234,7 +217,9 @@ class LoRAModel:
         return await read_backlog(self._redis, self._keys)
 
     async def _report_metrics(self) -> None:
-        self.metrics.report(self.engine.backend_stats(), time.monotonic())
+        self.metrics.report(
+            self.engine.backend_stats(), time.monotonic(), disk=self.adapters.resolver.disk_stats()
+        )
 
     async def __del__(self) -> None:
         await self._metrics_reporter.stop()
@@ -242,3 +227,4 @@ class LoRAModel:
         await self.heartbeat.stop()
         await self._redis.aclose()
         await self.engine.close()
+        self.adapters.resolver.close()

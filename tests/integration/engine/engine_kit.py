@@ -17,6 +17,7 @@ from pathlib import Path
 import transformers
 
 from schemas import GenerationParams
+from tests.integration.resolving import Resolving
 from workers.engine.engine import Engine
 from workers.engine.model_loader import load_model
 from workers.engine.requests import GenerationRequest
@@ -89,7 +90,7 @@ def _bad_adapters(kit_root: Path, base: Path, good: Path) -> Path:
 
 
 def start_engine(settings: WorkerSettings) -> Engine:
-    return Engine(settings, load_model(settings))
+    return Resolving(Engine(settings, load_model(settings)), settings)  # type: ignore[return-value]
 
 
 def stop_engine(engine: Engine) -> None:

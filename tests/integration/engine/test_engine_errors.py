@@ -17,6 +17,7 @@ from workers.engine.requests import EngineError, GenerationOutput, GenerationReq
 def engine(kit: Kit) -> Iterator[Engine]:
     """The good adapters by scan; the bad ones and "late" from the static map."""
     static = {folder.name: str(folder) for folder in kit.extra.iterdir()}
+    static["team.v2"] = str(kit.extra / "late")
     engine = start_engine(kit.settings(adapters=static))
     yield engine
     stop_engine(engine)
@@ -80,20 +81,19 @@ async def test_ensure_adapter_reports_unknown_and_incompatible(engine: Engine) -
     assert "d" in engine.loaded_adapters()
 
 
-async def test_run_time_names_may_hold_dots(engine: Engine, kit: Kit) -> None:
-    engine.add_adapter("team.v2", str(kit.extra / "late"))
-    assert "team.v2" in engine.adapter_names()
+async def test_names_may_hold_dots(engine: Engine) -> None:
     dotted, plain = await asyncio.gather(
         engine.generate(request("team.v2", "same weights", 10)),
         engine.generate(request("late", "same weights", 10)),
     )
     assert dotted.token_ids == plain.token_ids
+    assert dotted.adapter == "team.v2" and dotted.adapter_version
 
 
-def test_registration_outside_the_roots_is_refused(engine: Engine) -> None:
+async def test_an_unresolved_adapter_never_reaches_the_backend(engine: Engine) -> None:
     with pytest.raises(EngineError) as caught:
-        engine.add_adapter("evil", "/etc")
-    assert caught.value.type is ErrorType.VALIDATION
+        await engine.backend.generate(request("a", "hi", 4))
+    assert caught.value.type is ErrorType.INTERNAL and "unresolved" in caught.value.message
 
 
 async def test_chat_messages_use_the_template(engine: Engine, reference: Reference) -> None:
@@ -103,11 +103,3 @@ async def test_chat_messages_use_the_template(engine: Engine, reference: Referen
     chat.params.max_new_tokens = 8
     output = await engine.generate(chat)
     assert output.token_ids == reference("a", "user: hi\nassistant: ", 8)
-
-
-def test_a_registered_name_is_not_re_pointed(engine: Engine, kit: Kit) -> None:
-    engine.add_adapter("late", str(kit.extra / "late"))  # the same folder: no change
-    with pytest.raises(EngineError) as caught:
-        engine.add_adapter("late", str(kit.extra / "too-big"))
-    assert caught.value.type is ErrorType.VALIDATION
-    assert "new name" in caught.value.message

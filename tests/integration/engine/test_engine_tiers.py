@@ -14,9 +14,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
-from schemas import ErrorType
 from workers.engine.engine import Engine
-from workers.engine.requests import EngineError, GenerationOutput, TextDelta
+from workers.engine.requests import GenerationOutput, TextDelta
 from workers.engine.synthetic import LoraSpec, build_lora
 from workers.engine.worker import WorkItem
 
@@ -122,7 +121,7 @@ def max_gap_ms(work: list[WorkItem]) -> float:
 
 def reference_of(engine: Engine, name: str, prompt: str, max_new_tokens: int) -> list[int]:
     """PEFT's greedy ``generate`` for an adapter outside the kit's reference set."""
-    folder = engine._registry.resolve(name)
+    folder = engine.resolver.catalogue.local.resolve(name)
     base = AutoModelForCausalLM.from_pretrained(engine.base_model.config._name_or_path).eval()
     model = PeftModel.from_pretrained(base, str(folder)).eval()
     encoded = engine.tokenizer(prompt, return_tensors="pt")  # type: ignore[operator]
@@ -152,37 +151,28 @@ async def test_prefetch_warms_host_and_free_slots_only_and_never_raises(kit: Kit
         await engine.close()
 
 
-async def test_removal_waits_for_the_rows_using_it_then_frees_both_tiers(
-    kit: Kit, reference: Reference
-) -> None:
-    # "late"'s folder is a root (statically mapped): run-time names may point into it.
-    engine = start_engine(
-        kit.settings(max_new_tokens=LONG, adapters={"late": str(kit.extra / "late")})
-    )
+async def test_a_dropped_version_waits_for_its_rows_then_leaves_both_tiers(kit: Kit) -> None:
+    late = str(kit.extra / "late")
+    engine = start_engine(kit.settings(max_new_tokens=LONG, adapters={"temp": late, "idle": late}))
     try:
-        engine.add_adapter("temp", str(kit.extra / "late"))
-        engine.add_adapter("idle", str(kit.extra / "late"))
         await engine.ensure_adapter("idle")
-        prompt = "removed while it runs"
+        idle, temp = await engine.resolve("idle"), await engine.resolve("temp")
+        prompt = "dropped while it runs"
         stream = engine.stream(request("temp", prompt, LONG))
         assert isinstance(await anext(stream), TextDelta)
         running = asyncio.create_task(_last(stream))
-        assert engine.remove_adapter("temp") and engine.remove_adapter("idle")
-        assert not engine.remove_adapter("a")  # scanned: not a run-time registration
+        assert engine.drop_adapter(temp.key) and engine.drop_adapter(idle.key)
+        assert not engine.drop_adapter("a@never-held")
         # Unused: gone at once. In use: stays until its row is done.
         assert "idle" not in engine.loaded_adapters() and "idle" not in engine.host_adapters()
         assert "temp" in engine.loaded_adapters()
-        with pytest.raises(EngineError) as caught:
-            await engine.generate(request("temp", "too late", 4))
-        assert caught.value.type is ErrorType.UNKNOWN_ADAPTER
         output = await running
         assert output.finish_reason in {"length", "stop"} and output.token_ids
         assert "temp" not in engine.loaded_adapters() and "temp" not in engine.host_adapters()
         stats = engine.stats()
         assert stats["adapters_removed"] == 2 and stats["in_use_evictions"] == 0
         assert stats["host_bytes"] == 0
-        engine.add_adapter("temp", str(kit.extra / "late"))  # freed: it may come back
-        again = await engine.generate(request("temp", "back again", 6))
+        again = await engine.generate(request("temp", "back again", 6))  # loads it again
         assert again.token_ids
     finally:
         await engine.close()

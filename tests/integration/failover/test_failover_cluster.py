@@ -1,6 +1,8 @@
 """Issue 25's Cluster acceptance: two queues on different shards of a three-primary
 cluster, 500 jobs each, and the busiest queue's slot migrated to the third primary while
-jobs are submitted and run.
+jobs are submitted and run; then that queue's consumer replica is SIGKILLed (the chaos
+suite's second scenario, on Cluster): its replacement takes its pending entries back from
+the slot's new node.
 
 Every key of a queue is in the slot of its prefix's hash tag, so the queue moves whole;
 during the move, redis-py follows ``ASK`` and ``MOVED`` and retries ``TRYAGAIN`` (a
@@ -18,7 +20,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.integration.chaos.accounting import account
-from tests.integration.chaos.conftest import chaos_settings
+from tests.integration.chaos.conftest import chaos_settings, kill
 from tests.integration.failover.feeds import (
     FIGURES,
     FailoverApp,
@@ -88,6 +90,7 @@ def test_the_busiest_queue_slot_migrates_under_500_jobs_a_queue(
     migrate_s = time.monotonic() - started
     migrated_at = time.time()
     assert cluster.owner(slot) is target and source is not target
+    kill(next(iter(busiest.app.consumer_pids().values())))
     for feed in feeds:
         feed.join(120)
     for feed in feeds:

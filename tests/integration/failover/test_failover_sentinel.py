@@ -1,4 +1,5 @@
-"""Issue 25's Sentinel acceptance: the primary SIGKILLed under 600 jobs from two producers.
+"""Issue 25's Sentinel acceptance: the primary SIGKILLed under 600 jobs from two producers,
+and a model replica with it (the chaos suite's first scenario, on Sentinel).
 
 With ``LORAQ_REDIS_MIN_REPLICAS=1`` a producer gets a job's id only once the replica has
 the job, so the promoted replica has every job handed out; the workers write each final
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from tests.integration.chaos.accounting import account
-from tests.integration.chaos.conftest import chaos_settings
+from tests.integration.chaos.conftest import chaos_settings, kill
 from tests.integration.failover.feeds import (
     FIGURES,
     FailoverApp,
@@ -75,6 +76,7 @@ def test_the_primary_killed_under_600_jobs_from_two_producers(
         LibraryFeed(app, "lib", JOBS_PER_FEED, seed=1).start(),
         RawFeed(app, "raw", JOBS_PER_FEED, seed=2).start(),
     ]
+    replica_pid = min(app.model_pids().values())
     while sum(len(feed.returned) for feed in feeds) < KILL_AFTER:
         time.sleep(0.01)
     old = sentinel_set.primary
@@ -82,6 +84,7 @@ def test_the_primary_killed_under_600_jobs_from_two_producers(
     handed_out_at_kill = sum(len(feed.returned) for feed in feeds)
     old.kill()
     killed_at = time.time()
+    kill(replica_pid)  # its jobs go back to the queue, through the failover
     promotion_s = sentinel_set.wait_promoted(old_port)
     promoted_at = time.time()
     sentinel_set.restart_as_replica(old)
@@ -93,7 +96,7 @@ def test_the_primary_killed_under_600_jobs_from_two_producers(
     expected = {job_id: text for feed in feeds for job_id, text in feed.returned.items()}
     app.wait_finished(list(expected), len(expected), timeout_s=FINAL_BOUND_S + 30)
     with app.client() as client:
-        tally = account(client, app.keys, expected, "Sentinel: primary SIGKILLed")
+        tally = account(client, app.keys, expected, "Sentinel: primary + model replica SIGKILLed")
     tally.figures.update(
         handed_out_at_kill=handed_out_at_kill,
         promotion_s=promotion_s,

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.integration.resolving import Resolving
 from workers.engine.vllm_backend import VllmBackend
 from workers.settings import DEMO_DIR, WorkerSettings
 
@@ -87,7 +88,8 @@ def backend(
     )
 
     async def start() -> VllmBackend:
-        return VllmBackend.from_settings(settings)
+        # Names resolved above the backend, as a model replica does.
+        return Resolving(VllmBackend.from_settings(settings), settings)  # type: ignore[return-value]
 
     backend = loop_thread.run(start())
     yield backend

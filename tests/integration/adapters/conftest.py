@@ -1,0 +1,108 @@
+"""A real S3-compatible server over HTTP (moto's standalone ``moto_server``), started for
+the session on a free loopback port, and the demo adapters uploaded to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer.embedded import free_port
+from tests.conftest import REPO
+
+pytest.importorskip("s3fs")
+boto3 = pytest.importorskip("boto3")
+
+DEMO_ADAPTERS = REPO / "demo" / "adapters"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "loraq-test",
+    "AWS_SECRET_ACCESS_KEY": "loraq-test-secret",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class S3Server:
+    """The running server and a client of it."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url)
+
+    def bucket(self) -> str:
+        """A fresh bucket of the calling test's own."""
+        name = f"loraq-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def upload(self, bucket: str, prefix: str, folder: Path) -> None:
+        client = self.client()
+        for path in sorted(folder.iterdir()):
+            client.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+
+    def pause(self) -> None:
+        """Unreachable, as in an outage: the process stops answering (its connections
+        time out) and keeps its objects (moto's are in memory)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _spawn(port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    return subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_until_up(url: str) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not answer at {url}")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """The S3 server; the workers' standard credential chain points at it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": url})
+    server = S3Server(url, _spawn(port), port)
+    _wait_until_up(url)
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

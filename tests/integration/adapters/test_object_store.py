@@ -1,0 +1,185 @@
+"""The object-store tier against a real S3 server over HTTP: the resolver lists and
+downloads through s3fs into the node's disk cache, once per node, and fails cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas import ErrorType
+from schemas.adapter_uris import parse_adapter_uri
+from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
+from workers.adapters.catalogue import AdapterCatalogue
+from workers.adapters.disk_cache import DiskCache
+from workers.adapters.registry import AdapterRegistry
+from workers.adapters.remote import RemoteStore
+from workers.adapters.resolver import AdapterResolver, RetryPolicy
+from workers.errors import EngineError
+
+DEMO = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
+
+
+def resolver(
+    source: str, cache: Path, *, sync_s: float = 60.0, max_bytes: int = 2**30, **extra: object
+) -> AdapterResolver:
+    """A replica's resolver with no local adapters: everything comes from ``source``."""
+    return AdapterResolver(
+        AdapterCatalogue(AdapterRegistry({}, None), source=parse_adapter_uri(source)),
+        store=RemoteStore(timeout_s=2.0, max_bytes=max_bytes),
+        disk=DiskCache(cache, budget_bytes=2**30),
+        sync_s=sync_s,
+        miss_ttl_s=30.0,
+        max_downloads=4,
+        retry=RetryPolicy(attempts=2, backoff_s=0.05),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def upload_demo(s3: S3Server, copies: int) -> tuple[str, dict[str, str]]:
+    """The demo adapters under ``copies`` names each; the bucket and name -> demo adapter."""
+    bucket = s3.bucket()
+    names = {}
+    for index in range(copies):
+        for demo in DEMO:
+            name = f"{demo}-{index:03d}"
+            s3.upload(bucket, f"adapters/{name}", DEMO_ADAPTERS / demo)
+            names[name] = demo
+    return bucket, names
+
+
+async def test_each_adapter_is_downloaded_once_per_node(s3: S3Server, tmp_path: Path) -> None:
+    bucket, names = upload_demo(s3, 3)
+    source = f"s3://{bucket}/adapters/"
+    first, second = resolver(source, tmp_path), resolver(source, tmp_path)
+    try:
+
+        async def use(replica: AdapterResolver, name: str) -> bytes:
+            async with replica.use(name) as adapter:
+                return (adapter.folder / "adapter_model.safetensors").read_bytes()
+
+        jobs = [use(replica, name) for name in names for replica in (first, second, first)]
+        weights = await asyncio.gather(*jobs)
+        for (name, _replica), data in zip(
+            [(n, r) for n in names for r in range(3)], weights, strict=True
+        ):
+            demo = names[name]
+            assert data == (DEMO_ADAPTERS / demo / "adapter_model.safetensors").read_bytes()
+        downloads = first.disk_stats().downloads + second.disk_stats().downloads
+        assert downloads == len(names)  # two replicas of one node: one download each
+        assert first.disk_stats().download_failures == 0
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_unknown_names_fail_and_are_remembered(s3: S3Server, tmp_path: Path) -> None:
+    bucket, _ = upload_demo(s3, 1)
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path)
+    try:
+        for name in ("nope", "nope", "../x", "a/b"):
+            with pytest.raises(EngineError) as caught:
+                async with replica.use(name):
+                    pass
+            assert caught.value.type in (ErrorType.UNKNOWN_ADAPTER, ErrorType.VALIDATION)
+        assert replica.disk_stats().downloads == 0
+    finally:
+        replica.close()
+
+
+async def test_a_new_object_is_a_new_version(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=0.2)
+    try:
+        async with replica.use("tenant") as old:
+            assert (old.folder / "adapter_config.json").exists()
+        s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "reverse")
+        assert (await replica.resolve("tenant")).key == old.key  # within the sync bound
+        await asyncio.sleep(0.3)
+        async with replica.use("tenant") as new:
+            assert new.version != old.version and new.folder != old.folder
+            weights = (new.folder / "adapter_model.safetensors").read_bytes()
+        assert weights == (DEMO_ADAPTERS / "reverse" / "adapter_model.safetensors").read_bytes()
+        await asyncio.sleep(0.2)  # the old entry is discarded on the download threads
+        assert not old.folder.exists()
+    finally:
+        replica.close()
+
+
+async def test_bad_folders_fail_that_adapter_alone(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/good", DEMO_ADAPTERS / "upper")
+    s3.client().put_object(Bucket=bucket, Key="adapters/noconfig/adapter_model.bin", Body=b"x")
+    s3.client().put_object(Bucket=bucket, Key="adapters/noweights/adapter_config.json", Body=b"{}")
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path)
+    small = resolver(f"s3://{bucket}/adapters", tmp_path / "small", max_bytes=1000)
+    try:
+        for who, name, fragment in [
+            (replica, "noconfig", "no adapter_config.json"),
+            (replica, "noweights", "no adapter_model"),
+            (small, "good", "over LORAQ_MAX_ADAPTER_MB"),
+        ]:
+            with pytest.raises(EngineError) as caught:
+                async with who.use(name):
+                    pass
+            assert caught.value.type is ErrorType.INCOMPATIBLE_ADAPTER
+            assert fragment in caught.value.message
+            assert "loraq-test-secret" not in caught.value.message
+        async with replica.use("good") as adapter:
+            assert adapter.folder.is_dir()
+    finally:
+        replica.close()
+        small.close()
+
+
+async def test_a_damaged_entry_is_fetched_again(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "title")
+    first = resolver(f"s3://{bucket}/adapters", tmp_path)
+    async with first.use("tenant") as adapter:
+        folder = adapter.folder
+    first.close()
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a crash
+    # A replica that starts afterwards (a new process checks the entry once).
+    second = resolver(f"s3://{bucket}/adapters", tmp_path)
+    try:
+        async with second.use("tenant") as again:
+            data = (again.folder / "adapter_model.safetensors").read_bytes()
+        assert data == (DEMO_ADAPTERS / "title" / "adapter_model.safetensors").read_bytes()
+        assert second.disk_stats().corrupt_entries >= 1 and second.disk_stats().downloads == 1
+        manifest = json.loads((again.folder / "MANIFEST.json").read_text())
+        assert "loraq-test" not in json.dumps(manifest)  # no credential is stored
+    finally:
+        second.close()
+
+
+async def test_a_store_outage_serves_what_is_cached_and_fails_the_rest_cleanly(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3.bucket()
+    for name in ("cached", "cold"):
+        s3.upload(bucket, f"adapters/{name}", DEMO_ADAPTERS / "upper")
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=0.1)
+    try:
+        async with replica.use("cached"):
+            pass
+        s3.pause()
+        try:
+            await asyncio.sleep(0.2)  # the resolution of "cached" is past its sync bound
+            async with replica.use("cached") as adapter:  # on this node's disk: served
+                assert adapter.folder.is_dir()
+            with pytest.raises(EngineError) as caught:
+                async with replica.use("cold"):
+                    pass
+            assert caught.value.type is ErrorType.ADAPTER_UNAVAILABLE
+            assert "unreachable" in caught.value.message
+        finally:
+            s3.resume()
+        async with replica.use("cold") as adapter:  # back: fetched now
+            assert adapter.folder.is_dir()
+    finally:
+        replica.close()

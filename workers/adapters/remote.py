@@ -1,0 +1,227 @@
+"""The object-store tier: list an adapter's remote folder and download its files.
+
+One code path over fsspec for every scheme (``s3fs``, ``gcsfs``, ``adlfs``, the Hub's
+``HfFileSystem``, fsspec's HTTP), each an optional extra of the package
+(``pip install 'loraq[s3]'``…). Credentials come from each library's own chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_ENDPOINT_URL``, Google's and
+Azure's defaults, ``HF_TOKEN``): nothing here reads, logs or repeats them, and an error
+message names the URI and the failure's class, never a library's full text (which may
+quote a signed request).
+
+Only the files a PEFT folder needs are fetched, by their fixed names: nothing a listing
+holds can make a download land outside its folder. Called on the resolver's download
+threads, never on an event loop or the model thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas import ErrorType
+from schemas.adapter_uris import AdapterUri
+from workers.adapters.registry import CONFIG_FILE
+from workers.adapters.resolved import ADAPTER_FILES, WEIGHTS_FILES
+from workers.errors import EngineError
+
+# The extra that brings each scheme's fsspec implementation.
+EXTRAS = {"s3": "s3", "gs": "gcs", "az": "azure", "hf": "hub", "http": "http", "https": "http"}
+_CHUNK = 1 << 20
+
+
+class StoreUnreachable(Exception):
+    """The store did not answer (network, timeout, 5xx): worth trying again later."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a remote folder: its name in the folder, size and the store's tag."""
+
+    name: str
+    size: int
+    tag: str  # ETag, VersionId, generation or blob id: changes when the bytes change
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    """An adapter's remote folder as listed now."""
+
+    uri: AdapterUri
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def size_bytes(self) -> int:
+        """What the download takes."""
+        return sum(item.size for item in self.files)
+
+    @property
+    def version(self) -> str:
+        """A digest of the files' names, sizes and tags: a new object under the same URI
+        gives a new version."""
+        text = "\n".join(f"{f.name}\t{f.size}\t{f.tag}" for f in self.files)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class RemoteStore:
+    """Lists and downloads remote adapter folders (thread-safe; one client per scheme)."""
+
+    def __init__(self, *, timeout_s: float, max_bytes: int) -> None:
+        self._timeout_s = timeout_s
+        self._max_bytes = max_bytes
+        self._filesystems: dict[str, Any] = {}
+
+    def list_folder(self, uri: AdapterUri) -> RemoteFolder | None:
+        """The adapter files at ``uri``; ``None`` when the folder has none of them (not
+        there). Raises :class:`StoreUnreachable` when the store
+        does not answer and ``EngineError`` for a folder that cannot be an adapter."""
+        fs = self._filesystem(uri.scheme)
+        found = [
+            RemoteFile(name, int(info.get("size") or 0), _tag(info))
+            for name, info in _call(lambda: _entries(fs, uri), uri).items()
+            if name in ADAPTER_FILES and info.get("type", "file") == "file"
+        ]
+        names = {item.name for item in found}
+        if not names:
+            return None
+        if CONFIG_FILE not in names:
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER, f"{uri} holds no {CONFIG_FILE}: not a PEFT folder"
+            )
+        if not names & set(WEIGHTS_FILES):
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER,
+                f"{uri} has {CONFIG_FILE} but no adapter_model.safetensors or .bin",
+            )
+        folder = RemoteFolder(uri, tuple(found))
+        if folder.size_bytes > self._max_bytes:
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER,
+                f"{uri} holds {folder.size_bytes} bytes, over LORAQ_MAX_ADAPTER_MB "
+                f"({self._max_bytes // 2**20} MiB)",
+            )
+        return folder
+
+    def download(self, folder: RemoteFolder, dest: Path) -> dict[str, str]:
+        """Write ``folder``'s files into ``dest`` (an empty folder of the caller's) and
+        return each file's sha256; refuses a file whose size is not what was listed."""
+        fs = self._filesystem(folder.uri.scheme)
+        digests = {}
+        for item in folder.files:
+            target = dest / item.name
+            digests[item.name] = _call(
+                lambda item=item, target=target: _copy(fs, _path(folder.uri, item.name), target),
+                folder.uri,
+            )
+            size = target.stat().st_size
+            if size != item.size:
+                # Changed between the listing and the read, or cut short: try again later.
+                raise StoreUnreachable(f"{item.name}: {size} bytes read of {item.size} listed")
+        return digests
+
+    def _filesystem(self, scheme: str) -> Any:
+        fs = self._filesystems.get(scheme)
+        if fs is None:
+            fs = self._filesystems[scheme] = _open_filesystem(scheme, self._timeout_s)
+        return fs
+
+
+def _open_filesystem(scheme: str, timeout_s: float) -> Any:
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem(scheme, **_options(scheme, timeout_s))
+    except ImportError:
+        raise EngineError(
+            ErrorType.INCOMPATIBLE_ADAPTER,
+            f"{scheme}:// adapters need the {EXTRAS[scheme]} extra on the model workers "
+            f"(pip install 'loraq[{EXTRAS[scheme]}]')",
+        ) from None
+    if hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs's own five tries with backoff: the resolver retries instead
+    return fs
+
+
+def _options(scheme: str, timeout_s: float) -> Mapping[str, Any]:
+    """Each library's options: no listing cache (a new version must be seen), timeouts,
+    and the library's own retries left to the resolver's."""
+    if scheme == "s3":
+        client: dict[str, Any] = {}
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        return {
+            "use_listings_cache": False,
+            "client_kwargs": client,
+            "config_kwargs": {
+                "connect_timeout": timeout_s,
+                "read_timeout": timeout_s,
+                "retries": {"max_attempts": 1},
+            },
+        }
+    if scheme in ("http", "https"):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout_s)}}
+    return {"use_listings_cache": False} if scheme in ("gs", "az") else {}
+
+
+def _path(uri: AdapterUri, name: str) -> str:
+    """The fsspec path of file ``name`` in ``uri``'s folder."""
+    if uri.scheme in ("http", "https"):
+        return f"{uri}/{name}"
+    if uri.scheme == "hf":
+        repo = "/".join(uri.segments[:2]) + (f"@{uri.revision}" if uri.revision else "")
+        return "/".join((repo, *uri.segments[2:], name))
+    return "/".join((*uri.segments, name))
+
+
+def _entries(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
+    """The folder's files by name: one listing, or (HTTP, which cannot list) one HEAD per
+    file name fetched."""
+    if uri.scheme not in ("http", "https"):
+        try:
+            listing = fs.ls(_path(uri, "").rstrip("/"), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {item["name"].rstrip("/").rsplit("/", 1)[-1]: item for item in listing}
+    found = {}
+    for name in ADAPTER_FILES:
+        try:
+            found[name] = fs.info(_path(uri, name))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _tag(info: Mapping[str, Any]) -> str:
+    for key in ("VersionId", "ETag", "generation", "etag", "blob_id", "md5Hash", "last_modified"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    return ""
+
+
+def _copy(fs: Any, path: str, target: Path) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb", block_size=_CHUNK) as source, target.open("wb") as sink:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            sink.write(chunk)
+    return digest.hexdigest()
+
+
+def _call(call: Any, uri: AdapterUri) -> Any:
+    """``call()``, with the store's failures sorted: missing, refused, or unreachable."""
+    try:
+        return call()
+    except (FileNotFoundError, EngineError, StoreUnreachable):
+        raise
+    except PermissionError:
+        raise EngineError(
+            ErrorType.INCOMPATIBLE_ADAPTER,
+            f"{uri}: access denied with the workers' credentials",
+        ) from None
+    except Exception as exc:  # the store's, whatever the library: try again later
+        raise StoreUnreachable(f"{uri}: {type(exc).__name__}") from None

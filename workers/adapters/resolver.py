@@ -1,0 +1,215 @@
+"""Names to local folders a backend can read: the catalogue, the object store, the disk tier.
+
+A model replica asks :meth:`AdapterResolver.use` for each request's adapter and hands the
+:class:`ResolvedAdapter` to its backend, which never sees a name it has to look up. A
+resolution is kept for ``sync_s``: a registration re-pointed (or a new object under the
+same URI) is seen by every job that starts later than that. Remote folders are listed
+and downloaded on a bounded pool of download threads (never the loader thread or the
+model thread), with the store's timeouts and retries with backoff here; a store that
+stays unreachable is an ``adapter_unavailable`` error, which the queue retries until the
+job's attempts or deadline run out. A name the source does not have is remembered for
+``miss_ttl_s``, so a flood of bad names does not reach the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from schemas import ErrorType
+from schemas.replicas import DiskTierCounters
+from workers.adapters.catalogue import AdapterCatalogue, Location
+from workers.adapters.disk_cache import DiskCache, DiskLease, entry_key
+from workers.adapters.remote import RemoteFolder, RemoteStore, StoreUnreachable
+from workers.adapters.resolved import ResolvedAdapter, local_version
+from workers.errors import EngineError
+
+__all__ = ["AdapterResolver", "ResolvedAdapter", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Resolution:
+    adapter: ResolvedAdapter
+    remote: RemoteFolder | None
+    expires: float
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long the store is retried within one resolution."""
+
+    attempts: int = 3
+    backoff_s: float = 0.5
+
+
+class AdapterResolver:
+    """Resolves names for one replica; the disk tier is shared with the node's others."""
+
+    def __init__(
+        self,
+        catalogue: AdapterCatalogue,
+        *,
+        store: RemoteStore | None,
+        disk: DiskCache | None,
+        sync_s: float,
+        miss_ttl_s: float,
+        max_downloads: int,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._catalogue = catalogue
+        self._store = store
+        self._disk = disk
+        self._sync_s = sync_s
+        self._miss_ttl_s = miss_ttl_s
+        self._retry = retry or RetryPolicy()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "loraq-download")
+        self._resolved: dict[str, _Resolution] = {}
+        self._misses: dict[str, float] = {}  # name -> until when it is known missing
+        self._pending: dict[str, asyncio.Future[_Resolution]] = {}
+
+    @property
+    def catalogue(self) -> AdapterCatalogue:
+        """Where names are looked up."""
+        return self._catalogue
+
+    def disk_stats(self) -> DiskTierCounters:
+        """A copy of the disk tier's counters (zeros without one)."""
+        return self._disk.stats.model_copy() if self._disk else DiskTierCounters()
+
+    async def resolve(self, name: str, *, fresh: bool = False) -> ResolvedAdapter:
+        """The current version of ``name`` (looked up again when older than ``sync_s``,
+        or ``fresh``). Downloads nothing."""
+        return (await self._resolution(name, fresh=fresh)).adapter
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str) -> AsyncIterator[ResolvedAdapter]:
+        """``name`` resolved and its folder on this node's disk, held there (not evicted)
+        until the block ends."""
+        resolution = await self._resolution(name, fresh=False)
+        lease = await self._hold(resolution) if resolution.remote else None
+        try:
+            yield resolution.adapter
+        finally:
+            if lease is not None:
+                lease.close()
+
+    def forget(self, adapter: ResolvedAdapter) -> None:
+        """``adapter`` is no longer current: delete its disk entry if nobody holds it."""
+        if self._disk is not None and self._disk.root in adapter.folder.parents:
+            self._pool.submit(self._disk.discard, adapter.folder.name)
+
+    def close(self) -> None:
+        """Stop the download threads (downloads under way finish)."""
+        self._pool.shutdown(wait=False)
+
+    async def _resolution(self, name: str, *, fresh: bool) -> _Resolution:
+        now = time.monotonic()
+        known = self._resolved.get(name)
+        if known is not None and not fresh and known.expires > now:
+            return known
+        if self._misses.get(name, 0.0) > now:
+            raise _unknown(name)
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(name))
+            self._pending[name] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(name, None))
+        try:
+            return await asyncio.shield(pending)
+        except EngineError as exc:
+            if exc.type is not ErrorType.ADAPTER_UNAVAILABLE or known is None:
+                raise
+        # The store is down: the version this replica knows goes on serving (its files
+        # are on this node's disk, or fetched again if the store comes back).
+        log.info("adapter %s: store unreachable; serving the version known", name)
+        return known
+
+    async def _look_up(self, name: str) -> _Resolution:
+        try:
+            location = await self._catalogue.locate(name)
+            remote = await self._list(location) if location.uri is not None else None
+        except EngineError as exc:
+            if exc.type is ErrorType.UNKNOWN_ADAPTER and name in self._resolved:
+                self.forget(self._resolved.pop(name).adapter)  # unregistered
+            raise
+        if location.folder is not None:
+            folder = location.folder
+            version = await asyncio.to_thread(local_version, folder)
+        else:
+            assert remote is not None and self._disk is not None
+            version = remote.version
+            folder = self._disk.root / "entries" / entry_key(str(remote.uri), version)
+        adapter = ResolvedAdapter(name, version, folder)
+        resolution = _Resolution(adapter, remote, time.monotonic() + self._sync_s)
+        old = self._resolved.get(name)
+        if old is not None and old.adapter.key != adapter.key:
+            self.forget(old.adapter)  # the old bytes leave the disk tier once unheld
+        self._resolved[name] = resolution
+        return resolution
+
+    async def _list(self, location: Location) -> RemoteFolder:
+        assert location.uri is not None
+        if self._store is None or self._disk is None:
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER,
+                f"adapter {location.name!r} is remote and this worker has no disk cache",
+            )
+        store, uri = self._store, location.uri
+        folder = await self._with_retries(location.name, lambda: store.list_folder(uri))
+        if folder is None:
+            self._misses[location.name] = time.monotonic() + self._miss_ttl_s
+            raise _unknown(location.name)
+        return folder
+
+    async def _hold(self, resolution: _Resolution) -> DiskLease:
+        disk, store, remote = self._disk, self._store, resolution.remote
+        assert disk is not None and store is not None and remote is not None
+        key = resolution.adapter.folder.name
+        lease = await asyncio.get_running_loop().run_in_executor(self._pool, disk.lease, key)
+        if lease is not None:
+            return lease
+
+        def fetch() -> DiskLease:
+            return disk.fetch(key, str(remote.uri), remote.size_bytes, _writer(store, remote))
+
+        try:
+            return await self._with_retries(resolution.adapter.name, fetch)
+        except EngineError:
+            disk.stats.download_failures += 1
+            raise
+
+    async def _with_retries(self, name: str, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        for attempt in range(self._retry.attempts):
+            try:
+                return await loop.run_in_executor(self._pool, call)
+            except StoreUnreachable as exc:
+                problem = str(exc)
+                log.warning(
+                    "adapter %s: store unreachable (attempt %d): %s", name, attempt + 1, exc
+                )
+            if attempt + 1 < self._retry.attempts:
+                await asyncio.sleep(self._retry.backoff_s * 2**attempt)
+        raise EngineError(
+            ErrorType.ADAPTER_UNAVAILABLE,
+            f"adapter {name!r} could not be fetched: its store is unreachable ({problem}); "
+            "the job is retried",
+        )
+
+
+def _writer(store: RemoteStore, remote: RemoteFolder) -> Callable[[Path], dict[str, str]]:
+    return lambda dest: store.download(remote, dest)
+
+
+def _unknown(name: str) -> EngineError:
+    return EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
