@@ -18,6 +18,7 @@ import orjson
 
 from producer import batch_verbs, verbs
 from producer.client import DEFAULT_CHUNK_SIZE, Producer
+from producer.durability import ReplicationTimeoutError
 from producer.errors import JobTimeoutError, JobValidationError, LoraqConnectionError
 from producer.settings import ClientSettings
 from schemas.jobs import GenerationParams
@@ -29,7 +30,8 @@ VERBS_GROUP = "loraq.verbs"  # entry points of verbs other packages add
 
 EPILOG = """\
 exit codes: 0 ok; 1 job failed, was cancelled or expired, or a wait timed out;
-2 invalid input; 3 Redis unreachable.
+2 invalid input; 3 Redis unreachable, or its replicas did not confirm a job in time
+(LORAQ_REDIS_MIN_REPLICAS; submitting the same --id again is safe).
 environment: LORAQ_REDIS_URL (default redis://127.0.0.1:6379/0), LORAQ_PREFIX (default loraq).
 """
 
@@ -324,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
         return verbs.EXIT_JOB_FAILED
     except LoraqConnectionError as exc:
         verbs.say(f"loraq: {exc} (set LORAQ_REDIS_URL or --redis-url, or start `loraq serve`)")
+        return EXIT_NO_REDIS
+    except ReplicationTimeoutError as exc:  # an OSError too: before the branch below
+        verbs.say(f"loraq: {exc}")
         return EXIT_NO_REDIS
     except OSError as exc:  # an unreadable jobs file, an unwritable --out
         verbs.say(f"loraq: {exc}")
