@@ -146,12 +146,14 @@ def test_cancel_ends_a_batch_cancelled_and_lines_not_run_never_run(
     for i in range(1, 401):
         job = f"batchjob.{created.id.removeprefix('batch_')}.{i}"
         status, started = r.hmget(keys.job(job), ["status", "started_at"])
-        assert status is not None
-        statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
+        # No record: the line was not queued yet (lines are queued in the background
+        # after the create answers) when the cancel stopped the queueing.
+        name = "never queued" if status is None else status.decode()
+        statuses[name] = statuses.get(name, 0) + 1
         if started is not None:  # the jobs that ran had started before the cancel
             assert float(started) <= cancelled_at + 1.0
-    assert set(statuses) <= {"succeeded", "cancelled"}
-    assert statuses.get("cancelled", 0) > 0
+    assert set(statuses) <= {"succeeded", "cancelled", "never queued"}
+    assert statuses.get("cancelled", 0) + statuses.get("never queued", 0) > 0
     counts = batch.request_counts
     assert counts is not None and counts.completed == statuses.get("succeeded", 0)
 
@@ -227,6 +229,9 @@ def test_batch_jobs_are_queued_below_interactive_ones(gateway: GatewayApp, r: re
     batch_file = completions_file(gateway.settings.base_model_name, lines=lines, bad=False)
     with client_of(gateway) as client:
         created = create_batch(client, batch_file.content)
+        # Its lines are queued in the background: the interactive job must come after all.
+        while client.batches.retrieve(created.id).status == "validating":
+            time.sleep(0.05)
         reply = gateway.request("POST", "/v1/jobs", json={"adapter": "upper", "prompt": "ab cd"})
         assert reply.status_code == 202, reply.text
         [interactive] = reply.json()["ids"]
