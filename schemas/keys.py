@@ -89,6 +89,11 @@ class Keys:
         pending"``), and ``next``, the slice the next read starts from."""
         return f"{self.prefix}:batch:{batch_id}:counts"
 
+    def batch_queuer(self, batch_id: str) -> str:
+        """String with a TTL: present while a gateway replica checks and queues the
+        batch's lines (renewed at each slice); gone, the next read takes the work over."""
+        return f"{self.prefix}:batch:{batch_id}:queuer"
+
     def batch_finalizer(self, batch_id: str) -> str:
         """String with a TTL: present while a gateway replica writes the batch's files."""
         return f"{self.prefix}:batch:{batch_id}:finalizer"

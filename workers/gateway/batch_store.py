@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio
 from pydantic import TypeAdapter
@@ -26,6 +26,8 @@ READ_CHUNK = 500
 
 
 _LINE = TypeAdapter(StoredLine)
+# The background work of a batch that one replica at a time does, under a lease.
+Work = Literal["queue", "finalize"]
 # The field of a batch's counts hash that is not a slice.
 _NEXT = "next"
 
@@ -122,10 +124,17 @@ class BatchStore:
             return None
         return StoredBatch(Batch.model_validate_json(raw), _text(owner))
 
-    async def batch_status(self, batch_id: str) -> BatchStatus | None:
-        """The batch's status alone (``None``: no batch)."""
-        status = await self.client.hget(self.keys.batch(batch_id), "status")
+    async def queue_turn(self, batch_id: str, lease_s: int) -> BatchStatus | None:
+        """The batch's status alone (``None``: no batch), and the queuer's lease renewed."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.batch(batch_id), "status")
+        pipe.set(self.keys.batch_queuer(batch_id), "1", ex=lease_s)
+        status, _ = await pipe.execute()
         return None if status is None else BatchStatus(as_text(status))
+
+    async def restart_lines(self, batch_id: str) -> None:
+        """Forget the lines and counts a dead queuer left: the lines are checked again."""
+        await self.client.delete(self.keys.batch_lines(batch_id), self.keys.batch_counts(batch_id))
 
     async def append_lines(self, batch_id: str, lines: Sequence[StoredLine], *, ttl_s: int) -> None:
         """Add checked lines at the end of the batch's lines (one key: no script needed)."""
@@ -174,15 +183,22 @@ class BatchStore:
         pipe.expire(key, ttl_s)
         await pipe.execute()
 
-    async def claim_finalizer(self, batch_id: str, lease_s: int) -> bool:
-        """Whether this replica may write the batch's files now: none else claimed it
-        within ``lease_s`` (a claimer that died is replaced after it)."""
-        key = self.keys.batch_finalizer(batch_id)
-        return bool(await self.client.set(key, "1", nx=True, ex=lease_s))
+    async def claim(self, batch_id: str, work: Work, lease_s: int) -> bool:
+        """Whether this replica may do the batch's ``work`` now (queue its lines, write
+        its files): none else claimed it within ``lease_s`` (one that died is replaced
+        after it)."""
+        return bool(await self.client.set(self._lease(batch_id, work), "1", nx=True, ex=lease_s))
 
-    async def release_finalizer(self, batch_id: str) -> None:
-        """The files are written (or the writer gave up): no claim outlives its work."""
-        await self.client.delete(self.keys.batch_finalizer(batch_id))
+    async def release(self, batch_id: str, work: Work) -> None:
+        """The work is done (or given up): no claim outlives it."""
+        await self.client.delete(self._lease(batch_id, work))
+
+    def _lease(self, batch_id: str, work: Work) -> str:
+        return (
+            self.keys.batch_queuer(batch_id)
+            if work == "queue"
+            else self.keys.batch_finalizer(batch_id)
+        )
 
     async def update_batch(
         self,

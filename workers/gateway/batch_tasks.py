@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Lines parsed and queued per slice (about 10 ms of work on a small core).
 QUEUE_CHUNK = 50
+# How long a queuer's claim holds without a slice done: past it (its replica died), the
+# next read of the batch checks and queues its lines again (queueing a line twice queues
+# nothing: its job id is fixed).
+QUEUE_LEASE_S = 30
 # Cancellations in flight at once (each is one small script); also the most started
 # between two turns of the event loop.
 CANCEL_CONCURRENCY = 64
@@ -63,7 +67,16 @@ class BatchTasks:
         self, batch: Batch, owner: str | None, content: bytes, rules: LineRules
     ) -> None:
         """Check every line, queue the good ones, then move the batch to ``in_progress``
-        (or ``failed`` when the queue refused jobs)."""
+        (or ``failed`` when the queue refused jobs). The caller claimed the queuer's
+        lease; it is renewed at each slice and released at the end."""
+        try:
+            await self._queue_all(batch, owner, content, rules)
+        finally:
+            await self.store.release(batch.id, "queue")
+
+    async def _queue_all(
+        self, batch: Batch, owner: str | None, content: bytes, rules: LineRules
+    ) -> None:
         parser = LineParser(batch.id, rules)
         chunk: list[ParsedLine] = []
         failed = 0
@@ -86,7 +99,7 @@ class BatchTasks:
     async def _queue_chunk(self, batch: Batch, owner: str | None, chunk: list[ParsedLine]) -> bool:
         """Queue one slice of lines; whether to go on (the batch is still validating)."""
         await asyncio.sleep(0)  # the slice boundary: other requests run here
-        if await self.store.batch_status(batch.id) is not BatchStatus.VALIDATING:
+        if await self.store.queue_turn(batch.id, QUEUE_LEASE_S) is not BatchStatus.VALIDATING:
             await self.cancel(batch.id)
             return False
         jobs = [line.job for line in chunk if line.job is not None]
@@ -94,7 +107,7 @@ class BatchTasks:
             if jobs:
                 await self.producer.submit_many(jobs, owner=owner)
         except SubmitError as exc:
-            await self._fail(batch, str(exc))
+            await self.fail(batch, str(exc))
             return False
         finally:
             # Appended even when refused: the lines that went in are cancelled with the rest.
@@ -103,7 +116,8 @@ class BatchTasks:
             )
         return True
 
-    async def _fail(self, batch: Batch, message: str) -> None:
+    async def fail(self, batch: Batch, message: str) -> None:
+        """End a batch still validating ``failed`` with ``message``, cancelling what it queued."""
         failed = batch.model_copy(deep=True)
         failed.status, failed.failed_at = BatchStatus.FAILED, int(time.time())
         failed.errors = BatchErrors(data=[BatchErrorData(code="queue_refused", message=message)])

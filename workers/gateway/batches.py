@@ -30,7 +30,7 @@ from workers.gateway.auth import Caller
 from workers.gateway.batch_counts import SliceCount, add_up, slices_to_read
 from workers.gateway.batch_lines import LineRules, StoredLine, jsonl, sort_lines
 from workers.gateway.batch_store import READ_CHUNK, BatchStore, NewFile, StoredBatch
-from workers.gateway.batch_tasks import BatchTasks
+from workers.gateway.batch_tasks import QUEUE_LEASE_S, BatchTasks
 from workers.gateway.errors import ApiError
 from workers.gateway.jsonl_bounds import LineBounds, LineLimitError, slices
 from workers.settings import WorkerSettings
@@ -126,10 +126,26 @@ class BatchService:
         await self.store.create_batch(
             StoredBatch(batch, caller.owner), ttl_s=self.settings.batch_ttl_s
         )
+        await self.store.claim(batch.id, "queue", QUEUE_LEASE_S)
         self.tasks.start(
             batch.id, self.tasks.queue(batch, caller.owner, content, self._rules(batch))
         )
         return batch
+
+    async def _requeue(self, stored: StoredBatch) -> None:
+        """Take over the queueing of a batch whose queuer died (its lease ran out): its
+        lines are checked again from the start, or it fails if its file is gone."""
+        batch = stored.batch
+        if not await self.store.claim(batch.id, "queue", QUEUE_LEASE_S):
+            return  # a live queuer holds it
+        content = await self.store.file_content(batch.input_file_id)
+        if content is None:
+            await self.store.release(batch.id, "queue")
+            await self.tasks.fail(batch, f"the input file {batch.input_file_id!r} is gone")
+            return
+        await self.store.restart_lines(batch.id)
+        work = self.tasks.queue(batch, stored.owner, content, self._rules(batch))
+        self.tasks.start(batch.id, work)
 
     async def _count_lines(self, content: bytes, file_id: str) -> int:
         """The file's non-blank lines, counted a slice at a time; 400 at the first slice
@@ -161,6 +177,8 @@ class BatchService:
         :mod:`batch_counts`); once every job has ended it goes ``finalizing`` and its
         files are written in the background (:meth:`_finalize`)."""
         batch = stored.batch.model_copy(deep=True)
+        if batch.status is BatchStatus.VALIDATING:
+            await self._requeue(stored)
         if batch.status not in _RUNNING:
             return batch
         if batch.status is not BatchStatus.FINALIZING:
@@ -175,7 +193,7 @@ class BatchService:
                     again = await self.store.get_batch(batch.id)  # another reader moved it
                     return again.batch if again else batch
         lease_s = min(FINALIZE_LEASE_S, self.settings.batch_ttl_s)
-        if await self.store.claim_finalizer(batch.id, lease_s):
+        if await self.store.claim(batch.id, "finalize", lease_s):
             self.tasks.start(batch.id, self._finalize(stored.owner, batch))
         return batch
 
@@ -203,7 +221,7 @@ class BatchService:
         try:
             await self._write_files(owner, batch)
         finally:
-            await self.store.release_finalizer(batch.id)
+            await self.store.release(batch.id, "finalize")
 
     async def _write_files(self, owner: str | None, batch: Batch) -> None:
         contents = {"output": bytearray(), "error": bytearray()}

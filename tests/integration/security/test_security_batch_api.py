@@ -13,6 +13,7 @@ import select
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,12 +23,12 @@ import requests
 from pydantic import SecretStr
 
 from schemas import Keys
-from schemas.batches import FileObject
+from schemas.batches import Batch, BatchStatus, FileObject, RequestCounts
 from tests.integration.gateway.conftest import GatewayApp, bearer
 from tests.integration.security.conftest import KEY_A, KEY_B
 from tests.integration.security.watch import watched
 from workers.gateway.auth import ApiKeys
-from workers.gateway.batch_store import BatchStore
+from workers.gateway.batch_store import BatchStore, StoredBatch
 
 BOUNDARY = "sec29boundary"
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -124,16 +125,22 @@ def put_file(app: GatewayApp, content: bytes, key: str = KEY_A) -> str:
         purpose="batch",
     )
 
-    async def put() -> None:
+    with_store(app, lambda store: store.put_file(meta, content, owner=owner_of(key), ttl_s=3600))
+    return meta.id
+
+
+def with_store(app: GatewayApp, call: Callable[[BatchStore], Awaitable[None]]) -> None:
+    """``call`` on a :class:`BatchStore` of the app's prefix (the test writes as a
+    gateway replica would)."""
+
+    async def run() -> None:
         client = aioredis.Redis.from_url(app.settings.effective_redis_url)
         try:
-            store = BatchStore(client, Keys(app.settings.prefix))
-            await store.put_file(meta, content, owner=owner_of(key), ttl_s=3600)
+            await call(BatchStore(client, Keys(app.settings.prefix)))
         finally:
             await client.aclose()
 
-    asyncio.run(put())
-    return meta.id
+    asyncio.run(run())
 
 
 def timed(
@@ -283,6 +290,26 @@ def test_after_another_keys_id_answers_as_an_unknown_id(secure_app: GatewayApp) 
     listed = secure_app.request("GET", "/v1/batches", params={"limit": 100}, headers=theirs).json()
     assert mine not in [batch["id"] for batch in listed["data"]]
     assert mine in [b["id"] for b in secure_app.request("GET", "/v1/batches").json()["data"]]
+
+
+def test_a_batch_whose_queuer_died_is_queued_by_the_next_read(secure_app: GatewayApp) -> None:
+    # Left ``validating`` with no queuer's lease: as a replica that died right after it
+    # answered the create leaves it.
+    file_id = put_file(secure_app, b"{not json\n" * 3)
+    now = int(time.time())
+    batch = Batch(
+        id=f"batch_{uuid.uuid4().hex}",
+        endpoint="/v1/completions",
+        input_file_id=file_id,
+        status=BatchStatus.VALIDATING,
+        created_at=now,
+        expires_at=now + 3600,
+        request_counts=RequestCounts(total=3),
+    )
+    stored = StoredBatch(batch, owner_of(KEY_A))
+    with_store(secure_app, lambda store: store.create_batch(stored, ttl_s=3600))
+    ended = run_to_end(secure_app, batch.id)
+    assert ended["status"] == "completed" and ended["request_counts"]["failed"] == 3, ended
 
 
 def big_file(base_model: str) -> bytes:
