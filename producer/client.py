@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript, Script
 from typing_extensions import Self, Unpack
 
 from producer import connection
-from producer.durability import Durability
+from producer.durability import Durability, ReplicationTimeoutError
 from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of
 from producer.following import (
     OWNER_FIELDS,
@@ -126,6 +126,17 @@ class _ProducerBase(Generic[ClientT]):
         return self.durability.split(replies, [call.job_id for call in calls])
 
     @staticmethod
+    @contextmanager
+    def _whole_call(calls: Sequence[EnqueueCall], outcome: EnqueueOutcome) -> Iterator[None]:
+        # A chunk short of replicas ends the call: its error names every id of the call
+        # (those assigned here too), so that the caller resubmits under the same ids.
+        try:
+            yield
+        except ReplicationTimeoutError as exc:
+            exc.in_call([call.job_id for call in calls], outcome.submitted)
+            raise
+
+    @staticmethod
     def _result(outcome: EnqueueOutcome) -> list[str]:
         if outcome.failed:
             raise SubmitError(outcome.submitted, outcome.failed)
@@ -200,11 +211,14 @@ class Producer(_ProducerBase[redis.Redis]):
         enqueued atomically on its own; jobs that Redis refused raise :class:`SubmitError`
         at the end, listing which ids went in and which did not. ``owner`` goes to each
         new record's ``owner`` field (the HTTP gateway's digest of the caller's API key).
+        With ``LORAQ_REDIS_MIN_REPLICAS``, a chunk the replicas did not confirm in time
+        raises :class:`ReplicationTimeoutError` with every id of the call (``job_ids``).
         """
         outcome = EnqueueOutcome()
         calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
-        for chunk in chunked(calls, chunk_size):
-            outcome.extend(self._enqueue_chunk(chunk))
+        with self._whole_call(calls, outcome):
+            for chunk in chunked(calls, chunk_size):
+                outcome.extend(self._enqueue_chunk(chunk))
         return self._result(outcome)
 
     def _enqueue_chunk(self, calls: Sequence[EnqueueCall]) -> EnqueueOutcome:
@@ -371,8 +385,9 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         """See :meth:`Producer.submit_many`."""
         outcome = EnqueueOutcome()
         calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
-        for chunk in chunked(calls, chunk_size):
-            outcome.extend(await self._enqueue_chunk(chunk))
+        with self._whole_call(calls, outcome):
+            for chunk in chunked(calls, chunk_size):
+                outcome.extend(await self._enqueue_chunk(chunk))
         return self._result(outcome)
 
     async def _enqueue_chunk(self, calls: Sequence[EnqueueCall]) -> EnqueueOutcome:

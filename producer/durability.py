@@ -24,6 +24,11 @@ class ReplicationTimeoutError(TimeoutError):
     idempotent); a worker retries its final write until it is replicated. A subclass of
     the built-in ``TimeoutError``, so an ``OSError`` too: callers that ride out an outage
     ride this out the same way.
+
+    ``ids``: the jobs written but not confirmed. From ``submit_many``, ``job_ids`` holds
+    every job of the call in input order (the ids it assigned included) and ``confirmed``
+    those replicated before: submit the call's jobs again with ``job_ids`` as their ids,
+    never with new ones, or a job could run twice under two ids.
     """
 
     def __init__(self, ids: Sequence[str], *, acked: int, wanted: int, timeout_ms: int):
@@ -35,6 +40,13 @@ class ReplicationTimeoutError(TimeoutError):
         self.ids = list(ids)
         self.acked = acked
         self.wanted = wanted
+        self.job_ids = list(ids)
+        self.confirmed: list[str] = []
+
+    def in_call(self, job_ids: Sequence[str], confirmed: Sequence[str]) -> None:
+        """Name every job of the call this happened in, and those confirmed before it."""
+        self.job_ids = list(job_ids)
+        self.confirmed = list(confirmed)
 
 
 class Pipeline(Protocol):

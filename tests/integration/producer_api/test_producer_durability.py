@@ -35,9 +35,17 @@ def test_a_short_wait_fails_the_submit_and_a_resubmit_adds_nothing(
         with pytest.raises(ReplicationTimeoutError, match="not yet safe") as err:
             producer.submit("hello", id="durable-1")
         assert err.value.ids == ["durable-1"]
+    jobs: list[dict[str, object]] = [{"prompt": "a", "id": "durable-2"}, {"prompt": "b"}]
     with pytest.raises(ReplicationTimeoutError) as err:
-        producer.submit_many([{"prompt": "a", "id": "durable-2"}, {"prompt": "b"}])
-    assert err.value.ids[0] == "durable-2" and len(err.value.ids) == 2
+        producer.submit_many(jobs, chunk_size=1)
+    # The first chunk ended the call: its error names both jobs, the second's id assigned.
+    assert err.value.ids == ["durable-2"] and err.value.confirmed == []
+    assert err.value.job_ids[0] == "durable-2" and len(err.value.job_ids) == 2
+    assert r.xlen(keys.jobs) == 2
+    # Submitted again under those ids, nothing runs twice.
+    again = [{**job, "id": job_id} for job, job_id in zip(jobs, err.value.job_ids, strict=True)]
+    with pytest.raises(ReplicationTimeoutError):
+        producer.submit_many(again)
     assert r.xlen(keys.jobs) == 3
     assert r.hget(keys.job("durable-1"), "status") == b"queued"
 
