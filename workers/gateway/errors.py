@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from producer.durability import ReplicationTimeoutError
 from producer.errors import LoraqConnectionError
 from schemas import ErrorType
 from workers.queue.runner import engine_error
@@ -108,11 +109,15 @@ def engine_errors() -> Iterator[None]:
 
 @contextmanager
 def queue_errors() -> Iterator[None]:
-    """Turn a lost Redis connection into a quick 503."""
+    """Turn a lost Redis connection, or jobs its replicas did not confirm in time
+    (``LORAQ_REDIS_MIN_REPLICAS``), into a quick 503."""
     try:
         yield
     except LoraqConnectionError as exc:
         raise redis_unavailable(exc) from exc
+    except ReplicationTimeoutError as exc:
+        message = f"the job queue did not confirm the job: {exc}; sending it again is safe"
+        raise ApiError(503, "redis_unavailable", message) from exc
 
 
 def validation_message(problems: Sequence[Any]) -> str:
