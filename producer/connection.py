@@ -59,12 +59,20 @@ def _sentinel_args(settings: ClientSettings) -> tuple[list[tuple[str, int]], dic
     return parse_sentinels(settings.redis_sentinels or ""), sentinel_kwargs
 
 
-def _primary_options(settings: ClientSettings) -> dict[str, Any]:
-    """Database, user and password of the primary, from the URL when one is set."""
+def primary_options(settings: ClientSettings) -> dict[str, Any]:
+    """Database, user, password and TLS (``rediss://``, ``ssl_*`` query options) of the
+    primary in Sentinel mode, from the URL when one is set."""
     if not settings.redis_url:
         return {}
     parsed: dict[str, Any] = cast(Any, parse_url)(settings.redis_url)
-    return {name: parsed[name] for name in _PRIMARY_URL_OPTIONS if parsed.get(name) is not None}
+    options = {
+        name: value
+        for name, value in parsed.items()
+        if value is not None and (name in _PRIMARY_URL_OPTIONS or name.startswith("ssl_"))
+    }
+    if parsed.get("connection_class") is redis.connection.SSLConnection:
+        options["ssl"] = True  # the sentinel pool then makes TLS connections to the primary
+    return options
 
 
 def sync_client(settings: ClientSettings) -> redis.Redis:
@@ -79,7 +87,7 @@ def sync_client(settings: ClientSettings) -> redis.Redis:
             redis_class=redis.Redis,
             retry=retry,
             **_options(settings),
-            **_primary_options(settings),
+            **primary_options(settings),
         )
         return primary
     if mode is RedisMode.CLUSTER:
@@ -104,7 +112,7 @@ def async_client(settings: ClientSettings) -> redis.asyncio.Redis:
             redis_class=redis.asyncio.Redis,
             retry=retry,
             **_options(settings),
-            **_primary_options(settings),
+            **primary_options(settings),
         )
         return primary
     if mode is RedisMode.CLUSTER:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from producer.connection import describe
+from producer.connection import describe, primary_options
 from producer.durability import Durability, ReplicationTimeoutError
 from producer.redis_modes import RedisMode, hash_tag, mode_problems, parse_sentinels
 from producer.settings import ClientSettings
@@ -56,6 +56,15 @@ def test_settings_that_cannot_work_together_are_refused() -> None:
     assert wait and "LORAQ_REDIS_MIN_REPLICAS" in wait[0]
     with pytest.raises(ValidationError, match="is not host:port"):
         ClientSettings(redis_sentinels="nohost")
+
+
+def test_in_sentinel_mode_the_url_gives_the_primary_its_db_user_password_and_tls() -> None:
+    url = "rediss://app:pw@ignored:1/3?ssl_cert_reqs=none"
+    options = primary_options(ClientSettings(redis_sentinels="a:1", redis_url=url))
+    assert options == {
+        "db": 3, "username": "app", "password": "pw", "ssl": True, "ssl_cert_reqs": "none"
+    }  # fmt: skip
+    assert primary_options(ClientSettings(redis_sentinels="a:1")) == {}
 
 
 def test_the_sentinel_password_is_never_shown() -> None:
