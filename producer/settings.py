@@ -39,7 +39,7 @@ class ClientSettings(BaseSettings):
     redis_sentinels: str | None = Field(
         None,
         description="Sentinel mode: host:port,host:port of the sentinels; the URL then gives "
-        "only the database, user and password of the primary.",
+        "only the database, user, password and TLS (rediss://) of the primary.",
     )
     redis_sentinel_service: str = Field(
         DEFAULT_SENTINEL_SERVICE, min_length=1, description="Sentinel mode: the service name."
