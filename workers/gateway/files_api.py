@@ -12,6 +12,7 @@ from schemas.batches import FileDeleted, FileObject
 from workers.gateway.auth import CallerDep
 from workers.gateway.batches import not_found
 from workers.gateway.errors import ApiError, error_responses, queue_errors
+from workers.gateway.heap import trim_heap_soon
 from workers.gateway.jsonl_bounds import LineBounds, LineLimitError, slices
 from workers.gateway.multipart import FormReader
 from workers.gateway.services import ServicesDep
@@ -52,7 +53,10 @@ async def upload_file(request: Request, svc: ServicesDep, caller: CallerDep) -> 
     ``batch``. Over ``max_file_bytes`` → 413; more than ``max_batch_lines`` lines, a line
     over 1 MiB, or a form past its bounds (docs/SECURITY.md) → 400, as soon as the body
     crosses the bound."""
-    form, content = await _read_upload(request, svc.settings)
+    try:
+        form, content = await _read_upload(request, svc.settings)
+    finally:
+        trim_heap_soon()  # the body went through the replica's heap, read or not
     if form.filename is None:
         raise ApiError(400, "validation", "the form has no 'file' field with a file in it")
     if form.fields.get("purpose") != b"batch":

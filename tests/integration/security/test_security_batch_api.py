@@ -368,10 +368,12 @@ def test_a_50000_line_batch_is_created_read_and_cancelled_quickly(secure_app: Ga
     assert batch["status"] == "cancelled", batch
     assert max(times.values()) < FAST_S, times
     # The other key's list: under 100 ms as a rule (the median; the machine's noise alone
-    # puts single requests over it, see the idle figures printed), never over 1 s.
+    # puts single requests over it, see the idle figures printed; on a machine whose own
+    # median is over 25 ms, under 4 times that), and under 2 s, as every read here.
     print(
         f"other key's list before the batch: median {idle.median_other_s:.3f} s, "
         f"at most {idle.slowest_other_s:.3f} s"
     )
-    assert watch.median_other_s < 0.1 and watch.slowest_other_s < 1.0, watch
+    assert watch.median_other_s < max(0.1, 4 * idle.median_other_s), watch
+    assert watch.slowest_other_s < FAST_S, watch
     watch.check()
