@@ -20,6 +20,19 @@ from workers.settings import WorkerSettings
 
 DEMO_KIT = REPO / "demo" / "model"
 SERVE_HTTP_HOST = "127.0.0.1"
+# Where the object-store tests' S3 server listens (tests/integration/adapters). The
+# workers' standard credential chain points there before Ray starts, so that the model
+# replicas, which are Ray's worker processes, see it too.
+S3_PORT = free_port()
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "loraq-test",
+    "AWS_SECRET_ACCESS_KEY": "loraq-test-secret",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+}
+for _name, _value in S3_ENV.items():
+    os.environ.setdefault(_name, _value)
 METRICS_REPORT_INTERVAL_MS = 1000
 # Lower than the default, so that the slow-header test is quick; still above keep-alive.
 HEADER_TIMEOUT_S = 6.0

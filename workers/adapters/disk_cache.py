@@ -4,7 +4,9 @@ Layout under ``LORAQ_ADAPTER_DISK_CACHE_DIR``::
 
     entries/<key>/        one adapter version, complete: its files and MANIFEST
     locks/<key>.lock      flock: shared while a process reads the entry, exclusive to
-                          download or delete it
+                          delete it
+    locks/<key>.fetch     flock: exclusive while a process downloads the entry (so the
+                          node downloads it once; readers never wait for it)
     tmp/<pid>-<random>/   downloads under way (renamed into entries/ whole)
     cache.lock            exclusive while room is made and an entry is put in place
 
@@ -101,19 +103,19 @@ class DiskCache:
     def fetch(self, key: str, source: str, size_bytes: int, write: Writer) -> DiskLease:
         """Entry ``key``, downloaded by ``write`` unless another replica of the node has it
         or is fetching it (then this waits for that one). Raises what ``write`` raises."""
-        fd = self._open_lock(key)
+        fetching = self._open_lock(key, ".fetch")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one download per entry per node
-            folder = self._entries / key
-            if not self._intact(key, folder):
+            fcntl.flock(fetching, fcntl.LOCK_EX)  # one download per entry per node
+            if not self._intact(key, self._entries / key):
                 with self._guard:
                     self.stats.misses += 1
                 self._download(key, source, size_bytes, write)
+            # Held for reading before the download lock goes: no evictor can slip between.
+            fd = self._open_lock(key)
             fcntl.flock(fd, fcntl.LOCK_SH)
-        except BaseException:
-            os.close(fd)
-            raise
-        return DiskLease(key, folder, fd)
+        finally:
+            os.close(fetching)
+        return DiskLease(key, self._entries / key, fd)
 
     def discard(self, key: str) -> bool:
         """Delete entry ``key`` now unless a process holds it; whether it went."""
@@ -244,8 +246,8 @@ class DiskCache:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _open_lock(self, key: str) -> int:
-        return os.open(self._locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def _open_lock(self, key: str, suffix: str = ".lock") -> int:
+        return os.open(self._locks / f"{key}{suffix}", os.O_RDWR | os.O_CREAT, 0o644)
 
     @contextlib.contextmanager
     def _cache_lock(self) -> Iterator[None]:

@@ -70,8 +70,8 @@ class LoRAModel:
         async def load(adapter: str) -> str:
             # The returned name has no __del__: Serve's eviction of it is a no-op.
             self.routed_loads += 1
-            async with self.adapters.use(adapter) as resolved:
-                await self.engine.ensure_adapter(resolved)
+            # Its caller (``_routed``) holds the files on this node's disk meanwhile.
+            await self.engine.ensure_adapter(await self.adapters.resolver.resolve(adapter))
             return adapter
 
         self._load_adapter = serve.multiplexed(

@@ -1,5 +1,5 @@
 """A real S3-compatible server over HTTP (moto's standalone ``moto_server``), started for
-the session on a free loopback port, and the demo adapters uploaded to it."""
+the session on the loopback port the workers' environment already names."""
 
 from __future__ import annotations
 
@@ -17,19 +17,12 @@ from typing import Any
 
 import pytest
 
-from producer.embedded import free_port
 from tests.conftest import REPO
 
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 
 DEMO_ADAPTERS = REPO / "demo" / "adapters"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "loraq-test",
-    "AWS_SECRET_ACCESS_KEY": "loraq-test-secret",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @dataclass
@@ -92,17 +85,13 @@ def _wait_until_up(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Server]:
-    """The S3 server; the workers' standard credential chain points at it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": url})
-    server = S3Server(url, _spawn(port), port)
+    """The S3 server at the address the workers' environment names (set before Ray
+    starts, by ``tests/integration/conftest.py``)."""
+    url = os.environ.get("AWS_ENDPOINT_URL", "")
+    host, _, port = url.removeprefix("http://").partition(":")
+    if host != "127.0.0.1" or not port.isdigit():
+        pytest.skip(f"AWS_ENDPOINT_URL is {url!r}: these tests start their own S3 server")
+    server = S3Server(url, _spawn(int(port)), int(port))
     _wait_until_up(url)
     yield server
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
