@@ -9,15 +9,18 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 
 from demo.evaluate import MAX_NEW_TOKENS
 from demo.tasks import ADAPTER_RULES, expected_output
 from producer.client import Producer
-from schemas import JobStatus
+from schemas import JobRecord, JobStatus, Keys
 from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
+from tests.integration.chaos.accounting import account
 from tests.integration.serve.conftest import (
     delete_prefix,
     e2e_settings,
@@ -30,16 +33,36 @@ JOBS = 1000
 DEMOS = sorted(ADAPTER_RULES)
 
 
+def producer_records(client: redis.Redis, keys: Keys, ids: list[str]) -> list[JobRecord]:
+    return [JobRecord.from_hash(job_id, client.hgetall(keys.job(job_id))) for job_id in ids]
+
+
 def zipf_stream(count: int, names: list[str], seed: int) -> list[str]:
     """``count`` draws from ``names`` with P(rank k) ∝ 1/k (Zipf, s = 1.0)."""
     weights = [1.0 / rank for rank in range(1, len(names) + 1)]
     return random.Random(seed).choices(names, weights=weights, k=count)
 
 
+@dataclass
+class Served:
+    """The app, the names in its source (name -> demo adapter), the S3 server, the bucket."""
+
+    running: Any
+    names: dict[str, str]
+    s3: S3Server
+    bucket: str
+
+    def producer(self) -> Producer:
+        return Producer.from_settings(self.running.settings)
+
+    def keys(self) -> Keys:
+        return Keys(self.running.settings.prefix)
+
+
 @pytest.fixture(scope="module")
 def served(
     ray_serve: str, redis_url: str, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Any, dict[str, str]]]:
+) -> Iterator[Served]:
     """1,000 names in S3 (the four demo adapters under 250 names each, and under their
     own names), and the app that serves them from there."""
     bucket = s3.bucket()
@@ -63,19 +86,20 @@ def served(
         adapter_source=f"s3://{bucket}/adapters",
         adapter_disk_cache_dir=str(tmp_path_factory.mktemp("disk-tier")),
         max_in_flight=48,
+        # An outage shows within seconds: two tries of two seconds a store call.
+        adapter_download_timeout_s=2.0,
+        adapter_download_attempts=2,
     )
     running = launch.deploy(settings)
-    yield running, names
+    yield Served(running, names, s3, bucket)
     launch.shutdown(running)
     delete_prefix(redis_url, settings.prefix)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 1,000 jobs, a third of them cold: 140-240 s here
-def test_a_zipf_stream_over_1000_unregistered_names_answers_right(
-    served: tuple[Any, dict[str, str]],
-) -> None:
-    running, names = served
+def test_a_zipf_stream_over_1000_unregistered_names_answers_right(served: Served) -> None:
+    running, names = served.running, served.names
     prompts = prompts_right_on_every_model(running.model, size=60)
     stream = zipf_stream(JOBS, sorted(names), seed=22)
     rng = random.Random(7)
@@ -117,3 +141,87 @@ def test_a_zipf_stream_over_1000_unregistered_names_answers_right(
     assert not wrong, wrong[:5]
     assert disk["downloads"] <= len(used) + len(DEMOS)  # the prompt check's four included
     assert disk["download_failures"] == 0
+
+
+def test_a_store_outage_under_load_ends_every_job_exactly_once(
+    served: Served, redis_url: str
+) -> None:
+    """The S3 server stops answering for 10 s while jobs run: jobs whose adapter is on
+    the node's disk keep running; the others are retried until the store is back or
+    fail ``adapter_unavailable``; none is lost, stuck or answered twice."""
+    warm = sorted(served.names)[:8]  # downloaded by the Zipf test or now
+    cold = sorted(served.names)[-40:]  # never used before this test
+    text = "abc de"
+    producer = served.producer()
+    try:
+        producer.wait_many(
+            producer.submit_many([{"adapter": name, "prompt": text} for name in warm]), 120
+        )
+        jobs = [{"adapter": name, "prompt": text} for name in [*warm * 5, *cold]]
+        served.s3.pause()
+        try:
+            ids = producer.submit_many(jobs)
+            time.sleep(10)
+        finally:
+            served.s3.resume()
+        producer.wait_many(ids, timeout=300)
+    finally:
+        producer.close()
+    expected = {
+        job_id: expected_output(served.names[str(job["adapter"])], text)
+        for job_id, job in zip(ids, jobs, strict=True)
+    }
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tally = account(client, served.keys(), expected, "S3 outage of 10 s")
+        failed = [
+            record.error.type.value
+            for record in producer_records(client, served.keys(), ids)
+            if record.error is not None
+        ]
+    finally:
+        client.close()
+    print(f"\n{tally.line()} failed as {sorted(set(failed))}")
+    tally.check()
+    assert set(failed) <= {"adapter_unavailable"}
+    assert tally.statuses["succeeded"] >= len(warm) * 5  # the cached ones ran throughout
+
+
+def test_a_re_pointed_adapter_serves_its_new_version_after_the_sync_bound(
+    served: Served,
+) -> None:
+    """A new object under an adapter's URI while its jobs stream in: every job that
+    starts later than ``LORAQ_REGISTRY_SYNC_S`` after the change answers with the new
+    bytes, and every result names the version that answered."""
+    sync_s = served.running.settings.registry_sync_s
+    name, text = "repointed", "abc de"
+    served.s3.upload(served.bucket, f"adapters/{name}", DEMO_ADAPTERS / "upper")
+    producer = served.producer()
+    try:
+        ids, changed_at = [], 0.0
+        started = time.time()
+        while time.time() - started < 4 * sync_s:
+            ids.append(producer.submit(text, adapter=name))
+            if not changed_at and time.time() - started > 1.5 * sync_s:
+                served.s3.upload(served.bucket, f"adapters/{name}", DEMO_ADAPTERS / "reverse")
+                changed_at = time.time()
+            time.sleep(0.05)
+        records = producer.wait_many(ids, timeout=120)
+    finally:
+        producer.close()
+    late, versions = 0, set()
+    for job_id in ids:
+        record = records[job_id]
+        assert record.status is JobStatus.SUCCEEDED and record.result is not None, record
+        assert record.result.adapter_version, record
+        versions.add(record.result.adapter_version)
+        if (record.started_at or 0.0) > changed_at + sync_s:
+            late += 1
+            assert record.result.text == expected_output("reverse", text), record
+        else:
+            assert record.result.text in (
+                expected_output("upper", text),
+                expected_output("reverse", text),
+            )
+    print(f"\n{len(ids)} jobs, {late} started past the bound, versions {sorted(versions)}")
+    assert late > 0 and len(versions) == 2
