@@ -17,6 +17,7 @@ no-op model against calling that model's handle directly (``bench/queue.py``'s
 :func:`~bench.queue.noop_ceiling`), once per mode.
 
     python -m bench.adapters [--quick] [--seed 0] [--noop-rounds 3]
+    python -m bench.adapters --source s3 [--quick]   (see bench/adapter_sources.py)
 
 ``--quick`` is a smoke run (a tenth of the jobs, 40 and 200 adapters, one no-op round).
 Writes bench/results/adapters.{json,md,png}; see :mod:`bench.adapters_report`.
@@ -343,7 +344,18 @@ def main() -> None:
         default="zipf,uniform,base",
         help="workload kinds to run, comma-separated (a subset skips the report's targets)",
     )
+    parser.add_argument(
+        "--source",
+        choices=("local", "s3"),
+        default="local",
+        help="s3: the object-store tier against local folders (bench/adapter_sources.py)",
+    )
     args = parser.parse_args()
+    if args.source == "s3":
+        from bench import adapter_sources
+
+        adapter_sources.write(adapter_sources.run(args))
+        return
     if args.noop_rounds is None:
         args.noop_rounds = 1 if args.quick else 3
     started = time.perf_counter()

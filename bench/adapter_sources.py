@@ -1,0 +1,254 @@
+"""Adapters from object storage against the same adapters in local folders, served.
+
+    python -m bench.adapters --source s3 [--quick] [--seed 0]
+
+Small random adapters for the demo base (``bench/adapter_kit.py``: rank 8 on q/v),
+10,000 of them (1,000 with ``--quick``), are written to a folder and put in an
+S3-compatible server over HTTP (moto's ``moto_server``, started here on a free port;
+``AWS_ENDPOINT_URL`` and test credentials go to the workers' environment). One seeded
+Zipf(1.0) sequence of 2,000 jobs (400) over them runs on three fresh deployments of the
+real app (2 model replicas × 8 device slots), in this order:
+
+- ``local``: the folder as ``LORAQ_ADAPTER_DIR`` (the baseline);
+- ``s3 cold``: ``LORAQ_ADAPTER_SOURCE=s3://…`` with an empty node disk cache;
+- ``s3 warm``: the same source and the disk cache the cold run filled (new replicas:
+  their host and device tiers start cold, as after a restart).
+
+It reports jobs/s and the ratios to ``local``, the downloads against the distinct
+adapters used, and the cold cost of each tier from the replicas' counters: object store
+→ disk (a download), disk → host memory (a read), host → device slot (a copy).
+Writes bench/results/adapter_sources.{json,md,png}. ``--quick``: 1,000 adapters, 400 jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.adapter_kit import generate_adapters
+from bench.adapters import DEVICE_SLOTS, MODEL_REPLICAS, model_stats, submit_and_wait, timing
+from bench.queue import clean
+from bench.report import RESULTS, save, table
+from bench.workloads import Workload, sequence
+from producer.embedded import free_port, resolve_redis_url
+from producer.settings import DEFAULT_REDIS_URL
+from schemas import JobStatus
+from workers import launch
+from workers.settings import DEMO_DIR, WorkerSettings
+
+RUNS = ("local", "s3 cold", "s3 warm")
+
+
+def start_s3(port: int) -> subprocess.Popen[bytes]:
+    """moto's S3 server on ``port``; the workers' credential chain pointed at it."""
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    server = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto_server did not start")
+
+
+def upload(folders: dict[str, Path], bucket: str) -> float:
+    """Every adapter under ``s3://bucket/adapters/NAME/``; seconds taken."""
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    started = time.perf_counter()
+    for index, (name, folder) in enumerate(folders.items()):
+        for path in folder.iterdir():
+            client.put_object(
+                Bucket=bucket, Key=f"adapters/{name}/{path.name}", Body=path.read_bytes()
+            )
+        if index % 1000 == 999:
+            print(f"  uploaded {index + 1} of {len(folders)}", flush=True)
+    return time.perf_counter() - started
+
+
+def run_settings(redis_url: str, http_port: int, **adapters: Any) -> WorkerSettings:
+    return WorkerSettings(
+        redis_url=redis_url,
+        prefix=f"loraqbench:sources{uuid.uuid4().hex[:10]}",
+        app_name="bench-sources",
+        http_route_prefix="/bench-sources",
+        http_port=http_port,
+        model=str(DEMO_DIR / "model"),
+        adapters={},
+        num_model_replicas=MODEL_REPLICAS,
+        max_adapters_per_replica=DEVICE_SLOTS,
+        model_num_cpus=0.5,
+        consumer_num_cpus=0.1,
+        max_batch_size=16,
+        max_in_flight=32,
+        graceful_shutdown_timeout_s=10.0,
+        **adapters,
+    )
+
+
+def tier_costs(stats: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Mean cold cost of each tier, in ms, from the replicas' counters."""
+
+    def mean(total: float, count: float) -> float | None:
+        return total / count if count else None
+
+    disk = [replica.get("disk", {}) for replica in stats.values()]
+    return {
+        "object_store_ms": mean(
+            1000 * sum(d.get("download_s_total", 0.0) for d in disk),
+            sum(d.get("downloads", 0) for d in disk),
+        ),
+        "disk_to_host_ms": mean(
+            sum(s.get("host_load_ms_total", 0.0) for s in stats.values()),
+            sum(s.get("host_loads", 0) for s in stats.values()),
+        ),
+        "host_to_device_ms": mean(
+            sum(s.get("device_copy_ms_total", 0.0) for s in stats.values()),
+            sum(s.get("device_copies", 0) for s in stats.values()),
+        ),
+    }
+
+
+def run_one(name: str, settings: WorkerSettings, adapters: list[str | None]) -> dict[str, Any]:
+    """Deploy, warm up on the base model, run the sequence, read the counters."""
+    running = launch.deploy(settings)
+    try:
+        submit_and_wait(running.settings, [None] * 16)
+        records, seconds = submit_and_wait(running.settings, adapters)
+        stats = model_stats(running)
+    finally:
+        launch.shutdown(running)
+        clean(settings.effective_redis_url, settings.prefix)
+    disk = [replica.get("disk", {}) for replica in stats.values()]
+    row = {
+        "run": name,
+        "jobs": len(records),
+        "failed": sum(r.status is not JobStatus.SUCCEEDED for r in records),
+        "seconds": seconds,
+        "jobs_per_s": len(records) / seconds,
+        **timing(records),
+        "distinct_adapters": len(set(adapters)),
+        "downloads": sum(d.get("downloads", 0) for d in disk),
+        "disk_hits": sum(d.get("hits", 0) for d in disk),
+        "in_use_evictions": sum(s.get("in_use_evictions", 0) for s in stats.values()),
+        **tier_costs(stats),
+    }
+    print(
+        f"{name}: {row['jobs_per_s']:.1f} jobs/s, {row['downloads']} downloads for "
+        f"{row['distinct_adapters']} adapters, {row['failed']} failed",
+        flush=True,
+    )
+    return row
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    count, jobs = (1_000, 400) if args.quick else (10_000, 2_000)
+    redis_url = resolve_redis_url(DEFAULT_REDIS_URL)
+    work = Path(tempfile.mkdtemp(prefix="loraq-bench-sources-"))
+    s3 = start_s3(free_port())
+    try:
+        started = time.perf_counter()
+        folders = generate_adapters(DEMO_DIR / "model", work / "adapters", count, seed=args.seed)
+        print(f"{count} adapters written in {time.perf_counter() - started:.0f} s", flush=True)
+        bucket = f"loraq-bench-{uuid.uuid4().hex[:8]}"
+        upload_s = upload(folders, bucket)
+        workload = Workload("zipf", "zipf", jobs, count, zipf_s=1.0, seed=args.seed)
+        adapters = sequence(workload, sorted(folders))
+        port = free_port()
+        source = {"adapter_dir": None, "adapter_source": f"s3://{bucket}/adapters"}
+        cache = str(work / "disk-tier")
+        rows = [
+            run_one(
+                "local", run_settings(redis_url, port, adapter_dir=str(work / "adapters")), adapters
+            ),
+            run_one(
+                "s3 cold",
+                run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
+                adapters,
+            ),
+            run_one(
+                "s3 warm",
+                run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
+                adapters,
+            ),
+        ]
+    finally:
+        s3.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+    local = rows[0]["jobs_per_s"]
+    for row in rows:
+        row["ratio_to_local"] = row["jobs_per_s"] / local
+    return {
+        "adapters": count,
+        "jobs": jobs,
+        "upload_s": upload_s,
+        "rows": rows,
+        "meta": {"quick": args.quick, "seed": args.seed, "cpus": os.cpu_count()},
+    }
+
+
+def write(results: dict[str, Any]) -> None:
+    """JSON, the markdown table and a bar chart of jobs/s per run."""
+
+    def num(key: str, digits: int = 1) -> Any:
+        return lambda row: "–" if row.get(key) is None else f"{row[key]:.{digits}f}"
+
+    lines = [
+        f"{results['jobs']} jobs, Zipf(1.0) over {results['adapters']} adapters "
+        f"(uploaded in {results['upload_s']:.0f} s)",
+        "",
+        *table(
+            {
+                "run": lambda row: str(row["run"]),
+                "jobs/s": num("jobs_per_s"),
+                "÷ local": num("ratio_to_local", 2),
+                "p99 s": num("p99_s"),
+                "adapters used": lambda row: str(row["distinct_adapters"]),
+                "downloads": lambda row: str(row["downloads"]),
+                "object store → disk ms": num("object_store_ms"),
+                "disk → host ms": num("disk_to_host_ms"),
+                "host → device ms": num("host_to_device_ms", 2),
+                "failed": lambda row: str(row["failed"]),
+                "in-use evictions": lambda row: str(row["in_use_evictions"]),
+            },
+            results["rows"],
+        ),
+    ]
+    save("adapter_sources", results, lines)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.bar([row["run"] for row in results["rows"]], [r["jobs_per_s"] for r in results["rows"]])
+    axis.set_ylabel("jobs/s")
+    axis.set_title(f"Zipf(1.0) over {results['adapters']} adapters, {results['jobs']} jobs")
+    figure.tight_layout()
+    figure.savefig(RESULTS / "adapter_sources.png", dpi=120)
