@@ -169,7 +169,7 @@ def run_one(name: str, settings: WorkerSettings, adapters: list[str | None]) -> 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     count, jobs = (1_000, 400) if args.quick else (10_000, 2_000)
-    redis_url = resolve_redis_url(DEFAULT_REDIS_URL)
+    redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
     work = Path(tempfile.mkdtemp(prefix="loraq-bench-sources-"))
     s3 = start_s3(free_port())
     try:
@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         s3.terminate()
         shutil.rmtree(work, ignore_errors=True)
+        if embedded is not None:
+            embedded.stop()
     local = rows[0]["jobs_per_s"]
     for row in rows:
         row["ratio_to_local"] = row["jobs_per_s"] / local
