@@ -5,11 +5,15 @@ adapter, each adapter downloaded once, nothing evicted while in use."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,3 +229,39 @@ def test_a_re_pointed_adapter_serves_its_new_version_after_the_sync_bound(
             )
     print(f"\n{len(ids)} jobs, {late} started past the bound, versions {sorted(versions)}")
     assert late > 0 and len(versions) == 2
+
+
+def test_a_replica_killed_during_downloads_leaves_no_partial_entry(
+    served: Served, redis_url: str
+) -> None:
+    """SIGKILL the model replica while it downloads: every job ends exactly once (on the
+    replica Serve starts instead), and the node's disk tier holds only whole entries."""
+    running, cache = served.running, Path(served.running.settings.adapter_disk_cache_dir)
+    pid = next(iter(asyncio.run(launch.replica_stats(running.model, 1)).values()))["pid"]
+    text = "abc de"
+    names = sorted(served.names)[-140:-60]  # cold: no earlier test used them
+    producer = served.producer()
+    try:
+        ids = producer.submit_many([{"adapter": name, "prompt": text} for name in names])
+        time.sleep(1.0)  # the first downloads are under way
+        os.kill(pid, signal.SIGKILL)
+        producer.wait_many(ids, timeout=400)
+    finally:
+        producer.close()
+    expected = {
+        job_id: expected_output(served.names[name], text)
+        for job_id, name in zip(ids, names, strict=True)
+    }
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tally = account(client, served.keys(), expected, "SIGKILL during downloads")
+    finally:
+        client.close()
+    print(f"\n{tally.line()}")
+    tally.check()
+    assert tally.statuses == {"succeeded": len(names)}
+    for entry in (cache / "entries").iterdir():
+        files = json.loads((entry / "MANIFEST.json").read_text())["files"]
+        for file_name, item in files.items():
+            assert (entry / file_name).stat().st_size == item["size"], entry
+    assert not [d for d in (cache / "tmp").iterdir() if d.name.startswith(f"{pid}-")]
