@@ -66,6 +66,7 @@ class BatchStore:
         self._create = client.register_script(batch_scripts.CREATE_BATCH)
         self._update = client.register_script(batch_scripts.UPDATE_BATCH)
         self._forget = client.register_script(batch_scripts.FORGET_BATCHES)
+        self._move_legacy = client.register_script(batch_scripts.MOVE_LEGACY_LINES)
 
     async def put_file(
         self, meta: FileObject, content: bytes | bytearray, *, owner: str | None, ttl_s: int
@@ -147,8 +148,13 @@ class BatchStore:
         await pipe.execute()
 
     async def line_total(self, batch_id: str) -> int:
-        """How many lines the batch has stored."""
-        return int(await self.client.llen(self.keys.batch_lines(batch_id)))
+        """How many lines the batch has stored (a batch written before v1.3 has its lines
+        moved to the list first)."""
+        total = int(await self.client.llen(self.keys.batch_lines(batch_id)))
+        if total:
+            return total
+        keys = [self.keys.batch(batch_id), self.keys.batch_lines(batch_id)]
+        return int(await self._move_legacy(keys=keys, args=[]))
 
     async def line_slice(self, batch_id: str, index: int) -> list[StoredLine]:
         """Slice ``index`` of the batch's lines (:data:`READ_CHUNK` lines, fewer at the end)."""
@@ -159,6 +165,7 @@ class BatchStore:
 
     async def line_slices(self, batch_id: str) -> AsyncIterator[list[StoredLine]]:
         """The batch's lines in order, one slice per round trip."""
+        await self.line_total(batch_id)  # a batch of before v1.3: its lines moved first
         index = 0
         while lines := await self.line_slice(batch_id, index):
             yield lines

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 import requests
 from pydantic import SecretStr
@@ -310,6 +311,33 @@ def test_a_batch_whose_queuer_died_is_queued_by_the_next_read(secure_app: Gatewa
     with_store(secure_app, lambda store: store.create_batch(stored, ttl_s=3600))
     ended = run_to_end(secure_app, batch.id)
     assert ended["status"] == "completed" and ended["request_counts"]["failed"] == 3, ended
+
+
+def test_a_batch_stored_before_its_lines_had_a_list_of_their_own_still_ends_right(
+    secure_app: GatewayApp, r: redis.Redis
+) -> None:
+    # As a gateway before v1.3 left it: in progress, its lines one JSON array in the hash.
+    now = int(time.time())
+    batch = Batch(
+        id=f"batch_{uuid.uuid4().hex}",
+        endpoint="/v1/completions",
+        input_file_id="file-gone",
+        status=BatchStatus.IN_PROGRESS,
+        created_at=now,
+        expires_at=now + 3600,
+        request_counts=RequestCounts(total=2, failed=2),
+    )
+    error = {"code": "validation", "message": "line 1: not JSON", "line": 1}
+    lines = [{"line": n, "custom_id": None, "error": {**error, "line": n}} for n in (1, 2)]
+    key = Keys(secure_app.settings.prefix).batch(batch.id)
+    fields: dict[Any, Any] = {"batch": batch.model_dump_json(), "status": "in_progress"}
+    fields["owner"] = owner_of(KEY_A)
+    r.hset(key, mapping={**fields, "lines": orjson.dumps(lines)})
+    r.expire(key, 3600)
+    ended = run_to_end(secure_app, batch.id)
+    assert ended["status"] == "completed" and ended["error_file_id"], ended
+    content = secure_app.request("GET", f"/v1/files/{ended['error_file_id']}/content").content
+    assert len(content.splitlines()) == 2
 
 
 def big_file(base_model: str) -> bytes:
