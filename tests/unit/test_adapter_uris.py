@@ -4,6 +4,7 @@ a clear error, and nothing a refused or accepted one names can escape its folder
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from schemas.adapter_uris import InvalidUri, parse_adapter_uri
 from schemas.adapters import AdapterRegistration, InvalidRegistration, parse_registration
 from workers.adapters.catalogue import AdapterCatalogue
 from workers.adapters.registry import AdapterRegistry
+from workers.adapters.remote import RemoteStore, StoreUnreachable, store_path
 from workers.errors import EngineError
 
 
@@ -116,3 +118,30 @@ def test_a_name_is_refused_or_looked_up_only_as_a_name(name: str, tmp_path_facto
     assert location.uri is not None
     assert location.uri.segments == ("bucket", "adapters", name)
     assert list(Path(root).iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("s3://bucket/a/b", "bucket/a/b/adapter_config.json"),
+        ("gs://bucket/x", "bucket/x/adapter_config.json"),
+        ("az://container/x", "container/x/adapter_config.json"),
+        ("hf://org/repo", "org/repo/adapter_config.json"),
+        ("hf://org/repo@v1.2/sub", "org/repo@v1.2/sub/adapter_config.json"),
+        ("https://host:8443/x", "https://host:8443/x/adapter_config.json"),
+    ],
+)
+def test_each_scheme_maps_to_its_library_path(text: str, path: str) -> None:
+    """Up to the network call: the path fsspec's implementation of each scheme is given
+    (the Hub's ``HfFileSystem`` pins the revision in it)."""
+    assert store_path(parse_adapter_uri(text), "adapter_config.json") == path
+
+
+def test_the_hub_offline_is_a_store_outage_not_an_unknown_adapter() -> None:
+    """HF_HUB_OFFLINE=1 (as everywhere here): the Hub's own client refuses before any
+    network call, and the job would be retried as ``adapter_unavailable``."""
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    store = RemoteStore(timeout_s=2.0, max_bytes=2**20)
+    with pytest.raises(StoreUnreachable) as caught:
+        store.list_folder(parse_adapter_uri("hf://org/repo@main/adapters/sql"))
+    assert "OfflineModeIsEnabled" in str(caught.value)

@@ -112,9 +112,9 @@ class RemoteStore:
         digests = {}
         for item in folder.files:
             target = dest / item.name
+            path = store_path(folder.uri, item.name)
             digests[item.name] = _call(
-                lambda item=item, target=target: _copy(fs, _path(folder.uri, item.name), target),
-                folder.uri,
+                lambda path=path, target=target: _copy(fs, path, target), folder.uri
             )
             size = target.stat().st_size
             if size != item.size:
@@ -168,7 +168,7 @@ def _options(scheme: str, timeout_s: float) -> Mapping[str, Any]:
     return {"use_listings_cache": False} if scheme in ("gs", "az") else {}
 
 
-def _path(uri: AdapterUri, name: str) -> str:
+def store_path(uri: AdapterUri, name: str) -> str:
     """The fsspec path of file ``name`` in ``uri``'s folder."""
     if uri.scheme in ("http", "https"):
         return f"{uri}/{name}"
@@ -183,14 +183,14 @@ def _entries(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
     file name fetched."""
     if uri.scheme not in ("http", "https"):
         try:
-            listing = fs.ls(_path(uri, "").rstrip("/"), detail=True)
+            listing = fs.ls(store_path(uri, "").rstrip("/"), detail=True)
         except FileNotFoundError:
             return {}
         return {item["name"].rstrip("/").rsplit("/", 1)[-1]: item for item in listing}
     found = {}
     for name in ADAPTER_FILES:
         try:
-            found[name] = fs.info(_path(uri, name))
+            found[name] = fs.info(store_path(uri, name))
         except FileNotFoundError:
             continue
     return found
