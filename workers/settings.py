@@ -74,7 +74,7 @@ class WorkerSettings(AdapterRootSettings):
         1024, ge=1, description="A remote adapter folder larger than this (MiB) is refused."
     )
     adapter_download_concurrency: int = Field(
-        4, ge=1, description="Downloads (and listings) of remote adapters at once per replica."
+        16, ge=1, description="Downloads (and listings) of remote adapters at once per replica."
     )
     adapter_download_timeout_s: float = Field(
         30.0, gt=0, description="Connect and read timeout of one call to an adapter store."
