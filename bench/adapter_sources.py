@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.adapter_kit import generate_adapters
-from bench.adapters import DEVICE_SLOTS, MODEL_REPLICAS, model_stats, submit_and_wait, timing
 from bench.queue import clean
 from bench.report import RESULTS, save, table
+from bench.served import DEVICE_SLOTS, MODEL_REPLICAS, model_stats, submit_and_wait, timing
 from bench.workloads import Workload, sequence
 from producer.embedded import free_port, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL

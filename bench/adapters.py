@@ -41,21 +41,23 @@ from ray import serve
 from bench.adapter_kit import adapter_names, generate_adapters
 from bench.adapters_report import write
 from bench.queue import clean, demo_jobs, noop_ceiling
-from bench.report import percentile
-from bench.workloads import Workload, floor, longest_passover, lru_misses, sequence
-from demo.tasks import heldout_inputs
+from bench.served import (
+    DEVICE_SLOTS,
+    MAX_NEW_TOKENS,
+    MODEL_REPLICAS,
+    model_stats,
+    submit_and_wait,
+    timing,
+)
+from bench.workloads import Workload, floor, lru_misses, sequence
 from producer import Producer
 from producer.adapter_registrations import AdapterRegistrations
 from producer.embedded import free_port, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL
-from schemas import JobRecord, JobStatus, Keys
+from schemas import JobStatus, Keys
 from workers import launch
 from workers.settings import DEMO_DIR, WorkerSettings
 
-MAX_NEW_TOKENS = 8
-MODEL_REPLICAS = 2
-DEVICE_SLOTS = 8  # per replica
-WAIT_TIMEOUT_S = 600.0
 WARMUP_JOBS = 32
 # Engine counters summed over replicas as deltas per workload; the host-tier ones are
 # read only where a build has them.
@@ -138,11 +140,6 @@ def scheduling_settings(settings: WorkerSettings) -> dict[str, Any]:
     return {name: getattr(settings, name, None) for name in ("schedule_window", "max_passover_s")}
 
 
-def model_stats(running: launch.Running) -> dict[str, dict[str, Any]]:
-    """Every model replica's ``stats()``, by replica id."""
-    return asyncio.run(launch.replica_stats(running.model, MODEL_REPLICAS))
-
-
 def consumer_stats(running: launch.Running) -> dict[str, Any]:
     """The consumer's ``stats()`` (kept raw in the JSON: the window's depth and passover
     counters, where a build has them, are there)."""
@@ -177,41 +174,6 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         pass
     return None
-
-
-def submit_and_wait(
-    settings: WorkerSettings, adapters: list[str | None]
-) -> tuple[list[JobRecord], float]:
-    """All jobs at once, then all awaited: the records in submission order, and seconds."""
-    prompts = heldout_inputs()
-    params = {"max_new_tokens": MAX_NEW_TOKENS}
-    jobs = [
-        {"adapter": adapter, "prompt": prompts[index % len(prompts)], "params": params}
-        for index, adapter in enumerate(adapters)
-    ]
-    with Producer.from_settings(settings) as producer:
-        started = time.perf_counter()
-        ids = producer.submit_many(jobs)
-        records = producer.wait_many(ids, timeout=WAIT_TIMEOUT_S)
-        seconds = time.perf_counter() - started
-    return [records[job_id] for job_id in ids], seconds
-
-
-def timing(records: list[JobRecord]) -> dict[str, float]:
-    """Latency (created → finished), queue wait (created → started), run time (started →
-    finished) and the longest passover, in seconds, over the jobs that ran."""
-    ran = [r for r in records if r.created_at and r.started_at and r.finished_at]
-    if not ran:
-        return {}
-    latency = [r.finished_at - r.created_at for r in ran]  # type: ignore[operator]
-    run_s = [r.finished_at - r.started_at for r in ran]  # type: ignore[operator]
-    return {
-        "p50_s": percentile(latency, 0.5),
-        "p99_s": percentile(latency, 0.99),
-        "longest_wait_s": max(r.started_at - r.created_at for r in ran),  # type: ignore[operator]
-        "longest_passover_s": longest_passover([r.started_at for r in ran]),  # type: ignore[misc]
-        "run_p50_s": percentile(run_s, 0.5),
-    }
 
 
 def run_workload(
