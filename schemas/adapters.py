@@ -158,10 +158,9 @@ def read_registrations(fields: Mapping[Any, Any]) -> list[Registered]:
     found = []
     for name, value in sorted(codec.decode_fields(fields).items()):
         try:
+            checked = check_adapter_name(name)  # the name's problem first
             registration = parse_registration(value)
-            found.append(
-                Registered(check_adapter_name(name), registration.path, uri=registration.uri)
-            )
+            found.append(Registered(checked, registration.path, uri=registration.uri))
         except InvalidRegistration as exc:
             found.append(Registered(name, None, str(exc)))
     return found

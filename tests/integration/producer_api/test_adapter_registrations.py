@@ -17,17 +17,25 @@ def cli(redis_url: str, prefix: str, *args: str) -> int:
     return main(["--redis-url", redis_url, "--prefix", prefix, "adapters", *args])
 
 
-def test_add_is_idempotent_and_a_name_keeps_its_folder(r: redis.Redis, keys: Keys) -> None:
+def test_add_is_idempotent_and_re_points_only_when_asked(r: redis.Redis, keys: Keys) -> None:
     registrations = AdapterRegistrations(r, keys)
     assert registrations.add("sql-v2", "/srv/adapters/sql-v2") is True
     assert registrations.add("sql-v2", "/srv/adapters/sql-v2") is False
-    with pytest.raises(InvalidRegistration, match="already registered to another folder"):
+    with pytest.raises(InvalidRegistration, match="already registered elsewhere"):
         registrations.add("sql-v2", "/srv/adapters/sql-v3")
     # The stored value is the protocol's JSON, readable by any client.
     assert orjson.loads(r.hget(keys.adapters, "sql-v2") or b"") == {"path": "/srv/adapters/sql-v2"}
     assert registrations.remove("sql-v2") is True
     assert registrations.remove("sql-v2") is False
     assert registrations.add("sql-v2", "/srv/adapters/sql-v3") is True
+    # Re-pointed on purpose, to a remote folder (v1.3): replicas switch within the sync.
+    assert registrations.add("sql-v2", "s3://bucket/tenants/sql", replace=True) is True
+    assert orjson.loads(r.hget(keys.adapters, "sql-v2") or b"") == {
+        "uri": "s3://bucket/tenants/sql"
+    }
+    with pytest.raises(InvalidRegistration, match="credentials"):
+        registrations.add("leaky", "s3://key:secret@bucket/x")
+    assert r.hget(keys.adapters, "leaky") is None
 
 
 @pytest.mark.parametrize(
@@ -78,14 +86,14 @@ def test_cli_verbs(
     assert cli(redis_url, prefix, "add", "title-v2", "/srv/title") == 0
     assert "already registered there" in capsys.readouterr().err
     assert cli(redis_url, prefix, "add", "title-v2", "/srv/other") == 2
-    assert "already registered to another folder" in capsys.readouterr().err
+    assert "already registered elsewhere" in capsys.readouterr().err
     assert cli(redis_url, prefix, "add", "../etc", "/etc") == 2
     assert "no path separators" in capsys.readouterr().err
 
     assert cli(redis_url, prefix, "list", "--json") == 0
     out, err = capsys.readouterr()
     assert [orjson.loads(line) for line in out.splitlines()] == [
-        {"name": "title-v2", "path": "/srv/title", "problem": None}
+        {"name": "title-v2", "path": "/srv/title", "uri": None, "problem": None}
     ]
     assert "1 adapters registered" in err
     assert cli(redis_url, prefix, "list") == 0
