@@ -204,11 +204,13 @@ def _tag(info: Mapping[str, Any]) -> str:
 
 
 def _copy(fs: Any, path: str, target: Path) -> str:
+    """Download ``path`` to ``target`` with the library's own ``get_file`` (one GET on an
+    object store, in parts for a large file), then its sha256 from the local copy."""
+    fs.get_file(path, str(target))
     digest = hashlib.sha256()
-    with fs.open(path, "rb", block_size=_CHUNK) as source, target.open("wb") as sink:
-        while chunk := source.read(_CHUNK):
+    with target.open("rb") as copy:
+        while chunk := copy.read(_CHUNK):
             digest.update(chunk)
-            sink.write(chunk)
     return digest.hexdigest()
 
 
