@@ -323,13 +323,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             runs = {"a_naive_set_adapter": naive(base, adapters, args.new_tokens)}
             runs.update(engine_runs(engine, peft_engine, args.new_tokens))
-            before = engine.stats()
+            before = engine.backend_stats()
             results.update(interleaved(runs, args.repeats))
-            after = engine.stats()
+            after = engine.backend_stats()
             results["b_mixed_batch"]["multi_adapter_passes"] = (
-                after["multi_adapter_passes"] - before["multi_adapter_passes"]
+                after.multi_adapter_passes - before.multi_adapter_passes
             )
-            results["b_mixed_batch"]["max_adapters_in_pass"] = after["max_adapters_in_pass"]
+            results["b_mixed_batch"]["max_adapters_in_pass"] = after.max_adapters_in_pass
             results["cold_load"] = cold_loads(engine, count=5)
         finally:
             asyncio.run(engine.close())

@@ -40,9 +40,11 @@ def token_rates(
     rates = {}
     for beat in after:
         old = earlier.get(beat.replica)
-        if old is None or beat.ts <= old.ts or beat.tokens_generated < old.tokens_generated:
+        if old is None or beat.ts <= old.ts:
             continue
-        rates[beat.replica] = (beat.tokens_generated - old.tokens_generated) / (beat.ts - old.ts)
+        grown = beat.backend.tokens_generated - old.backend.tokens_generated
+        if grown >= 0:  # a restarted replica counts from 0 again
+            rates[beat.replica] = grown / (beat.ts - old.ts)
     return rates
 
 

@@ -123,10 +123,11 @@ def _consumers_table(stats: QueueStats, rows: int) -> Table:
 def _replicas_table(frame: TopFrame, rows: int) -> Table:
     replicas = frame.stats.replicas
     # The host tier in the title, summed over replicas: the columns are full already.
+    backends = [b.backend for b in replicas]
     host = (
-        f"host memory hit/read/evict {sum(b.host_hits for b in replicas)}/"
-        f"{sum(b.host_loads for b in replicas)}/{sum(b.host_evictions for b in replicas)}, "
-        f"{sum(b.host_bytes for b in replicas) / 2**20:.1f} MiB"
+        f"host memory hit/read/evict {sum(b.host_hits for b in backends)}/"
+        f"{sum(b.host_loads for b in backends)}/{sum(b.host_evictions for b in backends)}, "
+        f"{sum(b.host_bytes for b in backends) / 2**20:.1f} MiB"
     )
     # The disk tier only where adapters come from remote storage.
     hits, misses = sum(b.disk.hits for b in replicas), sum(b.disk.misses for b in replicas)
@@ -145,9 +146,9 @@ def _replicas_table(frame: TopFrame, rows: int) -> Table:
         table.add_row(
             beat.replica,
             beat.node[:_SHORT_ID],
-            str(beat.rows_in_flight),
+            str(beat.backend.rows_in_flight),
             ", ".join(beat.adapters) or "–",
-            f"{beat.cache_hits}/{beat.cache_loads}/{beat.cache_evictions}",
+            f"{beat.backend.cache_hits}/{beat.backend.cache_loads}/{beat.backend.cache_evictions}",
             "–" if rate is None else f"{rate:.1f}",
             f"{max(0.0, frame.now - beat.ts):.0f}s",
         )

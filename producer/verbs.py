@@ -182,7 +182,7 @@ def stats_lines(stream: str, group: str, found: QueueStats) -> list[str]:
     lines.append(f"model replicas: {len(found.replicas)}")
     for beat in found.replicas:
         adapters = ", ".join(beat.adapters) or "none warm"
-        line = f"  {beat.replica}: {beat.rows_in_flight} rows in flight; {adapters}"
+        line = f"  {beat.replica}: {beat.backend.rows_in_flight} rows in flight; {adapters}"
         disk = beat.disk
         if disk.hits or disk.misses:  # adapters from remote storage
             line += (

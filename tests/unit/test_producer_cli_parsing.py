@@ -11,7 +11,7 @@ from producer.cli import build_parser, parse_param, settings_from
 from producer.jobfile import read_job_lines
 from producer.stats import ConsumerStats, QueueStats
 from producer.verbs import stats_lines
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import BackendStats, ReplicaHeartbeat
 
 
 def test_parse_param_reads_json_values_else_text() -> None:
@@ -80,7 +80,11 @@ def test_stats_lines() -> None:
         recent=RecentActivity(by_status={"running": 4, "succeeded": 3}),
         replicas=[
             ReplicaHeartbeat(
-                replica="r1", adapters=["sql", "upper"], rows_in_flight=2, ts=1.0, interval_s=5
+                replica="r1",
+                adapters=["sql", "upper"],
+                backend=BackendStats(rows_in_flight=2),
+                ts=1.0,
+                interval_s=5,
             )
         ],
     )

@@ -12,6 +12,7 @@ import pytest
 
 from producer.embedded import free_port
 from schemas import ErrorType, Job, JobError
+from schemas.replicas import BackendStats
 from tests.conftest import REPO
 from workers import launch
 from workers.serve import metrics as m
@@ -86,9 +87,9 @@ def test_adapter_label_bounds_the_series_a_client_can_make(
 
 
 def test_counter_deltas_count_everything_on_the_first_read_and_growth_after() -> None:
-    first = {stat: 3.0 for stat in m.ENGINE_COUNTERS} | {"forward_passes": 9.0}
-    assert m.counter_deltas({}, first) == {stat: 3.0 for stat in m.ENGINE_COUNTERS}
-    later = first | {"cache_loads": 5.0, "tokens_generated": 10.0}
+    first = BackendStats(**dict.fromkeys(m.ENGINE_COUNTERS, 3), forward_passes=9)
+    assert m.counter_deltas(BackendStats(), first) == dict.fromkeys(m.ENGINE_COUNTERS, 3)
+    later = first.model_copy(update={"cache_loads": 5, "tokens_generated": 10})
     deltas = m.counter_deltas(first, later)
     assert deltas["cache_loads"] == 2.0 and deltas["tokens_generated"] == 7.0
     assert deltas["cache_hits"] == 0.0

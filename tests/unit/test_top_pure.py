@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from rich.console import Console
@@ -11,12 +12,16 @@ from producer.activity import count_events, live_replicas, stale_replicas, windo
 from producer.rates import Readings, throughput, token_rates
 from producer.stats import ConsumerStats, QueueStats
 from producer.top_view import TopFrame, render, row_budget
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import BackendStats, ReplicaHeartbeat
 
 
 def beat(replica: str, tokens: int, ts: float, **fields: object) -> ReplicaHeartbeat:
     return ReplicaHeartbeat(
-        replica=replica, tokens_generated=tokens, ts=ts, interval_s=5.0, **fields
+        replica=replica,
+        backend=BackendStats(tokens_generated=tokens),
+        ts=ts,
+        interval_s=5.0,
+        **fields,
     )
 
 
@@ -52,6 +57,16 @@ def test_replicas_older_than_three_beats_or_unreadable_are_not_live() -> None:
     }
     assert [r.replica for r in live_replicas(fields, now=101.0)] == ["a", "d"]
     assert stale_replicas(fields, now=101.0) == ["b", "c"]
+
+
+def test_a_heartbeat_of_an_older_replica_reads_and_older_readers_find_their_counters() -> None:
+    old = {"replica": "r", "ts": 1.0, "interval_s": 5.0, "tokens_generated": 7, "rows_in_flight": 2}
+    assert ReplicaHeartbeat.model_validate(old).backend == BackendStats(
+        tokens_generated=7, rows_in_flight=2
+    )
+    written = json.loads(beat("r", 7, 1.0).model_dump_json())
+    assert written["tokens_generated"] == written["backend"]["tokens_generated"] == 7
+    assert ReplicaHeartbeat.model_validate(written) == beat("r", 7, 1.0)
 
 
 def test_token_rates_use_the_beats_own_times_and_skip_unknown_or_restarted() -> None:

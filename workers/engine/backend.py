@@ -1,18 +1,19 @@
 """The seam between the serving layers and an inference backend (the HF engine, or vLLM).
 
 Neutral on purpose: no torch, no transformers. A backend takes and gives the shared types
-of :mod:`workers.engine.requests` and reports :class:`BackendStats`, a typed record, so
-that no layer reads counters by key names it has to guess.
+of :mod:`workers.engine.requests` and reports :class:`BackendStats`, a typed record (the
+wire's, embedded as it is in a replica's heartbeat), so that no layer reads counters by
+key names it has to guess.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from schemas import ErrorType
+from schemas.replicas import BackendStats
 from workers.adapters.resolved import ResolvedAdapter
 from workers.engine.requests import (
     EngineError,
@@ -30,50 +31,6 @@ __all__ = [
     "GenerationRequest",
     "TextDelta",
 ]
-
-
-@dataclass(frozen=True)
-class BackendStats:
-    """Counters of a backend since it started (``cache_*``: the device tier)."""
-
-    forward_passes: int
-    multi_adapter_passes: int
-    max_adapters_in_pass: int
-    max_rows_in_pass: int
-    row_steps: int
-    rows: int
-    tokens_generated: int
-    rows_in_flight: int
-    cache_hits: int
-    cache_loads: int
-    cache_load_failures: int
-    cache_evictions: int
-    adapter_load_ms_total: float
-    adapters_loaded: int
-    host_hits: int
-    host_loads: int
-    host_load_failures: int
-    host_evictions: int
-    host_bytes: int
-    adapters_on_host: int
-    host_load_ms_total: float
-    device_copies: int
-    device_copy_ms_total: float
-    model_thread_disk_reads: int
-    peft_load_ms_total: float
-    adapters_removed: int
-    in_use_evictions: int
-
-    @classmethod
-    def zeros(cls, **counts: float) -> BackendStats:
-        """Every counter 0 but ``counts`` (for a backend that counts only some)."""
-        return cls(**{**dict.fromkeys(cls.__dataclass_fields__, 0), **counts})  # type: ignore[arg-type]
-
-    def as_dict(self) -> dict[str, float]:
-        """The counters by name (what the metrics and the heartbeat publish); counts stay
-        ints."""
-        counters: dict[str, float] = asdict(self)
-        return counters
 
 
 class EngineObserver(Protocol):

@@ -210,10 +210,6 @@ class Engine:
             rows_in_flight=in_flight,
         )
 
-    def stats(self) -> dict[str, float]:
-        """:meth:`backend_stats` by name (what the metrics and the heartbeat read)."""
-        return self.backend_stats().as_dict()
-
     async def close(self) -> None:
         """Finish the rows in flight, then stop the model thread."""
         await asyncio.to_thread(self._worker.close)

@@ -205,7 +205,7 @@ class VllmBackend:
         """What this backend counts; vLLM's scheduler and caches tell it nothing more, so
         the pass and tier counters stay 0."""
         c = self._counters
-        return BackendStats.zeros(
+        return BackendStats(
             rows=c.rows,
             tokens_generated=c.tokens_generated,
             rows_in_flight=c.rows_in_flight,

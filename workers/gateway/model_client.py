@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from schemas.replicas import ReplicaStats
 from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
 from workers.gateway.errors import engine_errors
 from workers.serve.replicas import replica_stats
@@ -75,11 +76,12 @@ class ModelClient:
         """The id of a replica that answered within ``timeout_s`` (it has its model loaded:
         Serve routes only to replicas whose constructor finished)."""
         stats = await asyncio.wait_for(self._handle.stats.remote(), timeout_s)
-        return str(stats["replica"])
+        return ReplicaStats.model_validate(stats).replica
 
-    async def replica_stats(self, timeout_s: float) -> dict[str, dict[str, Any]]:
+    async def replica_stats(self, timeout_s: float) -> dict[str, ReplicaStats]:
         """``stats()`` of every model replica, by replica id."""
-        return await asyncio.wait_for(replica_stats(self._handle, self._replicas), timeout_s)
+        found = await asyncio.wait_for(replica_stats(self._handle, self._replicas), timeout_s)
+        return {replica: ReplicaStats.model_validate(stats) for replica, stats in found.items()}
 
 
 async def _prepend(first: Update, rest: AsyncGenerator[Update, None]) -> AsyncIterator[Update]:

@@ -64,7 +64,7 @@ async def list_adapters(svc: ServicesDep) -> AdapterList:
     stats = await svc.model.replica_stats(PROBE_TIMEOUT_S * 5)
     loaded_on: dict[str, list[str]] = {}
     for replica, replica_stats in sorted(stats.items()):
-        for name in replica_stats.get("adapters", []):
+        for name in replica_stats.adapters:
             loaded_on.setdefault(name, []).append(replica)
     adapters = [
         adapter_info(name, folder, loaded_on.get(name, []))

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -24,6 +25,7 @@ from schemas import Job
 from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
+from workers.queue.consumer_stats import ConsumerCounters, ConsumerStats, WindowFigures
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.store import Entry, JobStore, until_reachable
 from workers.queue.window import ClaimedWindow, Running
@@ -80,7 +82,7 @@ class QueueConsumer:
             )
         self._next_replicas_read = 0.0
         self._prefetched: dict[tuple[str, str], float] = {}
-        self.counters = {"started": 0, "finished": 0, "errors": 0, "reclaimed": 0}
+        self.counters = ConsumerCounters()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,21 +126,19 @@ class QueueConsumer:
             self._lease_task.cancel()
             await asyncio.gather(self._lease_task, return_exceptions=True)
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> ConsumerStats:
         """Counters of this consumer, its jobs in flight now, and its window's figures."""
-        stats: dict[str, float] = {**self.counters, "in_flight": len(self.in_flight)}
+        window = None
         if self.window is not None:
-            window = self.window.stats
-            stats.update(
-                window_depth=len(self.window),
-                window_oldest_wait_s=self.window.oldest_wait_s(),
-                window_max_wait_s=window.max_wait_s,
-                window_plans=window.planned,
-                window_dispatched=window.dispatched,
-                prefetches=window.prefetches,
+            window = WindowFigures(
+                depth=len(self.window),
+                oldest_wait_s=self.window.oldest_wait_s(),
                 replicas_known=len(self.window.warm.replicas()),
+                stats=replace(self.window.stats),
             )
-        return stats
+        return ConsumerStats(
+            counters=replace(self.counters), in_flight=len(self.in_flight), window=window
+        )
 
     @property
     def free_slots(self) -> int:
@@ -288,7 +288,7 @@ class QueueConsumer:
             if self._reclaim_cursor == "0-0":
                 self._next_reclaim = now + self.settings.visibility_timeout_s / 2
             if entries:
-                self.counters["reclaimed"] += len(entries)
+                self.counters.reclaimed += len(entries)
                 log.info("consumer %s reclaimed %d stale entries", self.name, len(entries))
                 return entries
         return await self.store.read(self.name, count=count, block_ms=block_ms)
@@ -310,7 +310,7 @@ class QueueConsumer:
             return  # a reclaim handed back an entry this consumer already runs
         slot = InFlight(entry.entry_id, job_id=job_id, adapter=adapter, replica=replica)
         self.in_flight[entry.entry_id] = slot
-        self.counters["started"] += 1
+        self.counters.started += 1
         self._background(self._run_entry(entry, slot))
 
     def _background(self, work: Awaitable[None]) -> None:
@@ -321,12 +321,12 @@ class QueueConsumer:
     async def _run_entry(self, entry: Entry, slot: InFlight) -> None:
         try:
             await self.runner.run(entry, slot)
-            self.counters["finished"] += 1
+            self.counters.finished += 1
         except asyncio.CancelledError:
             raise
         except Exception:
             # Left unacknowledged: its lease lapses and the entry is reclaimed and retried.
-            self.counters["errors"] += 1
+            self.counters.errors += 1
             log.exception(
                 "job entry %s could not be completed; left pending",
                 entry.entry_id,

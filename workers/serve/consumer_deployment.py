@@ -98,7 +98,7 @@ class JobConsumer:
         return {
             "consumer": self.name,
             "pid": os.getpid(),
-            **self.consumer.stats(),
+            **self.consumer.stats().as_fields(),
             "model_calls": self.dispatcher.calls,
             "redis_write_batches": batches,
             "redis_writes": writes,
@@ -106,14 +106,14 @@ class JobConsumer:
 
     def _heartbeat(self) -> ConsumerHeartbeat:
         stats = self.consumer.stats()
-        window = self.consumer.window
+        window = stats.window
         return ConsumerHeartbeat(
             consumer=self.name,
-            in_flight=int(stats["in_flight"]),
-            window_depth=len(window) if window is not None else None,
-            window_oldest_wait_s=window.oldest_wait_s() if window is not None else None,
+            in_flight=stats.in_flight,
+            window_depth=window.depth if window is not None else None,
+            window_oldest_wait_s=window.oldest_wait_s if window is not None else None,
             window_max_wait_s=window.stats.max_wait_s if window is not None else None,
-            replicas_known=len(window.warm.replicas()) if window is not None else 0,
+            replicas_known=window.replicas_known if window is not None else 0,
             ts=time.time(),
             interval_s=self.settings.heartbeat_s,
         )
@@ -122,11 +122,12 @@ class JobConsumer:
         # One round trip per interval, whatever the job rate.
         backlog = await self.consumer.store.backlog()
         stats = self.consumer.stats()
+        window = stats.window
         self.metrics.report(
             backlog,
-            len(self.consumer.in_flight),
-            window_depth=int(stats.get("window_depth", 0)),
-            window_oldest_s=stats.get("window_oldest_wait_s", 0.0),
+            stats.in_flight,
+            window_depth=window.depth if window is not None else 0,
+            window_oldest_s=window.oldest_wait_s if window is not None else 0.0,
         )
 
     async def __del__(self) -> None:

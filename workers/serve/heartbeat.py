@@ -15,8 +15,13 @@ import redis.asyncio as aioredis
 
 from producer.activity import stale_fields
 from schemas.keys import Keys
-from schemas.replicas import MISSED_BEATS, DiskTierCounters, Heartbeat, ReplicaHeartbeat
-from workers.engine.backend import BackendStats
+from schemas.replicas import (
+    MISSED_BEATS,
+    BackendStats,
+    DiskTierCounters,
+    Heartbeat,
+    ReplicaHeartbeat,
+)
 from workers.errors import REDIS_DOWN
 from workers.serve.periodic import Periodic
 
@@ -36,19 +41,7 @@ def heartbeat_of(
         replica=replica,
         node=node,
         adapters=adapters,
-        rows_in_flight=stats.rows_in_flight,
-        cache_hits=stats.cache_hits,
-        cache_loads=stats.cache_loads,
-        cache_evictions=stats.cache_evictions,
-        host_hits=stats.host_hits,
-        host_loads=stats.host_loads,
-        host_evictions=stats.host_evictions,
-        host_bytes=stats.host_bytes,
-        host_load_ms_total=stats.host_load_ms_total,
-        device_copy_ms_total=stats.device_copy_ms_total,
-        model_thread_disk_reads=stats.model_thread_disk_reads,
-        in_use_evictions=stats.in_use_evictions,
-        tokens_generated=stats.tokens_generated,
+        backend=stats,
         disk=disk,
         ts=now,
         interval_s=interval_s,

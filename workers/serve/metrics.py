@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import BaseModel
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
-from schemas.replicas import DiskTierCounters
-from workers.engine.backend import BackendStats
+from schemas.replicas import BackendStats, DiskTierCounters
 from workers.queue.store import Backlog
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -312,12 +312,13 @@ def adapter_label(job: Job | None, error: JobError | None) -> str:
 
 
 def counter_deltas(
-    previous: Mapping[str, float],
-    current: Mapping[str, float],
+    previous: BaseModel,
+    current: BaseModel,
     counters: Mapping[str, MetricSpec] = ENGINE_COUNTERS,
 ) -> dict[str, float]:
-    """How much each of ``counters`` grew since ``previous`` (all of it on the first read)."""
-    return {stat: current[stat] - previous.get(stat, 0.0) for stat in counters}
+    """How much each of ``counters`` (fields of the record) grew since ``previous`` (a
+    record of zeros before the first read)."""
+    return {stat: getattr(current, stat) - getattr(previous, stat) for stat in counters}
 
 
 class ConsumerMetrics:
@@ -375,8 +376,9 @@ class ModelMetrics:
         self._tags = {"application": application, "replica": replica}
         self._batch_size = histogram(BATCH_SIZE)
         self._adapters_per_batch = histogram(ADAPTERS_PER_BATCH)
-        self._last: Mapping[str, float] = {}
-        self._last_disk: Mapping[str, float] = {}
+        # Zeros until the first report: that one adds all the counters have.
+        self._last = BackendStats()
+        self._last_disk = DiskTierCounters()
         self._last_at = time.monotonic()
 
     def forward_pass(self, rows: int, adapters: int) -> None:
@@ -395,12 +397,10 @@ class ModelMetrics:
     def report(self, stats: BackendStats, now: float, *, disk: DiskTierCounters) -> None:
         """Add what the backend's counters ``stats`` and the disk tier's grew by; set the
         gauges."""
-        counters = stats.as_dict()
-        deltas = counter_deltas(self._last, counters)
+        deltas = counter_deltas(self._last, stats)
         self._add(deltas, ENGINE_COUNTERS)
-        disk_counters = disk.model_dump()
-        self._add(counter_deltas(self._last_disk, disk_counters, DISK_COUNTERS), DISK_COUNTERS)
-        self._last_disk = disk_counters
+        self._add(counter_deltas(self._last_disk, disk, DISK_COUNTERS), DISK_COUNTERS)
+        self._last_disk = disk
         gauge(DISK_BYTES).set(disk.bytes_used, tags=self._tags)
         elapsed_s = now - self._last_at
         if elapsed_s > 0:
@@ -408,7 +408,7 @@ class ModelMetrics:
             gauge(TOKENS_PER_SECOND).set(rate, tags=self._tags)
         gauge(ADAPTERS_LOADED).set(stats.adapters_loaded, tags=self._tags)
         gauge(HOST_BYTES).set(stats.host_bytes, tags=self._tags)
-        self._last, self._last_at = counters, now
+        self._last, self._last_at = stats, now
 
     def _add(self, deltas: Mapping[str, float], specs: Mapping[str, MetricSpec]) -> None:
         for stat, delta in deltas.items():

@@ -21,7 +21,7 @@ from ray import serve
 
 from producer.connection import async_client
 from schemas import ErrorType, Keys
-from schemas.replicas import ReplicaHeartbeat
+from schemas.replicas import ReplicaHeartbeat, ReplicaStats
 from workers.adapters.resolved import name_of
 from workers.engine.backend import Backend
 from workers.engine.factory import build_backend
@@ -196,20 +196,21 @@ class LoRAModel:
         return self.groups.cancel(call_id, index)
 
     async def stats(self) -> dict[str, Any]:
-        """This replica's id, its warm adapters and the engine's counters."""
-        return {
-            "replica": self.replica,
+        """This replica's id, its warm adapters and the engine's counters
+        (:class:`ReplicaStats`, flat by name; read back with ``ReplicaStats.model_validate``)."""
+        return ReplicaStats(
+            replica=self.replica,
             # The process, for operators (and the chaos tests that kill it).
-            "pid": os.getpid(),
-            "adapters": self._loaded_names(),
-            "host_adapters": self._loaded_names(host=True),
-            "disk": self.adapters.resolver.disk_stats().model_dump(),
-            "routed_loads": self.routed_loads,
-            "group_calls": self.groups.counters.calls,
-            "group_requests": self.groups.counters.requests,
-            "group_cancels": self.groups.counters.cancels,
-            **self.engine.backend_stats().as_dict(),
-        }
+            pid=os.getpid(),
+            adapters=self._loaded_names(),
+            host_adapters=self._loaded_names(host=True),
+            disk=self.adapters.resolver.disk_stats(),
+            routed_loads=self.routed_loads,
+            group_calls=self.groups.counters.calls,
+            group_requests=self.groups.counters.requests,
+            group_cancels=self.groups.counters.cancels,
+            backend=self.engine.backend_stats(),
+        ).model_dump()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The queue backlog, for the backlog autoscaler (Serve calls this only when the

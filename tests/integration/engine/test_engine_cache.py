@@ -26,13 +26,13 @@ async def test_round_robin_over_five_adapters_with_two_slots(
 ) -> None:
     names = list(ADAPTERS)
     assert len(names) == 5
-    evictions = engine.stats()["cache_evictions"]
+    evictions = engine.backend_stats().cache_evictions
     for _round in range(2):
         for name in names:
             output = await engine.generate(request(name, f"round robin {name}", 10))
             assert output.token_ids == reference(name, f"round robin {name}", 10)
             assert len(engine.loaded_adapters()) <= 2
-    assert engine.stats()["cache_evictions"] - evictions >= 8
+    assert engine.backend_stats().cache_evictions - evictions >= 8
 
 
 async def test_concurrent_requests_for_more_adapters_than_slots(
@@ -58,9 +58,9 @@ async def test_concurrent_requests_for_more_adapters_than_slots(
 async def test_concurrent_requests_for_one_cold_adapter_load_it_once(engine: Engine) -> None:
     await engine.ensure_adapter("a")
     await engine.ensure_adapter("b")  # "c" is now cold
-    loads = engine.stats()["cache_loads"]
+    loads = engine.backend_stats().cache_loads
     await asyncio.gather(*[engine.generate(request("c", f"same {i}", 4)) for i in range(6)])
-    assert engine.stats()["cache_loads"] == loads + 1
+    assert engine.backend_stats().cache_loads == loads + 1
 
 
 async def test_an_adapter_in_use_is_never_evicted(engine: Engine, reference: Reference) -> None:
@@ -71,14 +71,14 @@ async def test_an_adapter_in_use_is_never_evicted(engine: Engine, reference: Ref
     first = await anext(long_row)
     assert isinstance(first, TextDelta)
     rest = asyncio.create_task(_drain(long_row))
-    evictions = engine.stats()["cache_evictions"]
+    evictions = engine.backend_stats().cache_evictions
     # "a" holds one of the two slots while its row runs; b..e take turns in the other.
     for name in ["b", "c", "d", "e", "b"]:
         output = await engine.generate(request(name, f"while a runs {name}", 6))
         assert output.token_ids == reference(name, f"while a runs {name}", 6)
         assert not rest.done(), "the long row ended too early to prove anything"
         assert "a" in engine.loaded_adapters()
-    assert engine.stats()["cache_evictions"] - evictions >= 4
+    assert engine.backend_stats().cache_evictions - evictions >= 4
     final = await rest
     assert final.token_ids == reference("a", prompt, LONG)
 

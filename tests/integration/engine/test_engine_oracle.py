@@ -28,14 +28,14 @@ ROWS: list[tuple[str | None, str, int]] = [
 async def test_every_row_of_a_mixed_batch_matches_peft_alone(
     engine: Engine, reference: Reference
 ) -> None:
-    passes_before = engine.stats()["forward_passes"]
+    passes_before = engine.backend_stats().forward_passes
     outputs = await asyncio.gather(*[engine.generate(request(*row)) for row in ROWS])
     for (adapter, prompt, max_new), output in zip(ROWS, outputs, strict=True):
         assert output.token_ids == reference(adapter, prompt, max_new), (adapter, prompt)
         assert output.adapter == adapter
         assert output.completion_tokens == len(output.token_ids) <= max_new
     # Far fewer passes than rows x tokens: the rows really shared them.
-    passes = engine.stats()["forward_passes"] - passes_before
+    passes = engine.backend_stats().forward_passes - passes_before
     assert passes < sum(max_new for _, _, max_new in ROWS) / 3
 
 
@@ -66,8 +66,8 @@ async def test_one_forward_pass_held_rows_of_three_adapters(engine: Engine) -> N
     await asyncio.gather(*[engine.generate(request(*row)) for row in ROWS[:6]])
     recent = engine.recent_passes()
     assert max(len(adapters) for adapters in recent) >= 3
-    stats = engine.stats()
-    assert stats["multi_adapter_passes"] >= 1 and stats["max_adapters_in_pass"] >= 3
+    stats = engine.backend_stats()
+    assert stats.multi_adapter_passes >= 1 and stats.max_adapters_in_pass >= 3
 
 
 async def test_rows_joining_a_running_batch_match_too(engine: Engine, reference: Reference) -> None:

@@ -99,17 +99,17 @@ async def test_a_listener_that_walks_away_frees_its_row(
     engine: Engine, reference: Reference
 ) -> None:
     prompt = full_length_prompt(reference, "a", "abandoned")
-    tokens_before = engine.stats()["tokens_generated"]
+    tokens_before = engine.backend_stats().tokens_generated
     events = engine.stream(request("a", prompt, LONG))
     async for _event in events:
         break
     await events.aclose()  # what a dropped HTTP stream or a cancelled task does
     for _ in range(200):
-        if engine.stats()["rows_in_flight"] == 0:
+        if engine.backend_stats().rows_in_flight == 0:
             break
         await asyncio.sleep(0.01)
-    assert engine.stats()["rows_in_flight"] == 0
-    assert engine.stats()["tokens_generated"] - tokens_before < LONG
+    assert engine.backend_stats().rows_in_flight == 0
+    assert engine.backend_stats().tokens_generated - tokens_before < LONG
 
 
 async def test_cancel_as_soon_as_the_request_is_known(engine: Engine) -> None:

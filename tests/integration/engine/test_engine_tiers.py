@@ -71,11 +71,11 @@ async def long_rows(
 async def test_plain_lora_loads_are_copies_and_create_no_peft_module(engine: Engine) -> None:
     for name in ADAPTERS:
         await engine.ensure_adapter(name)
-    stats = engine.stats()
+    stats = engine.backend_stats()
     assert engine._model.peft is None
     assert not any(isinstance(m, LoraLayer) for m in engine.base_model.modules())
-    assert stats["device_copies"] >= len(ADAPTERS) and stats["model_thread_disk_reads"] == 0
-    assert stats["host_loads"] >= len(ADAPTERS) and stats["host_bytes"] > 0
+    assert stats.device_copies >= len(ADAPTERS) and stats.model_thread_disk_reads == 0
+    assert stats.host_loads >= len(ADAPTERS) and stats.host_bytes > 0
 
 
 async def test_twenty_cold_loads_do_not_stall_decoding_rows(
@@ -83,7 +83,7 @@ async def test_twenty_cold_loads_do_not_stall_decoding_rows(
 ) -> None:
     rows = await long_rows(engine, reference, ["a", "b", "c"])
     before = engine.model_timeline()[-1].seq
-    reads = engine.stats()["model_thread_disk_reads"]
+    reads = engine.backend_stats().model_thread_disk_reads
     await asyncio.gather(*[engine.ensure_adapter(name) for name in cold_folders])
     work = [item for item in engine.model_timeline() if item.seq > before]
     copies = [i for i, item in enumerate(work) if item.label == "copy"]
@@ -95,7 +95,7 @@ async def test_twenty_cold_loads_do_not_stall_decoding_rows(
     steps = [item.ms for item in during if item.label == "step"]
     assert steps, "no decode step ran while the loads were under way"
     assert not any(row.done() for row in rows), "the rows ended before the loads: no proof"
-    assert engine.stats()["model_thread_disk_reads"] == reads
+    assert engine.backend_stats().model_thread_disk_reads == reads
     print(
         f"\n{COLD} cold loads: {len(steps)} decode steps ran meanwhile; copies took "
         f"{statistics.median(item.ms for item in during if item.label == 'copy'):.3f} ms "
@@ -104,7 +104,7 @@ async def test_twenty_cold_loads_do_not_stall_decoding_rows(
     )
     outputs = await asyncio.gather(*rows)
     assert all(len(output.token_ids) == LONG for output in outputs)
-    assert engine.stats()["in_use_evictions"] == 0
+    assert engine.backend_stats().in_use_evictions == 0
     for name in list(cold_folders)[:3]:  # the copied weights are the adapter's own
         got = await engine.generate(request(name, "after the burst", 12))
         assert got.token_ids == reference_of(engine, name, "after the burst", 12)
@@ -140,13 +140,13 @@ async def test_prefetch_warms_host_and_free_slots_only_and_never_raises(kit: Kit
         await _until(lambda: len(engine.loaded_adapters()) == 2)
         await asyncio.sleep(0.1)
         # One free slot: "b" or "c" took it; the other stays on the host only.
-        assert "a" in engine.loaded_adapters() and engine.stats()["cache_evictions"] == 0
-        host_loads = engine.stats()["host_loads"]
+        assert "a" in engine.loaded_adapters() and engine.backend_stats().cache_evictions == 0
+        host_loads = engine.backend_stats().host_loads
         cold = next(name for name in ("b", "c") if name not in engine.loaded_adapters())
         await engine.generate(request(cold, "warm on the host", 4))
-        stats = engine.stats()
-        assert stats["host_loads"] == host_loads and stats["host_hits"] >= 1
-        assert stats["model_thread_disk_reads"] == 0
+        stats = engine.backend_stats()
+        assert stats.host_loads == host_loads and stats.host_hits >= 1
+        assert stats.model_thread_disk_reads == 0
     finally:
         await engine.close()
 
@@ -169,9 +169,9 @@ async def test_a_dropped_version_waits_for_its_rows_then_leaves_both_tiers(kit: 
         output = await running
         assert output.finish_reason in {"length", "stop"} and output.token_ids
         assert "temp" not in engine.loaded_adapters() and "temp" not in engine.host_adapters()
-        stats = engine.stats()
-        assert stats["adapters_removed"] == 2 and stats["in_use_evictions"] == 0
-        assert stats["host_bytes"] == 0
+        stats = engine.backend_stats()
+        assert stats.adapters_removed == 2 and stats.in_use_evictions == 0
+        assert stats.host_bytes == 0
         again = await engine.generate(request("temp", "back again", 6))  # loads it again
         assert again.token_ids
     finally:
@@ -184,8 +184,8 @@ async def test_a_zero_host_budget_still_serves_right(kit: Kit, reference: Refere
         for name in ["a", "b", "c", "a"]:
             output = await engine.generate(request(name, f"no host cache {name}", 8))
             assert output.token_ids == reference(name, f"no host cache {name}", 8)
-        stats = engine.stats()
-        assert stats["host_bytes"] == 0 and stats["host_evictions"] >= 3
+        stats = engine.backend_stats()
+        assert stats.host_bytes == 0 and stats.host_evictions >= 3
     finally:
         await engine.close()
 

@@ -11,8 +11,7 @@ import redis.asyncio as aioredis
 from producer import Producer
 from schemas import JobError, JobResult, JobStatus, Keys, codec
 from schemas.records import ErrorType
-from schemas.replicas import ReplicaHeartbeat
-from workers.engine.backend import BackendStats
+from schemas.replicas import BackendStats, DiskTierCounters, ReplicaHeartbeat
 from workers.queue.store import FinalWrite, JobStore
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
 
@@ -39,9 +38,8 @@ def replica_status(tokens: int, now: float) -> ReplicaHeartbeat:
         replica=REPLICA,
         node=NODE,
         adapters=ADAPTERS,
-        stats=BackendStats.zeros(
-            rows_in_flight=1, cache_hits=7, cache_loads=2, tokens_generated=tokens
-        ),
+        stats=BackendStats(rows_in_flight=1, cache_hits=7, cache_loads=2, tokens_generated=tokens),
+        disk=DiskTierCounters(),
         interval_s=5.0,
         now=now,
     )

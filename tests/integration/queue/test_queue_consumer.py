@@ -118,7 +118,7 @@ async def claimed_and_running(
         await asyncio.sleep(0.01)
     await consumer.stop(5)
     assert r.xpending(keys.jobs, keys.group)["pending"] == 0
-    assert consumer.stats()["finished"] == 12
+    assert consumer.stats().counters.finished == 12
     return most, running
 
 
@@ -135,7 +135,7 @@ async def test_a_restarted_consumer_first_runs_its_own_pending_entries(
     await wait_final(r, keys, ids)
     await consumer.stop(5)
     assert statuses(r, keys, ids) == {"succeeded"}
-    assert consumer.stats()["reclaimed"] == 0
+    assert consumer.stats().counters.reclaimed == 0
 
 
 async def test_entries_of_a_dead_consumer_are_reclaimed_after_the_visibility_timeout(
@@ -150,7 +150,7 @@ async def test_entries_of_a_dead_consumer_are_reclaimed_after_the_visibility_tim
     await wait_final(r, keys, ids)
     await consumer.stop(5)
     assert statuses(r, keys, ids) == {"succeeded"}
-    assert consumer.stats()["reclaimed"] == 2
+    assert consumer.stats().counters.reclaimed == 2
     assert r.xpending(keys.jobs, keys.group)["pending"] == 0
 
 

@@ -56,7 +56,9 @@ def live_beats(
     """
     while True:
         beats = producer.stats().replicas
-        if len(beats) == replicas and all(b.ts >= since and b.tokens_generated for b in beats):
+        if len(beats) == replicas and all(
+            b.ts >= since and b.backend.tokens_generated for b in beats
+        ):
             return beats
         assert time.monotonic() < deadline, beats
         time.sleep(0.5)
@@ -89,7 +91,7 @@ def test_the_live_replicas_report_their_warm_adapters_and_top_shows_them(
     for beat in beats:
         # Nothing ran since the beat: it shows the replica as it is.
         assert set(beat.adapters) == set(served[beat.replica]["adapters"]) <= set(adapters)
-        assert beat.cache_loads == served[beat.replica]["cache_loads"]
+        assert beat.backend.cache_loads == served[beat.replica]["cache_loads"]
         assert beat.node and beat.interval_s == live_app.settings.heartbeat_s
     assert set().union(*(b.adapters for b in beats))
 
