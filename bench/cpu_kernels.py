@@ -60,6 +60,23 @@ HEADS, HEAD_DIM, PADDING = 8, 64, 6
 _flush = torch.empty(30_000_000)
 
 
+class GroupedBy(StackedLora):
+    """Stacked slots whose PyTorch path groups a pass's rows by ``grouping`` (the engine's
+    choice, or one of :data:`GROUPINGS` to compare against it)."""
+
+    def __init__(
+        self,
+        grouping: Callable[[Sequence[int]], RowGroups],
+        modules: dict[str, nn.Linear],
+        capacity: int,
+    ) -> None:
+        super().__init__(modules, capacity, cpu_kernel=True)
+        self._grouping = grouping
+
+    def _row_groups(self, slots: Sequence[int]) -> RowGroups:
+        return self._grouping(slots)
+
+
 def sweep_ms(step: Callable[[], object], repeats: int) -> float:
     """Median milliseconds of ``step`` over ``repeats`` sweeps, caches flushed before each."""
     times = []
@@ -89,7 +106,7 @@ def lora_hooks(rows: int, adapters: int, repeats: int) -> dict[str, Any]:
     for label, grouping in (*GROUPINGS.items(), ("kernel", group_rows)):
         # Modules of their own: a StackedLora keeps its stacks by module.
         modules = {name: nn.Linear(WIDTH, WIDTH, bias=False) for name in weights}
-        stacked = StackedLora(modules, adapters, grouping=grouping, cpu_kernel=True)
+        stacked = GroupedBy(grouping, modules, adapters)
         for index in range(adapters):
             adapter = HostAdapter(folder=Path("."), stackable=True, modules=weights)
             stacked.add(f"ad{index}", adapter)

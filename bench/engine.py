@@ -209,7 +209,7 @@ def peft_path_engine(settings: WorkerSettings) -> Engine:
     replaces): the choice is made as an adapter is loaded, so it is set before any is.
     The model is reached into on purpose, for this comparison only."""
     engine = Engine(settings, load_model(settings))
-    engine._model.prefer_stacked = False
+    engine._model.add = engine._model.add_peft  # type: ignore[method-assign]
     return engine
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+from typing_extensions import Self
 
 from producer.settings import DEMO_DIR, AdapterRootSettings
 from schemas.adapter_uris import parse_adapter_uri
+from workers.setting_rules import broken_rules
 
 DEFAULT_DEAD_MAXLEN = 100_000
 
@@ -107,26 +109,30 @@ class WorkerSettings(AdapterRootSettings):
     compile_decoder: bool = Field(
         False,
         description="torch.compile the model's decoder (dynamic shapes): the first passes "
-        "compile for about a minute on a CPU, then +10% tokens/s at 16 rows there.",
+        "compile for about a minute on a CPU, then faster steps, the same tokens "
+        "(figures in docs/SERVING.md).",
     )
     cpu_packed_linears: bool = Field(
         True,
         description="On a CPU, keep float32 linear weights in oneDNN's packed layout "
-        "(1.5-1.9x faster products at 4-64 rows); off, or with compile_decoder: dense "
-        "column-major. Undone for good once an adapter needs PEFT's path.",
+        "(faster products from a few rows up; figures in docs/SERVING.md); off, or with "
+        "compile_decoder: dense column-major. Undone for good once an adapter needs PEFT's "
+        "path.",
     )
     cpu_lora_kernel: bool = Field(
         True,
         description="On a CPU, add the stacked adapters' deltas (float32) through loraq's "
-        "kernel, built by gcc at start: each adapter read once a pass, no gather or "
-        "scatter of rows. Off, or with no gcc: two bmm calls per module.",
+        "kernel, built ahead in the image, else by gcc at start: each adapter read once a "
+        "pass, no gather or scatter of rows. Off, or with neither a built kernel nor gcc: "
+        "two bmm calls per module.",
     )
     decode_attention: bool = Field(
         True,
-        description="Run one-token attention through loraq's decode attention: on a CPU "
-        "(float32) a kernel built by gcc at start (1.3-2.3x SDPA's speed on a decode "
-        "step's cache), elsewhere SDPA with a GQA model's query heads grouped by kv head "
-        "(no copy of the cache per query head). Off, or with compile_decoder: SDPA.",
+        description="On a CPU model, run one-token attention through loraq's decode "
+        "attention: in float32 a kernel built ahead in the image, else by gcc at start "
+        "(figures in docs/SERVING.md); in other dtypes SDPA with a GQA model's query heads "
+        "grouped by kv head (no copy of the cache per query head). A CUDA model keeps "
+        "transformers' attention. Off, or with compile_decoder: SDPA.",
     )
 
     # Serve application
@@ -330,6 +336,14 @@ class WorkerSettings(AdapterRootSettings):
         le=1000,
         description="priority of a batch's jobs (interactive jobs have 0: higher runs first).",
     )
+
+    @model_validator(mode="after")
+    def _combinations_work(self) -> Self:
+        # At start, naming both settings, rather than as reclaimed jobs under load.
+        problems = broken_rules(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def base_model_name(self) -> str:

@@ -62,8 +62,6 @@ class MultiLoraModel:
         self._shapes = base_module_shapes(base)
         self._stacked = StackedLora(linear_modules(base), capacity, cpu_kernel=cpu_kernel)
         self._cache_argument = cache_argument(base)
-        # False sends adapters added from now on through PEFT (for comparisons).
-        self.prefer_stacked = True
         self.peft_loads = 0  # PEFT loads read their folder here, on the model thread
 
     def compile_decoder(self) -> None:
@@ -107,15 +105,22 @@ class MultiLoraModel:
         adapter = source
         if isinstance(adapter, Path):
             adapter = parse_adapter(adapter, shapes=self._shapes)
-        if self.prefer_stacked and self._stacked.can_hold(adapter):
+        if self._stacked.can_hold(adapter):
             self._stacked.add(name, adapter)
             return
+        self.add_peft(name, adapter)
+
+    def add_peft(self, name: str, source: HostAdapter | Path) -> None:
+        """Put adapter ``name`` on the device through PEFT, whatever its kind: the path
+        :meth:`add` takes for what the stacked slots cannot hold (the bench and the tests
+        run plain LoRA on it too, to compare the two paths)."""
+        folder = source if isinstance(source, Path) else source.folder
         # PEFT's layers may read the base weights (DoRA's norms): dense ones, for good.
         unpack_linears(self.base)
         self._loads += 1
         self.peft_loads += 1
         peft_name = f"adapter{self._loads}"
-        self.peft = load_adapter(self.peft or self.base, adapter.folder, peft_name)
+        self.peft = load_adapter(self.peft or self.base, folder, peft_name)
         self._peft_names[name] = peft_name
         self._hook_new_layers()
 

@@ -24,7 +24,7 @@ subclass it). Not thread-safe: only the model thread calls it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,16 +82,14 @@ class StackedLora:
         modules: Mapping[str, nn.Linear],
         capacity: int,
         *,
-        grouping: Callable[[Sequence[int]], RowGroups] = group_rows,
         cpu_kernel: bool = True,
     ) -> None:
-        """``grouping``: how the PyTorch path groups a pass's rows; ``cpu_kernel``: add the
-        deltas through ``csrc/lora_delta.c`` on a CPU, in float32, where gcc built it."""
+        """``cpu_kernel``: add the deltas through ``csrc/lora_delta.c`` on a CPU, in
+        float32, where it is built."""
         self._modules = dict(modules)
         self._cpu_kernel = cpu_kernel
         if cpu_kernel and any(m.weight.device.type == "cpu" for m in self._modules.values()):
             self._kernel()  # built now rather than in the first pass
-        self._grouping = grouping  # a pass's rows -> its groups (bench/cpu_kernels.py varies it)
         self._size = capacity + 1  # the slots, plus the base slot
         self._stacks: dict[str, _Stack] = {}
         self._by_module: dict[int, _Stack] = {}  # id(base module) -> its stack
@@ -153,6 +151,11 @@ class StackedLora:
         self._free.append(slot)
         self._invalidate()
 
+    def _row_groups(self, slots: Sequence[int]) -> RowGroups:
+        """A pass's rows (their slots) in the groups the PyTorch path runs them in
+        (bench/cpu_kernels.py overrides it to compare other groupings)."""
+        return group_rows(slots)
+
     def begin(self, adapter_names: list[str], device: torch.device) -> None:
         """The next pass runs rows of these adapters (names not in a slot get no delta)."""
         if adapter_names != self._row_names:
@@ -160,7 +163,7 @@ class StackedLora:
             slots = [self._slots.get(name, BASE_SLOT) for name in adapter_names]
             self._pass_slots = frozenset(slots) - {BASE_SLOT}
             self._uniform = len(set(slots)) == 1
-            groups = self._grouping(slots)
+            groups = self._row_groups(slots)
             per_row = groups.size == 1
             self._groups = _PassGroups(
                 slots=torch.tensor(groups.slots, device=device),

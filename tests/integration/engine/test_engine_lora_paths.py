@@ -34,11 +34,10 @@ def logits(model: MultiLoraModel, ids: torch.Tensor, names: list[str]) -> torch.
 def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
     model = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
     peft = MultiLoraModel(AutoModelForCausalLM.from_pretrained(kit.base).eval(), capacity=5)
-    peft.prefer_stacked = False
     # Small ranks first, so that later loads widen the stacks of layers already stacked.
     for name in ["d", "a", "c", "b", "e"]:
         model.add(name, kit.adapters / name)
-        peft.add(name, kit.adapters / name)
+        peft.add_peft(name, kit.adapters / name)
     ids = torch.randint(4, 90, (len(WIDE), 7), generator=torch.Generator().manual_seed(0))
     # Plain LoRA goes into the stacked slots: a copy, no PEFT module at all.
     assert model.stacked_in_use and model.peft is None and model.peft_loads == 0
@@ -51,11 +50,11 @@ def test_stacked_and_per_row_paths_match_each_row_alone(kit: Kit) -> None:
     groups = model._stacked._groups
     assert groups is not None and (len(groups.slots), groups.size) == (6, 10)
     # Evicted adapters' slots change hands: "a" (q, v) takes the slot "c" (k, up) held.
-    for loaded in (model, peft):
+    for loaded, add in ((model, model.add), (peft, peft.add_peft)):
         loaded.remove("a")
         loaded.remove("c")
-        loaded.add("a", kit.adapters / "a")
-        loaded.add("c", kit.adapters / "c")
+        add("a", kit.adapters / "a")
+        add("c", kit.adapters / "c")
     check_paths(model, peft, ids[: len(NAMES)], NAMES)
     check_paths(model, peft, ids, WIDE)
 
@@ -70,9 +69,8 @@ def test_stacked_and_peft_adapters_share_a_pass(kit: Kit) -> None:
     model.remove("d")
     assert stacked > 0 and model.adapter_bytes() == stacked
     model.add("d", kit.adapters / "d")
-    model.prefer_stacked = False
     for name in ["c", "e"]:
-        model.add(name, kit.adapters / name)
+        model.add_peft(name, kit.adapters / name)
     assert model.is_stacked("a") and not model.is_stacked("c") and model.peft_loads == 2
     assert model.peft is not None
     peft_bytes = sum(p.nbytes for n, p in model.peft.named_parameters() if "lora_" in n)
