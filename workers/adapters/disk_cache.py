@@ -130,10 +130,6 @@ class DiskCache:
         finally:
             os.close(fd)
 
-    def bytes_used(self) -> int:
-        """Bytes of the entries now on disk."""
-        return sum(entry.size_bytes for entry in self._scan())
-
     def _download(self, key: str, source: str, size_bytes: int, write: Writer) -> None:
         started = time.perf_counter()
         self._remove_tree(self._entries / key)

@@ -1,8 +1,7 @@
 """What a backend is given for an adapter: one version of it, in a local folder.
 
-The catalogue and the resolver above the backends make these; a backend, a benchmark or
-a test that drives a backend directly may make one for a configured local folder with
-:func:`resolve_local`.
+The catalogue and the resolver above the backends make these; a benchmark or a test that
+drives a backend directly makes one for a local folder with :meth:`ResolvedAdapter.local`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.adapters.registry import CONFIG_FILE, AdapterRegistry
+from workers.adapters.registry import CONFIG_FILE
 
 # The files of a PEFT folder that the tiers read (and the object store fetches).
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -59,8 +58,3 @@ def local_version(folder: Path) -> str:
             continue
         parts.append(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def resolve_local(registry: AdapterRegistry, name: str) -> ResolvedAdapter:
-    """``name`` from the configured local adapters (``unknown_adapter`` otherwise)."""
-    return ResolvedAdapter.local(name, registry.resolve(name))
