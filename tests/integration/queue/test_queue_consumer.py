@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from schemas import JobStatus, Keys, codec
+from tests.integration.resolving import Resolving
 from workers.engine.engine import Engine
 from workers.engine.synthetic import LoraSpec, build_llama, build_lora
 from workers.queue.consumer import QueueConsumer
@@ -34,8 +35,9 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def engine(kit: Path) -> Iterator[Engine]:
     settings = WorkerSettings(model=str(kit / "model"), adapter_dir=str(kit / "adapters"))
-    engine = Engine.from_settings(settings)
-    yield engine
+    # Names resolved above the engine, as a model replica does.
+    engine = Resolving(Engine.from_settings(settings), settings)
+    yield engine  # type: ignore[misc]
     asyncio.run(engine.close())
 
 
