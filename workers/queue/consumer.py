@@ -34,6 +34,9 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+# How long stop() waits for the jobs it cancelled to mark themselves queued again.
+REQUEUE_S = 1.0
+
 T = TypeVar("T")
 # With jobs waiting in the window, a read blocks this long at most: a job that ends
 # meanwhile frees a slot that the next plan fills.
@@ -105,11 +108,14 @@ class QueueConsumer:
                 raise ConsumerDied(f"consumer {self.name} loop ended: {error!r}")
 
     async def stop(self, timeout_s: float) -> None:
-        """Stop reading; give in-flight jobs ``timeout_s`` to finish.
+        """Stop reading; give in-flight jobs what is left of ``timeout_s`` to finish.
 
         Jobs that do not finish in time are left unacknowledged: they stay pending and
-        are run again (by this consumer's successor, or reclaimed by another).
+        are run again (by this consumer's successor, or reclaimed by another), their
+        records back to ``queued``. The whole call fits in ``timeout_s``: past it Serve
+        kills the replica, and a record would stay ``running``.
         """
+        deadline = time.monotonic() + timeout_s
         self._stopping.set()
         self._slot_freed.set()
         if self._loop_task is not None:
@@ -118,9 +124,14 @@ class QueueConsumer:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._tasks:
-            done, left = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            finish_s = max(0.0, deadline - time.monotonic() - REQUEUE_S)
+            done, left = await asyncio.wait(set(self._tasks), timeout=finish_s)
             for task in left:
                 task.cancel()
+            if left:
+                # A cancelled job moves its record back to 'queued' (JobRunner) before the
+                # caller closes the Redis client.
+                await asyncio.wait(left, timeout=REQUEUE_S)
             log.info("consumer %s stopped: %d finished, %d left", self.name, len(done), len(left))
         if self._lease_task is not None:
             self._lease_task.cancel()

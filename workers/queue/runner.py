@@ -206,6 +206,12 @@ class JobRunner:
                 result = _result(job, None, exc.text, entry, started_at)
                 await self._end_job(entry, job, JobStatus.CANCELLED, result=result, slot=slot)
                 return
+            except asyncio.CancelledError:
+                # The consumer is stopping (its app deleted, a model that never started):
+                # the entry stays pending for the next consumer, and the record says it is
+                # waiting again rather than 'running' on a worker that is gone.
+                await asyncio.shield(self._requeue(entry, job))
+                raise
             except Exception as exc:
                 if await self._after_failure(entry, job, exc, mark.attempts):
                     continue
@@ -319,6 +325,12 @@ class JobRunner:
             exc,
             extra=job_extra(job.id, job.adapter_name),
         )
+        await self._requeue(entry, job)
+        await asyncio.sleep(plan.delay_s)
+        return True
+
+    async def _requeue(self, entry: Entry, job: Job) -> None:
+        """Move the job's record back to ``queued`` (its attempts kept)."""
         await self.store.mark(
             str(job.id),
             JobStatus.QUEUED,
@@ -329,8 +341,6 @@ class JobRunner:
             ttl_s=self.settings.job_ttl_s,
             max_attempts=self.settings.max_attempts,
         )
-        await asyncio.sleep(plan.delay_s)
-        return True
 
     async def _end_job(
         self,

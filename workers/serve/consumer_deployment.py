@@ -26,8 +26,9 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# Shutdown keeps this much of Serve's graceful timeout for itself (closing connections).
-SHUTDOWN_MARGIN_S = 2.0
+# Shutdown keeps this much of Serve's graceful timeout for itself: Serve's drain wait
+# (graceful_shutdown_wait_loop_s, 2 s) runs before __del__, then closing connections.
+SHUTDOWN_MARGIN_S = 4.0
 
 
 def consumer_name(app_name: str, rank: Any) -> str:
