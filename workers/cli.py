@@ -54,11 +54,23 @@ def _deployment_options(sub: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``loraq serve``: deploy, log where everything is, wait for a signal, shut down."""
-    from workers import launch
+    from pydantic import ValidationError
 
-    settings = settings_from(args)
+    from workers import launch
+    from workers.preflight import SettingError, invalid_settings
+
+    try:
+        settings = settings_from(args)
+    except ValidationError as error:
+        log.error("cannot serve: %s", invalid_settings(error))
+        return 2
     configure_logging(settings)
-    running = launch.deploy(settings, dashboard=args.dashboard)
+    try:
+        running = launch.deploy(settings, dashboard=args.dashboard)
+    except (SettingError, launch.StartFailed) as error:
+        # One line that says why, instead of Ray's traceback of its own retries.
+        log.error("cannot serve: %s", error)
+        return 2
     for line in running.notes:
         log.info("%s", line)
     log.info("serving; Ctrl-C or SIGTERM stops")

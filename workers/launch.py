@@ -22,10 +22,13 @@ from producer.connection import describe as redis_where
 from producer.embedded import EmbeddedRedis, resolve_redis_url
 from producer.redis_modes import RedisMode
 from producer.settings import DEFAULT_REDIS_URL
+from workers import preflight
 from workers.adapters.registry import AdapterRegistry
 from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.serve.header_timeout import proxy_env
 from workers.serve.replicas import replica_stats as replica_stats  # re-exported
+from workers.serve.start_failure import StartFailed as StartFailed  # re-exported
+from workers.serve.start_failure import start_failure
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -159,9 +162,15 @@ def deploy(
 ) -> Running:
     """Start what is missing (Redis, Ray) and deploy the application; returns once ready.
 
+    Raises :class:`workers.preflight.SettingError` for a setting the replicas cannot start
+    with (nothing started yet), and :class:`StartFailed` when a replica's start failed as
+    many times as Serve retries it (everything started here stopped again); ``str()`` of
+    either is one line that says why.
+
     ``ray_log_level`` is that of Ray's and Serve's own lines in this process (cluster
     started, application ready); the replicas log to their files whatever it is.
     """
+    preflight.check(settings)  # before anything starts: a bad setting in one line
     embedded = None
     # Sentinels or a cluster are named on purpose: only one server by URL falls back.
     if settings.redis_mode is RedisMode.PLAIN:
@@ -176,6 +185,14 @@ def deploy(
         serve.run(
             build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
         )
+    except RuntimeError as error:
+        # Serve gave up after its constructor retries; say why in one line, not its own
+        # "Failed to update the deployments" and a traceback.
+        cause = start_failure(settings.app_name)
+        shutdown(running)
+        if cause is None:
+            raise
+        raise StartFailed(cause) from error
     except BaseException:
         shutdown(running)
         raise
