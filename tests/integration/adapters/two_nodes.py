@@ -19,6 +19,7 @@ from ray.cluster_utils import Cluster
 
 from demo.tasks import expected_output
 from producer.client import Producer
+from producer.embedded import free_port
 from workers import launch
 from workers.settings import DEMO_DIR, WorkerSettings
 
@@ -37,6 +38,8 @@ def main(redis_url: str, source: str, names_json: str, work: str) -> None:
         prefix=f"loraqtest:twonodes{uuid.uuid4().hex[:8]}",
         app_name="twonodes",
         http_route_prefix="/twonodes",
+        http_port=free_port(),
+        metrics_export_port=free_port(),
         model=str(DEMO_DIR / "model"),
         adapters={},
         adapter_dir=None,
