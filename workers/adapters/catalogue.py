@@ -18,7 +18,7 @@ from pathlib import Path
 from schemas import ErrorType
 from schemas.adapter_uris import AdapterUri, parse_adapter_uri
 from schemas.adapters import AdapterRegistration
-from workers.adapters.registry import AdapterRegistry, check_name
+from workers.adapters.registry import AdapterRegistry, check_name, not_registered
 from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class AdapterCatalogue:
             return self._registered(name, registration)
         if self._source is not None:
             return Location(name, uri=self._source.child(name))
-        raise EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
+        raise not_registered(name)
 
     def _registered(self, name: str, registration: AdapterRegistration) -> Location:
         if registration.uri is not None:

@@ -34,6 +34,11 @@ def check_name(name: str) -> None:
         raise EngineError(ErrorType.VALIDATION, str(exc)) from None
 
 
+def not_registered(name: str) -> EngineError:
+    """The ``unknown_adapter`` error of a name no source has (every lookup says it alike)."""
+    return EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
+
+
 class AdapterRegistry:
     """Thread-safe map of adapter names to folders under the configured roots."""
 
@@ -95,7 +100,7 @@ class AdapterRegistry:
         """The folder of ``name``; ``unknown_adapter`` when it is not registered."""
         folder = self.find(name)
         if folder is None:
-            raise EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
+            raise not_registered(name)
         return folder
 
     def _scan(self) -> None:

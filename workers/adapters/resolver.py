@@ -27,6 +27,7 @@ from schemas import ErrorType
 from schemas.replicas import DiskTierCounters
 from workers.adapters.catalogue import AdapterCatalogue, Location
 from workers.adapters.disk_cache import DiskCache, DiskLease, entry_key
+from workers.adapters.registry import not_registered
 from workers.adapters.remote import RemoteFolder, RemoteStore, StoreUnreachable
 from workers.adapters.resolved import ResolvedAdapter, local_version
 from workers.errors import EngineError
@@ -118,7 +119,7 @@ class AdapterResolver:
         if known is not None and not fresh and known.expires > now:
             return known
         if self._misses.get(name, 0.0) > now:
-            raise _unknown(name)
+            raise not_registered(name)
         pending = self._pending.get(name)
         if pending is None:
             pending = asyncio.ensure_future(self._look_up(name))
@@ -168,7 +169,7 @@ class AdapterResolver:
         folder = await self._with_retries(location.name, lambda: store.list_folder(uri))
         if folder is None:
             self._misses[location.name] = time.monotonic() + self._miss_ttl_s
-            raise _unknown(location.name)
+            raise not_registered(location.name)
         return folder
 
     async def _hold(self, resolution: _Resolution) -> DiskLease:
@@ -209,7 +210,3 @@ class AdapterResolver:
 
 def _writer(store: RemoteStore, remote: RemoteFolder) -> Callable[[Path], dict[str, str]]:
     return lambda dest: store.download(remote, dest)
-
-
-def _unknown(name: str) -> EngineError:
-    return EngineError(ErrorType.UNKNOWN_ADAPTER, f"adapter {name!r} is not registered")
