@@ -87,7 +87,7 @@ class DiskCache:
 
     def lease(self, key: str) -> DiskLease | None:
         """A hold on entry ``key`` when it is there and intact; ``None`` when it must be
-        fetched (a damaged entry is deleted first)."""
+        fetched (missing or damaged: :meth:`fetch` replaces it)."""
         fd = self._open_lock(key)
         fcntl.flock(fd, fcntl.LOCK_SH)
         folder = self._entries / key
