@@ -158,6 +158,7 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     sub.add_argument("--id", help="job id (default: a new unique id); an existing id is a no-op")
     sub.add_argument("--result-ttl", type=int, help="seconds the record lives after the end")
     sub.add_argument("--priority", type=int, help="higher starts first (-1000..1000, default 0)")
+    sub.add_argument("--tenant", help="who the job is for: tenants share the workers by weight")
     sub.add_argument("--wait", action="store_true", help="wait and print the record as JSON")
     _wait_options(sub)
 

@@ -177,11 +177,12 @@ class Producer(_ProducerBase[redis.Redis]):
 
         Keyword arguments are the :class:`~schemas.jobs.Job` fields: ``adapter``,
         ``messages``, ``params`` (dict or ``GenerationParams``), ``id``, ``priority``,
-        ``deadline``, ``result_ttl``, ``metadata``. Invalid input raises :class:`JobValidationError`
-        (naming each field and bound) and writes nothing. Submitting an ``id`` that already
-        has a record enqueues nothing and returns that id: submission is idempotent, so a
-        retry after a lost reply never runs a job twice. A job Redis refuses (a key of
-        the wrong type at its place) raises :class:`SubmitError` and leaves nothing behind.
+        ``tenant``, ``deadline``, ``result_ttl``, ``metadata``. Invalid input raises
+        :class:`JobValidationError` (naming each field and bound) and writes nothing.
+        Submitting an ``id`` that already has a record enqueues nothing and returns that
+        id: submission is idempotent, so a retry after a lost reply never runs a job
+        twice. A job Redis refuses (a key of the wrong type at its place) raises
+        :class:`SubmitError` and leaves nothing behind.
         """
         return self._submit(build_job(prompt, **fields))
 

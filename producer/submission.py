@@ -61,6 +61,7 @@ class JobFields(TypedDict, total=False):
     params: Mapping[str, Any] | GenerationParams | None
     id: str | None
     priority: int | None
+    tenant: str | None
     deadline: float | None
     result_ttl: int | None
     metadata: Mapping[str, Any] | None

@@ -58,6 +58,7 @@ def submit(args: argparse.Namespace, producer: Producer) -> int:
         result_ttl=args.result_ttl,
         metadata=args.metadata_json,
         priority=args.priority,
+        tenant=args.tenant,
     )
     if not args.wait:
         print(job_id)

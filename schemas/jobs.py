@@ -84,6 +84,10 @@ ClientJobId = Annotated[
     ),
 ]
 AdapterName = Annotated[str, StringConstraints(pattern=ADAPTER_NAME_PATTERN)]
+# A tenant is named like an adapter: it appears in metrics labels and in settings
+# (LORAQ_TENANT_WEIGHTS "a=2,b=1"), where separators would be ambiguous.
+TENANT_PATTERN = ADAPTER_NAME_PATTERN
+TenantName = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
@@ -164,6 +168,13 @@ class Job(GenerationInput):
         le=MAX_PRIORITY,
         description="Higher starts first, within the workers' aging bound (max_passover_s); "
         "null is 0.",
+    )
+    # v1.4 (additive): None by default for the same reason as priority.
+    tenant: TenantName | None = Field(
+        None,
+        description="Who the job is for: within one priority, tenants share the workers by "
+        "weight (tenant_weights); null is the default tenant. Over HTTP with API keys the "
+        "key's own tenant. Added in v1.4.",
     )
     deadline: float | None = Field(
         None, gt=0, description="Epoch seconds; a job not started by then ends 'expired'."

@@ -46,6 +46,20 @@ def test_api_keys_accept_exactly_the_configured_keys() -> None:
         assert not ApiKeys(off).enabled
 
 
+def test_a_key_submits_as_its_own_tenant_and_only_an_admin_names_another() -> None:
+    keys = ApiKeys(SecretStr("one,two"), admin=SecretStr("root"))
+    one, two, root = keys.caller("one"), keys.caller("two"), keys.caller("root")
+    assert one.owner is not None and one.tenant_for(None) == one.owner
+    assert one.tenant_for(one.owner) == one.owner
+    for claimed in (two.owner, "acme"):
+        with pytest.raises(ApiError) as refused:
+            one.tenant_for(claimed)
+        assert refused.value.status == 403
+    assert root.tenant_for("acme") == "acme" and root.tenant_for(None) == root.owner
+    anyone = ApiKeys(None).caller(None)
+    assert anyone.tenant_for("acme") == "acme" and anyone.tenant_for(None) is None
+
+
 def test_model_names_pick_the_adapter_or_the_base() -> None:
     assert adapter_for(BASE, BASE) is None
     assert adapter_for("upper", BASE) == "upper"

@@ -2,7 +2,8 @@
 
 Each key is also an owner: a job submitted over HTTP records a digest of the key that
 submitted it (the record's ``owner`` field), and only that key, or an admin key, reads,
-waits on or cancels it.
+waits on or cancels it. The owner digest is also the key's tenant (v1.4): its jobs share
+the workers with other tenants' by weight, and a key may not submit as another tenant.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ class Caller:
     def required_owner(self) -> str | None:
         """The owner a record must have for this caller (``None``: any)."""
         return None if self.sees_all else self.owner
+
+    def tenant_for(self, requested: str | None) -> str | None:
+        """The tenant a job this caller submits runs as: the one it names, else the key's
+        own (its owner digest). Only an admin key, or anyone with keys off, may name a
+        tenant that is not its own: a key could otherwise spend another's share."""
+        if requested is None or requested == self.owner:
+            return self.owner
+        if self.sees_all:
+            return requested
+        raise ApiError(403, "forbidden", f"tenant {requested!r} is not this API key's tenant")
 
 
 # With API keys off there is no one to tell apart: every caller sees every job.

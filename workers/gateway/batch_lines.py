@@ -45,6 +45,7 @@ class LineRules:
     priority: int
     deadline: float
     result_ttl_s: int
+    tenant: str | None = None  # the batch owner's: its lines share the workers as its jobs
 
 
 class StoredLine(BaseModel):
@@ -171,6 +172,7 @@ def _job(request: BatchRequestLine, job_id: str, rules: LineRules) -> Job:
         adapter=adapter_for(body.model, rules.base_model),
         params=params,
         priority=rules.priority,
+        tenant=rules.tenant,
         deadline=rules.deadline,
         result_ttl=rules.result_ttl_s,
         **fields,  # type: ignore[arg-type]

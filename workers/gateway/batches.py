@@ -128,7 +128,8 @@ class BatchService:
         )
         await self.store.claim(batch.id, "queue", QUEUE_LEASE_S)
         self.tasks.start(
-            batch.id, self.tasks.queue(batch, caller.owner, content, self._rules(batch))
+            batch.id,
+            self.tasks.queue(batch, caller.owner, content, self._rules(batch, caller.owner)),
         )
         return batch
 
@@ -144,7 +145,7 @@ class BatchService:
             await self.tasks.fail(batch, f"the input file {batch.input_file_id!r} is gone")
             return
         await self.store.restart_lines(batch.id)
-        work = self.tasks.queue(batch, stored.owner, content, self._rules(batch))
+        work = self.tasks.queue(batch, stored.owner, content, self._rules(batch, stored.owner))
         self.tasks.start(batch.id, work)
 
     async def _count_lines(self, content: bytes, file_id: str) -> int:
@@ -162,7 +163,7 @@ class BatchService:
             raise ApiError(400, "validation", f"file {file_id!r} has no lines")
         return total
 
-    def _rules(self, batch: Batch) -> LineRules:
+    def _rules(self, batch: Batch, owner: str | None) -> LineRules:
         return LineRules(
             endpoint=batch.endpoint,
             base_model=self.settings.base_model_name,
@@ -170,6 +171,7 @@ class BatchService:
             priority=self.settings.batch_priority,
             deadline=float(batch.expires_at or 0),
             result_ttl_s=self.settings.batch_ttl_s,
+            tenant=owner,
         )
 
     async def refresh(self, stored: StoredBatch) -> Batch:

@@ -48,14 +48,16 @@ async def _check_visible(svc: Services, caller: Caller, job_id: str) -> None:
     "",
     status_code=202,
     response_model=JobsAccepted,
-    responses=error_responses(400, 409, 413, 422, 503),
+    responses=error_responses(400, 403, 409, 413, 422, 503),
     summary="Queue one job or a list of jobs",
 )
 async def submit_jobs(body: JobsBody, svc: ServicesDep, caller: CallerDep) -> JobsAccepted:
     """Validate and enqueue the jobs; their ids come back in order (a job given an ``id``
     that already exists is not queued again: submission is idempotent). With API keys on,
-    only the key that submitted a job (or an admin key) can read it."""
-    jobs = body if isinstance(body, list) else [body]
+    only the key that submitted a job (or an admin key) can read it, and a job runs as the
+    key's tenant (403 for another's, unless the key is an admin key)."""
+    given = body if isinstance(body, list) else [body]
+    jobs = [job.model_copy(update={"tenant": caller.tenant_for(job.tenant)}) for job in given]
     with queue_errors():
         try:
             ids = await svc.producer.submit_many(jobs, owner=caller.owner)
