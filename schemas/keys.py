@@ -53,6 +53,23 @@ class Keys:
         """Hash of consumers' heartbeats: consumer name -> JSON status (informational)."""
         return f"{self.prefix}:consumers"
 
+    @property
+    def model_starts(self) -> str:
+        """Hash of the model replicas' failed starts since one last started (v1.4):
+        ``failures``, ``cause``, ``replica``, ``ts`` (informational, for operators)."""
+        return f"{self.prefix}:model:starts"
+
+    @property
+    def slots(self) -> str:
+        """Hash of the jobs in flight on each model replica, per consumer and adapter:
+        ``<replica>\\t<holder>\\t<adapter>`` -> count (the slot lease, v1.4)."""
+        return f"{self.prefix}:slots"
+
+    @property
+    def slot_holders(self) -> str:
+        """Hash of the consumers that hold slots: holder -> lease expiry, epoch ms (v1.4)."""
+        return f"{self.prefix}:slot_holders"
+
     def job(self, job_id: str) -> str:
         """Hash holding one job's record."""
         return f"{self.prefix}:job:{job_id}"
@@ -69,6 +86,12 @@ class Keys:
     def batches(self) -> str:
         """Sorted set of batch ids by creation time (epoch s), for listing."""
         return f"{self.prefix}:batches"
+
+    @property
+    def open_batches(self) -> str:
+        """Sorted set of the batch ids that have not ended, by creation time: what the
+        gateway's sweep moves on (added in v1.4)."""
+        return f"{self.prefix}:batches:open"
 
     def owner_batches(self, owner: str) -> str:
         """Sorted set of one API key's batch ids by creation time: its listing reads no

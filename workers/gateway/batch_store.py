@@ -1,7 +1,8 @@
 """Files and batches of the Batch API in Redis: ``{P}:file:{id}``, ``{P}:batch:{id}``
 with its lines ``{P}:batch:{id}:lines``, the listing ``{P}:batches`` and each owner's
-``{P}:batches:owner:{owner}``. Thin: every multi-key change is one script of
-:mod:`batch_scripts`; a batch's lines are read a slice at a time, never all at once.
+``{P}:batches:owner:{owner}``, and ``{P}:batches:open``, the batches that have not
+ended. Thin: every multi-key change is one script (``schemas/lua/batch_*.lua``); a
+batch's lines are read a slice at a time, never all at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import TypeAdapter
 from schemas import JobRecord, JobStatus, Keys
 from schemas.batches import Batch, BatchStatus, FileObject
 from schemas.codec import as_text
-from workers.gateway import batch_scripts
+from schemas.scripts import script_source
 from workers.gateway.batch_counts import SliceCount
 from workers.gateway.batch_lines import StoredLine
 
@@ -62,11 +63,11 @@ class BatchStore:
     def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._put_file = client.register_script(batch_scripts.PUT_FILE)
-        self._create = client.register_script(batch_scripts.CREATE_BATCH)
-        self._update = client.register_script(batch_scripts.UPDATE_BATCH)
-        self._forget = client.register_script(batch_scripts.FORGET_BATCHES)
-        self._move_legacy = client.register_script(batch_scripts.MOVE_LEGACY_LINES)
+        self._put_file = client.register_script(script_source("batch_put_file"))
+        self._create = client.register_script(script_source("batch_create"))
+        self._update = client.register_script(script_source("batch_update"))
+        self._forget = client.register_script(script_source("batch_forget"))
+        self._move_legacy = client.register_script(script_source("batch_move_lines"))
 
     async def put_file(
         self, meta: FileObject, content: bytes | bytearray, *, owner: str | None, ttl_s: int
@@ -97,7 +98,8 @@ class BatchStore:
         return bool(await self.client.delete(self.keys.file(file_id)))
 
     async def create_batch(self, stored: StoredBatch, *, ttl_s: int) -> None:
-        """Write a new batch with its TTL and list it (in its owner's listing too)."""
+        """Write a new batch with its TTL and list it (among the open batches, and in its
+        owner's listing too)."""
         batch = stored.batch
         # The listing's score is the creation time to the microsecond, not ``created_at``
         # (whole seconds): batches created within one second still list newest first.
@@ -111,12 +113,11 @@ class BatchStore:
             now - ttl_s,
             batch.id,
         ]
-        await self._create(
-            keys=[self.keys.batch(batch.id), *self._listings(stored.owner)], args=args
-        )
+        listings = [self.keys.batches, self.keys.open_batches, *self._owner_listing(stored.owner)]
+        await self._create(keys=[self.keys.batch(batch.id), *listings], args=args)
 
-    def _listings(self, owner: str | None) -> list[str]:
-        return [self.keys.batches, *([self.keys.owner_batches(owner)] if owner else [])]
+    def _owner_listing(self, owner: str | None) -> list[str]:
+        return [self.keys.owner_batches(owner)] if owner else []
 
     async def get_batch(self, batch_id: str) -> StoredBatch | None:
         """A batch with its owner; ``None`` when there is none."""
@@ -215,14 +216,20 @@ class BatchStore:
         owner: str | None = None,
         files: Sequence[NewFile] = (),
     ) -> bool:
-        """Store ``batch`` (and its new files) if it is still in one of ``allowed_from``."""
+        """Store ``batch`` (and its new files) if it is still in one of ``allowed_from``;
+        a batch that ends leaves the open batches."""
         pairs: list[Any] = []
         for new in files:
             pairs += [new.meta.model_dump_json(), new.content]
         pairs += [""] * (4 - len(pairs))
-        args = [batch.model_dump_json(), batch.status.value, owner or "", *pairs]
+        ended = batch.id if batch.status.is_final else ""
+        args = [batch.model_dump_json(), batch.status.value, owner or "", ended, *pairs]
         args += [status.value for status in allowed_from]
-        keys = [self.keys.batch(batch.id), *(self.keys.file(new.meta.id) for new in files)]
+        keys = [
+            self.keys.batch(batch.id),
+            self.keys.open_batches,
+            *(self.keys.file(new.meta.id) for new in files),
+        ]
         return bool(await self._update(keys=keys, args=args))
 
     async def listed(
@@ -230,7 +237,7 @@ class BatchStore:
     ) -> list[str]:
         """Up to ``count`` ids of ``owner``'s listing (``None``: everyone's), newest first,
         from position ``start`` past ``after`` (an id not in that listing: none at all)."""
-        index = self._listings(owner)[-1]
+        index = self.keys.owner_batches(owner) if owner else self.keys.batches
         if after is not None:
             rank: Any = await self.client.zrevrank(index, after)
             if rank is None:
@@ -239,10 +246,30 @@ class BatchStore:
         ids: list[Any] = list(await self.client.zrevrange(index, start, start + count - 1))
         return [as_text(i) for i in ids]
 
+    async def open_ids(self, *, start: int, count: int) -> list[str]:
+        """Up to ``count`` ids of the batches that have not ended, oldest first, from
+        position ``start``."""
+        ids: list[Any] = list(
+            await self.client.zrange(self.keys.open_batches, start, start + count - 1)
+        )
+        return [as_text(i) for i in ids]
+
+    async def reopen(self, batch: Batch) -> None:
+        """List a batch that has not ended among the open ones (a batch created before
+        v1.4, when there was no such listing)."""
+        await self.client.zadd(self.keys.open_batches, {batch.id: batch.created_at}, nx=True)
+
     async def forget(self, owner: str | None, batch_ids: Sequence[str]) -> None:
         """Drop expired batches from the listings."""
         if batch_ids:
-            await self._forget(keys=self._listings(owner), args=list(batch_ids))
+            listings = [self.keys.batches, self.keys.open_batches, *self._owner_listing(owner)]
+            await self._forget(keys=listings, args=list(batch_ids))
+
+    async def closed(self, batch_ids: Sequence[str]) -> None:
+        """Drop batches that ended from the open ones (the update that ended them did, unless
+        it ran before v1.4)."""
+        if batch_ids:
+            await self._forget(keys=[self.keys.open_batches], args=list(batch_ids))
 
     async def job_statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """The status of each job (``None``: no record)."""

@@ -4,7 +4,9 @@ A batch's counts and status are refreshed from its jobs when someone reads it (`
 /v1/batches/{id}``, the listing). Without a sweep, a client that submits a batch and
 comes back a day later finds it ``in_progress`` until that read, its output files not
 yet written, and a webhook-less operator watching ``{P}:batch:{id}`` sees nothing move.
-The sweep refreshes every batch that has not ended, every :data:`SWEEP_INTERVAL_S`:
+The sweep refreshes every batch that has not ended (the listing ``{P}:batches:open``,
+so its cost follows the open batches, not every batch kept), every
+:data:`SWEEP_INTERVAL_S`:
 ``in_progress`` → ``finalizing`` once its jobs have ended, then ``completed`` (or
 ``expired``: a job whose batch's ``expires_at`` passed before it started) once its files
 are written.
@@ -30,6 +32,7 @@ class BatchSweep:
     def __init__(self, service: BatchService, interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.service = service
         self._loop = Periodic(self.sweep_once, interval_s, "batch sweep")
+        self._adopted = False
 
     def start(self) -> None:
         """Start sweeping on the running event loop."""
@@ -40,7 +43,27 @@ class BatchSweep:
         await self._loop.stop()
 
     async def sweep_once(self) -> None:
-        """Refresh each batch of the listing that has not ended."""
+        """Refresh each open batch; the first round also lists among the open batches
+        those created before v1.4, when there was no such listing."""
+        if not self._adopted:
+            await self._adopt()
+            self._adopted = True
+        store = self.service.store
+        # The ids first, then the refreshes: a refresh that ends a batch takes it out of
+        # the listing, which would shift the pages under a reader going by position.
+        open_ids: list[str] = []
+        while ids := await store.open_ids(start=len(open_ids), count=PAGE):
+            open_ids += ids
+        ended: list[str] = []
+        for batch_id in open_ids:
+            stored = await store.get_batch(batch_id)
+            if stored is None or stored.batch.status.is_final:
+                ended.append(batch_id)
+            else:
+                await self.service.refresh(stored)
+        await store.closed(ended)
+
+    async def _adopt(self) -> None:
         store = self.service.store
         start = 0
         while ids := await store.listed(None, after=None, start=start, count=PAGE):
@@ -48,4 +71,4 @@ class BatchSweep:
             for batch_id in ids:
                 stored = await store.get_batch(batch_id)
                 if stored is not None and not stored.batch.status.is_final:
-                    await self.service.refresh(stored)
+                    await store.reopen(stored.batch)
