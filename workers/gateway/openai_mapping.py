@@ -19,6 +19,7 @@ from schemas.jobs import ADAPTER_NAME_PATTERN
 from schemas.validation import clip
 from workers.engine.requests import GenerationOutput, GenerationRequest
 from workers.gateway.errors import ApiError
+from workers.gateway.openai_fields import refuse_unhonoured
 from workers.gateway.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -54,7 +55,9 @@ def adapter_for(model: str, base_model: str) -> str | None:
 def sampling_params(
     body: SamplingFields, *, max_tokens: int | None, default_max_tokens: int
 ) -> GenerationParams:
-    """The job parameters that ``body``'s OpenAI fields ask for."""
+    """The job parameters that ``body``'s OpenAI fields ask for; 400 for a field that
+    loraq would not honour."""
+    refuse_unhonoured(body)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return GenerationParams(
         max_new_tokens=max_tokens or default_max_tokens,

@@ -1,7 +1,8 @@
 """Bodies of the OpenAI-compatible API (the subset loraq serves).
 
-Requests accept and ignore fields not listed here (clients send many optional ones);
-listed fields are validated with the same bounds as a job's parameters.
+Requests keep fields not declared here aside (``model_extra``): the routes refuse them
+unless they are harmless to drop (:mod:`workers.gateway.openai_fields`). Declared fields
+are validated with the same bounds as a job's parameters.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """What completions and chat completions share; mapped onto a job's parameters."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(
         min_length=1, description="An adapter name, or the base model's name (GET /v1/models)."
@@ -41,7 +42,6 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -66,11 +66,10 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     """One message; ``developer`` is read as ``system``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | list[TextPart]
-    name: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):

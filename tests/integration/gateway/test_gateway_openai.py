@@ -131,6 +131,15 @@ def test_openai_refusals(client: openai.OpenAI, gateway: GatewayApp) -> None:
         client.completions.create(model="upper", prompt="ab", n=2)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="upper", prompt="ab", max_tokens=5000)
+    # A field loraq would not honour is refused by name, never ignored.
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.completions.create(model="upper", prompt="ab", logit_bias={"5": 10})
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model="upper",
+            messages=[{"role": "user", "content": "ab"}],
+            tools=[{"type": "function", "function": {"name": "f"}}],
+        )
     # A refused stream answers with a status and the error envelope, not an event stream.
     body = {"model": "no-such-model", "prompt": "ab", "stream": True}
     assert_error(gateway.request("POST", "/v1/completions", json=body), 404, "unknown_adapter")
