@@ -7,8 +7,11 @@ same URI) is seen by every job that starts later than that. Remote folders are l
 and downloaded on a bounded pool of download threads (never the loader thread or the
 model thread), with the store's timeouts and retries with backoff here; a store that
 stays unreachable is an ``adapter_unavailable`` error, which the queue retries until the
-job's attempts or deadline run out. A name the source does not have is remembered for
-``miss_ttl_s``, so a flood of bad names does not reach the store.
+job's attempts or deadline run out. A listing is shared by the node's replicas
+(:mod:`workers.adapters.node_listings`): a name is listed once per node per ``sync_s``,
+and a resolution expires ``sync_s`` after its listing was asked for, whichever replica
+asked. A name the source does not have is remembered for ``miss_ttl_s``, so a flood of
+bad names does not reach the store. Both memories are bounded (least recently used out).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from schemas import ErrorType
 from schemas.replicas import DiskTierCounters
 from workers.adapters.catalogue import AdapterCatalogue, Location
 from workers.adapters.disk_cache import DiskCache, DiskLease, entry_key
+from workers.adapters.node_listings import NodeListings
 from workers.adapters.registry import not_registered
 from workers.adapters.remote import RemoteFolder, RemoteStore, StoreUnreachable
 from workers.adapters.resolved import ResolvedAdapter, local_version
@@ -36,6 +41,11 @@ __all__ = ["AdapterResolver", "ResolvedAdapter", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+# Names whose resolution (or miss) a replica remembers; the least recently used beyond
+# this are looked up again (from the node's listings) when next used.
+REMEMBERED = 8192
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,9 @@ class AdapterResolver:
         self._miss_ttl_s = miss_ttl_s
         self._retry = retry or RetryPolicy()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "loraq-download")
-        self._resolved: dict[str, _Resolution] = {}
-        self._misses: dict[str, float] = {}  # name -> until when it is known missing
+        self._listings = NodeListings(disk.root) if disk is not None else None
+        self._resolved: OrderedDict[str, _Resolution] = OrderedDict()
+        self._misses: OrderedDict[str, float] = OrderedDict()  # name -> until when missing
         self._pending: dict[str, asyncio.Future[_Resolution]] = {}
 
     @property
@@ -87,16 +98,21 @@ class AdapterResolver:
         """A copy of the disk tier's counters (zeros without one)."""
         return self._disk.stats.model_copy() if self._disk else DiskTierCounters()
 
-    async def resolve(self, name: str, *, fresh: bool = False) -> ResolvedAdapter:
-        """The current version of ``name`` (looked up again when older than ``sync_s``,
-        or ``fresh``). Downloads nothing."""
-        return (await self._resolution(name, fresh=fresh)).adapter
+    async def resolve(self, name: str) -> ResolvedAdapter:
+        """The current version of ``name`` (looked up again when its listing is older
+        than ``sync_s``). Downloads nothing."""
+        return (await self._resolution(name)).adapter
+
+    def known(self, name: str) -> ResolvedAdapter | None:
+        """The version of ``name`` this replica resolved last, however old (no I/O)."""
+        known = self._resolved.get(name)
+        return known.adapter if known is not None else None
 
     @contextlib.asynccontextmanager
     async def use(self, name: str) -> AsyncIterator[ResolvedAdapter]:
         """``name`` resolved and its folder on this node's disk, held there (not evicted)
         until the block ends."""
-        resolution = await self._resolution(name, fresh=False)
+        resolution = await self._resolution(name)
         lease = await self._hold(resolution) if resolution.remote else None
         try:
             yield resolution.adapter
@@ -113,10 +129,11 @@ class AdapterResolver:
         """Stop the download threads (downloads under way finish)."""
         self._pool.shutdown(wait=False)
 
-    async def _resolution(self, name: str, *, fresh: bool) -> _Resolution:
+    async def _resolution(self, name: str) -> _Resolution:
         now = time.monotonic()
         known = self._resolved.get(name)
-        if known is not None and not fresh and known.expires > now:
+        if known is not None and known.expires > now:
+            self._resolved.move_to_end(name)
             return known
         if self._misses.get(name, 0.0) > now:
             raise not_registered(name)
@@ -138,7 +155,11 @@ class AdapterResolver:
     async def _look_up(self, name: str) -> _Resolution:
         try:
             location = await self._catalogue.locate(name)
-            remote = await self._list(location) if location.uri is not None else None
+            remote, expires = (
+                await self._list(location)
+                if location.uri is not None
+                else (None, time.monotonic() + self._sync_s)
+            )
         except EngineError as exc:
             if exc.type is ErrorType.UNKNOWN_ADAPTER and name in self._resolved:
                 self.forget(self._resolved.pop(name).adapter)  # unregistered
@@ -151,26 +172,32 @@ class AdapterResolver:
             version = remote.version
             folder = self._disk.root / "entries" / entry_key(str(remote.uri), version)
         adapter = ResolvedAdapter(name, version, folder)
-        resolution = _Resolution(adapter, remote, time.monotonic() + self._sync_s)
+        resolution = _Resolution(adapter, remote, expires)
         old = self._resolved.get(name)
         if old is not None and old.adapter.key != adapter.key:
             self.forget(old.adapter)  # the old bytes leave the disk tier once unheld
-        self._resolved[name] = resolution
+        _remember(self._resolved, name, resolution)
         return resolution
 
-    async def _list(self, location: Location) -> RemoteFolder:
+    async def _list(self, location: Location) -> tuple[RemoteFolder, float]:
+        """The folder as listed (by this replica or another of the node's within
+        ``sync_s``) and when, on the monotonic clock, that listing expires here."""
         assert location.uri is not None
-        if self._store is None or self._disk is None:
+        if self._store is None or self._listings is None:
             raise EngineError(
                 ErrorType.INCOMPATIBLE_ADAPTER,
                 f"adapter {location.name!r} is remote and this worker has no disk cache",
             )
-        store, uri = self._store, location.uri
-        folder = await self._with_retries(location.name, lambda: store.list_folder(uri))
-        if folder is None:
-            self._misses[location.name] = time.monotonic() + self._miss_ttl_s
+        store, listings, uri = self._store, self._listings, location.uri
+        listing = await self._with_retries(
+            location.name, lambda: listings.get(uri, self._sync_s, lambda: store.list_folder(uri))
+        )
+        if listing is None:
+            _remember(self._misses, location.name, time.monotonic() + self._miss_ttl_s)
             raise not_registered(location.name)
-        return folder
+        # Trusted for sync_s from when the store was asked, not from now.
+        left = listing.listed_at + self._sync_s - time.time()
+        return listing.folder, time.monotonic() + max(0.0, left)
 
     async def _hold(self, resolution: _Resolution) -> DiskLease:
         disk, store, remote = self._disk, self._store, resolution.remote
@@ -206,6 +233,14 @@ class AdapterResolver:
             f"adapter {name!r} could not be fetched: its store is unreachable ({problem}); "
             "the job is retried",
         )
+
+
+def _remember(memory: OrderedDict[K, V], key: K, value: V) -> None:
+    """``memory[key] = value``, the least recently used entry out past ``REMEMBERED``."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > REMEMBERED:
+        memory.popitem(last=False)
 
 
 def _writer(store: RemoteStore, remote: RemoteFolder) -> Callable[[Path], dict[str, str]]:

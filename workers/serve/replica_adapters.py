@@ -86,19 +86,35 @@ class ReplicaAdapters:
         self._prefetches.pop(name, None)
 
     async def sync(self) -> None:
-        """Drop the versions the backend holds that are no longer current."""
+        """Drop the versions the backend holds that are no longer current.
+
+        The adapters on the device are resolved again (the store is asked only when the
+        node's listing is older than ``sync_s``); one held in host memory alone is
+        compared with what this replica resolved last, with no call to the store: its
+        next use resolves it again, and the sync after that drops the old version. So
+        the store sees one listing per adapter in use per node per ``sync_s``, not one
+        per adapter held, and an old version leaves the tiers within two periods.
+        """
+        device = {name_of(key) for key in self._backend.loaded_adapters()}
         held: dict[str, list[str]] = {}
         for key in {*self._backend.loaded_adapters(), *self._backend.host_adapters()}:
             held.setdefault(name_of(key), []).append(key)
         for name, keys in held.items():
-            try:
-                current: str | None = (await self.resolver.resolve(name, fresh=True)).key
-            except EngineError as exc:
-                if exc.type not in (ErrorType.UNKNOWN_ADAPTER, ErrorType.VALIDATION):
-                    continue  # the store cannot say now: keep what is held
-                current = None
-            except REDIS_DOWN:
-                continue
+            current: str | None
+            if name in device:
+                try:
+                    current = (await self.resolver.resolve(name)).key
+                except EngineError as exc:
+                    if exc.type not in (ErrorType.UNKNOWN_ADAPTER, ErrorType.VALIDATION):
+                        continue  # the store cannot say now: keep what is held
+                    current = None
+                except REDIS_DOWN:
+                    continue
+            else:
+                known = self.resolver.known(name)
+                if known is None:
+                    continue  # nothing to compare with until its next use
+                current = known.key
             for key in keys:
                 if key != current and self._backend.drop_adapter(key):
                     log.info("adapter %s: version %s is no longer current", name, key)

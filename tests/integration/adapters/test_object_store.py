@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from schemas import ErrorType
-from schemas.adapter_uris import parse_adapter_uri
+from schemas.adapter_uris import AdapterUri, parse_adapter_uri
 from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
 from workers.adapters.catalogue import AdapterCatalogue
 from workers.adapters.disk_cache import DiskCache
 from workers.adapters.registry import AdapterRegistry
-from workers.adapters.remote import RemoteStore
+from workers.adapters.remote import RemoteFolder, RemoteStore
 from workers.adapters.resolver import AdapterResolver, RetryPolicy
 from workers.errors import EngineError
 
@@ -23,12 +24,18 @@ DEMO = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
 
 
 def resolver(
-    source: str, cache: Path, *, sync_s: float = 60.0, max_bytes: int = 2**30, **extra: object
+    source: str,
+    cache: Path,
+    *,
+    sync_s: float = 60.0,
+    max_bytes: int = 2**30,
+    store: RemoteStore | None = None,
+    **extra: object,
 ) -> AdapterResolver:
     """A replica's resolver with no local adapters: everything comes from ``source``."""
     return AdapterResolver(
         AdapterCatalogue(AdapterRegistry({}, None), source=parse_adapter_uri(source)),
-        store=RemoteStore(timeout_s=2.0, max_bytes=max_bytes),
+        store=store or RemoteStore(timeout_s=2.0, max_bytes=max_bytes),
         disk=DiskCache(cache, budget_bytes=2**30),
         sync_s=sync_s,
         miss_ttl_s=30.0,
@@ -183,3 +190,45 @@ async def test_a_store_outage_serves_what_is_cached_and_fails_the_rest_cleanly(
             assert adapter.folder.is_dir()
     finally:
         replica.close()
+
+
+class CountingStore(RemoteStore):
+    """The real store, counting the listings this replica asked it for."""
+
+    listed = 0
+
+    def list_folder(self, uri: AdapterUri) -> RemoteFolder | None:
+        self.listed += 1
+        return super().list_folder(uri)
+
+
+async def test_a_listing_is_shared_by_the_node_replicas(s3: S3Server, tmp_path: Path) -> None:
+    """One listing per name per node per sync bound, whichever replica asked; a replica
+    that read another's listing sees a new object as soon as the one that listed it."""
+    bucket, names = upload_demo(s3, 2)
+    source, sync_s = f"s3://{bucket}/adapters", 3.0
+    stores = [CountingStore(timeout_s=2.0, max_bytes=2**30) for _ in range(2)]
+    first, second = (resolver(source, tmp_path, sync_s=sync_s, store=s) for s in stores)
+    try:
+        for replica in (first, second, first):
+            for name in names:
+                async with replica.use(name):
+                    pass
+            with pytest.raises(EngineError):
+                await replica.resolve("nope")
+        assert stores[0].listed + stores[1].listed == len(names) + 2  # "nope": once each
+        assert len(list((tmp_path / "listings").glob("*.json"))) == len(names)  # no misses
+        listed_by_second = stores[1].listed
+        s3.upload(bucket, "adapters/late", DEMO_ADAPTERS / "upper")
+        listed_at = time.monotonic()
+        await first.resolve("late")
+        await asyncio.sleep(sync_s / 2)
+        old = await second.resolve("late")  # the first's listing, read later
+        s3.upload(bucket, "adapters/late", DEMO_ADAPTERS / "reverse")
+        await asyncio.sleep(max(0.0, listed_at + sync_s + 0.1 - time.monotonic()))
+        new = await second.resolve("late")  # its copy expires with the listing it read
+        assert stores[1].listed == listed_by_second + 1
+        assert new.version != old.version
+    finally:
+        first.close()
+        second.close()
