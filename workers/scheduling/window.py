@@ -14,9 +14,11 @@ The rules, strongest first:
    adapter with the fewest jobs running there ("draining" it), so that a slot frees
    within one job's run time; the choice is kept from plan to plan.
 3. **Priority.** Higher first.
-4. **Warm first.** Within one priority, jobs whose adapter is on some replica (and base
-   model jobs) go before jobs that need a load.
-5. **FIFO** among equals (window order, which is the order the consumer claimed them).
+4. **Fair shares.** Within one priority, tenants take turns by their weighted share of
+   generated tokens (:mod:`workers.scheduling.fairness`); a tenant alone takes all.
+5. **Warm first.** Within one tenant's jobs of one priority, jobs whose adapter is on some
+   replica (and base model jobs) go before jobs that need a load.
+6. **FIFO** among equals (window order, which is the order the consumer claimed them).
 
 Placement: a job goes to the least loaded replica that holds its adapter; when none of
 those can take it, to the least loaded replica with a free slot (a load). That is how
@@ -31,6 +33,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from workers.scheduling.fairness import DEFAULT_TENANT, TenantShares, fair_order
 from workers.scheduling.rendezvous import rendezvous_score
 
 
@@ -42,6 +45,8 @@ class WindowJob:
     adapter: str | None  # None: the base model
     priority: int
     arrived: float  # monotonic seconds when it entered the window
+    tenant: str = DEFAULT_TENANT
+    tokens: int = 0  # what it may generate (max_new_tokens): its tenant's charge
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,11 @@ def plan(
     *,
     now: float,
     draining: Mapping[str, Drain] | None = None,
+    shares: TenantShares | None = None,
 ) -> Plan:
-    """The jobs of ``window`` to start now and where (see the module docstring)."""
+    """The jobs of ``window`` to start now and where (see the module docstring);
+    ``shares`` are the tenants' counters (``None``: one tenant), which the caller charges
+    for the jobs dispatched."""
     if not replicas:
         # Nothing known about the replicas yet: FIFO, and Serve's router places them.
         fifo = tuple(Dispatch(job.key, None) for job in window[: max(limits.free, 0)])
@@ -133,7 +141,7 @@ def plan(
     overdue = {job.key for job in window if now - job.arrived >= limits.max_passover_s}
     kept = _valid_drains(draining or {}, state, {job.key for job in window})
     starts: list[Dispatch] = []
-    for job in _ordered(window, state, overdue):
+    for job in _ordered(window, state, overdue, shares or TenantShares()):
         if len(starts) >= limits.free:
             break
         target = _place(job, state, limits, set(kept.values()))
@@ -161,9 +169,13 @@ def _state_of(view: ReplicaView) -> _Replica:
 
 
 def _ordered(
-    window: Sequence[WindowJob], state: Mapping[str, _Replica], overdue: set[str]
+    window: Sequence[WindowJob],
+    state: Mapping[str, _Replica],
+    overdue: set[str],
+    shares: TenantShares,
 ) -> list[WindowJob]:
-    """Overdue first (oldest first), then priority, then warm before cold, then FIFO."""
+    """Overdue first (oldest first), then priority, then fair shares between tenants,
+    then warm before cold, then FIFO."""
 
     def cold(job: WindowJob) -> bool:
         return job.adapter is not None and not any(r.holds(job.adapter) for r in state.values())
@@ -178,7 +190,24 @@ def _ordered(
             item[0],
         ),
     )
-    return [job for _, job in ranked]
+    ordered = [job for _, job in ranked]
+    first = sum(1 for job in ordered if job.key in overdue)
+    levels: dict[int, list[WindowJob]] = {}
+    for job in ordered[first:]:  # dicts keep insertion order: highest priority first
+        levels.setdefault(job.priority, []).append(job)
+    return ordered[:first] + [
+        job
+        for level in levels.values()
+        for job in fair_order(level, shares, tenant=_tenant, tokens=_tokens)
+    ]
+
+
+def _tenant(job: WindowJob) -> str:
+    return job.tenant
+
+
+def _tokens(job: WindowJob) -> int:
+    return job.tokens
 
 
 def _place(
