@@ -17,6 +17,8 @@ from pydantic import (
 )
 from typing_extensions import Self
 
+from schemas.response_format import ResponseFormat
+
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # A leading letter or digit rules out "." and ".."; no separators rules out paths.
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -31,6 +33,7 @@ MAX_NEW_TOKENS = 8192
 MAX_RESULT_TTL_S = 30 * 86400
 MAX_METADATA_BYTES = 16_384
 MAX_PRIORITY = 1000
+MAX_TOP_LOGPROBS = 20
 
 # The record of job "x" has its events at "{P}:job:x:events", which is also where the
 # record of a job "x:events" would go: such ids are refused.
@@ -102,6 +105,59 @@ class GenerationParams(BaseModel):
     top_k: int = Field(0, ge=0, le=1000, description="0 turns top-k filtering off.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    # v1.4 (additive): None by default, so that a producer leaves them out and a worker
+    # older than them (which refuses unknown fields) still takes the job.
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from the score of every token already generated; null is "
+        "0. Added in v1.4.",
+    )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from a token's score once per time it was generated; null "
+        "is 0. Added in v1.4.",
+    )
+    repetition_penalty: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="Divides the positive scores (multiplies the negative ones) of tokens "
+        "in the prompt or generated; null is 1 (off). Added in v1.4.",
+    )
+    min_p: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Drops tokens less likely than min_p times the likeliest one; null is "
+        "0 (off). Added in v1.4.",
+    )
+    logprobs: bool | None = Field(
+        None,
+        description="Return each generated token's log-probability in the result; null is "
+        "false. Added in v1.4.",
+    )
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With logprobs: also this many likeliest tokens at each step; null is "
+        "0. Added in v1.4.",
+    )
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="The shape the text must have: text (null is text), json_object, "
+        "json_schema (OpenAI's shape), regex or choice. Added in v1.4.",
+    )
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> Self:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class Message(BaseModel):
