@@ -4,6 +4,7 @@ file locks (another process holds entries the way a second replica would)."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +122,31 @@ def test_downloads_of_dead_processes_are_swept(tmp_path: Path) -> None:
     stale.mkdir()
     DiskCache(tmp_path, budget_bytes=10)
     assert not stale.exists()
+
+
+def test_a_damaged_entry_is_replaced_only_once_its_reader_lets_go(tmp_path: Path) -> None:
+    """A process that leased the entry before this one found it damaged (same bytes, so
+    same digest, as far as it checked) keeps reading it until it lets go."""
+    key = entry_key("s3://b/x", "v")
+    DiskCache(tmp_path, budget_bytes=10_000).fetch(key, "s3://b/x", 102, writer(100)).close()
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    reader = context.Process(target=_hold, args=(str(tmp_path), key, ready, done))
+    reader.start()
+    try:
+        assert ready.wait(60)
+        (tmp_path / "entries" / key / "adapter_model.safetensors").write_bytes(b"y" * 100)
+        fresh = DiskCache(tmp_path, budget_bytes=10_000)
+        fetching = threading.Thread(
+            target=lambda: fresh.fetch(key, "s3://b/x", 102, writer(100)).close()
+        )
+        fetching.start()
+        fetching.join(1.0)
+        assert fetching.is_alive()  # waiting for the reader, its files untouched
+        assert (tmp_path / "entries" / key / "adapter_model.safetensors").read_bytes() == b"y" * 100
+    finally:
+        done.set()
+        reader.join(30)
+    fetching.join(30)
+    assert not fetching.is_alive() and fresh.stats.downloads == 1
+    assert (tmp_path / "entries" / key / "adapter_model.safetensors").read_bytes() == b"x" * 100

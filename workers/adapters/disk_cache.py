@@ -132,7 +132,8 @@ class DiskCache:
 
     def _download(self, key: str, source: str, size_bytes: int, write: Writer) -> None:
         started = time.perf_counter()
-        self._remove_tree(self._entries / key)
+        if (self._entries / key).exists():
+            self._delete_when_unread(key)
         staging = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
@@ -154,6 +155,16 @@ class DiskCache:
             self.stats.downloads += 1
             self.stats.download_bytes += size_bytes
             self.stats.download_s_total += time.perf_counter() - started
+
+    def _delete_when_unread(self, key: str) -> None:
+        """Delete damaged entry ``key`` once no process reads it: one that held it before
+        the damage (or that has not checked its digests) may still be reading its files."""
+        fd = self._open_lock(key)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._delete(key)
+        finally:
+            os.close(fd)
 
     def _make_room(self, incoming: int) -> int:
         """Evict for ``incoming`` more bytes; the bytes left on disk."""

@@ -113,9 +113,13 @@ class RemoteStore:
         for item in folder.files:
             target = dest / item.name
             path = store_path(folder.uri, item.name)
-            digests[item.name] = _call(
-                lambda path=path, target=target: _copy(fs, path, target), folder.uri
-            )
+            try:
+                digests[item.name] = _call(
+                    lambda path=path, target=target: _copy(fs, path, target), folder.uri
+                )
+            except FileNotFoundError:
+                # Deleted or replaced since the listing: a later try lists it again.
+                raise StoreUnreachable(f"{item.name}: gone since the listing") from None
             size = target.stat().st_size
             if size != item.size:
                 # Changed between the listing and the read, or cut short: try again later.

@@ -232,3 +232,24 @@ async def test_a_listing_is_shared_by_the_node_replicas(s3: S3Server, tmp_path: 
     finally:
         first.close()
         second.close()
+
+
+async def test_a_file_deleted_after_the_listing_fails_adapter_unavailable(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Gone between the listing and the download: the job is retried later (by then the
+    listing is new), not failed as an internal error."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path)
+    try:
+        await replica.resolve("tenant")  # listed, nothing downloaded
+        s3.client().delete_object(Bucket=bucket, Key="adapters/tenant/adapter_model.safetensors")
+        with pytest.raises(EngineError) as caught:
+            async with replica.use("tenant"):
+                pass
+        assert caught.value.type is ErrorType.ADAPTER_UNAVAILABLE
+        assert "gone since the listing" in caught.value.message
+        assert list((tmp_path / "entries").iterdir()) == []
+    finally:
+        replica.close()
