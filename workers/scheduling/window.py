@@ -133,12 +133,13 @@ def plan(
     """The jobs of ``window`` to start now and where (see the module docstring);
     ``shares`` are the tenants' counters (``None``: one tenant), which the caller charges
     for the jobs dispatched."""
+    overdue = {job.key for job in window if now - job.arrived >= limits.max_passover_s}
     if not replicas:
-        # Nothing known about the replicas yet: FIFO, and Serve's router places them.
-        fifo = tuple(Dispatch(job.key, None) for job in window[: max(limits.free, 0)])
+        # Nothing known about the replicas yet: Serve's router places them, in order.
+        ordered = _ordered(window, {}, overdue, shares or TenantShares())
+        fifo = tuple(Dispatch(job.key, None) for job in ordered[: max(limits.free, 0)])
         return Plan(fifo, {}, {}, _next_overdue(window, fifo, limits, now))
     state = {view.id: _state_of(view) for view in replicas}
-    overdue = {job.key for job in window if now - job.arrived >= limits.max_passover_s}
     kept = _valid_drains(draining or {}, state, {job.key for job in window})
     starts: list[Dispatch] = []
     for job in _ordered(window, state, overdue, shares or TenantShares()):
