@@ -115,8 +115,8 @@ class _ProducerBase(Generic[ClientT]):
     def _record_key(self, job_id: str) -> str:
         return self.keys.job(checked_job_id(job_id))
 
-    def _cancel_keys(self, job_id: str) -> list[str]:
-        return [self._record_key(job_id), self.keys.cancel(job_id)]
+    def _cancel_keys(self, job_ids: Sequence[str]) -> list[str]:
+        return [key for i in job_ids for key in (self._record_key(i), self.keys.cancel(i))]
 
     def _follower(self, job_ids: Iterable[str], timeout: float | None) -> EventFollower:
         ids = [checked_job_id(job_id) for job_id in job_ids]
@@ -309,9 +309,16 @@ class Producer(_ProducerBase[redis.Redis]):
         job submitted later under the id is cancelled. With ``owner``, only a record of
         that owner is cancelled.
         """
+        return self.cancel_many([job_id], owner=owner)[0]
+
+    def cancel_many(self, job_ids: Sequence[str], *, owner: str | None = None) -> list[bool]:
+        """:meth:`cancel` for each job, in one script (one round trip); whether each took
+        effect."""
+        if not job_ids:
+            return []
         with self._errors():
-            reply = self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(owner))
-        return cancel_took_effect(reply)
+            replies = self._cancel(keys=self._cancel_keys(job_ids), args=cancel_args(owner))
+        return [cancel_took_effect(reply) for reply in replies]
 
     def stats(self) -> QueueStats:
         """Stream length, pending entries, consumers, lag and dead letters of the queue."""
@@ -468,9 +475,15 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> bool:
         """See :meth:`Producer.cancel`."""
+        return (await self.cancel_many([job_id], owner=owner))[0]
+
+    async def cancel_many(self, job_ids: Sequence[str], *, owner: str | None = None) -> list[bool]:
+        """See :meth:`Producer.cancel_many`."""
+        if not job_ids:
+            return []
         with self._errors():
-            reply = await self._cancel(keys=self._cancel_keys(job_id), args=cancel_args(owner))
-        return cancel_took_effect(reply)
+            replies = await self._cancel(keys=self._cancel_keys(job_ids), args=cancel_args(owner))
+        return [cancel_took_effect(reply) for reply in replies]
 
     async def stats(self) -> QueueStats:
         """See :meth:`Producer.stats`."""

@@ -20,5 +20,6 @@ def cancel_args(owner: str | None = None) -> list[str]:
 
 
 def cancel_took_effect(reply: str | bytes) -> bool:
-    """Whether :data:`CANCEL` found a job that exists and could still be cancelled."""
+    """Whether :data:`CANCEL` found a job that exists and could still be cancelled (one
+    element of its reply)."""
     return as_text(reply) != "" and can_transition(JobStatus(as_text(reply)), JobStatus.CANCELLED)

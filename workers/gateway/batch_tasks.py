@@ -2,8 +2,11 @@
 its lines after ``POST /v1/batches`` answered, and cancelling its jobs.
 
 Each slice handles at most :data:`QUEUE_CHUNK` lines (parsed, queued in one round trip,
-appended to the batch's lines in another) and then lets the event loop run, so that
-``/healthz`` and other keys' requests answer while a 50,000-line batch is queued.
+appended to the batch's lines in another) and then rests, so that ``/healthz`` and other
+keys' requests answer while a 50,000-line batch is queued: a request's every ``await``
+would otherwise wait behind a whole slice, as the background task is always ready to run.
+Resting a share of each slice's time (:data:`REST_SHARE`) leaves the loop idle most of the
+time a request needs, for half as much time again to queue a batch.
 Between slices the batch's status is read again: a batch cancelled meanwhile stops
 being queued, and what it had queued is cancelled.
 """
@@ -31,9 +34,20 @@ QUEUE_CHUNK = 50
 # next read of the batch checks and queues its lines again (queueing a line twice queues
 # nothing: its job id is fixed).
 QUEUE_LEASE_S = 30
-# Cancellations in flight at once (each is one small script); also the most started
-# between two turns of the event loop.
-CANCEL_CONCURRENCY = 64
+# The rest after each slice of background work, as a share of the time the slice took.
+REST_SHARE = 0.5
+
+
+class Pace:
+    """Rests after each slice of background work in proportion to its time (see above)."""
+
+    def __init__(self) -> None:
+        self._began = time.monotonic()
+
+    async def rest(self) -> None:
+        """End a slice: rest :data:`REST_SHARE` of its time, and start the next."""
+        await asyncio.sleep((time.monotonic() - self._began) * REST_SHARE)
+        self._began = time.monotonic()
 
 
 class BatchTasks:
@@ -78,11 +92,13 @@ class BatchTasks:
         self, batch: Batch, owner: str | None, content: bytes, rules: LineRules
     ) -> None:
         parser = LineParser(batch.id, rules)
+        pace = Pace()
         chunk: list[ParsedLine] = []
         failed = 0
         for number, raw in numbered_lines(content):
             chunk.append(parser.parse(number, raw))
             if len(chunk) == QUEUE_CHUNK:
+                await pace.rest()  # the slice boundary: other requests run here
                 if not await self._queue_chunk(batch, owner, chunk):
                     return
                 failed += sum(line.job is None for line in chunk)
@@ -98,7 +114,6 @@ class BatchTasks:
 
     async def _queue_chunk(self, batch: Batch, owner: str | None, chunk: list[ParsedLine]) -> bool:
         """Queue one slice of lines; whether to go on (the batch is still validating)."""
-        await asyncio.sleep(0)  # the slice boundary: other requests run here
         if await self.store.queue_turn(batch.id, QUEUE_LEASE_S) is not BatchStatus.VALIDATING:
             await self.cancel(batch.id)
             return False
@@ -127,8 +142,7 @@ class BatchTasks:
     async def cancel(self, batch_id: str) -> None:
         """Cancel every queued job of the batch, a slice of its lines at a time: jobs not
         started end ``cancelled`` without running, running ones stop at their next step."""
+        pace = Pace()
         async for lines in self.store.line_slices(batch_id):
-            job_ids = [line.job_id for line in lines if line.job_id]
-            for start in range(0, len(job_ids), CANCEL_CONCURRENCY):
-                chunk = job_ids[start : start + CANCEL_CONCURRENCY]
-                await asyncio.gather(*(self.producer.cancel(job_id) for job_id in chunk))
+            await self.producer.cancel_many([line.job_id for line in lines if line.job_id])
+            await pace.rest()

@@ -185,6 +185,19 @@ def test_cancel_flags_a_live_job_and_not_an_ended_one(
     assert not r.exists(keys.cancel("raw-entry"))
 
 
+def test_cancel_many_answers_each_job_in_one_call(
+    producer: Producer, worker: WorkerRole, r: redis.Redis, keys: Keys
+) -> None:
+    live, running, ended = producer.submit("x"), producer.submit("y"), producer.submit("z")
+    worker.start(running)
+    worker.finish(ended)
+    took = producer.cancel_many([live, running, ended, "raw-entry"])
+    assert took == [True, True, False, False]
+    flagged = [bool(r.exists(keys.cancel(i))) for i in (live, running, ended, "raw-entry")]
+    assert flagged == [True, True, False, False]
+    assert producer.cancel_many([]) == []
+
+
 def test_get_reads_the_record_or_none(producer: Producer, worker: WorkerRole) -> None:
     assert producer.get("nope") is None
     job_id = producer.submit("x", adapter="sql", metadata={"k": [1, 2]})
