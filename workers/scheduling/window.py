@@ -179,7 +179,12 @@ def _ordered(
     then warm before cold, then FIFO."""
 
     def cold(job: WindowJob) -> bool:
-        return job.adapter is not None and not any(r.holds(job.adapter) for r in state.values())
+        # With no replica known, nothing is known to be warm either: no job is "cold".
+        return (
+            bool(state)
+            and job.adapter is not None
+            and not any(r.holds(job.adapter) for r in state.values())
+        )
 
     ranked = sorted(
         enumerate(window),
