@@ -14,6 +14,7 @@ from typing_extensions import Self
 
 from producer.settings import DEMO_DIR, AdapterRootSettings
 from schemas.adapter_uris import parse_adapter_uri
+from workers.scheduling.fairness import parse_weights
 from workers.setting_rules import broken_rules
 
 DEFAULT_DEAD_MAXLEN = 100_000
@@ -31,6 +32,14 @@ class WorkerSettings(AdapterRootSettings):
         "model, bitsandbytes, every PEFT LoRA type) or vllm (needs the vllm extra).",
     )
     model: str = Field(str(DEMO_DIR / "model"), description="Base model name or path.")
+    vllm_kv_cache_gb: float | None = Field(
+        None,
+        gt=0,
+        description="GiB of KV cache each vLLM replica reserves (vLLM's kv_cache_memory_bytes). "
+        "Unset: 2 on a CPU, where vLLM's own default asks for most of the node's memory and "
+        "a replica on a small machine cannot start; on a GPU vLLM's share of its memory. "
+        "VLLM_CPU_KVCACHE_SPACE, when set, still wins on a CPU.",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype: auto, float32, float16, bfloat16."
     )
@@ -91,6 +100,17 @@ class WorkerSettings(AdapterRootSettings):
         10.0, ge=0, description="How long a name the source root lacks is remembered."
     )
 
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_parse(cls, value: str) -> str:
+        parse_weights(value)  # refused at start, naming the bad pair
+        return value
+
+    @property
+    def tenant_weight_map(self) -> dict[str, float]:
+        """:attr:`tenant_weights` by tenant."""
+        return parse_weights(self.tenant_weights)
+
     @field_validator("adapter_source")
     @classmethod
     def _source_is_a_uri(cls, value: str | None) -> str | None:
@@ -106,6 +126,22 @@ class WorkerSettings(AdapterRootSettings):
     )
     max_input_tokens: int = Field(2048, ge=1, description="Longer prompts fail validation.")
     max_new_tokens: int = Field(512, ge=1, description="Cap on a job's max_new_tokens.")
+    max_schema_bytes: int = Field(
+        16_384,
+        ge=1,
+        le=65_536,
+        description="A response_format larger than this as JSON (bytes) fails validation "
+        "(the protocol's own cap is 65536).",
+    )
+    grammar_compile_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="A response_format whose grammar takes longer to compile fails "
+        "validation (compiles run off the model thread, so other rows keep going).",
+    )
+    grammar_cache_size: int = Field(
+        256, ge=1, description="Compiled response_format grammars a replica keeps (LRU)."
+    )
     compile_decoder: bool = Field(
         False,
         description="torch.compile the model's decoder (dynamic shapes): the first passes "
@@ -138,6 +174,12 @@ class WorkerSettings(AdapterRootSettings):
     # Serve application
     app_name: str = Field("loraq", min_length=1, description="Serve application name.")
     num_model_replicas: int = Field(1, ge=1, description="LoRAModel replicas.")
+    max_start_failures: int = Field(
+        3,
+        ge=1,
+        description="Failed starts of LoRAModel replicas in a row after which loraq serve "
+        "stops the application with their cause.",
+    )
     num_consumer_replicas: int = Field(1, ge=1, description="JobConsumer replicas.")
     model_num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per LoRAModel replica.")
     model_num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per LoRAModel replica.")
@@ -213,6 +255,11 @@ class WorkerSettings(AdapterRootSettings):
         5.0,
         gt=0,
         description="Aging bound of the window: no job is passed over for longer than this.",
+    )
+    tenant_weights: str = Field(
+        "",
+        description="Weights of tenants' shares of generated tokens within one priority, "
+        "'a=2,b=1'; a tenant not named (and jobs without a tenant) weighs 1.",
     )
     max_dispatch_group: int = Field(
         32,

@@ -51,6 +51,16 @@ def test_engine_arguments_map_the_slots_and_refuse_bitsandbytes() -> None:
     assert kwargs["enable_lora"] and kwargs["max_loras"] == 3 and kwargs["max_num_seqs"] == 7
     assert kwargs["max_lora_rank"] == 16 and kwargs["enforce_eager"]
     assert kwargs["max_cpu_loras"] >= 3
+    # vLLM's own CPU default (92 % of the node) never starts on a shared machine.
+    assert kwargs["kv_cache_memory_bytes"] == 2 * 2**30
+    assert (
+        engine_kwargs(settings, SHAPES, max_positions=None, on_cpu=False)["kv_cache_memory_bytes"]
+        is None
+    )  # on a GPU: vLLM's share of its memory
+    sized = settings.model_copy(update={"vllm_kv_cache_gb": 0.5})
+    for on_cpu in (True, False):
+        kwargs = engine_kwargs(sized, SHAPES, max_positions=None, on_cpu=on_cpu)
+        assert kwargs["kv_cache_memory_bytes"] == 2**29
     with pytest.raises(EngineError) as caught:
         engine_kwargs(
             settings.model_copy(update={"quantization": "4bit"}),

@@ -6,12 +6,13 @@ finish reasons is plain code, read and tested without vLLM installed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas import ErrorType, GenerationParams
 from workers.adapters.validation import ModuleShape
+from workers.engine.logprobs import Step
 from workers.engine.requests import EngineError
 from workers.settings import WorkerSettings
 
@@ -70,6 +71,23 @@ def max_model_len(settings: WorkerSettings, max_positions: int | None) -> int:
     return min(wanted, max_positions) if max_positions else wanted
 
 
+# KV cache of a vLLM replica on a CPU unless LORAQ_VLLM_KV_CACHE_GB says otherwise: vLLM
+# 0.32's CPU worker otherwise reserves gpu_memory_utilization (0.92) of the NUMA node's
+# memory and refuses to start when that much is not free, which on a shared 24 GiB machine
+# it never is, so the replica restarts in a loop. 2 GiB hold about 45,000 tokens of a
+# 135M model in float32, or 4,096 of a 7B one in bfloat16.
+CPU_KV_CACHE_GB = 2.0
+
+
+def kv_cache_bytes(settings: WorkerSettings, *, on_cpu: bool) -> int | None:
+    """vLLM's ``kv_cache_memory_bytes`` for a replica; None leaves the size to vLLM (on a
+    GPU, its ``gpu_memory_utilization`` share)."""
+    gib = settings.vllm_kv_cache_gb
+    if gib is None:
+        gib = CPU_KV_CACHE_GB if on_cpu else None
+    return None if gib is None else int(gib * 2**30)
+
+
 def engine_kwargs(
     settings: WorkerSettings,
     shapes: Mapping[str, ModuleShape],
@@ -100,6 +118,7 @@ def engine_kwargs(
         "enforce_eager": on_cpu,
         # Our counters come from the outputs; vLLM's periodic stat log lines are noise.
         "disable_log_stats": True,
+        "kv_cache_memory_bytes": kv_cache_bytes(settings, on_cpu=on_cpu),
     }
 
 
@@ -108,16 +127,47 @@ def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
 
     Both sides mean the same by these: temperature 0 is greedy, top_k 0 is off, stop
     strings end the text before them; vLLM draws a seeded row from its own generator, so
-    the row does not depend on its batch.
+    the row does not depend on its batch. The penalties and ``min_p`` are vLLM's own (the
+    HF engine applies them as vLLM does); ``logprobs`` is how many alternatives vLLM
+    returns beside the generated token (0: that token only), from the model's own scores
+    (vLLM's default ``raw_logprobs``, as the HF engine).
     """
     return {
         "max_tokens": params.max_new_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "top_k": params.top_k,
+        "min_p": params.min_p or 0.0,
+        "presence_penalty": params.presence_penalty or 0.0,
+        "frequency_penalty": params.frequency_penalty or 0.0,
+        "repetition_penalty": params.repetition_penalty or 1.0,
         "seed": params.seed,
         "stop": list(params.stop),
+        "logprobs": (params.top_logprobs or 0) if params.logprobs else None,
     }
+
+
+def logprob_steps(
+    token_ids: Sequence[int], positions: Iterable[Mapping[int, Any] | None], top: int
+) -> list[Step]:
+    """vLLM's log-probabilities of a row (per position, ``{token id: Logprob}``: the
+    generated token and the ``top`` likeliest, each with its rank) as the steps
+    :func:`workers.engine.logprobs.token_logprobs` reads."""
+    steps: list[Step] = []
+    for token, position in zip(token_ids, positions, strict=True):
+        entries = dict(position or {})
+        likeliest = sorted(
+            (item for item in entries.items() if item[1].rank is not None and item[1].rank <= top),
+            key=lambda item: item[1].rank,
+        )
+        steps.append(
+            (
+                float(entries[token].logprob),
+                [token_id for token_id, _ in likeliest],
+                [float(value.logprob) for _, value in likeliest],
+            )
+        )
+    return steps
 
 
 def finish_reason(reason: str | None) -> FinishReason:

@@ -1,8 +1,10 @@
 """The vLLM backend's tests: real vLLM (its CPU build), the demo kit, no mocks.
 
-vLLM is optional: without it every test here is skipped. Its engine core runs one OpenMP
-thread with a 1 GiB KV cache (these machines are small and shared); the environment is
-set before Ray starts, so that the served app's replicas inherit it.
+vLLM is optional: without it every test here is skipped. vLLM runs as a user who set
+none of its variables would run it (they are removed before Ray starts, so that the served
+app's replicas inherit that too): its KV cache is loraq's ``LORAQ_VLLM_KV_CACHE_GB``, its
+OpenMP threads vLLM's own choice (on two cores: one thread, the other core for its
+scheduler).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from workers.settings import DEMO_DIR, WorkerSettings
 
 pytest.importorskip("vllm")
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
+# Without loraq's KV cache size, vLLM's CPU build asked for 92 % of the node's memory and
+# never started on these machines unless VLLM_CPU_KVCACHE_SPACE was set.
+for _name in [name for name in os.environ if name.startswith("VLLM_")]:
+    del os.environ[_name]
 
 T = TypeVar("T")
 

@@ -65,6 +65,8 @@ def app(
         max_adapters_per_replica=4,
         max_lora_rank=16,
         max_input_tokens=256,
+        # Two replicas on a shared machine: half the default each.
+        vllm_kv_cache_gb=1.0,
     )
     app = deploy_chaos_app(ray_serve, settings)
     yield app
