@@ -8,7 +8,7 @@ started): those read as empty, not as errors.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ from producer.activity import (
 )
 from schemas.codec import as_text
 from schemas.keys import Keys
+from schemas.model_starts import StartFailures
 from schemas.replicas import ConsumerHeartbeat, ReplicaHeartbeat
+from schemas.tenants import TenantFigures
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,23 @@ class QueueStats:
     consumers: list[ConsumerStats] = field(default_factory=list)
     recent: RecentActivity = field(default_factory=RecentActivity)
     replicas: list[ReplicaHeartbeat] = field(default_factory=list)
+    # Failed starts of the model replicas since one last started (v1.4; None: no record).
+    start_failures: StartFailures | None = None
+    # Each tenant's jobs, summed over the live consumers' heartbeats (v1.4).
+    tenants: dict[str, TenantFigures] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {
-            **{name: value for name, value in asdict(self).items() if name != "replicas"},
+            **{
+                name: value
+                for name, value in asdict(self).items()
+                if name not in ("replicas", "start_failures", "tenants")
+            },
             "recent": self.recent.to_dict(),
+            "tenants": {name: figures.model_dump() for name, figures in self.tenants.items()},
             "replicas": [beat.model_dump() for beat in self.replicas],
+            "start_failures": self.start_failures and self.start_failures.model_dump(),
         }
 
 
@@ -84,6 +96,7 @@ def queue_commands(
     pipe.xrevrange(keys.events, max="+", min=start, count=MAX_WINDOW_EVENTS)
     pipe.hgetall(keys.replicas)
     pipe.hgetall(keys.consumers)
+    pipe.hgetall(keys.model_starts)
 
 
 def _missing(reply: Any) -> bool:
@@ -104,8 +117,8 @@ def _checked(reply: Any, empty: Any) -> Any:
 
 def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None) -> QueueStats:
     """Read the replies of :func:`queue_commands` (errors in place) into :class:`QueueStats`."""
-    empties: tuple[Any, ...] = (0, [], [], 0, [], {}, {})
-    length, groups, consumers, dead, events, replicas, consumer_beats = (
+    empties: tuple[Any, ...] = (0, [], [], 0, [], {}, {}, {})
+    length, groups, consumers, dead, events, replicas, consumer_beats, starts = (
         _checked(reply, empty) for reply, empty in zip(replies, empties, strict=True)
     )
     now = time.time() if now is None else now
@@ -114,8 +127,10 @@ def parse_stats(keys: Keys, replies: Sequence[Any], *, now: float | None = None)
         "dead_letters": dead,
         "recent": count_events(events),
         "replicas": live_replicas(replicas, now),
+        "start_failures": StartFailures.from_hash(starts),
     }
     beats = {beat.consumer: beat for beat in live_beats(consumer_beats, now, ConsumerHeartbeat)}
+    common["tenants"] = tenant_totals(beats.values())
     group = find_group(keys.group, groups)
     if group is None:
         return QueueStats(group_exists=False, **common)
@@ -140,6 +155,21 @@ def _consumer(info: Mapping[str, Any], beats: Mapping[str, ConsumerHeartbeat]) -
         window_depth=beat.window_depth if beat else None,
         window_oldest_wait_s=beat.window_oldest_wait_s if beat else None,
     )
+
+
+def tenant_totals(beats: Iterable[ConsumerHeartbeat]) -> dict[str, TenantFigures]:
+    """Each tenant's figures summed over consumers (the longest wait: the longest of any)."""
+    totals: dict[str, TenantFigures] = {}
+    for beat in beats:
+        for name, figures in beat.tenants.items():
+            total = totals.setdefault(name, TenantFigures())
+            total.waiting += figures.waiting
+            total.in_flight += figures.in_flight
+            total.started += figures.started
+            total.tokens += figures.tokens
+            total.wait_s_total += figures.wait_s_total
+            total.max_wait_s = max(total.max_wait_s, figures.max_wait_s)
+    return totals
 
 
 def find_group(name: str, groups: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

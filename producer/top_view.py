@@ -19,9 +19,9 @@ from producer.rates import Throughput
 from producer.stats import QueueStats
 from schemas.records import JobStatus
 
-# Lines the frame takes besides table rows: the queue panel (5) and, per table, its
+# Lines the frame takes besides table rows: the queue panel (7) and, per table, its
 # title, header and the box's top, header rule and bottom (5 each).
-FIXED_LINES = 15
+FIXED_LINES = 17
 _SHORT_ID = 12
 
 
@@ -81,15 +81,42 @@ def _queue_panel(frame: TopFrame) -> Panel:
         f"{rate.jobs_per_s:.2f} jobs/s  {tokens} tokens/s  errors {errors}",
     )
     clock = time.strftime("%H:%M:%S", time.localtime(frame.now))
-    for line in (queue, window, throughput):
+    lines = (queue, window, throughput, _starts_line(stats), _tenants_line(stats))
+    for line in lines:
         # One line each, cut on a narrow terminal: the frame's height must not change.
         line.no_wrap, line.overflow = True, "ellipsis"
     return Panel(
-        Group(queue, window, throughput),
+        Group(*lines),
         title=f"loraq top · {frame.prefix} · {clock}",
         title_align="left",
         box=box.ROUNDED,
     )
+
+
+def _starts_line(stats: QueueStats) -> Text:
+    """The model replicas' failed starts since one last started, with the last cause."""
+    record = stats.start_failures
+    if record is None or record.failures <= 0:
+        return Text.assemble(("model      ", "bold"), "no failed start")
+    return Text.assemble(("model      ", "bold"), (record.summary(), "red"))
+
+
+def _tenants_line(stats: QueueStats) -> Text:
+    """Each tenant's jobs waiting in the windows, running, tokens made and mean window
+    wait, the most waiting first (cut at the panel's edge)."""
+    if not stats.tenants:
+        return Text.assemble(("tenants    ", "bold"), "–")
+    ranked = sorted(stats.tenants.items(), key=lambda item: (-item[1].waiting, item[0]))
+    parts = [
+        f"{name} {f.waiting} waiting {f.in_flight} running {_count(f.tokens)} tok "
+        f"wait {f.wait_s_total / f.started if f.started else 0.0:.2f}s"
+        for name, f in ranked
+    ]
+    return Text.assemble(("tenants    ", "bold"), " · ".join(parts))
+
+
+def _count(value: int) -> str:
+    return f"{value / 1000:.1f}k" if value >= 10_000 else str(value)
 
 
 def _table(title: str) -> Table:

@@ -62,6 +62,9 @@ class ErrorType(str, Enum):
     ADAPTER_UNAVAILABLE = "adapter_unavailable"
     TIMEOUT = "timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    # No model replica could run the job (one died under it, none could start); retried
+    # like a crash, final once the job's attempts or its deadline run out (v1.4).
+    MODEL_UNAVAILABLE = "model_unavailable"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
 
@@ -81,6 +84,21 @@ class Timings(BaseModel):
     total_ms: float | None = None
 
 
+class TopLogprob(BaseModel):
+    """One of the likeliest tokens at a step, and its log-probability."""
+
+    token_id: int = Field(ge=0)
+    token: str = Field(description="The token's text (a part of a character may be U+FFFD).")
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-probability (under the model's own scores: before
+    temperature, penalties and filters), and the likeliest tokens at its step."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class JobResult(BaseModel):
     """The output of a succeeded (or cancelled while running) job."""
 
@@ -96,6 +114,11 @@ class JobResult(BaseModel):
     )
     replica: str | None = Field(None, description="The model replica that generated it.")
     timings: Timings = Field(default_factory=Timings)
+    logprobs: list[TokenLogprob] | None = Field(
+        None,
+        description="One entry per generated token, when params.logprobs asked for them; "
+        "added in v1.4.",
+    )
 
 
 class JobRecord(BaseModel):

@@ -27,6 +27,8 @@ CONSUMER_DEPLOYMENT = "JobConsumer"
 GATEWAY_DEPLOYMENT = "Gateway"
 # Import path of the adapter-affinity router; Serve imports it in every caller's process.
 ROUTER = f"{AdapterAffinityRouter.__module__}.{AdapterAffinityRouter.__qualname__}"
+# How often the router reads each model replica's adapters (its routing stats).
+ROUTING_STATS_S = 1.0
 
 
 def build_app(settings: WorkerSettings) -> Application:
@@ -42,8 +44,13 @@ def build_app(settings: WorkerSettings) -> Application:
             "num_gpus": settings.model_num_gpus,
         },
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        # A first deploy gives up after as many failed starts as loraq serve allows later.
+        max_constructor_retry_count=settings.max_start_failures,
         # (mypy misreads this pydantic field of Ray's as a dict)
-        request_router_config=RequestRouterConfig(request_router_class=ROUTER),  # type: ignore[arg-type]
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER,  # type: ignore[arg-type]
+            request_routing_stats_period_s=ROUTING_STATS_S,  # type: ignore[arg-type]
+        ),
     )(LoRAModel)
     consumer = serve.deployment(
         name=CONSUMER_DEPLOYMENT,

@@ -13,10 +13,11 @@ import threading
 from types import FrameType
 from typing import Any
 
-from workers.command_settings import settings_from
 from workers.logs import configure_logging
 
 log = logging.getLogger("loraq.serve")
+# How often loraq serve looks at the model replicas' failed starts.
+WATCH_S = 1.0
 
 
 def register(subparsers: Any) -> None:
@@ -53,24 +54,18 @@ def _deployment_options(sub: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``loraq serve``: deploy, log where everything is, wait for a signal, shut down."""
-    from pydantic import ValidationError
-
+    """``loraq serve``: deploy, log where everything is, wait for a signal (or for the
+    model replicas to fail ``LORAQ_MAX_START_FAILURES`` starts in a row), shut down."""
     from workers import launch
-    from workers.preflight import SettingError, invalid_settings
+    from workers.deploy_command import CANNOT_START, deploy_or_say_why, settings_or_say_why
 
-    try:
-        settings = settings_from(args)
-    except ValidationError as error:
-        log.error("cannot serve: %s", invalid_settings(error))
-        return 2
+    settings = settings_or_say_why(args, log.error)
+    if settings is None:
+        return CANNOT_START
     configure_logging(settings)
-    try:
-        running = launch.deploy(settings, dashboard=args.dashboard)
-    except (SettingError, launch.StartFailed) as error:
-        # One line that says why, instead of Ray's traceback of its own retries.
-        log.error("cannot serve: %s", error)
-        return 2
+    running = deploy_or_say_why(settings, log.error, dashboard=args.dashboard)
+    if running is None:
+        return CANNOT_START
     for line in running.notes:
         log.info("%s", line)
     log.info("serving; Ctrl-C or SIGTERM stops")
@@ -80,15 +75,23 @@ def run_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cause = None
     try:
-        stop.wait()
-        log.info("shutting down: in-flight jobs get %.0fs", settings.graceful_shutdown_timeout_s)
+        while cause is None and not stop.wait(WATCH_S):
+            cause = launch.stopped_because(running)
+        if cause is None:
+            log.info(
+                "shutting down: in-flight jobs get %.0fs", settings.graceful_shutdown_timeout_s
+            )
+        else:
+            # One line, then the jobs the consumers hold go back to 'queued'.
+            log.error("stopping: %s", cause)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         launch.shutdown(running)
     log.info("stopped")
-    return 0
+    return 0 if cause is None else CANNOT_START
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
@@ -26,7 +27,7 @@ from producer.client import Producer
 from producer.errors import JobTimeoutError
 from schemas import JobRecord, JobStatus, Keys
 from workers import launch
-from workers.command_settings import settings_from
+from workers.deploy_command import CANNOT_START, deploy_or_say_why, settings_or_say_why
 from workers.settings import WorkerSettings
 
 DEMO_MAX_NEW_TOKENS = 32
@@ -159,11 +160,19 @@ def run_requests(running: launch.Running, timeout_s: float) -> list[tuple[DemoJo
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every request gave the output its adapter's rule predicts."""
     console = Console()
-    settings = settings_from(args, **DEMO_DEFAULTS)
+
+    def say(line: str) -> None:
+        console.print(f"[red]{escape(line)}[/red]")
+
+    settings = settings_or_say_why(args, say, **DEMO_DEFAULTS)
+    if settings is None:
+        return CANNOT_START
     console.print("[bold]starting[/bold] Ray, the demo model and the queue consumer …")
     # Ray's and Serve's own lines (cluster started, token authentication on, app ready)
     # say what the demo's lines say; from ERROR up they still show.
-    running = launch.deploy(settings, ray_log_level=logging.ERROR)
+    running = deploy_or_say_why(settings, say, ray_log_level=logging.ERROR)
+    if running is None:
+        return CANNOT_START
     try:
         for line in running.notes:
             console.print(f"  {line}")

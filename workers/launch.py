@@ -15,20 +15,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+import redis
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from producer.connection import describe as redis_where
+from producer.connection import sync_client
 from producer.embedded import EmbeddedRedis, resolve_redis_url
 from producer.redis_modes import RedisMode
 from producer.settings import DEFAULT_REDIS_URL
+from schemas import Keys
+from schemas.model_starts import cause_of
 from workers import preflight
 from workers.adapters.registry import AdapterRegistry
 from workers.app import CONSUMER_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from workers.serve.header_timeout import proxy_env
 from workers.serve.replicas import replica_stats as replica_stats  # re-exported
 from workers.serve.start_failure import StartFailed as StartFailed  # re-exported
-from workers.serve.start_failure import start_failure
+from workers.serve.start_failure import gave_up, start_failure
+from workers.serve.start_record import clear_failures, read_failures
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -88,13 +93,16 @@ def start_ray(
         return False
     cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(settings)))
     allow_slow_proxy_start()
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=dashboard,
-        log_to_driver=False,
-        logging_level=log_level,
-        _metrics_export_port=metrics_port(settings.metrics_export_port),
-    )
+    try:
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=dashboard,
+            log_to_driver=False,
+            logging_level=log_level,
+            _metrics_export_port=metrics_port(settings.metrics_export_port),
+        )
+    except Exception as exc:  # Ray raises plain Exception for a node that did not start
+        raise StartFailed(f"Ray did not start: {cause_of(exc)}") from exc
     return True
 
 
@@ -182,9 +190,13 @@ def deploy(
     try:
         running.started_ray = start_ray(settings, dashboard=dashboard, log_level=ray_log_level)
         serve.start(**serve_start_options(settings))
+        _forget_start_failures(settings)
         serve.run(
             build_app(settings), name=settings.app_name, route_prefix=settings.http_route_prefix
         )
+    except StartFailed:
+        shutdown(running)
+        raise
     except RuntimeError as error:
         # Serve gave up after its constructor retries; say why in one line, not its own
         # "Failed to update the deployments" and a traceback.
@@ -198,6 +210,28 @@ def deploy(
         raise
     running.notes = describe(running)
     return running
+
+
+def _forget_start_failures(settings: WorkerSettings) -> None:
+    """A new deployment counts its own failed starts, not an earlier one's."""
+    try:
+        with contextlib.closing(sync_client(settings)) as client:
+            clear_failures(client, Keys(settings.prefix))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not reset the count of failed starts: %s", exc)
+
+
+def stopped_because(running: Running) -> str | None:
+    """Why the deployed application must stop now, in one line (its model replicas failed
+    to start ``LORAQ_MAX_START_FAILURES`` times in a row), or ``None``; Redis away reads
+    as ``None`` (the replicas cannot record anything then either)."""
+    settings = running.settings
+    try:
+        with contextlib.closing(sync_client(settings)) as client:
+            record = read_failures(client, Keys(settings.prefix))
+    except (redis.RedisError, OSError):
+        return None
+    return gave_up(record, settings.max_start_failures)
 
 
 def describe(running: Running) -> list[str]:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from schemas.model_starts import StartFailures, cause_of
 from workers.preflight import SettingError, check, invalid_settings
-from workers.serve.start_failure import cause_line
+from workers.serve.start_failure import cause_line, gave_up
 from workers.settings import WorkerSettings
 
 # Serve's message for a deployment whose replicas failed to start (shortened).
@@ -63,3 +64,26 @@ def test_invalid_values_name_their_variables() -> None:
 def test_the_cause_is_the_replicas_exception_not_rays_wrapper() -> None:
     assert cause_line(SERVE_MESSAGE).startswith("ValueError: Unrecognized model in /m.")
     assert cause_line("just words\nmore") == "just words"
+
+
+def test_a_start_failure_is_one_clipped_line() -> None:
+    assert cause_of(ValueError("Unrecognized model\n  more detail")) == (
+        "ValueError: Unrecognized model"
+    )
+    assert cause_of(RuntimeError()) == "RuntimeError"
+    assert len(cause_of(OSError("x" * 2000))) == 500
+
+
+def test_the_app_stops_once_the_replicas_failed_to_start_the_bound_in_a_row() -> None:
+    record = StartFailures(failures=2, cause="ValueError: no", replica="r1", ts=1.0)
+    assert gave_up(None, 3) is None
+    assert gave_up(record, 3) is None
+    assert record.summary() == "2 failed starts, last on r1: ValueError: no"
+    stopped = gave_up(record.model_copy(update={"failures": 3}), 3)
+    assert stopped == (
+        "LoRAModel failed to start 3 times in a row (LORAQ_MAX_START_FAILURES=3), "
+        "last on r1: ValueError: no"
+    )
+    assert StartFailures(failures=0).summary() == ""
+    assert StartFailures.from_hash({}) is None
+    assert StartFailures.from_hash({b"failures": b"1"}) == StartFailures(failures=1)

@@ -227,9 +227,11 @@ def test_stats_from_replies_with_nothing_created() -> None:
             [],
             {},
             {},
+            {},
         ],
     )
     assert (stats.stream_length, stats.group_exists, stats.lag) == (0, False, None)
+    assert stats.start_failures is None and stats.to_dict()["start_failures"] is None
 
 
 def test_stats_from_replies_with_a_group() -> None:
@@ -249,8 +251,15 @@ def test_stats_from_replies_with_a_group() -> None:
         ),
     }
     fields = {name: beat.model_dump_json() for name, beat in beats.items()}
-    stats = parse_stats(KEYS, [7, groups, consumers, 1, [], {}, fields], now=100.0)
+    starts = {b"failures": b"2", b"cause": b"ValueError: no", b"replica": b"r1", b"ts": b"98.5"}
+    stats = parse_stats(KEYS, [7, groups, consumers, 1, [], {}, fields, starts], now=100.0)
     assert (stats.pending, stats.lag, stats.dead_letters) == (2, None, 1)
+    assert stats.to_dict()["start_failures"] == {
+        "failures": 2,
+        "cause": "ValueError: no",
+        "replica": "r1",
+        "ts": 98.5,
+    }
     assert stats.consumers[0].name == "c1" and stats.consumers[0].idle_ms == 1500
     assert stats.to_dict()["consumers"] == [
         {
@@ -266,7 +275,7 @@ def test_stats_from_replies_with_a_group() -> None:
 
 def test_stats_raise_other_errors() -> None:
     with pytest.raises(redis.exceptions.ResponseError, match="NOPERM"):
-        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}, {}])
+        parse_stats(KEYS, [redis.exceptions.ResponseError("NOPERM"), [], [], 0, [], {}, {}, {}])
 
 
 def test_progress_is_drawn_on_a_terminal_only_and_counts_without_rich(

@@ -108,6 +108,36 @@ def test_other_failures_retry_until_attempts_are_exhausted(error_type: ErrorType
     assert "3 attempts" in given_up.message and "boom" in given_up.message
 
 
+@pytest.mark.parametrize("error_type", sorted(policy.SAID_AS_IT_IS))
+def test_a_store_or_model_that_stayed_away_ends_the_job_under_its_own_type(
+    error_type: ErrorType,
+) -> None:
+    assert failure(error_type, 2) == policy.Retry(1.0)
+    assert failure(error_type, 3) == policy.GiveUp(error_type, "boom (gave up after 3 attempts)")
+
+
+def test_a_job_no_model_could_run_ends_once_its_deadline_passed() -> None:
+    def after(error_type: ErrorType, deadline: float | None) -> policy.Retry | policy.GiveUp:
+        return policy.after_failure(
+            error_type=error_type,
+            message="boom",
+            attempts=1,
+            max_attempts=3,
+            base_s=0.5,
+            cap_s=10.0,
+            deadline=deadline,
+            now=100.0,
+        )
+
+    model_gone = ErrorType.MODEL_UNAVAILABLE
+    given_up = after(model_gone, 99.0)
+    assert isinstance(given_up, policy.GiveUp) and given_up.type is model_gone
+    assert "deadline passed" in given_up.message
+    assert after(model_gone, 101.0) == policy.Retry(0.5)
+    assert after(model_gone, None) == policy.Retry(0.5)
+    assert after(ErrorType.INTERNAL, 99.0) == policy.Retry(0.5)  # said as before
+
+
 def test_redis_without_aof_or_with_eviction_is_warned_about() -> None:
     assert (
         policy.persistence_warnings({"appendonly": "yes", "maxmemory-policy": "noeviction"}) == []

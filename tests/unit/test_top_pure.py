@@ -11,7 +11,8 @@ from rich.console import Console
 from producer.activity import count_events, live_replicas, stale_replicas, window_start_id
 from producer.rates import Readings, throughput, token_rates
 from producer.stats import ConsumerStats, QueueStats
-from producer.top_view import TopFrame, render, row_budget
+from producer.top_view import FIXED_LINES, TopFrame, render, row_budget
+from schemas.model_starts import StartFailures
 from schemas.replicas import BackendStats, ReplicaHeartbeat
 
 
@@ -109,7 +110,7 @@ def test_the_frame_fits_the_terminal_and_says_what_it_cut(
     console = Console(width=80, height=height, file=io.StringIO(), record=True)
     console.print(render(TopFrame("p", stats, throughput(None, stats), now=1.0), height))
     lines = console.export_text().rstrip("\n").split("\n")
-    assert len(lines) <= max(height, 17), lines
+    assert len(lines) <= max(height, FIXED_LINES + 2), lines
     assert max(map(len, lines)) <= 80
     shown = sum(1 for line in lines if line.startswith((" c", " r")) and line[2].isdigit())
     cut = consumers + replicas - shown
@@ -118,6 +119,23 @@ def test_the_frame_fits_the_terminal_and_says_what_it_cut(
 
 
 def test_row_budget_gives_replicas_first_and_consumers_one_line() -> None:
-    assert row_budget(30, consumers=50, replicas=50) == (1, 14)
+    assert row_budget(30, consumers=50, replicas=50) == (1, 13)
     assert row_budget(30, consumers=2, replicas=3) == (2, 3)
-    assert row_budget(30, consumers=0, replicas=50) == (0, 15)
+    assert row_budget(30, consumers=0, replicas=50) == (0, 14)
+
+
+def test_the_frame_says_why_the_model_replicas_fail_to_start() -> None:
+    stats = QueueStats(stream_length=4, dead_letters=0, group_exists=True)
+    failing = QueueStats(
+        stream_length=4,
+        dead_letters=0,
+        group_exists=True,
+        start_failures=StartFailures(failures=2, cause="ValueError: bad", replica="r1", ts=1.0),
+    )
+    texts = []
+    for each in (stats, failing):
+        console = Console(width=120, height=30, file=io.StringIO(), record=True)
+        console.print(render(TopFrame("p", each, throughput(None, each), now=1.0), 30))
+        texts.append(console.export_text())
+    assert "model      no failed start" in texts[0]
+    assert "2 failed starts, last on r1: ValueError: bad" in texts[1]

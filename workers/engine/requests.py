@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from schemas import GenerationParams, Job, Message
+from schemas.records import TokenLogprob
 from workers.adapters.resolved import ResolvedAdapter
 from workers.errors import EngineError
 
@@ -62,3 +63,7 @@ class GenerationOutput:
     adapter_version: str | None = None
     replica: str | None = None
     token_ids: list[int] = field(default_factory=list)
+    # One per token of ``token_ids``, when the request's params asked for them.
+    logprobs: list[TokenLogprob] | None = None
+    # The replica's device adapters when the row ended (set by LoRAModel).
+    device_adapters: list[str] | None = None

@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from schemas.model_starts import StartFailures
 from workers.gateway.api_models import AdapterList, Check, Health, Readiness
 from workers.gateway.services import Services, ServicesDep, adapter_info
 
@@ -31,8 +32,14 @@ async def healthz() -> Health:
 )
 async def readyz(svc: ServicesDep) -> JSONResponse:
     """200 when a model replica answers (its model is loaded), else 503. Redis is checked
-    too and reported apart: the sync and OpenAI endpoints work without it."""
-    model, redis = await asyncio.gather(_model_check(svc), _redis_check(svc))
+    too and reported apart: the sync and OpenAI endpoints work without it. Failed starts
+    of model replicas since one last started are in the model's detail, with the last
+    cause."""
+    model, redis, starts = await asyncio.gather(
+        _model_check(svc), _redis_check(svc), _start_failures(svc)
+    )
+    if starts:
+        model = Check(ok=model.ok, detail=f"{model.detail}; {starts}")
     body = Readiness(ready=model.ok, model=model, redis=redis)
     return JSONResponse(body.model_dump(), status_code=200 if model.ok else 503)
 
@@ -43,6 +50,17 @@ async def _model_check(svc: Services) -> Check:
     except Exception as exc:
         return Check(ok=False, detail=f"no model replica answered: {type(exc).__name__}")
     return Check(ok=True, detail=f"replica {replica} answered")
+
+
+async def _start_failures(svc: Services) -> str:
+    """``n failed starts, last on <replica>: <cause>`` from ``{P}:model:starts``, or ``""``."""
+    client, keys = svc.producer.client, svc.producer.keys
+    try:
+        fields = await asyncio.wait_for(client.hgetall(keys.model_starts), PROBE_TIMEOUT_S)
+    except Exception:  # Redis is reported by its own check
+        return ""
+    record = StartFailures.from_hash(fields)
+    return record.summary() if record else ""
 
 
 async def _redis_check(svc: Services) -> Check:

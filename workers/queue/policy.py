@@ -116,6 +116,10 @@ JOB_CAUSED = frozenset(
 )
 
 
+# Failures that end a job under their own type once its attempts run out.
+SAID_AS_IT_IS = frozenset({ErrorType.ADAPTER_UNAVAILABLE, ErrorType.MODEL_UNAVAILABLE})
+
+
 def after_failure(
     *,
     error_type: ErrorType,
@@ -124,19 +128,25 @@ def after_failure(
     max_attempts: int,
     base_s: float,
     cap_s: float,
+    deadline: float | None = None,
+    now: float = 0.0,
 ) -> Retry | GiveUp:
     """What to do after an attempt failed.
 
     Failures the job caused (validation, unknown or incompatible adapter) are final at
     once; others (a replica died, the device ran out of memory) are retried with backoff
-    until the job has been started ``max_attempts`` times.
+    until the job has been started ``max_attempts`` times. A job no model replica could
+    run (``model_unavailable``) also ends once its ``deadline`` passed: running it later
+    would only answer ``expired``.
     """
     if error_type in JOB_CAUSED:
         return GiveUp(error_type, message)
+    if error_type is ErrorType.MODEL_UNAVAILABLE and deadline is not None and now > deadline:
+        return GiveUp(error_type, f"{message} (the job's deadline passed meanwhile)")
     if attempts < max_attempts:
         return Retry(retry_delay_s(attempts, base_s, cap_s))
-    if error_type is ErrorType.ADAPTER_UNAVAILABLE:
-        # Said as it is: the store stayed down, not that the job is broken.
+    if error_type in SAID_AS_IT_IS:
+        # Said as it is: the store or the model stayed away, not that the job is broken.
         return GiveUp(error_type, f"{message} (gave up after {attempts} attempts)")
     return GiveUp(
         ErrorType.ATTEMPTS_EXHAUSTED,

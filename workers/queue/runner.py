@@ -18,7 +18,7 @@ from typing import Protocol
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
-from workers.errors import REDIS_DOWN
+from workers.errors import MODEL_GONE, REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.store import (
@@ -74,6 +74,8 @@ class InFlight:
     adapter: str | None = None
     # The model replica the scheduler sent it to (None: Serve's router chose).
     replica: str | None = None
+    # The replica that served it and its device adapters then, from the output.
+    served_by: tuple[str, tuple[str, ...]] | None = None
     generation: asyncio.Task[GenerationOutput] | None = None
     cancel_requested: bool = False
     text: list[str] = field(default_factory=list)
@@ -85,6 +87,8 @@ class InFlight:
     # rest waits there for Redis to answer again.
     streamed_pieces: int = 0
     streamed_bytes: int = 0
+    # Tokens its generation made, once it ended (its tenant's share is settled with them).
+    completion_tokens: int = 0
 
     def start(self, attempt: int) -> None:
         """Forget the text of an earlier attempt: ``attempt`` streams from the start."""
@@ -116,6 +120,12 @@ def engine_error(exc: BaseException) -> EngineError | None:
         if isinstance(candidate, EngineError) and hasattr(candidate, "type"):
             return candidate
     return None
+
+
+def unknown_error_type(exc: BaseException) -> ErrorType:
+    """The protocol's type of a failure no layer of ours described: a model replica that
+    died under the job is ``model_unavailable``, anything else ``internal``."""
+    return ErrorType.MODEL_UNAVAILABLE if isinstance(exc, MODEL_GONE) else ErrorType.INTERNAL
 
 
 class JobRunner:
@@ -216,6 +226,7 @@ class JobRunner:
                 if await self._after_failure(entry, job, exc, mark.attempts):
                     continue
                 return
+            slot.completion_tokens = output.completion_tokens
             result = _result(job, output, output.text, entry, started_at)
             await self._end_job(entry, job, JobStatus.SUCCEEDED, result=result, slot=slot)
             return
@@ -255,6 +266,8 @@ class JobRunner:
         async with contextlib.aclosing(self.dispatcher.stream(request)) as items:
             async for item in items:
                 if isinstance(item, GenerationOutput):
+                    if item.replica is not None and item.device_adapters is not None:
+                        slot.served_by = (item.replica, tuple(item.device_adapters))
                     return item
                 slot.text.append(item.text)
                 await self._stream_text(job, slot)
@@ -299,12 +312,14 @@ class JobRunner:
         """End the job or set it up for another attempt; ``True`` to run it again."""
         known = engine_error(exc)
         plan = policy.after_failure(
-            error_type=known.type if known else ErrorType.INTERNAL,
+            error_type=known.type if known else unknown_error_type(exc),
             message=known.message if known else f"{type(exc).__name__}: {exc}",
             attempts=attempts,
             max_attempts=self.settings.max_attempts,
             base_s=self.settings.retry_backoff_s,
             cap_s=self.settings.max_retry_backoff_s,
+            deadline=job.deadline,
+            now=time.time(),
         )
         if isinstance(plan, policy.GiveUp):
             log.debug(
@@ -443,6 +458,7 @@ def _result(
         adapter=job.adapter_name,
         adapter_version=output.adapter_version if output else None,
         replica=output.replica if output else None,
+        logprobs=output.logprobs if output else None,
         timings=Timings(
             queue_ms=round((started_at - created_at) * 1000, 3),
             generation_ms=round(output.generation_ms, 3) if output else None,

@@ -30,9 +30,11 @@ from workers.logs import configure_logging
 from workers.serve.autoscaling import read_backlog
 from workers.serve.chunks import ChunkBuffer
 from workers.serve.heartbeat import HeartbeatWriter, heartbeat_of
+from workers.serve.in_flight import AdaptersInFlight
 from workers.serve.metrics import ModelMetrics
 from workers.serve.periodic import Periodic
 from workers.serve.replica_adapters import ReplicaAdapters, resolver_of
+from workers.serve.start_record import start_recorded
 from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
 
@@ -42,23 +44,30 @@ log = logging.getLogger(__name__)
 class LoRAModel:
     """Generation for any registered adapter (or the base model) on this replica.
 
-    Callers pass the adapter as ``multiplexed_model_id`` so that Serve's router sends
-    the request to a replica that has it warm. Serve's multiplexing keeps its own LRU of
-    model ids; here that LRU only tells the router what is warm. Its eviction unloads
-    nothing: the engine's cache decides, and never evicts an adapter a request still uses
-    (Serve's LRU does not know about requests in flight).
+    The replica's adapter admission is the engine's adapter store: it pins, loads and
+    evicts, and holds a request whose adapter has no slot yet. What it holds is published
+    to those who place requests: the device adapters and slots in the heartbeat (the
+    consumers' planners) and in Serve's routing stats (the router, every second), each
+    output's replica and device adapters (the consumer that sent it, at once), and the
+    adapters of the requests held here (``adapters_in_flight``).
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
         configure_logging(settings)
         self.settings = settings
+        self.replica = serve.get_replica_context().replica_tag
+        # A start that raises is counted with its cause in {P}:model:starts, where
+        # operators and ``loraq serve`` see it (Serve only logs it, and retries).
+        with start_recorded(settings, self.replica):
+            self._start(settings)
+
+    def _start(self, settings: WorkerSettings) -> None:
         # Built on the replica's event loop: the vLLM backend binds to the loop it is built
         # on. The factory imports the backend here, in the replica: the process that
         # deploys the app (``loraq serve``, ``loraq demo``) never loads torch,
         # transformers or PEFT, and prints none of their import-time warnings.
         self.engine: Backend = build_backend(settings)
-        self.replica = serve.get_replica_context().replica_tag
-        self.routed_loads = 0
+        self.in_flight = AdaptersInFlight()
         self.groups = StreamGroups()
         self.metrics = ModelMetrics(settings.app_name, self.replica)
         self.engine.observe(self.metrics)
@@ -67,16 +76,6 @@ class LoRAModel:
         )
         self._metrics_reporter.start()
 
-        async def load(adapter: str) -> str:
-            # The returned name has no __del__: Serve's eviction of it is a no-op.
-            self.routed_loads += 1
-            # Its caller (``_routed``) holds the files on this node's disk meanwhile.
-            await self.engine.ensure_adapter(await self.adapters.resolver.resolve(adapter))
-            return adapter
-
-        self._load_adapter = serve.multiplexed(
-            max_num_models_per_replica=settings.max_adapters_per_replica
-        )(load)
         # Serve runs the constructor on the replica's event loop: the heartbeat can start.
         self._redis = async_client(settings)
         self._keys = Keys(settings.prefix)
@@ -108,7 +107,14 @@ class LoRAModel:
             disk=self.adapters.resolver.disk_stats(),
             interval_s=self.settings.heartbeat_s,
             now=time.time(),
+            slots=self.settings.max_adapters_per_replica,
+            adapters_in_flight=self.in_flight.names(),
         )
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """What Serve's router reads of this replica (``routing_stats``, every
+        ``ROUTING_STATS_S``): its device adapters and those of its requests."""
+        return {"adapters": [*self._loaded_names(), *self.in_flight.names()]}
 
     def _loaded_names(self, *, host: bool = False) -> list[str]:
         """The adapters on the device (or in host memory), each name once whatever its
@@ -119,7 +125,7 @@ class LoRAModel:
     @contextlib.asynccontextmanager
     async def _routed(self, request: GenerationRequest) -> AsyncIterator[None]:
         """Resolve the request's adapter (its files held on this node while it runs) and
-        register its multiplexed model id with Serve (loading it if cold)."""
+        count it in flight here until it ends."""
         model_id = serve.get_multiplexed_model_id()
         if model_id and model_id != (request.adapter or ""):
             raise EngineError(
@@ -130,19 +136,22 @@ class LoRAModel:
         if not request.adapter:
             yield
             return
-        # Resolved before Serve's loader sees it: that loader logs every failed load as
-        # an ERROR, and on a full replica evicts a warm adapter before it tries.
-        async with self.adapters.use(request.adapter) as resolved:
-            request.resolved = resolved
-            if model_id:
-                await self._load_adapter(model_id)
-            yield
+        with self.in_flight.hold(request.adapter):
+            async with self.adapters.use(request.adapter) as resolved:
+                request.resolved = resolved
+                yield
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """The finished generation of ``request``."""
         async with self._routed(request):
             output = await self.engine.generate(request)
+        return self._signed(output)
+
+    def _signed(self, output: GenerationOutput) -> GenerationOutput:
+        """``output`` with this replica's id and device adapters: the consumer that sent
+        the request learns what the replica holds now, without waiting for a heartbeat."""
         output.replica = self.replica
+        output.device_adapters = self._loaded_names()
         return output
 
     async def stream(
@@ -168,8 +177,7 @@ class LoRAModel:
                 rest = chunks.flush()
                 if rest:
                     yield TextDelta(rest)
-                item.replica = self.replica
-                yield item
+                yield self._signed(item)
                 return
             chunk = chunks.add(item.text, time.monotonic())
             if chunk:
@@ -205,7 +213,7 @@ class LoRAModel:
             adapters=self._loaded_names(),
             host_adapters=self._loaded_names(host=True),
             disk=self.adapters.resolver.disk_stats(),
-            routed_loads=self.routed_loads,
+            max_adapters_in_flight=self.in_flight.max_distinct,
             group_calls=self.groups.counters.calls,
             group_requests=self.groups.counters.requests,
             group_cancels=self.groups.counters.cancels,

@@ -12,6 +12,8 @@ import re
 
 from ray import serve
 
+from schemas.model_starts import StartFailures
+
 # Serve's DeploymentStatus values (a str enum that ray.serve.schema does not export).
 FAILED_STATUSES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 # An exception's own line: "OSError: …", "ray.exceptions.RayTaskError(OSError): …".
@@ -43,3 +45,18 @@ def start_failure(app_name: str) -> str | None:
         if deployment.status in FAILED_STATUSES:
             return f"{name} failed to start: {cause_line(deployment.message)}"
     return None
+
+
+def gave_up(record: StartFailures | None, max_failures: int) -> str | None:
+    """Why the application must stop, in one line, once the model replicas failed to
+    start ``max_failures`` times in a row; ``None`` while they may still start.
+
+    Serve's own bound on failed starts holds only until a replica of the deployment has
+    started: after that (a replica that died, one more replica) it retries for ever.
+    """
+    if record is None or record.failures < max_failures:
+        return None
+    return (
+        f"LoRAModel failed to start {record.failures} times in a row "
+        f"(LORAQ_MAX_START_FAILURES={max_failures}), last on {record.replica}: {record.cause}"
+    )
