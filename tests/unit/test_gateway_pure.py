@@ -18,7 +18,7 @@ from workers.gateway.openai_mapping import (
     ChatStream,
     CompletionStream,
     adapter_for,
-    chat_request,
+    chat_requests,
     completion,
     completion_requests,
     finish_reason,
@@ -99,7 +99,7 @@ def test_chat_messages_and_lengths() -> None:
             "stop": ["a", "b"],
         }
     )
-    request = chat_request(body, BASE, max_new_tokens=64)
+    [request] = chat_requests(body, BASE, max_new_tokens=64)
     assert request.messages is not None
     assert [(m.role, m.content) for m in request.messages] == [
         ("system", "be brief"),
@@ -107,7 +107,7 @@ def test_chat_messages_and_lengths() -> None:
     ]
     assert request.params.max_new_tokens == 5 and request.params.stop == ["a", "b"]
     plain = ChatCompletionRequest(model="x", messages=[{"role": "user", "content": "hi"}])  # type: ignore[list-item]
-    assert chat_request(plain, BASE, max_new_tokens=64).params.max_new_tokens == 64
+    assert chat_requests(plain, BASE, max_new_tokens=64)[0].params.max_new_tokens == 64
 
 
 def test_finish_reasons_and_usage() -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from workers.gateway.errors import ApiError
 from workers.gateway.openai_fields import DROPPED
-from workers.gateway.openai_mapping import chat_request, completion_requests
+from workers.gateway.openai_mapping import chat_requests, completion_requests
 from workers.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 
 BASE = "/models/base"
@@ -40,7 +40,7 @@ def documented() -> dict[str, tuple[str, str]]:
 
 def run(body: dict[str, Any], model: type[BaseModel]) -> None:
     if model is ChatCompletionRequest:
-        chat_request(ChatCompletionRequest.model_validate(body), BASE, max_new_tokens=64)
+        chat_requests(ChatCompletionRequest.model_validate(body), BASE, max_new_tokens=64)
     else:
         completion_requests(CompletionRequest.model_validate(body), BASE, max_new_tokens=64)
 
@@ -81,6 +81,9 @@ def test_every_client_field_is_honoured_refused_or_dropped(
     sent = {name for name, kinds in table.items() if kinds[column] != "—"}
     extensions = {"top_k", "min_p", "repetition_penalty"}  # vLLM's, honoured
     assert sent - extensions <= set(client_fields.__annotations__)
+    assert all(
+        table[name][column] == "honoured" and name in model.model_fields for name in extensions
+    )
 
 
 def test_unknown_fields_and_message_fields_are_refused_null_is_absent() -> None:

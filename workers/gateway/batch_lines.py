@@ -164,6 +164,8 @@ def _job(request: BatchRequestLine, job_id: str, rules: LineRules) -> Job:
         max_tokens, default = body.max_completion_tokens or body.max_tokens, rules.max_new_tokens
     if body.stream:
         raise ApiError(400, "validation", "stream: true is not possible in a batch")
+    if body.n != 1:
+        raise ApiError(400, "validation", "a batch line takes n: 1 (one job per line)")
     params = sampling_params(
         body, max_tokens=max_tokens, default_max_tokens=min(default, rules.max_new_tokens)
     )
@@ -193,7 +195,7 @@ def output_line(
         if endpoint == "/v1/completions":
             body = completion(model, [record.result])
         else:
-            body = chat_completion(model, record.result)
+            body = chat_completion(model, [record.result])
         response = LineResponse(
             status_code=200, request_id=record.id, body=body.model_dump(mode="json")
         )

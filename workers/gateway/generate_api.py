@@ -46,6 +46,7 @@ async def generate(body: GenerateRequest, svc: ServicesDep) -> JobResult:
         adapter=output.adapter,
         adapter_version=output.adapter_version,
         replica=output.replica,
+        logprobs=output.logprobs,
         timings=Timings(
             generation_ms=round(output.generation_ms, 3),
             total_ms=round((time.perf_counter() - started) * 1000, 3),

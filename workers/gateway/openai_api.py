@@ -19,7 +19,7 @@ from workers.gateway.openai_mapping import (
     CompletionStream,
     StreamFormat,
     chat_completion,
-    chat_request,
+    chat_requests,
     completion,
     completion_requests,
 )
@@ -74,7 +74,8 @@ async def list_models(svc: ServicesDep) -> ModelList:
 async def create_completion(
     body: CompletionRequest, svc: ServicesDep
 ) -> Completion | StreamingResponse:
-    """One choice per prompt; ``stream: true`` (one prompt) sends the text as it is made."""
+    """``n`` choices per prompt; ``stream: true`` (one prompt, one choice) sends the text
+    as it is made."""
     requests = completion_requests(
         body, svc.settings.base_model_name, max_new_tokens=svc.settings.max_new_tokens
     )
@@ -95,13 +96,15 @@ async def create_completion(
 async def create_chat_completion(
     body: ChatCompletionRequest, svc: ServicesDep
 ) -> ChatCompletion | StreamingResponse:
-    """The assistant's reply, rendered through the model's chat template."""
-    request = chat_request(
+    """The assistant's replies (``n``), rendered through the adapter's chat template, or
+    else the base model's."""
+    requests = chat_requests(
         body, svc.settings.base_model_name, max_new_tokens=svc.settings.max_new_tokens
     )
     if body.stream:
-        return await _stream(svc, request, ChatStream(body.model), body)
-    return chat_completion(body.model, await svc.model.generate(request))
+        return await _stream(svc, requests[0], ChatStream(body.model), body)
+    outputs = await asyncio.gather(*(svc.model.generate(request) for request in requests))
+    return chat_completion(body.model, outputs)
 
 
 async def _stream(

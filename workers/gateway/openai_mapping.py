@@ -6,6 +6,7 @@ objects of a streamed completion or chat completion.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -16,11 +17,13 @@ from pydantic import BaseModel
 
 from schemas import GenerationParams, Message
 from schemas.jobs import ADAPTER_NAME_PATTERN
+from schemas.records import TokenLogprob, TopLogprob
 from schemas.validation import clip
 from workers.engine.requests import GenerationOutput, GenerationRequest
 from workers.gateway.errors import ApiError
 from workers.gateway.openai_fields import refuse_unhonoured
 from workers.gateway.openai_models import (
+    MAX_ROWS,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -28,9 +31,13 @@ from workers.gateway.openai_models import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
+    ChatLogprobs,
     ChatMessage,
+    ChatTokenLogprob,
+    ChatTopLogprob,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     FinishReason,
     SamplingFields,
@@ -58,20 +65,49 @@ def sampling_params(
     """The job parameters that ``body``'s OpenAI fields ask for; 400 for a field that
     loraq would not honour."""
     refuse_unhonoured(body)
+    if isinstance(body, ChatCompletionRequest) and body.top_logprobs and not body.logprobs:
+        raise ApiError(400, "validation", "top_logprobs needs logprobs: true")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    top_logprobs = body.wanted_logprobs()
     return GenerationParams(
         max_new_tokens=max_tokens or default_max_tokens,
         temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
         seed=body.seed,
         stop=stop,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        min_p=body.min_p,
+        logprobs=top_logprobs is not None or None,
+        top_logprobs=top_logprobs or None,
     )
+
+
+def choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
+    """The parameters of each of ``n`` choices: with a seed, choice ``i`` draws with
+    ``seed + i`` (wrapping within the seed's range), so choice 0 is the single run."""
+    if params.seed is None:
+        return [params] * n
+    return [params.model_copy(update={"seed": (params.seed + i) % 2**63}) for i in range(n)]
+
+
+def _rows(body: SamplingFields, prompts: int) -> None:
+    if prompts * body.n > MAX_ROWS:
+        raise ApiError(
+            400, "validation", f"{prompts} prompts times n={body.n} is over {MAX_ROWS} choices"
+        )
+    if body.stream and body.n != 1:
+        raise ApiError(400, "validation", "stream: true takes n: 1")
+    if body.stream and body.wanted_logprobs() is not None:
+        raise ApiError(400, "validation", "logprobs are not streamed: send stream: false")
 
 
 def completion_requests(
     body: CompletionRequest, base_model: str, *, max_new_tokens: int
 ) -> list[GenerationRequest]:
-    """One request per prompt of ``body``."""
+    """One request per prompt of ``body`` and choice (``n``), prompt by prompt."""
     adapter = adapter_for(body.model, base_model)
     params = sampling_params(
         body,
@@ -79,20 +115,30 @@ def completion_requests(
         default_max_tokens=min(DEFAULT_COMPLETION_TOKENS, max_new_tokens),
     )
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    return [_request(adapter, params, prompt=prompt) for prompt in prompts]
+    _rows(body, len(prompts))
+    return [
+        _request(adapter, choice, prompt=prompt)
+        for prompt in prompts
+        for choice in choice_params(params, body.n)
+    ]
 
 
-def chat_request(
+def chat_requests(
     body: ChatCompletionRequest, base_model: str, *, max_new_tokens: int
-) -> GenerationRequest:
-    """The request of a chat completion (no length given: up to the server's cap)."""
+) -> list[GenerationRequest]:
+    """The request of each choice of a chat completion (no length given: up to the
+    server's cap)."""
     params = sampling_params(
         body,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         default_max_tokens=max_new_tokens,
     )
+    _rows(body, 1)
     messages = chat_messages(body)
-    return _request(adapter_for(body.model, base_model), params, messages=messages)
+    adapter = adapter_for(body.model, base_model)
+    return [
+        _request(adapter, choice, messages=messages) for choice in choice_params(params, body.n)
+    ]
 
 
 def chat_messages(body: ChatCompletionRequest) -> list[Message]:
@@ -135,6 +181,8 @@ class Generated(Protocol):
     def prompt_tokens(self) -> int: ...
     @property
     def completion_tokens(self) -> int: ...
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None: ...
 
 
 def finish_reason(output: Generated) -> FinishReason:
@@ -156,10 +204,48 @@ def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex}"
 
 
+def completion_logprobs(entries: Sequence[TokenLogprob] | None) -> CompletionLogprobs | None:
+    """A completion choice's ``logprobs`` (OpenAI's legacy shape)."""
+    if entries is None:
+        return None
+    offsets = itertools.accumulate((len(entry.token) for entry in entries), initial=0)
+    return CompletionLogprobs(
+        tokens=[entry.token for entry in entries],
+        token_logprobs=[entry.logprob for entry in entries],
+        top_logprobs=[{top.token: top.logprob for top in entry.top_logprobs} for entry in entries],
+        text_offset=list(offsets)[:-1],
+    )
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> ChatLogprobs | None:
+    """A chat choice's ``logprobs``."""
+    if entries is None:
+        return None
+
+    def top(entry: TopLogprob) -> ChatTopLogprob:
+        return ChatTopLogprob(
+            token=entry.token, logprob=entry.logprob, bytes=list(entry.token.encode())
+        )
+
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                **top(entry).model_dump(), top_logprobs=[top(t) for t in entry.top_logprobs]
+            )
+            for entry in entries
+        ]
+    )
+
+
 def completion(model: str, outputs: Sequence[Generated]) -> Completion:
-    """The body of a finished completion, one choice per prompt."""
+    """The body of a finished completion, one choice per prompt and ``n``."""
     choices = [
-        CompletionChoice(index=i, text=output.text, finish_reason=finish_reason(output))
+        CompletionChoice(
+            index=i,
+            text=output.text,
+            finish_reason=finish_reason(output),
+            logprobs=completion_logprobs(output.logprobs),
+        )
         for i, output in enumerate(outputs)
     ]
     return Completion(
@@ -171,19 +257,23 @@ def completion(model: str, outputs: Sequence[Generated]) -> Completion:
     )
 
 
-def chat_completion(model: str, output: Generated) -> ChatCompletion:
-    """The body of a finished chat completion."""
-    choice = ChatChoice(
-        index=0,
-        message=AssistantMessage(content=output.text),
-        finish_reason=finish_reason(output),
-    )
+def chat_completion(model: str, outputs: Sequence[Generated]) -> ChatCompletion:
+    """The body of a finished chat completion, one choice per ``n``."""
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=output.text),
+            finish_reason=finish_reason(output),
+            logprobs=chat_logprobs(output.logprobs),
+        )
+        for i, output in enumerate(outputs)
+    ]
     return ChatCompletion(
         id=new_id("chatcmpl"),
         created=int(time.time()),
         model=model,
-        choices=[choice],
-        usage=usage([output]),
+        choices=choices,
+        usage=usage(outputs),
     )
 
 

@@ -11,10 +11,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.jobs import MAX_MESSAGES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_STOP_STRINGS
+from schemas.jobs import (
+    MAX_MESSAGES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TOP_LOGPROBS,
+)
 from schemas.jobs import StopString as StopText
 
 MAX_PROMPTS = 16
+MAX_CHOICES = 16  # n
+MAX_ROWS = 64  # prompts times n: the rows one request may put in the batch
 FinishReason = Literal["stop", "length"]
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 Stop = StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_STRINGS)] | None
@@ -39,9 +47,26 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: Stop = Field(None, description="Up to 8 strings that end the text (not included).")
-    n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
+    n: int = Field(
+        1,
+        ge=1,
+        le=MAX_CHOICES,
+        description="Choices per prompt, each its own row; with a seed, choice i draws "
+        "with seed + i (choice 0 is the single run of that seed).",
+    )
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # vLLM's extensions of OpenAI's sampling fields, with a job's bounds.
+    top_k: int | None = Field(None, ge=0, le=1000, description="0 turns top-k off.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    def wanted_logprobs(self) -> int | None:
+        """How many alternatives per token the request asks log-probabilities of
+        (``None``: no log-probabilities)."""
+        return None
 
 
 class CompletionRequest(SamplingFields):
@@ -54,6 +79,15 @@ class CompletionRequest(SamplingFields):
     )
 
     prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Return each token's log-probability and this many likeliest tokens.",
+    )
+
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class TextPart(BaseModel):
@@ -91,6 +125,13 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(
         None, ge=1, le=MAX_NEW_TOKENS, description="Newer name of max_tokens (wins over it)."
     )
+    logprobs: bool | None = Field(None, description="Return each token's log-probability.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the likeliest tokens."
+    )
+
+    def wanted_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class Usage(BaseModel):
@@ -101,13 +142,23 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """The log-probabilities of a completion's tokens (``text_offset``: where each token
+    starts in the text)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     """One generated text (in a chunk: the new text; ``finish_reason`` set on the last)."""
 
     index: int
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -128,13 +179,34 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class ChatTopLogprob(BaseModel):
+    """A token, its log-probability and its UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    """A generated token and the likeliest tokens at its step."""
+
+    top_logprobs: list[ChatTopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """The log-probabilities of a message's tokens."""
+
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     """One generated message."""
 
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
