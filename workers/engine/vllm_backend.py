@@ -38,12 +38,14 @@ from workers.engine.backend import (
     output_of,
     resolved_adapter,
 )
+from workers.engine.logprobs import Step, token_logprobs
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.vllm_config import (
     VllmCounters,
     engine_kwargs,
     finish_reason,
+    logprob_steps,
     sampling_kwargs,
 )
 from workers.settings import WorkerSettings
@@ -257,6 +259,7 @@ class VllmBackend:
         started = time.perf_counter()
         text: list[str] = []
         tokens: list[int] = []
+        steps: list[Step] = []
         reason: str | None = None
         try:
             prompt = TokensPrompt(prompt_token_ids=prompt_ids)
@@ -264,6 +267,8 @@ class VllmBackend:
                 piece = out.outputs[0]
                 text.append(piece.text)
                 tokens.extend(piece.token_ids)
+                if sampling["logprobs"] is not None:
+                    steps += logprob_steps(piece.token_ids, piece.logprobs, sampling["logprobs"])
                 if stream and piece.text:
                     yield TextDelta(piece.text)
                 if out.finished:
@@ -277,6 +282,11 @@ class VllmBackend:
                 adapter_version=adapter.version if adapter else None,
                 generation_ms=(time.perf_counter() - started) * 1000,
                 token_ids=tokens,
+                logprobs=(
+                    token_logprobs(self._tokenizer, tokens, steps)
+                    if sampling["logprobs"] is not None
+                    else None
+                ),
             )
         finally:
             if reason is None:  # the caller left (or vLLM failed): free the row in vLLM
