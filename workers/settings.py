@@ -65,7 +65,8 @@ class WorkerSettings(AdapterRootSettings):
         gt=0,
         description="How long a replica trusts what it resolved for a name: a registration "
         "re-pointed or removed, or a new object at an adapter's URI, reaches every job that "
-        "starts later than this, and the old bytes leave every tier.",
+        "starts later than this, and the old bytes leave every tier once unused (one that "
+        "nobody uses again: by its tier's LRU).",
     )
     adapter_source: str | None = Field(
         None,
