@@ -16,18 +16,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from workers.engine.detokenize import IncrementalDecoder
+from workers.engine.grammar import GrammarMasks
 from workers.engine.kv_slots import SlotCache
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
-from workers.engine.sampling import RowSampler, SamplingPlan
+from workers.engine.sampling import RowSampler, SamplingPlan, StepLogprobs
 from workers.engine.slot_rows import SlotRows
 from workers.engine.stopping import TextTracker
+
+if TYPE_CHECKING:
+    import xgrammar
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -57,7 +61,12 @@ class Row:
     text: TextTracker
     request_id: str | None = None
     tokens: list[int] = field(default_factory=list)
+    # Per token, when the sampler asks for them: its log-probability, and the ids and
+    # log-probabilities of the likeliest tokens of its step.
+    logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
     cancelled: bool = False  # set from other threads; read between steps
+    # The row's response_format, when it has one (:mod:`grammar`): masks its logits.
+    grammar: xgrammar.GrammarMatcher | None = None
     started: float = field(default_factory=time.perf_counter)
 
     _decoder: IncrementalDecoder | None = None
@@ -68,6 +77,8 @@ class Row:
         Decodes only the tokens since the last text handed out (:mod:`detokenize`).
         """
         self.tokens.append(token)
+        if self.grammar is not None:
+            self.grammar.accept_token(token)
         if token in eos_ids:
             return "stop"
         if self._decoder is None:
@@ -156,6 +167,8 @@ class DecodeBatch:
         self._on_pass = on_pass
         self._eos_ids = _eos_ids(tokenizer, model)
         self._pad_id = int(tokenizer.pad_token_id)
+        self._max_rows = max_rows
+        self._masks: GrammarMasks | None = None  # built for the first constrained row
         self.joinable = is_joinable(DynamicCache(config=model.config))
         self._slots: SlotRows[Row] | None = None
         if self.joinable:
@@ -169,6 +182,11 @@ class DecodeBatch:
         """Rows in the batch now."""
         state = self._state
         return [row for row in state.rows if row is not None] if state is not None else []
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """The tokens that end a row."""
+        return self._eos_ids
 
     @property
     def slot_cache(self) -> SlotCache | None:
@@ -197,7 +215,9 @@ class DecodeBatch:
         cache = DynamicCache(config=self._model.config)
         logits = self._forward(list(rows), input_ids, mask, position_ids, cache)
         plan = SamplingPlan.build([row.sampler for row in rows], logits.shape[-1], self._device)
+        self._constrain(logits, [row.grammar for row in rows])
         tokens = plan.next_tokens(logits)  # [n]
+        _record_logprobs(rows, plan.logprobs(logits, tokens))
         if self._slots is not None:
             indices = self._slots.join(rows, cache, mask, position_ids[:, -1] + 1, tokens)
         else:
@@ -223,7 +243,9 @@ class DecodeBatch:
         if state.plan is None:
             samplers = [row.sampler if row else GREEDY for row in pass_rows]
             state.plan = SamplingPlan.build(samplers, logits.shape[-1], self._device)
+        self._constrain(logits, [row.grammar if row else None for row in pass_rows])
         tokens = state.plan.next_tokens(logits)  # [B]
+        _record_logprobs(pass_rows, state.plan.logprobs(logits, tokens))
         state.set_tokens(tokens)
         values = tokens.tolist()
         live = [(i, row) for i, row in enumerate(pass_rows) if row is not None]
@@ -255,6 +277,16 @@ class DecodeBatch:
             adapter_names=adapters,
         )
 
+    def _constrain(
+        self, logits: torch.Tensor, matchers: Sequence[xgrammar.GrammarMatcher | None]
+    ) -> None:
+        """Mask the logits of the constrained rows (``matchers[i]`` is row ``i``'s)."""
+        if all(matcher is None for matcher in matchers):
+            return
+        if self._masks is None:
+            self._masks = GrammarMasks(self._max_rows, logits.shape[-1])
+        self._masks.apply(logits, matchers)
+
     def _accept(self, rows: list[tuple[int, Row]], tokens: list[int]) -> None:
         """Give each (index, row) its token (``tokens`` in the same order); finished rows
         leave."""
@@ -278,6 +310,18 @@ class DecodeBatch:
         for row, reason in leaving:
             assert row is not None
             row.sink.finish(row, reason)
+
+
+def _record_logprobs(rows: Sequence[Row | None], step: StepLogprobs | None) -> None:
+    """Hand each row that asked its log-probabilities of this step."""
+    if step is None:
+        return
+    for entry, index in enumerate(step.rows):
+        row = rows[index]
+        if row is not None:
+            wanted = row.sampler.top_logprobs or 0
+            alternatives = step.top_ids[entry][:wanted], step.top_logprobs[entry][:wanted]
+            row.logprobs.append((step.chosen[entry], *alternatives))
 
 
 def _eos_ids(tokenizer: Any, model: MultiLoraModel) -> frozenset[int]:

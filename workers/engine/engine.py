@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from schemas import ErrorType
+from schemas.response_format import constraint
 from workers.adapters.cache import AdapterCachePolicy
 from workers.adapters.host_cache import HostCachePolicy
 from workers.adapters.host_store import HostStore
@@ -33,6 +34,8 @@ from workers.engine.batcher import Batcher
 from workers.engine.cpu_layout import column_major_linears, pack_linears
 from workers.engine.decode import DecodeBatch, FinishReason, Row
 from workers.engine.decode_attention import use_decode_attention
+from workers.engine.grammar import GrammarCompiler
+from workers.engine.logprobs import token_logprobs
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 from workers.engine.model_loader import LoadedModel, load_model
 from workers.engine.prompts import encode_request
@@ -42,6 +45,9 @@ from workers.engine.stats import EngineObserver, PassStats, backend_stats
 from workers.engine.stopping import TextTracker
 from workers.engine.worker import ModelWorker, WorkItem
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    import xgrammar
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,11 @@ class Engine:
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms
         )
         self._worker = ModelWorker(batch, batcher)
+        self._eos_ids = batch.eos_ids
+        # The logits' width, which may pad past the tokenizer's vocabulary.
+        head = loaded.model.get_output_embeddings()  # type: ignore[no-untyped-call]
+        self._vocab_size = int(head.weight.shape[0])
+        self._grammars: GrammarCompiler | None = None  # built for the first constrained job
         host = HostStore(
             HostCachePolicy(settings.adapter_host_cache_mb * 2**20),
             functools.partial(
@@ -215,6 +226,8 @@ class Engine:
         await asyncio.to_thread(self._worker.close)
         await asyncio.to_thread(self._adapters.host.close)
         self._tokenize.shutdown(wait=False)
+        if self._grammars is not None:
+            self._grammars.close()
 
     async def _events(
         self, request: GenerationRequest, *, stream: bool
@@ -230,16 +243,20 @@ class Engine:
                 max_new_tokens=self._settings.max_new_tokens,
             ),
         )
+        # Compiled (or refused with `validation`) before the row exists: a bad format
+        # never reaches the batch.
+        grammar = await self._matcher(request)
         adapter = resolved_adapter(request)
         sink = _RequestSink(self, loop, stream=stream, adapter=adapter)
         row = Row(
             prompt_ids=prompt_ids,
             adapter=adapter.key if adapter else BASE_ADAPTER,
             max_new_tokens=request.params.max_new_tokens,
-            sampler=RowSampler.create(request.params, self._device),
+            sampler=RowSampler.create(request.params, self._device, prompt_ids),
             sink=sink,
             text=TextTracker(request.params.stop),
             request_id=request.request_id,
+            grammar=grammar,
         )
         # Tracked before the adapter is ready, so that a cancel during its load counts:
         # the model thread ends a cancelled row as soon as it sees it.
@@ -264,6 +281,33 @@ class Engine:
         finally:
             # A caller that stops listening (or is cancelled) stops the row's compute.
             row.cancelled = not finished or row.cancelled
+
+    async def _matcher(self, request: GenerationRequest) -> xgrammar.GrammarMatcher | None:
+        """A matcher of ``request``'s response_format (``None``: free text)."""
+        fmt = request.params.response_format
+        if constraint(fmt) is None:
+            return None
+        if self._grammars is None:
+            # The tokenizer thread: reading a large vocabulary takes a moment.
+            grammars = await asyncio.get_running_loop().run_in_executor(
+                self._tokenize,
+                functools.partial(
+                    GrammarCompiler,
+                    self._tokenizer,
+                    vocab_size=self._vocab_size,
+                    stop_ids=self._eos_ids,
+                    max_bytes=self._settings.max_schema_bytes,
+                    timeout_s=self._settings.grammar_compile_timeout_s,
+                    cache_size=self._settings.grammar_cache_size,
+                ),
+            )
+            self._grammars = self._grammars or grammars
+        return await self._grammars.matcher(fmt)
+
+    @property
+    def grammars(self) -> GrammarCompiler | None:
+        """The grammar compiler, once a constrained job has come (for benches and tests)."""
+        return self._grammars
 
     def _track(self, row: Row) -> None:
         with self._rows_lock:
@@ -323,6 +367,11 @@ class _RequestSink:
                 adapter_version=self._adapter.version if self._adapter else None,
                 generation_ms=(time.perf_counter() - row.started) * 1000,
                 token_ids=list(row.tokens),
+                logprobs=(
+                    token_logprobs(self._engine.tokenizer, row.tokens, row.logprobs)
+                    if row.sampler.top_logprobs is not None
+                    else None
+                ),
             )
         )
 
