@@ -73,7 +73,9 @@ class Planner:
 
 
 @st.composite
-def fleets(draw: st.DrawFn) -> tuple[dict[str, float], list[tuple[str, int]], int, int, int]:
+def fleets(
+    draw: st.DrawFn,
+) -> tuple[dict[str, float], list[tuple[str, int]], int, int, int, float]:
     names = [f"t{i}" for i in range(draw(st.integers(2, 4)))]
     weights = {name: float(draw(st.integers(1, 4))) for name in names}
     # Backlogs in stream order: runs of one tenant's jobs, as a tenant submits in bulk.
@@ -88,7 +90,9 @@ def fleets(draw: st.DrawFn) -> tuple[dict[str, float], list[tuple[str, int]], in
     planners = draw(st.integers(1, 3))
     replicas = draw(st.integers(1, 3))
     max_jobs = draw(st.integers(1, 4))
-    return weights, stream, planners, replicas, max_jobs
+    # In steps; jobs wait far longer than 3 steps in a backlog: aging is in play.
+    passover = draw(st.sampled_from([3.0, 1e9]))
+    return weights, stream, planners, replicas, max_jobs, passover
 
 
 def simulate(
@@ -97,6 +101,7 @@ def simulate(
     planners: int,
     replicas: int,
     jobs: int,
+    passover: float = 1e9,
 ) -> list[Planner]:
     """Consumers claim from one stream in turns and plan onto shared replicas; a job runs
     for a time that grows with its tokens. Base-model jobs: slots never bind here (the
@@ -113,7 +118,8 @@ def simulate(
         for planner in fleet:
             while todo and len(planner.window) < planner.capacity:
                 tenant, tokens = todo.pop()
-                planner.window.append(WindowJob(f"j{serial}", None, 0, 0.0, tenant, tokens))
+                job = WindowJob(f"j{serial}", None, 0, float(step), tenant, tokens)
+                planner.window.append(job)
                 serial += 1
             planner.shares.waiting({job.tenant for job in planner.window})
             views = [ReplicaView(rid, 2, (), +counts) for rid, counts in running.items()]
@@ -121,7 +127,7 @@ def simulate(
             result = plan(
                 planner.window,
                 views,
-                Limits(free, jobs, 1e9),
+                Limits(free, jobs, passover),
                 now=float(step),
                 shares=planner.shares,
             )
@@ -171,13 +177,14 @@ def shortfalls(log: list[tuple[str, int, frozenset[str]]], weights: dict[str, fl
 @settings(max_examples=60, deadline=None)
 @given(fleets())
 def test_no_waiting_tenant_falls_below_its_weighted_share(
-    fleet_spec: tuple[dict[str, float], list[tuple[str, int]], int, int, int],
+    fleet_spec: tuple[dict[str, float], list[tuple[str, int]], int, int, int, float],
 ) -> None:
     """Each consumer gives every tenant waiting in its window at least its weighted share
     of each 1,000 tokens it starts, less two jobs' tokens, while several consumers share
-    the replicas (so each gets what capacity the others leave); and every job starts."""
-    weights, stream, planners, replicas, max_jobs = fleet_spec
-    fleet = simulate(weights, stream, planners, replicas, max_jobs)
+    the replicas (so each gets what capacity the others leave), with the aging bound in
+    play or not (overdue jobs compete beside other tenants' by share); every job starts."""
+    weights, stream, planners, replicas, max_jobs, passover = fleet_spec
+    fleet = simulate(weights, stream, planners, replicas, max_jobs, passover)
     assert sum(len(p.log) for p in fleet) == len(stream)
     for planner in fleet:
         assert shortfalls(planner.log, weights) == []

@@ -9,13 +9,16 @@ The rules, strongest first:
 1. **Capacity.** At most ``free`` jobs start; a replica runs at most ``max_jobs`` jobs at
    once; a replica never runs jobs of more distinct adapters at once than its device
    slots, so its adapter cache never waits for a slot.
-2. **Aging.** A job that has waited ``max_passover_s`` goes before every job that has not.
+2. **Aging.** A job that has waited ``max_passover_s`` goes before every job of its
+   tenant that has not, and before every job of a lower priority.
    If no replica has a slot for its adapter, one replica stops taking new jobs of the
    adapter with the fewest jobs running there ("draining" it), so that a slot frees
    within one job's run time; the choice is kept from plan to plan.
 3. **Priority.** Higher first.
-4. **Fair shares.** Within one priority, tenants take turns by their weighted share of
-   generated tokens (:mod:`workers.scheduling.fairness`); a tenant alone takes all.
+4. **Fair shares.** Within one priority (overdue jobs count at the top one), tenants
+   take turns by their weighted share of generated tokens
+   (:mod:`workers.scheduling.fairness`); a tenant alone takes all. With one tenant,
+   aging is as strict as ever; between tenants, the shares bound the wait instead.
 5. **Warm first.** Within one tenant's jobs of one priority, jobs whose adapter is on some
    replica (and base model jobs) go before jobs that need a load.
 6. **FIFO** among equals (window order, which is the order the consumer claimed them).
@@ -175,8 +178,9 @@ def _ordered(
     overdue: set[str],
     shares: TenantShares,
 ) -> list[WindowJob]:
-    """Overdue first (oldest first), then priority, then fair shares between tenants,
-    then warm before cold, then FIFO."""
+    """Priority levels, highest first (overdue jobs at the top), tenants' fair shares
+    within each; within a tenant overdue first (oldest first), then priority, warm
+    before cold, FIFO."""
 
     def cold(job: WindowJob) -> bool:
         # With no replica known, nothing is known to be warm either: no job is "cold".
@@ -196,15 +200,18 @@ def _ordered(
             item[0],
         ),
     )
-    ordered = [job for _, job in ranked]
-    first = sum(1 for job in ordered if job.key in overdue)
+    # Tenants share each priority level. An overdue job competes at the top level, ahead
+    # of its own tenant's other jobs (the aging bound, within a tenant) but beside other
+    # tenants' jobs by their shares: one tenant's backlog, all of it overdue, must not
+    # hold back another tenant's new jobs (fair shares bound the wait between tenants).
+    top = max((job.priority for job in window), default=0)
     levels: dict[int, list[WindowJob]] = {}
-    for job in ordered[first:]:  # dicts keep insertion order: highest priority first
-        levels.setdefault(job.priority, []).append(job)
-    return ordered[:first] + [
+    for _, job in ranked:
+        levels.setdefault(top if job.key in overdue else job.priority, []).append(job)
+    return [
         job
-        for level in levels.values()
-        for job in fair_order(level, shares, tenant=_tenant, tokens=_tokens)
+        for level in sorted(levels, reverse=True)
+        for job in fair_order(levels[level], shares, tenant=_tenant, tokens=_tokens)
     ]
 
 
