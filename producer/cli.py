@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -81,6 +83,22 @@ def json_arg(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def json_schema_file(path: str) -> dict[str, Any]:
+    """``--json-schema FILE``: the response_format holding the schema in ``FILE`` (named
+    after the file)."""
+    try:
+        schema = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read a JSON schema from {path}: {exc}") from None
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)[:64] or "schema"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def choice_list(text: str) -> dict[str, Any]:
+    """``--choice a,b,c``: the response_format of exactly one of those labels."""
+    return {"type": "choice", "choices": [c.strip() for c in text.split(",") if c.strip()]}
 
 
 def positive_int(text: str) -> int:
@@ -155,6 +173,28 @@ def add_client_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "--messages-json", type=json_arg, help='chat messages: \'[{"role":"user","content":"hi"}]\''
     )
     sub.add_argument("--metadata-json", type=json_arg, help="JSON object echoed in the record")
+    formats = sub.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--json-schema",
+        dest="response_format",
+        type=json_schema_file,
+        metavar="FILE",
+        help="the text is JSON valid against the JSON Schema in FILE (params.response_format)",
+    )
+    formats.add_argument(
+        "--choice",
+        dest="response_format",
+        type=choice_list,
+        metavar="A,B,C",
+        help="the text is exactly one of these comma-separated labels",
+    )
+    formats.add_argument(
+        "--regex",
+        dest="response_format",
+        type=lambda pattern: {"type": "regex", "pattern": pattern},
+        metavar="PATTERN",
+        help="the text matches this regular expression entirely",
+    )
     sub.add_argument("--id", help="job id (default: a new unique id); an existing id is a no-op")
     sub.add_argument("--result-ttl", type=int, help="seconds the record lives after the end")
     sub.add_argument("--priority", type=int, help="higher starts first (-1000..1000, default 0)")

@@ -53,7 +53,7 @@ def submit(args: argparse.Namespace, producer: Producer) -> int:
         args.prompt,
         adapter=args.adapter,
         messages=args.messages_json,
-        params=args.param,
+        params=_with_format(args.param, args.response_format),
         id=args.id,
         result_ttl=args.result_ttl,
         metadata=args.metadata_json,
@@ -68,6 +68,11 @@ def submit(args: argparse.Namespace, producer: Producer) -> int:
     record = producer.wait(job_id, args.timeout)
     print_json(record)
     return record_exit(record)
+
+
+def _with_format(params: dict[str, Any], fmt: dict[str, Any] | None) -> dict[str, Any]:
+    """``--param`` values plus the format of ``--json-schema``, ``--choice`` or ``--regex``."""
+    return params if fmt is None else {**params, "response_format": fmt}
 
 
 def get(args: argparse.Namespace, producer: Producer) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from producer.cli import build_parser, parse_param, settings_from
 from producer.jobfile import read_job_lines
 from producer.stats import ConsumerStats, QueueStats
 from producer.verbs import stats_lines
+from schemas.jobs import GenerationParams
 from schemas.replicas import BackendStats, ReplicaHeartbeat
 
 
@@ -31,6 +34,26 @@ def test_params_accumulate_and_list_params_collect() -> None:
         ["submit", "x", "--param", "stop=END", "--param", "stop=\n", "--param", "top_k=5"]
     )
     assert args.param == {"stop": ["END", "\n"], "top_k": 5}
+
+
+def test_response_format_options(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    (tmp_path / "my schema.json").write_text(json.dumps(schema))
+    args = build_parser().parse_args(
+        ["submit", "x", "--json-schema", str(tmp_path / "my schema.json")]
+    )
+    fmt = args.response_format
+    assert fmt == {"type": "json_schema", "json_schema": {"name": "my_schema", "schema": schema}}
+    assert GenerationParams.model_validate({"response_format": fmt}).response_format is not None
+    args = build_parser().parse_args(["submit", "x", "--choice", "spam, ham,other"])
+    assert args.response_format == {"type": "choice", "choices": ["spam", "ham", "other"]}
+    args = build_parser().parse_args(["submit", "x", "--regex", "[0-9]+"])
+    assert args.response_format == {"type": "regex", "pattern": "[0-9]+"}
+    assert build_parser().parse_args(["submit", "x"]).response_format is None
+    with pytest.raises(SystemExit):  # one format at most
+        build_parser().parse_args(["submit", "x", "--choice", "a", "--regex", "b"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "x", "--json-schema", str(tmp_path / "none.json")])
 
 
 def test_connection_options_before_or_after_the_verb() -> None:

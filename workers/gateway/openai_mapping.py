@@ -13,14 +13,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from schemas import GenerationParams, Message
 from schemas.jobs import ADAPTER_NAME_PATTERN
 from schemas.records import TokenLogprob, TopLogprob
+from schemas.response_format import ResponseFormat
 from schemas.validation import clip
 from workers.engine.requests import GenerationOutput, GenerationRequest
-from workers.gateway.errors import ApiError
+from workers.gateway.errors import ApiError, validation_message
 from workers.gateway.openai_fields import refuse_unhonoured
 from workers.gateway.openai_models import (
     MAX_ROWS,
@@ -48,6 +49,7 @@ from workers.gateway.openai_models import (
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_COMPLETION_TOKENS = 16
 _ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
+_RESPONSE_FORMAT: TypeAdapter[ResponseFormat] = TypeAdapter(ResponseFormat)
 
 
 def adapter_for(model: str, base_model: str) -> str | None:
@@ -82,7 +84,19 @@ def sampling_params(
         min_p=body.min_p,
         logprobs=top_logprobs is not None or None,
         top_logprobs=top_logprobs or None,
+        response_format=response_format(body.response_format),
     )
+
+
+def response_format(value: dict[str, JsonValue] | None) -> ResponseFormat | None:
+    """The job's format of an OpenAI ``response_format``; 400 naming what is wrong."""
+    if value is None:
+        return None
+    try:
+        return _RESPONSE_FORMAT.validate_python(value)
+    except ValidationError as exc:
+        problem = validation_message(exc.errors())
+        raise ApiError(400, "validation", f"response_format: {problem}") from None
 
 
 def choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from schemas.jobs import (
     MAX_MESSAGES,
@@ -62,6 +62,13 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Checked when mapped (openai_mapping.response_format): a bad one answers 400, as
+    # OpenAI's API does, not the 422 of a malformed body.
+    response_format: dict[str, JsonValue] | None = Field(
+        None,
+        description="text, json_object or json_schema (OpenAI's shapes), or loraq's regex "
+        "and choice (docs/PROTOCOL.md): the text is held to it.",
+    )
 
     def wanted_logprobs(self) -> int | None:
         """How many alternatives per token the request asks log-probabilities of
