@@ -7,11 +7,14 @@ queue path submits each job to Redis with the producer and waits for its final s
 so it pays for the stream, the consumer, the Lua scripts, the streamed chunks and the
 wait. A second pair of runs swaps
 the model for a no-op deployment, which shows the ceiling of the queue machinery itself.
+A last run puts the no-op model's jobs through a Redis server the bench starts on a free
+port (nothing else talks to it) and reads what each job cost that one shard: Redis
+commands (``INFO commandstats`` deltas) and Redis CPU time (:mod:`bench.queue_shard`).
 
-    python -m bench.queue [--jobs 200] [--rounds 3] [--concurrency 32]
+    python -m bench.queue [--jobs 200] [--rounds 3] [--concurrency 32] [--shard-jobs 2000]
 
-Writes bench/results/queue.{json,md,png}. (Run it with ``-m``: a script named queue.py
-run by path would shadow the standard library's ``queue`` module.)
+Writes bench/results/queue.{json,md,png} and queue_shard.png. (Run it with ``-m``: a
+script named queue.py run by path would shadow the standard library's ``queue`` module.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import asyncio
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,10 +36,11 @@ import ray
 import redis
 from ray import serve
 
-from bench.report import RESULTS, percentile, save, table
+from bench.queue_shard import ShardProbe
+from bench.report import RESULTS, Row, percentile, save, table
 from demo.tasks import ADAPTER_RULES, heldout_inputs
 from producer import AsyncProducer
-from producer.embedded import resolve_redis_url
+from producer.embedded import EmbeddedRedis, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL
 from schemas import GenerationParams, JobStatus
 from workers import launch
@@ -46,6 +51,8 @@ from workers.serve.stream_groups import Batch, StreamGroups
 from workers.settings import WorkerSettings
 
 MAX_NEW_TOKENS = 24
+# Streamed chunks per job in the one-shard runs: the cost of a job, and of each chunk.
+SHARD_CHUNKS = (1, 8)
 Job = tuple[str | None, str]
 
 
@@ -62,11 +69,15 @@ class Measure:
 
 class NoopModel:
     """A model deployment that answers at once: the queue's own ceiling. It serves the
-    consumer's grouped calls as LoRAModel does (:class:`StreamGroups`)."""
+    consumer's grouped calls as LoRAModel does (:class:`StreamGroups`), streaming each
+    answer in ``chunks`` pieces ``chunk_interval_s`` apart (as a model's chunks come, so
+    that the consumer appends each to Redis on its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunks: int = 1, chunk_interval_s: float = 0.0) -> None:
         self.replica = serve.get_replica_context().replica_tag
         self.groups = StreamGroups()
+        self.chunks = chunks
+        self.chunk_interval_s = chunk_interval_s
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         text = request.prompt or ""
@@ -77,8 +88,13 @@ class NoopModel:
     async def stream(
         self, request: GenerationRequest
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        # The prompt once per chunk: every job streams exactly ``chunks`` chunks.
         output = await self.generate(request)
-        yield TextDelta(output.text)
+        for chunk in range(self.chunks):
+            if chunk:
+                await asyncio.sleep(self.chunk_interval_s)
+            yield TextDelta(output.text)
+        output.text *= self.chunks
         yield output
 
     async def stream_many(
@@ -174,7 +190,7 @@ async def queued_bulk(settings: WorkerSettings, jobs: list[Job]) -> float:
     return len(jobs) / seconds
 
 
-def deploy_noop(settings: WorkerSettings) -> None:
+def deploy_noop(settings: WorkerSettings, chunks: int = 1) -> None:
     """The JobConsumer of the real app, in front of :class:`NoopModel`."""
     model = serve.deployment(
         name=MODEL_DEPLOYMENT,
@@ -185,7 +201,7 @@ def deploy_noop(settings: WorkerSettings) -> None:
         name=CONSUMER_DEPLOYMENT, ray_actor_options={"num_cpus": settings.consumer_num_cpus}
     )(JobConsumer)
     serve.run(
-        consumer.bind(model.bind(), settings),
+        consumer.bind(model.bind(chunks, settings.stream_chunk_ms / 1000), settings),
         name=settings.app_name,
         route_prefix=settings.http_route_prefix,
     )
@@ -290,33 +306,72 @@ def noop_ceiling(redis_url: str, jobs: list[Job], args: Any, **overrides: Any) -
         clean(redis_url, settings.prefix)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def shard_cost(jobs: list[Job], args: Any, state_dir: str, chunks: int) -> dict[str, Any]:
+    """The no-op model's jobs in bulk, each answer streamed in ``chunks`` chunks, through a
+    Redis server of the bench's own: jobs/s, and the commands and Redis CPU time each job
+    cost that server."""
+    with EmbeddedRedis(state_dir=state_dir) as server:
+        settings = bench_settings(
+            server.url,
+            "bench-shard",
+            args.concurrency,
+            affinity_routing=False,
+            model_num_cpus=0.25,
+        )
+        deploy_noop(settings, chunks)
+        try:
+            asyncio.run(queued_bulk(settings, jobs[: 2 * args.concurrency]))  # warm-up
+            with redis.Redis.from_url(server.url) as client, ShardProbe(client) as probe:
+                started = time.perf_counter()
+                asyncio.run(queued_bulk(settings, jobs))
+                seconds = time.perf_counter() - started
+        finally:
+            serve.delete(settings.app_name)
+    cost = {"chunks": chunks, **probe.cost(len(jobs), seconds).to_dict()}
+    print(
+        f"one shard, {chunks} chunk(s) a job: {cost['jobs_per_s']:.1f} jobs/s (no-op model), "
+        f"{cost['commands_per_job']:.1f} Redis commands and "
+        f"{cost['redis_cpu_us_per_job']:.0f} µs of Redis CPU per job: "
+        f"ceiling {cost['redis_ceiling_jobs_per_s']:.0f} jobs/s"
+    )
+    return cost
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The comparisons (none with ``--shard-only``) and the one-shard cost."""
     redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
     jobs = demo_jobs(args.jobs)
     launch.allow_slow_proxy_start()
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    rows = []
+    rows, shard = [], []
     try:
-        settings = bench_settings(redis_url, "bench-engine", args.concurrency)
-        running = launch.deploy(settings)
-        try:
-            rows.append(asyncio.run(compare("demo model", settings, jobs, args)))
-        finally:
-            launch.shutdown(running)
-            clean(redis_url, settings.prefix)
-        rows.append(noop_ceiling(redis_url, jobs, args))
+        if not args.shard_only:
+            settings = bench_settings(redis_url, "bench-engine", args.concurrency)
+            running = launch.deploy(settings)
+            try:
+                rows.append(asyncio.run(compare("demo model", settings, jobs, args)))
+            finally:
+                launch.shutdown(running)
+                clean(redis_url, settings.prefix)
+            rows.append(noop_ceiling(redis_url, jobs, args))
+        if args.shard_jobs:
+            for chunks in SHARD_CHUNKS:
+                with tempfile.TemporaryDirectory() as state_dir:
+                    shard.append(shard_cost(demo_jobs(args.shard_jobs), args, state_dir, chunks))
     finally:
         serve.shutdown()
         ray.shutdown()
         if embedded is not None:
             embedded.stop()
-    return rows
+    return {"rows": rows, "shard": shard}
 
 
-def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def write(results: dict[str, Any], args: argparse.Namespace) -> None:
+    rows, shard = results["rows"], results["shard"]
     meta = {
         "rounds": args.rounds,
         "jobs": args.jobs,
+        "shard_jobs": args.shard_jobs,
         "concurrency": args.concurrency,
         "max_new_tokens": MAX_NEW_TOKENS,
         "cpus": os.cpu_count(),
@@ -335,18 +390,89 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "queue p99 ms": lambda row: f"{row['queue']['p99_ms']:.1f}",
         "added p99 ms": lambda row: f"{row['added_p99_ms']:.1f}",
     }
+    lines = []
+    if rows:
+        lines += [
+            f"# Queue path vs direct handle ({args.jobs} jobs x {args.rounds} rounds, "
+            f"{args.concurrency} in flight, {os.cpu_count()} CPUs, "
+            f"max_new_tokens {MAX_NEW_TOKENS})",
+            "",
+            "Median round shown; range = queue/direct over all rounds. queue: 32 clients each "
+            "submitting a job and waiting for it; bulk: all jobs submitted at once "
+            "(`submit_many`), then awaited (`wait_many`), the consumer keeping 32 in flight.",
+            "",
+            *table(columns, rows),
+            "",
+        ]
+    if shard:
+        lines += shard_lines(shard)
+    save("queue", {"meta": meta, "rows": rows, "shard": shard}, lines)
+    if rows:
+        plot(rows)
+    if shard:
+        plot_shard(shard)
+
+
+def shard_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The one-shard figures as markdown: per run the totals, what one more streamed chunk
+    adds, and each command's calls per job."""
+    first, last = runs[0], runs[-1]
+    extra = last["chunks"] - first["chunks"]
     lines = [
-        f"# Queue path vs direct handle ({args.jobs} jobs x {args.rounds} rounds, "
-        f"{args.concurrency} in flight, {os.cpu_count()} CPUs, max_new_tokens {MAX_NEW_TOKENS})",
+        f"# One Redis shard, no-op model ({first['jobs']} jobs in bulk per run, a Redis "
+        "server of the bench's own)",
         "",
-        "Median round shown; range = queue/direct over all rounds. queue: 32 clients each "
-        "submitting a job and waiting for it; bulk: all jobs submitted at once "
-        "(`submit_many`), then awaited (`wait_many`), the consumer keeping 32 in flight.",
+        *table(
+            {
+                "chunks a job": lambda run: str(run["chunks"]),
+                "jobs/s": lambda run: f"{run['jobs_per_s']:.1f}",
+                "commands per job": lambda run: f"{run['commands_per_job']:.1f}",
+                "Redis CPU µs per job": lambda run: f"{run['redis_cpu_us_per_job']:.0f}",
+                "Redis-bound ceiling jobs/s": lambda run: f"{run['redis_ceiling_jobs_per_s']:.0f}",
+            },
+            runs,
+        ),
         "",
-        *table(columns, rows),
+        "Commands run inside Lua scripts are counted; jobs/s is bound by the workers' "
+        "machine here, the ceiling by the Redis main thread (1 s of its CPU / CPU per job).",
     ]
-    save("queue", {"meta": meta, "rows": rows}, lines)
-    plot(rows)
+    if extra:
+        commands = (last["commands_per_job"] - first["commands_per_job"]) / extra
+        cpu_us = (last["redis_cpu_us_per_job"] - first["redis_cpu_us_per_job"]) / extra
+        lines += ["", f"Each streamed chunk adds {commands:.1f} commands and {cpu_us:.1f} µs."]
+    names = list(dict.fromkeys(name for run in runs for name in run["calls_per_job"]))
+    columns: dict[str, Callable[[Row], str]] = {"command": lambda row: f"`{row['command']}`"}
+    for run in runs:
+        calls = run["calls_per_job"]
+        columns[f"calls per job, {run['chunks']} chunk(s)"] = lambda row, calls=calls: (
+            f"{calls.get(row['command'], 0.0):.2f}"
+        )
+    return [*lines, "", *table(columns, [{"command": name} for name in names])]
+
+
+def plot_shard(runs: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(name for run in runs for name in run["calls_per_job"]))[::-1]
+    fig, axis = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    height = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        axis.barh(
+            [n + i * height for n in range(len(names))],
+            [run["calls_per_job"].get(name, 0.0) for name in names],
+            height,
+            label=f"{run['chunks']} chunk(s) a job: {run['commands_per_job']:.1f} commands, "
+            f"{run['redis_cpu_us_per_job']:.0f} µs Redis CPU",
+        )
+    axis.set_yticks([n + 0.4 - height / 2 for n in range(len(names))], names)
+    axis.set_xlabel("Redis calls per job")
+    axis.set_title("what one job costs one Redis shard (no-op model)")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "queue_shard.png", dpi=120)
 
 
 def plot(rows: list[dict[str, Any]]) -> None:
@@ -404,6 +530,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200, help="jobs per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved direct/queue rounds")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--shard-jobs", type=int, default=2000, help="no-op jobs through the bench's own Redis"
+    )
+    parser.add_argument(
+        "--shard-only", action="store_true", help="only the one-shard cost, no comparison"
+    )
     args = parser.parse_args()
     write(run(args), args)
 
