@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2 import TemplateError, TemplateSyntaxError
+
 from schemas import ErrorType
+from workers.engine.chat_templates import chat_template
 from workers.engine.requests import EngineError, GenerationRequest
 
 
@@ -15,10 +18,25 @@ def _invalid(message: str) -> EngineError:
 def _render(tokenizer: Any, request: GenerationRequest) -> tuple[str, bool]:
     """The prompt text and whether the tokenizer should add its special tokens."""
     if request.messages:
-        if not getattr(tokenizer, "chat_template", None):
+        # The adapter's own template, when its folder has one; else the base model's.
+        own = chat_template(request.resolved) if request.resolved else None
+        if not own and not getattr(tokenizer, "chat_template", None):
             raise _invalid("this model has no chat template: send 'prompt' instead of 'messages'")
         messages = [message.model_dump() for message in request.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, chat_template=own, tokenize=False, add_generation_prompt=True
+            )
+        except TemplateSyntaxError as exc:
+            if own is None:
+                raise
+            # The adapter's fault, not the request's.
+            raise EngineError(
+                ErrorType.INCOMPATIBLE_ADAPTER,
+                f"adapter {request.adapter}: its chat template does not parse: {exc}",
+            ) from None
+        except TemplateError as exc:  # e.g. the template's raise_exception on a role order
+            raise _invalid(f"the chat template refused these messages: {exc}") from None
         # A chat template writes its own BOS and friends.
         return str(text), False
     if not request.prompt:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
-from schemas import ErrorType
+from schemas import ErrorType, Message
 from schemas.adapter_uris import AdapterUri, parse_adapter_uri
 from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
 from workers.adapters.catalogue import AdapterCatalogue
@@ -18,7 +20,10 @@ from workers.adapters.disk_cache import DiskCache
 from workers.adapters.registry import AdapterRegistry
 from workers.adapters.remote import RemoteFolder, RemoteStore
 from workers.adapters.resolver import AdapterResolver, RetryPolicy
+from workers.engine.prompts import encode_request
+from workers.engine.requests import GenerationRequest
 from workers.errors import EngineError
+from workers.settings import DEMO_DIR
 
 DEMO = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
 
@@ -253,3 +258,38 @@ async def test_a_file_deleted_after_the_listing_fails_adapter_unavailable(
         assert list((tmp_path / "entries").iterdir()) == []
     finally:
         replica.close()
+
+
+async def test_an_adapters_chat_template_comes_from_its_cached_folder(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """The template an adapter's store folder carries renders its messages; read from
+    the disk cache's copy (the only folder a backend is given), not from the store."""
+    bucket = s3.bucket()
+    own = tmp_path / "own"
+    shutil.copytree(DEMO_ADAPTERS / "upper", own)
+    (own / "chat_template.jinja").write_text(
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}>"
+    )
+    s3.upload(bucket, "adapters/own", own)
+    s3.upload(bucket, "adapters/plain", DEMO_ADAPTERS / "upper")
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "model")
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path / "cache")
+    messages = [Message(role="user", content="hi")]
+    try:
+        encoded = {}
+        for name in ("own", "plain"):
+            async with replica.use(name) as adapter:
+                assert adapter.folder.is_relative_to(tmp_path / "cache")
+                request = GenerationRequest(adapter=name, messages=messages, resolved=adapter)
+                encoded[name] = encode_request(
+                    tokenizer, request, max_input_tokens=256, max_new_tokens=64
+                )
+    finally:
+        replica.close()
+    expected = tokenizer("<user>hi>", add_special_tokens=False)["input_ids"]
+    assert encoded["own"] == expected
+    base = tokenizer.apply_chat_template(
+        [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    assert encoded["plain"] == tokenizer(base, add_special_tokens=False)["input_ids"] != expected
