@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.tenants import TenantFigures
+
 # A worker whose last heartbeat is older than this many intervals is taken as gone.
 MISSED_BEATS = 3
 
@@ -151,6 +153,14 @@ class ReplicaHeartbeat(Heartbeat, WithBackendStats):
     adapters: list[str] = Field(
         default_factory=list, description="Adapters on the device, least recently used first."
     )
+    # v1.4: what the consumers' planners read (None from an older replica).
+    slots: int | None = Field(None, ge=1, description="Device adapter slots (v1.4).")
+    free_slots: int | None = Field(
+        None, ge=0, description="Device slots holding no adapter now (v1.4)."
+    )
+    adapters_in_flight: list[str] = Field(
+        default_factory=list, description="Adapters of the requests it runs or admits now (v1.4)."
+    )
     disk: DiskTierCounters = Field(
         default_factory=DiskTierCounters,
         description="The node's disk tier, as this replica saw it.",
@@ -175,7 +185,11 @@ class ReplicaStats(WithBackendStats):
         default_factory=list, description="Adapters parsed in host memory."
     )
     disk: DiskTierCounters = Field(default_factory=DiskTierCounters)
-    routed_loads: int = Field(0, ge=0, description="Adapter loads asked for by the router.")
+    max_adapters_in_flight: int = Field(
+        0,
+        ge=0,
+        description="The most distinct adapters its requests used at one moment, since start.",
+    )
     group_calls: int = Field(0, ge=0, description="Grouped streaming calls served.")
     group_requests: int = Field(0, ge=0, description="Requests in those calls.")
     group_cancels: int = Field(0, ge=0, description="Requests of those calls cancelled.")
@@ -197,6 +211,10 @@ class ConsumerHeartbeat(Heartbeat):
         None, ge=0, description="The longest a started job waited in the window (since start)."
     )
     replicas_known: int = Field(0, ge=0, description="Model replicas its scheduler sees.")
+    tenants: dict[str, TenantFigures] = Field(
+        default_factory=dict,
+        description="Its window's figures per tenant ('(default)': jobs without one) (v1.4).",
+    )
 
     @property
     def name(self) -> str:
