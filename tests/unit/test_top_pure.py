@@ -10,10 +10,11 @@ from rich.console import Console
 
 from producer.activity import count_events, live_replicas, stale_replicas, window_start_id
 from producer.rates import Readings, throughput, token_rates
-from producer.stats import ConsumerStats, QueueStats
+from producer.stats import ConsumerStats, QueueStats, tenant_totals
 from producer.top_view import FIXED_LINES, TopFrame, render, row_budget
 from schemas.model_starts import StartFailures
-from schemas.replicas import BackendStats, ReplicaHeartbeat
+from schemas.replicas import BackendStats, ConsumerHeartbeat, ReplicaHeartbeat
+from schemas.tenants import TenantFigures
 
 
 def beat(replica: str, tokens: int, ts: float, **fields: object) -> ReplicaHeartbeat:
@@ -119,9 +120,9 @@ def test_the_frame_fits_the_terminal_and_says_what_it_cut(
 
 
 def test_row_budget_gives_replicas_first_and_consumers_one_line() -> None:
-    assert row_budget(30, consumers=50, replicas=50) == (1, 13)
+    assert row_budget(30, consumers=50, replicas=50) == (1, 12)
     assert row_budget(30, consumers=2, replicas=3) == (2, 3)
-    assert row_budget(30, consumers=0, replicas=50) == (0, 14)
+    assert row_budget(30, consumers=0, replicas=50) == (0, 13)
 
 
 def test_the_frame_says_why_the_model_replicas_fail_to_start() -> None:
@@ -139,3 +140,23 @@ def test_the_frame_says_why_the_model_replicas_fail_to_start() -> None:
         texts.append(console.export_text())
     assert "model      no failed start" in texts[0]
     assert "2 failed starts, last on r1: ValueError: bad" in texts[1]
+
+
+def test_tenants_are_summed_over_consumers_and_shown_most_waiting_first() -> None:
+    acme = TenantFigures(waiting=3, in_flight=1, started=4, tokens=12_000, wait_s_total=2.0)
+    other = TenantFigures(waiting=30, started=1, tokens=5, wait_s_total=0.5, max_wait_s=0.5)
+    beats = [
+        ConsumerHeartbeat(consumer=f"c{i}", ts=1.0, interval_s=5.0, tenants={"acme": acme})
+        for i in range(2)
+    ]
+    beats.append(ConsumerHeartbeat(consumer="c2", ts=1.0, interval_s=5.0, tenants={"b": other}))
+    totals = tenant_totals(beats)
+    assert totals["acme"] == TenantFigures(
+        waiting=6, in_flight=2, started=8, tokens=24_000, wait_s_total=4.0
+    )
+    stats = QueueStats(stream_length=0, dead_letters=0, group_exists=True, tenants=totals)
+    console = Console(width=200, height=30, file=io.StringIO(), record=True)
+    console.print(render(TopFrame("p", stats, throughput(None, stats), now=1.0), 30))
+    line = next(t for t in console.export_text().split("\n") if "tenants" in t)
+    assert line.index("b 30 waiting") < line.index("acme 6 waiting 2 running 24.0k tok")
+    assert "wait 0.50s" in line
