@@ -8,6 +8,7 @@ from producer.errors import (
     JobTimeoutError,
     JobValidationError,
     LoraqConnectionError,
+    RateLimitedError,
     SubmitError,
 )
 from producer.settings import ClientSettings
@@ -21,5 +22,6 @@ __all__ = [
     "LoraqConnectionError",
     "Producer",
     "QueueStats",
+    "RateLimitedError",
     "SubmitError",
 ]

@@ -19,7 +19,13 @@ from typing_extensions import Self, Unpack
 
 from producer import connection
 from producer.durability import Durability, ReplicationTimeoutError
-from producer.errors import JobTimeoutError, SubmitError, connection_errors, endpoint_of
+from producer.errors import (
+    JobTimeoutError,
+    RateLimitedError,
+    SubmitError,
+    connection_errors,
+    endpoint_of,
+)
 from producer.following import (
     OWNER_FIELDS,
     EventFollower,
@@ -36,12 +42,15 @@ from producer.submission import (
     EnqueueOutcome,
     JobFields,
     JobInput,
+    TenantRate,
     build_job,
     checked_job_id,
     chunked,
     enqueue_call,
     prepare_job,
     prepare_jobs,
+    rate_refusal,
+    retry_after_s,
     sort_replies,
 )
 from schemas.jobs import Job
@@ -79,6 +88,8 @@ class _ProducerBase(Generic[ClientT]):
         self._url = endpoint_of(kwargs)
         self._slice_s = block_slice_s(kwargs)
         self._owns_client = False
+        # The rate every tenant's submissions pass, checked in the enqueue script.
+        self.rate = TenantRate()
         if settings is not None:
             self._adopt(settings)
         self._enqueue: Script | AsyncScript = client.register_script(ENQUEUE)
@@ -94,6 +105,7 @@ class _ProducerBase(Generic[ClientT]):
         return self._client
 
     def _adopt(self, settings: ClientSettings) -> Self:
+        self.rate = TenantRate(settings.tenant_rate_per_s, settings.tenant_burst)
         self._url = connection.describe(settings)
         self._owns_client = True
         return self
@@ -109,8 +121,15 @@ class _ProducerBase(Generic[ClientT]):
         except redis.exceptions.ResponseError as exc:
             raise SubmitError([], {call.job_id: str(exc)}) from exc
 
-    def _call(self, job: Job, owner: str | None = None) -> EnqueueCall:
-        return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s, owner=owner)
+    def _call(self, job: Job, owner: str | None = None, *, limit_rate: bool = True) -> EnqueueCall:
+        rate = self.rate if limit_rate else None
+        return enqueue_call(self.keys, job, job_ttl_s=self.job_ttl_s, owner=owner, rate=rate)
+
+    @staticmethod
+    def _check_rate(call: EnqueueCall, reply: Any) -> None:
+        wait_s = retry_after_s(reply)
+        if wait_s is not None:
+            raise RateLimitedError([], {call.job_id: rate_refusal(wait_s)}, wait_s)
 
     def _record_key(self, job_id: str) -> str:
         return self.keys.job(checked_job_id(job_id))
@@ -138,6 +157,8 @@ class _ProducerBase(Generic[ClientT]):
 
     @staticmethod
     def _result(outcome: EnqueueOutcome) -> list[str]:
+        if outcome.retry_after_s:
+            raise RateLimitedError(outcome.submitted, outcome.failed, outcome.retry_after_s)
         if outcome.failed:
             raise SubmitError(outcome.submitted, outcome.failed)
         return outcome.submitted
@@ -195,7 +216,8 @@ class Producer(_ProducerBase[redis.Redis]):
         if self.durability.waits:  # the WAIT must share the write's pipeline
             return self._result(self._enqueue_chunk([call]))[0]
         with self._errors(), self._refusals(call):
-            self._enqueue(keys=call.keys, args=call.args)
+            reply = self._enqueue(keys=call.keys, args=call.args)
+        self._check_rate(call, reply)
         return call.job_id
 
     def submit_many(
@@ -204,6 +226,7 @@ class Producer(_ProducerBase[redis.Redis]):
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         owner: str | None = None,
+        limit_rate: bool = True,
     ) -> list[str]:
         """Enqueue many jobs (``Job`` models or dicts), one round trip per ``chunk_size``.
 
@@ -212,11 +235,14 @@ class Producer(_ProducerBase[redis.Redis]):
         enqueued atomically on its own; jobs that Redis refused raise :class:`SubmitError`
         at the end, listing which ids went in and which did not. ``owner`` goes to each
         new record's ``owner`` field (the HTTP gateway's digest of the caller's API key).
+        With ``tenant_rate_per_s`` set, jobs over their tenant's rate are not written and
+        raise :class:`RateLimitedError` (with ``retry_after_s``) at the end, unless
+        ``limit_rate`` is false: the workers then hold them back instead.
         With ``LORAQ_REDIS_MIN_REPLICAS``, a chunk the replicas did not confirm in time
         raises :class:`ReplicationTimeoutError` with every id of the call (``job_ids``).
         """
         outcome = EnqueueOutcome()
-        calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
+        calls = [self._call(job, owner, limit_rate=limit_rate) for job in prepare_jobs(jobs)]
         with self._whole_call(calls, outcome):
             for chunk in chunked(calls, chunk_size):
                 outcome.extend(self._enqueue_chunk(chunk))
@@ -380,7 +406,8 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         if self.durability.waits:  # the WAIT must share the write's pipeline
             return self._result(await self._enqueue_chunk([call]))[0]
         with self._errors(), self._refusals(call):
-            await self._enqueue(keys=call.keys, args=call.args)
+            reply = await self._enqueue(keys=call.keys, args=call.args)
+        self._check_rate(call, reply)
         return call.job_id
 
     async def submit_many(
@@ -389,10 +416,11 @@ class AsyncProducer(_ProducerBase[redis.asyncio.Redis]):
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         owner: str | None = None,
+        limit_rate: bool = True,
     ) -> list[str]:
         """See :meth:`Producer.submit_many`."""
         outcome = EnqueueOutcome()
-        calls = [self._call(job, owner) for job in prepare_jobs(jobs)]
+        calls = [self._call(job, owner, limit_rate=limit_rate) for job in prepare_jobs(jobs)]
         with self._whole_call(calls, outcome):
             for chunk in chunked(calls, chunk_size):
                 outcome.extend(await self._enqueue_chunk(chunk))

@@ -54,6 +54,15 @@ class SubmitError(RuntimeError):
         self.failed = failed
 
 
+class RateLimitedError(SubmitError):
+    """Jobs were refused because their tenant is over its rate (``tenant_rate_per_s``);
+    ``retry_after_s``: when a token is there again. Nothing was written for them."""
+
+    def __init__(self, submitted: list[str], failed: dict[str, str], retry_after_s: float):
+        super().__init__(submitted, failed)
+        self.retry_after_s = retry_after_s
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, fit for messages and logs."""
     parts = urlsplit(url)

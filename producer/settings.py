@@ -51,6 +51,16 @@ class ClientSettings(BaseSettings):
         False,
         description="Cluster mode: the URL names any node; the prefix needs a {hash tag}.",
     )
+    tenant_rate_per_s: float = Field(
+        0.0,
+        ge=0,
+        description="Jobs per second each tenant may submit (a token bucket checked at "
+        "enqueue, over HTTP a 429 with Retry-After; the workers hold back jobs pushed past "
+        "it); 0: no limit.",
+    )
+    tenant_burst: int = Field(
+        0, ge=0, description="Jobs a tenant may submit at once; 0: one second's worth."
+    )
     redis_min_replicas: int = Field(
         0,
         ge=0,

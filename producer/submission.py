@@ -5,6 +5,7 @@ Shared by the sync and the async producer; nothing here talks to Redis.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -99,6 +100,19 @@ def prepare_jobs(jobs: Iterable[JobInput]) -> list[Job]:
 
 
 @dataclass(frozen=True)
+class TenantRate:
+    """The token bucket every tenant's submissions pass (``per_s`` 0: none)."""
+
+    per_s: float = 0.0
+    burst: int = 0  # 0: one second's worth, at least 1
+
+    @property
+    def bucket(self) -> int:
+        """Jobs a tenant may submit at once after a quiet time."""
+        return self.burst or max(1, math.ceil(self.per_s))
+
+
+@dataclass(frozen=True)
 class EnqueueCall:
     """KEYS and ARGV of the enqueue script for one job."""
 
@@ -108,14 +122,21 @@ class EnqueueCall:
 
 
 def enqueue_call(
-    keys: Keys, job: Job, *, job_ttl_s: int, owner: str | None = None, now: float | None = None
+    keys: Keys,
+    job: Job,
+    *,
+    job_ttl_s: int,
+    owner: str | None = None,
+    now: float | None = None,
+    rate: TenantRate | None = None,
 ) -> EnqueueCall:
     """The enqueue script's arguments for a prepared job (see ``producer.scripts.ENQUEUE``);
-    ``owner`` goes to the record's ``owner`` field."""
+    ``owner`` goes to the record's ``owner`` field; with a ``rate``, the job's tenant's
+    bucket is checked and charged in the same script."""
     assert job.id is not None, "prepare_job() assigns an id"
     created_at = time.time() if now is None else now
     metadata = codec.dumps(job.metadata) if job.metadata is not None else ""
-    return EnqueueCall(
+    call = EnqueueCall(
         job_id=job.id,
         keys=[keys.jobs, keys.job(job.id)],
         args=[
@@ -127,6 +148,23 @@ def enqueue_call(
             owner or "",
         ],
     )
+    if rate is not None and rate.per_s > 0:
+        call.keys.append(keys.tenant_rate(job.tenant or ""))
+        call.args.extend([repr(rate.per_s), str(rate.bucket)])
+    return call
+
+
+def retry_after_s(reply: Any) -> float | None:
+    """Seconds until the tenant may submit again, when the enqueue script refused the job
+    for its tenant's rate; ``None`` for any other reply."""
+    if isinstance(reply, int) and not isinstance(reply, bool) and reply < 0:
+        return -reply / 1000
+    return None
+
+
+def rate_refusal(retry_s: float) -> str:
+    """The reason a job over its tenant's rate was not submitted."""
+    return f"its tenant is over its rate (tenant_rate_per_s); retry in {retry_s:.2f} s"
 
 
 @dataclass
@@ -136,11 +174,14 @@ class EnqueueOutcome:
     submitted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     script_missing: bool = False
+    # The longest wait a tenant's rate asked for (0: no job was refused for a rate).
+    retry_after_s: float = 0.0
 
     def extend(self, other: EnqueueOutcome) -> None:
         """Add the outcome of a later chunk."""
         self.submitted.extend(other.submitted)
         self.failed.update(other.failed)
+        self.retry_after_s = max(self.retry_after_s, other.retry_after_s)
 
 
 def sort_replies(calls: Sequence[EnqueueCall], replies: Sequence[Any]) -> EnqueueOutcome:
@@ -152,9 +193,13 @@ def sort_replies(calls: Sequence[EnqueueCall], replies: Sequence[Any]) -> Enqueu
     """
     outcome = EnqueueOutcome()
     for call, reply in zip(calls, replies, strict=True):
+        wait_s = retry_after_s(reply)
         if isinstance(reply, Exception):
             outcome.failed[call.job_id] = str(reply)
             outcome.script_missing |= isinstance(reply, redis.exceptions.NoScriptError)
+        elif wait_s is not None:
+            outcome.failed[call.job_id] = rate_refusal(wait_s)
+            outcome.retry_after_s = max(outcome.retry_after_s, wait_s)
         else:
             outcome.submitted.append(call.job_id)
     return outcome

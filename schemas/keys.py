@@ -70,6 +70,11 @@ class Keys:
         """Hash of the consumers that hold slots: holder -> lease expiry, epoch ms (v1.4)."""
         return f"{self.prefix}:slot_holders"
 
+    def tenant_rate(self, tenant: str) -> str:
+        """A tenant's token bucket (v1.4): ``tokens`` and ``ts`` (ms), written by the
+        enqueue script when a rate per tenant is set ("" is the default tenant)."""
+        return f"{self.prefix}:tenant:{tenant}:rate"
+
     def job(self, job_id: str) -> str:
         """Hash holding one job's record."""
         return f"{self.prefix}:job:{job_id}"

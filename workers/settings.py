@@ -252,6 +252,14 @@ class WorkerSettings(AdapterRootSettings):
         description="Claimed jobs a consumer holds to choose from (adapter-aware scheduling); "
         "0 turns the window off: jobs start in stream order, as claimed.",
     )
+    max_claimed_jobs: int = Field(
+        0,
+        ge=0,
+        description="Jobs a consumer holds claimed in all, several tenants' together (0: "
+        "schedule_window). Fair shares act on claimed jobs: above schedule_window a "
+        "tenant's jobs behind another's backlog in the stream are seen sooner, and the "
+        "scheduler still looks at each tenant's first schedule_window jobs.",
+    )
     max_passover_s: float = Field(
         5.0,
         gt=0,
@@ -261,6 +269,12 @@ class WorkerSettings(AdapterRootSettings):
         "",
         description="Weights of tenants' shares of generated tokens within one priority, "
         "'a=2,b=1'; a tenant not named (and jobs without a tenant) weighs 1.",
+    )
+    tenant_max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Jobs of one tenant running at once, over all consumers (each holds "
+        "its share); more wait in the windows; 0: no limit.",
     )
     max_dispatch_group: int = Field(
         32,

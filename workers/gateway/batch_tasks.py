@@ -120,7 +120,9 @@ class BatchTasks:
         jobs = [line.job for line in chunk if line.job is not None]
         try:
             if jobs:
-                await self.producer.submit_many(jobs, owner=owner)
+                # A batch is not refused for its tenant's rate: the workers hold its
+                # lines back at that rate instead.
+                await self.producer.submit_many(jobs, owner=owner, limit_rate=False)
         except SubmitError as exc:
             await self.fail(batch, str(exc))
             return False

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from producer.errors import JobTimeoutError, SubmitError
+from producer.errors import JobTimeoutError, RateLimitedError, SubmitError
 from schemas import Job, JobRecord
 from schemas.jobs import JobId
 from workers.gateway.api_models import MAX_JOBS_PER_REQUEST, CancelReply, JobsAccepted
@@ -48,7 +49,7 @@ async def _check_visible(svc: Services, caller: Caller, job_id: str) -> None:
     "",
     status_code=202,
     response_model=JobsAccepted,
-    responses=error_responses(400, 403, 409, 413, 422, 503),
+    responses=error_responses(400, 403, 409, 413, 422, 429, 503),
     summary="Queue one job or a list of jobs",
 )
 async def submit_jobs(body: JobsBody, svc: ServicesDep, caller: CallerDep) -> JobsAccepted:
@@ -61,6 +62,10 @@ async def submit_jobs(body: JobsBody, svc: ServicesDep, caller: CallerDep) -> Jo
     with queue_errors():
         try:
             ids = await svc.producer.submit_many(jobs, owner=caller.owner)
+        except RateLimitedError as exc:
+            # The jobs before the refused one are queued: their ids are in the message.
+            retry = str(math.ceil(exc.retry_after_s))
+            raise ApiError(429, "rate_limited", str(exc), {"Retry-After": retry}) from exc
         except SubmitError as exc:
             raise ApiError(409, "conflict", str(exc)) from exc
     return JobsAccepted(ids=ids)
