@@ -19,8 +19,17 @@ and vLLM (when installed), on the same model, adapters and weights dtype (``--dt
 ``--vllm-dtype`` gives vLLM another): mixed, base only, one at a time (see
 ``bench/engine_backends.py``).
 
+``--models`` runs the shapes on other models too: ``bench`` (the model above) and the
+real shapes of :mod:`bench.real_models` (SmolLM2-135M, Qwen2.5-0.5B, Llama-3.2-1B, built
+by code with random weights; adapters of rank 16 on q/k/v/o and of rank 8 on every
+linear layer, in turn). ``--backends`` picks among ``hf``, ``vllm`` (loraq's vLLM
+backend), ``vllm_offline`` (``LLM.generate``) and ``vllm_server`` (vLLM's OpenAI
+server); ``--shapes-only`` skips (a)-(e) and the memory figures.
+
     python -m bench.engine [--new-tokens 32] [--repeats 3] [--shapes 16x32,16x256,64x64]
                            [--dtype float32] [--vllm-dtype auto]
+                           [--models bench,smollm2-135m,qwen2.5-0.5b,llama-3.2-1b]
+                           [--backends hf,vllm,vllm_offline,vllm_server] [--shapes-only]
 
 Writes bench/results/engine.{json,md,png}.
 """
@@ -32,7 +41,9 @@ import asyncio
 import ctypes
 import gc
 import json
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,9 +55,16 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.engine_backends import backend_lines, backend_runs, plot_backends, target_lines
+from bench.engine_backends import (
+    BACKENDS,
+    backend_lines,
+    backend_runs,
+    plot_backends,
+    target_lines,
+)
 from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines
 from bench.local_adapters import resolved, warm
+from bench.real_models import REAL_SHAPES, build_real_kit
 from bench.report import RESULTS
 from schemas import GenerationParams
 from workers.adapters.registry import AdapterRegistry
@@ -299,62 +317,40 @@ def memory(base: Path, adapters: Path) -> dict[str, float]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        base, adapters = build_models(Path(tmp))
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
-        results: dict[str, Any] = {
-            "config": {
-                "base_params_millions": params / 1e6,
-                "adapter_rank": RANK,
-                "adapter_targets": list(TARGETS),
-                "rows": BATCH_ROWS,
-                "distinct_adapters": BATCH_ADAPTERS,
-                "new_tokens_per_row": args.new_tokens,
-                "torch_threads": torch.get_num_threads(),
-            },
-        }
-        # First, while nothing else has come and gone: a later run's memory, released
-        # under way, once made the resident set shrink while the engine loaded.
-        results["memory"] = memory(base, adapters)
-        settings = engine_settings(base, adapters)
-        engine = Engine(settings, load_model(settings))
-        peft_engine = peft_path_engine(settings)
-        try:
-            runs = {"a_naive_set_adapter": naive(base, adapters, args.new_tokens)}
-            runs.update(engine_runs(engine, peft_engine, args.new_tokens))
-            before = engine.backend_stats()
-            results.update(interleaved(runs, args.repeats))
-            after = engine.backend_stats()
-            results["b_mixed_batch"]["multi_adapter_passes"] = (
-                after.multi_adapter_passes - before.multi_adapter_passes
-            )
-            results["b_mixed_batch"]["max_adapters_in_pass"] = after.max_adapters_in_pass
-            results["cold_load"] = cold_loads(engine, count=5)
-        finally:
-            asyncio.run(engine.close())
-            asyncio.run(peft_engine.close())
-        shapes = parse_shapes(args.shapes) if args.shapes else []
-        # Both backends with the batch's adapters and rank only: vLLM sizes its LoRA
-        # buffers by max_loras x max_lora_rank.
-        sized = settings.model_copy(
-            update={
-                "max_adapters_per_replica": BATCH_ADAPTERS,
-                "max_lora_rank": RANK,
-                "dtype": args.dtype,
-            }
+def basics(args: argparse.Namespace, base: Path, adapters: Path) -> dict[str, Any]:
+    """(a)-(e), the memory figures and cold loads, on the bench model."""
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+    results: dict[str, Any] = {
+        "config": {
+            "base_params_millions": params / 1e6,
+            "adapter_rank": RANK,
+            "adapter_targets": list(TARGETS),
+            "rows": BATCH_ROWS,
+            "distinct_adapters": BATCH_ADAPTERS,
+            "new_tokens_per_row": args.new_tokens,
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    # First, while nothing else has come and gone: a later run's memory, released
+    # under way, once made the resident set shrink while the engine loaded.
+    results["memory"] = memory(base, adapters)
+    settings = engine_settings(base, adapters)
+    engine = Engine(settings, load_model(settings))
+    peft_engine = peft_path_engine(settings)
+    try:
+        runs = {"a_naive_set_adapter": naive(base, adapters, args.new_tokens)}
+        runs.update(engine_runs(engine, peft_engine, args.new_tokens))
+        before = engine.backend_stats()
+        results.update(interleaved(runs, args.repeats))
+        after = engine.backend_stats()
+        results["b_mixed_batch"]["multi_adapter_passes"] = (
+            after.multi_adapter_passes - before.multi_adapter_passes
         )
-        vllm_dtype = args.vllm_dtype or args.dtype
-        results["config"]["backend_dtypes"] = {"hf": args.dtype, "vllm": vllm_dtype}
-        results["backends"] = (
-            backend_runs(
-                sized, shapes, adapters=BATCH_ADAPTERS, repeats=args.repeats, vllm_dtype=vllm_dtype
-            )
-            if shapes
-            else {}
-        )
-        # The HF engine's mixed and base-only figures, as the shapes table has them.
-        results["shapes"] = results["backends"].get("hf", [])
+        results["b_mixed_batch"]["max_adapters_in_pass"] = after.max_adapters_in_pass
+        results["cold_load"] = cold_loads(engine, count=5)
+    finally:
+        asyncio.run(engine.close())
+        asyncio.run(peft_engine.close())
     b, a, c, d = "b_mixed_batch", "a_naive_set_adapter", "c_base_batch", "d_engine_one_at_a_time"
     results["ratios"] = {
         "b_over_a": results[b]["tokens_per_s"] / results[a]["tokens_per_s"],
@@ -367,6 +363,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def model_kit(root: Path, name: str) -> tuple[Path, Path]:
+    """The base model and adapters of ``--models`` entry ``name`` under ``root``."""
+    if name == "bench":
+        return build_models(root / name)
+    return build_real_kit(root / name, REAL_SHAPES[name], adapters=BATCH_ADAPTERS)
+
+
+def shape_runs(args: argparse.Namespace, base: Path, adapters: Path) -> dict[str, Any]:
+    """The ``--shapes`` on every backend of ``--backends`` for one model."""
+    with torch.device("meta"):
+        config = transformers.AutoConfig.from_pretrained(base)
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    # Every backend with the batch's adapters and rank only: vLLM sizes its LoRA buffers
+    # by max_loras x max_lora_rank.
+    sized = engine_settings(base, adapters).model_copy(
+        update={
+            "max_adapters_per_replica": BATCH_ADAPTERS,
+            "max_lora_rank": RANK,
+            "dtype": args.dtype,
+        }
+    )
+    backends = backend_runs(
+        sized,
+        parse_shapes(args.shapes),
+        adapters=BATCH_ADAPTERS,
+        repeats=args.repeats,
+        vllm_dtype=args.vllm_dtype or args.dtype,
+        backends=tuple(args.backends.split(",")),
+    )
+    return {"params_millions": params / 1e6, "backends": backends}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        results: dict[str, Any] = {}
+        if not args.shapes_only:
+            results.update(basics(args, *build_models(root / "basics")))
+        results["config"] = {
+            **results.get("config", {}),
+            "backend_dtypes": {"hf": args.dtype, "vllm": args.vllm_dtype or args.dtype},
+            "torch_threads": torch.get_num_threads(),
+        }
+        results["models"] = {}
+        if args.shapes:
+            for name in args.models.split(","):
+                print(f"model {name}", file=sys.stderr, flush=True)
+                base, adapters = model_kit(root, name)
+                results["models"][name] = shape_runs(args, base, adapters)
+                shutil.rmtree(root / name)  # a real shape's kit is gigabytes
+    return results
+
+
 LABELS = {
     "a_naive_set_adapter": "(a) one at a time, set_adapter + generate",
     "b_mixed_batch": "(b) engine, 16 rows, 8 adapters mixed",
@@ -376,9 +425,7 @@ LABELS = {
 }
 
 
-def write(results: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine.json").write_text(json.dumps(results, indent=2))
+def basic_lines(results: dict[str, Any]) -> list[str]:
     config, memory_, ratios = results["config"], results["memory"], results["ratios"]
     lines = [
         f"# Engine benchmark: {config['base_params_millions']:.1f}M-parameter Llama, "
@@ -421,12 +468,24 @@ def write(results: dict[str, Any]) -> None:
         f"{memory_['adapter_param_mib_each']:.2f} MiB (the stacks of all "
         f"{MEMORY_ADAPTERS} slots, the base slot included, over {MEMORY_ADAPTERS}).",
     ]
-    if results["shapes"]:
-        lines += shape_lines(results["shapes"], BATCH_ADAPTERS)
-        lines += backend_lines(
-            results["backends"], BATCH_ADAPTERS, results["config"]["backend_dtypes"]
-        )
-        lines += target_lines(results["backends"])
+    return lines
+
+
+def write(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine.json").write_text(json.dumps(results, indent=2))
+    lines = basic_lines(results) if "memory" in results else ["# Engine benchmark: shapes"]
+    for name, model in results["models"].items():
+        backends = model["backends"]
+        lines += [
+            "",
+            f"## {name} ({model['params_millions']:.1f}M parameters), "
+            f"{results['config']['torch_threads']} torch threads",
+        ]
+        if "hf" in backends:
+            lines += shape_lines(backends["hf"], BATCH_ADAPTERS)
+            lines += backend_lines(backends, BATCH_ADAPTERS, results["config"]["backend_dtypes"])
+            lines += target_lines(backends)
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 
@@ -436,28 +495,38 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, mem, shapes, backends) = plt.subplots(1, 4, figsize=(24, 4.5))
-    keys = list(LABELS)
-    speed.barh(
-        [LABELS[k] for k in keys], [results[k]["tokens_per_s"] for k in keys], color="tab:blue"
-    )
-    speed.invert_yaxis()
-    speed.set_xlabel("generated tokens/s (best run)")
-    speed.set_title("throughput")
-    memory_ = results["memory"]
-    groups = ["RSS measured", "parameters computed"]
-    shared = [memory_["shared_rss_mib"], memory_["shared_param_mib"]]
-    copies = [memory_["copies_rss_mib"], memory_["copies_param_mib"]]
-    x = range(len(groups))
-    mem.bar([i - 0.2 for i in x], shared, 0.4, label=f"1 base + {MEMORY_ADAPTERS} adapters")
-    mem.bar([i + 0.2 for i in x], copies, 0.4, label=f"{MEMORY_ADAPTERS} model copies")
-    mem.set_xticks(list(x), groups)
-    mem.set_ylabel("MiB")
-    mem.set_title("memory")
-    mem.legend()
-    if results["shapes"]:
-        plot_shapes(shapes, results["shapes"])
-        plot_backends(backends, results["backends"])
+    models = {n: m["backends"] for n, m in results["models"].items() if "hf" in m["backends"]}
+    basic = 2 if "memory" in results else 0
+    panels = basic + 2 * len(models)
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    if basic:
+        speed, mem = axes[0][0], axes[0][1]
+        keys = list(LABELS)
+        speed.barh(
+            [LABELS[k] for k in keys], [results[k]["tokens_per_s"] for k in keys], color="tab:blue"
+        )
+        speed.invert_yaxis()
+        speed.set_xlabel("generated tokens/s (best run)")
+        speed.set_title("throughput")
+        memory_ = results["memory"]
+        groups = ["RSS measured", "parameters computed"]
+        shared = [memory_["shared_rss_mib"], memory_["shared_param_mib"]]
+        copies = [memory_["copies_rss_mib"], memory_["copies_param_mib"]]
+        x = range(len(groups))
+        mem.bar([i - 0.2 for i in x], shared, 0.4, label=f"1 base + {MEMORY_ADAPTERS} adapters")
+        mem.bar([i + 0.2 for i in x], copies, 0.4, label=f"{MEMORY_ADAPTERS} model copies")
+        mem.set_xticks(list(x), groups)
+        mem.set_ylabel("MiB")
+        mem.set_title("memory")
+        mem.legend()
+    for index, (name, backends) in enumerate(models.items()):
+        shapes, by_backend = axes[0][basic + 2 * index], axes[0][basic + 2 * index + 1]
+        plot_shapes(shapes, backends["hf"])
+        plot_backends(by_backend, backends)
+        shapes.set_title(f"{name}: HF engine by batch shape")
+        by_backend.set_title(f"{name}: backends by batch shape")
     fig.tight_layout()
     fig.savefig(RESULTS / "engine.png", dpi=120)
 
@@ -470,6 +539,22 @@ def main() -> None:
         "--shapes",
         default="16x32,16x256,64x64",
         help="batch shapes ROWSxTOKENS, comma-separated ('' skips them)",
+    )
+    parser.add_argument(
+        "--models",
+        default="bench",
+        help="models of the shapes runs, comma-separated: bench (the 30.8M Llama above) "
+        f"and {', '.join(REAL_SHAPES)}",
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"backends of the shapes runs, comma-separated, among {', '.join(BACKENDS)}",
+    )
+    parser.add_argument(
+        "--shapes-only",
+        action="store_true",
+        help="only the shapes runs: skip (a)-(e), memory and cold loads",
     )
     parser.add_argument(
         "--dtype",

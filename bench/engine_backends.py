@@ -9,6 +9,12 @@ neighbours hits all alike; each figure is the best of ``repeats``, and mixed / b
 also given as the median of each turn's pair (the two runs back to back, so the load of
 that moment hits both).
 
+Beside loraq's two backends (``hf``, our engine; ``vllm``, loraq's vLLM backend behind
+the seam), vLLM's own two ways to serve run the same batches (:mod:`bench.vllm_baselines`):
+``vllm_offline`` (``LLM.generate``, its best case) and ``vllm_server`` (its OpenAI
+server, one HTTP client per row). Every row is greedy; the generated token counts of every
+run are compared across backends, and a disagreement is printed beside the figures.
+
 Both backends run at the same weights dtype (``float32`` unless told otherwise): asked
 for ``auto``, vLLM 0.32 turns a float32 checkpoint into bfloat16 on an x86 CPU (its
 ``_resolve_auto_dtype``), where our engine keeps the checkpoint's float32, so an
@@ -20,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.local_adapters import resolved, warm
@@ -33,8 +39,12 @@ from workers.engine.requests import GenerationRequest
 from workers.settings import WorkerSettings
 
 ONE_AT_A_TIME_ROWS = 8
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "vllm_offline", "vllm_server")
+VLLM_BASELINES = ("vllm_offline", "vllm_server")
 RUNS = ("mixed", "base", "one_at_a_time")
+
+# One run of a batch: (the requests, one at a time?) -> (tokens generated, seconds)
+RunBatch = Callable[[list[GenerationRequest], bool], Awaitable[tuple[int, float]]]
 
 
 def requests(
@@ -54,36 +64,39 @@ def requests(
     ]
 
 
-async def _together(backend: Backend, batch: list[GenerationRequest]) -> float:
-    started = time.perf_counter()
-    outputs = await asyncio.gather(*[backend.generate(r) for r in batch])
-    return sum(o.completion_tokens for o in outputs) / (time.perf_counter() - started)
+def on_backend(backend: Backend) -> RunBatch:
+    """A :data:`RunBatch` over a loraq backend: the rows at once, or in turn."""
 
+    async def run(batch: list[GenerationRequest], one_at_a_time: bool) -> tuple[int, float]:
+        started = time.perf_counter()
+        if one_at_a_time:
+            outputs = [await backend.generate(request) for request in batch]
+        else:
+            outputs = await asyncio.gather(*[backend.generate(r) for r in batch])
+        return sum(o.completion_tokens for o in outputs), time.perf_counter() - started
 
-async def _one_at_a_time(backend: Backend, batch: list[GenerationRequest]) -> float:
-    started, tokens = time.perf_counter(), 0
-    for request in batch:
-        tokens += (await backend.generate(request)).completion_tokens
-    return tokens / (time.perf_counter() - started)
+    return run
 
 
 async def measure(
-    backend: Backend, shapes: list[tuple[int, int]], *, adapters: int, folder: str | None
-) -> list[dict[str, list[float]]]:
-    """One turn of every run of every shape on ``backend`` (its adapters, in ``folder``,
-    made warm first, each shape warmed up once): tokens/s per run, as one-element lists."""
-    for index in range(adapters):
-        await backend.ensure_adapter(warm(folder, f"ad{index:02d}"))
+    run: RunBatch, shapes: list[tuple[int, int]], *, adapters: int, folder: str | None
+) -> list[dict[str, Any]]:
+    """One turn of every run of every shape (each shape warmed up once): tokens/s per
+    run, as one-element lists, and the tokens each run generated."""
     results = []
     for rows, tokens in shapes:
         mixed = requests(rows, tokens, adapters, mixed=True, folder=folder)
         base = requests(rows, tokens, adapters, mixed=False, folder=folder)
-        await _together(backend, mixed)  # warm-up of this shape
+        await run(mixed, False)  # warm-up of this shape
+        timed = {
+            "mixed": await run(mixed, False),
+            "base": await run(base, False),
+            "one_at_a_time": await run(mixed[:ONE_AT_A_TIME_ROWS], True),
+        }
         results.append(
             {
-                "mixed": [await _together(backend, mixed)],
-                "base": [await _together(backend, base)],
-                "one_at_a_time": [await _one_at_a_time(backend, mixed[:ONE_AT_A_TIME_ROWS])],
+                **{name: [count / seconds] for name, (count, seconds) in timed.items()},
+                "tokens": {name: count for name, (count, _) in timed.items()},
             }
         )
     return results
@@ -105,6 +118,7 @@ def summary(shapes: list[tuple[int, int]], turns: list[list[dict[str, list[float
                 **{f"{run}_tokens_per_s": max(rates[run]) for run in RUNS},
                 "mixed_over_base_paired": paired,
                 "runs": rates,
+                "tokens": turns[-1][index]["tokens"],
             }
         )
     return results
@@ -128,7 +142,11 @@ def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: i
     async def main() -> list[dict[str, Any]]:
         engine = Engine(settings, load_model(settings))
         try:
-            return await measure(engine, shapes, adapters=adapters, folder=settings.adapter_dir)
+            for index in range(adapters):
+                await engine.ensure_adapter(warm(settings.adapter_dir, f"ad{index:02d}"))
+            return await measure(
+                on_backend(engine), shapes, adapters=adapters, folder=settings.adapter_dir
+            )
         finally:
             await engine.close()
 
@@ -138,19 +156,47 @@ def _run_hf(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: i
 def _run_vllm(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: int) -> Any:
     from workers.engine.vllm_backend import VllmBackend
 
-    # Without it, vLLM's CPU worker reserves 92 % of the NUMA node's memory for its KV
-    # cache and refuses to start when less is free; 1 GiB holds every shape here.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
     async def main() -> list[dict[str, Any]]:
         # Built on the loop (and thread) that uses it: vLLM binds to both.
         backend = VllmBackend.from_settings(settings.model_copy(update={"engine": "vllm"}))
         try:
-            return await measure(backend, shapes, adapters=adapters, folder=settings.adapter_dir)
+            for index in range(adapters):
+                await backend.ensure_adapter(warm(settings.adapter_dir, f"ad{index:02d}"))
+            return await measure(
+                on_backend(backend), shapes, adapters=adapters, folder=settings.adapter_dir
+            )
         finally:
             await backend.close()
 
     return asyncio.run(main())
+
+
+def _run_vllm_offline(
+    settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: int
+) -> Any:
+    from bench.vllm_baselines import offline
+
+    with offline(settings) as run:
+        return asyncio.run(measure(run, shapes, adapters=adapters, folder=settings.adapter_dir))
+
+
+def _run_vllm_server(settings: WorkerSettings, shapes: list[tuple[int, int]], adapters: int) -> Any:
+    from bench.vllm_baselines import server
+
+    async def main() -> list[dict[str, Any]]:
+        names = [f"ad{index:02d}" for index in range(adapters)]
+        async with server(settings, names) as run:
+            return await measure(run, shapes, adapters=adapters, folder=settings.adapter_dir)
+
+    return asyncio.run(main())
+
+
+RUNNERS = {
+    "hf": _run_hf,
+    "vllm": _run_vllm,
+    "vllm_offline": _run_vllm_offline,
+    "vllm_server": _run_vllm_server,
+}
 
 
 def backend_runs(
@@ -160,34 +206,57 @@ def backend_runs(
     adapters: int,
     repeats: int,
     vllm_dtype: str | None = None,
+    backends: tuple[str, ...] = BACKENDS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per backend (``hf``, and ``vllm`` when it is installed), :func:`summary` of
-    ``repeats`` turns. The backends take turns (a fresh engine each, one turn of every
-    shape), so that turn ``i`` of both ran minutes apart, not a whole bench apart: the
-    load of the shared cores moves more than the backends differ.
+    """Per backend of ``backends`` (the vLLM ones only when vLLM is installed),
+    :func:`summary` of ``repeats`` turns. The backends take turns (a fresh engine each,
+    one turn of every shape), so that turn ``i`` of all ran minutes apart, not a whole
+    bench apart: the load of the shared cores moves more than the backends differ.
 
     vLLM runs at ``settings.dtype`` unless ``vllm_dtype`` names another (``auto``: its own
     choice).
     """
     settings = sized(settings, shapes)
-    backends = {"hf": (_run_hf, settings)}
-    if importlib.util.find_spec("vllm") is not None:
-        dtype = vllm_dtype or settings.dtype
-        backends["vllm"] = (_run_vllm, settings.model_copy(update={"dtype": dtype}))
-    turns: dict[str, list[Any]] = {name: [] for name in backends}
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    chosen = {}
+    for name in backends:
+        if name == "hf":
+            chosen[name] = settings
+        elif has_vllm:
+            chosen[name] = settings.model_copy(update={"dtype": vllm_dtype or settings.dtype})
+    turns: dict[str, list[Any]] = {name: [] for name in chosen}
     for turn in range(repeats):
-        for name, (run, backend_settings) in backends.items():
+        for name, backend_settings in chosen.items():
             print(f"backends: turn {turn + 1} of {repeats}, {name}", file=sys.stderr, flush=True)
-            turns[name].append(run(backend_settings, shapes, adapters))
+            turns[name].append(RUNNERS[name](backend_settings, shapes, adapters))
     return {name: summary(shapes, runs) for name, runs in turns.items()}
 
 
+def token_mismatches(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Where a backend generated another number of tokens than the first backend for the
+    same greedy batch (each row should run exactly its new tokens on every backend)."""
+    names = list(results)
+    lines = []
+    for index, row in enumerate(results[names[0]]):
+        for run in RUNS:
+            counts = {name: results[name][index]["tokens"][run] for name in names}
+            if len(set(counts.values())) > 1:
+                shape = f"{row['rows']} x {row['new_tokens']}"
+                lines.append(f"{shape} {run}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return lines
+
+
 def paired(
-    results: dict[str, list[dict[str, Any]]], index: int, run: str, other: str = "vllm"
+    results: dict[str, list[dict[str, Any]]],
+    index: int,
+    run: str,
+    other: str = "vllm",
+    *,
+    ours: str = "hf",
 ) -> float:
-    """Median over turns of our ``run`` / ``other``'s ``run`` at shape ``index``."""
-    ours, theirs = results["hf"][index]["runs"][run], results[other][index]["runs"][run]
-    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+    """Median over turns of ``ours``'s ``run`` / ``other``'s ``run`` at shape ``index``."""
+    top, theirs = results[ours][index]["runs"][run], results[other][index]["runs"][run]
+    return statistics.median(a / b for a, b in zip(top, theirs, strict=True))
 
 
 def backend_lines(
@@ -196,7 +265,7 @@ def backend_lines(
     """The markdown table: one line per shape, each backend's runs side by side."""
     names = [name for name in BACKENDS if name in results]
     header = " | ".join(f"{name} {run.replace('_', ' ')}" for run in RUNS for name in names)
-    weights = ", ".join(f"{name} {dtypes[name]}" for name in names)
+    weights = ", ".join(f"{name} {dtypes['hf' if name == 'hf' else 'vllm']}" for name in names)
     lines = [
         "",
         f"Tokens/s by backend (rows x new tokens, {adapters} adapters mixed; one at a time: "
@@ -236,10 +305,11 @@ def target_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells) + " |")
 
     indices = range(len(hf))
-    if "vllm" in results:
+    others = [name for name in BACKENDS[1:] if name in results]
+    for other in others:
         line(
-            "our base / vLLM base (>= 1.0)",
-            [(best("base", i), paired(results, i, "base")) for i in indices],
+            f"our base / {other} base (>= 1.0)",
+            [(best("base", i, other), paired(results, i, "base", other)) for i in indices],
         )
     line(
         "our mixed / our base (>= 0.9)",
@@ -248,11 +318,35 @@ def target_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             for r in hf
         ],
     )
-    if "vllm" in results:
+    for other in others:
         line(
-            "our mixed / vLLM mixed (>= 2)",
-            [(best("mixed", i), paired(results, i, "mixed")) for i in indices],
+            f"our mixed / {other} mixed (>= 2)",
+            [(best("mixed", i, other), paired(results, i, "mixed", other)) for i in indices],
         )
+    if "vllm" in results:
+        # loraq's vLLM backend (the seam, no HTTP) against vLLM's own ways.
+        for other in [name for name in VLLM_BASELINES if name in results]:
+            for run in ("base", "mixed"):
+                line(
+                    f"loraq's vllm {run} / {other} {run}",
+                    [
+                        (
+                            results["vllm"][i][f"{run}_tokens_per_s"]
+                            / results[other][i][f"{run}_tokens_per_s"],
+                            paired(results, i, run, other, ours="vllm"),
+                        )
+                        for i in indices
+                    ],
+                )
+    mismatches = token_mismatches(results)
+    lines.append(
+        "\nGreedy token counts: "
+        + (
+            "**differ** between backends: " + "; ".join(mismatches)
+            if mismatches
+            else f"the same on every backend ({', '.join(results)}) for every run."
+        )
+    )
     for rows in sorted({r["rows"] for r in hf}):
         same = sorted((r for r in hf if r["rows"] == rows), key=lambda r: r["new_tokens"])
         if len(same) < 2:

@@ -113,13 +113,17 @@ def write_adapters(
     rank: int,
     dtype: torch.dtype,
     seed: int = 100,
+    targets: Sequence[str] = TARGETS,
+    start: int = 0,
 ) -> list[str]:
-    """``count`` random LoRA adapters of ``rank`` on q/k/v/o, as PEFT folders
-    ``root/ad00..``; returns their names. The random draws run on the model's device."""
+    """``count`` random LoRA adapters of ``rank`` on ``targets`` (q/k/v/o unless told), as
+    PEFT folders ``root/ad{start}..``; returns their names. The random draws run on the
+    model's device."""
     device = next(model.parameters()).device
-    shapes = target_shapes(model, TARGETS)
-    names = [f"ad{index:02d}" for index in range(count)]
-    for index, name in enumerate(names):
+    shapes = target_shapes(model, targets)
+    indices = range(start, start + count)
+    names = [f"ad{index:02d}" for index in indices]
+    for index, name in zip(indices, names, strict=True):
         torch.manual_seed(seed + index)
         tensors = {}
         for module, (fan_in, fan_out) in shapes.items():
@@ -134,7 +138,7 @@ def write_adapters(
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / "adapter_model.safetensors"))
         config = LoraConfig(
-            r=rank, lora_alpha=rank, target_modules=list(TARGETS), task_type="CAUSAL_LM"
+            r=rank, lora_alpha=rank, target_modules=list(targets), task_type="CAUSAL_LM"
         )
         config.save_pretrained(str(folder))
     return names

@@ -32,6 +32,7 @@ class LlamaShape:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
     initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,17 @@ class LoraSpec:
     alpha: int | None = None
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer over printable ASCII plus newline, with a chat template."""
+def build_char_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII plus newline, with a chat template.
+
+    With ``vocab_size``, filler tokens ``<|tN|>`` complete the vocabulary to that size, so
+    that a model of a real vocabulary's width can generate every id and each decodes to
+    text (prompts still encode to characters only).
+    """
     chars = [chr(code) for code in range(32, 127)] + ["\n"]
-    vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS, *chars])}
+    tokens = [*SPECIAL_TOKENS, *chars]
+    tokens += [f"<|t{index}|>" for index in range(len(tokens), vocab_size or 0)]
+    vocab = {token: index for index, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
@@ -78,7 +86,7 @@ def build_llama(path: Path, *, shape: LlamaShape | None = None, seed: int = 0) -
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=shape.tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]  # (transformers 5.19)
