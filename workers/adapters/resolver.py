@@ -109,10 +109,13 @@ class AdapterResolver:
         return known.adapter if known is not None else None
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[ResolvedAdapter]:
+    async def use(self, name: str, *, known_ok: bool = False) -> AsyncIterator[ResolvedAdapter]:
         """``name`` resolved and its folder on this node's disk, held there (not evicted)
-        until the block ends."""
-        resolution = await self._resolution(name)
+        until the block ends. ``known_ok`` (a prefetch): the version this replica
+        resolved last will do however old, as the job that follows resolves it again;
+        without it a hint for a waiting job would list its adapter every time it is
+        repeated."""
+        resolution = await self._resolution(name, known_ok=known_ok)
         lease = await self._hold(resolution) if resolution.remote else None
         try:
             yield resolution.adapter
@@ -129,10 +132,10 @@ class AdapterResolver:
         """Stop the download threads (downloads under way finish)."""
         self._pool.shutdown(wait=False)
 
-    async def _resolution(self, name: str) -> _Resolution:
+    async def _resolution(self, name: str, *, known_ok: bool = False) -> _Resolution:
         now = time.monotonic()
         known = self._resolved.get(name)
-        if known is not None and known.expires > now:
+        if known is not None and (known_ok or known.expires > now):
             self._resolved.move_to_end(name)
             return known
         if self._misses.get(name, 0.0) > now:

@@ -121,7 +121,7 @@ class ReplicaAdapters:
 
     async def _prefetch_one(self, name: str) -> None:
         try:
-            async with self.resolver.use(name) as adapter:
+            async with self.resolver.use(name, known_ok=True) as adapter:
                 await self._backend.prefetch(adapter)
         except Exception as exc:  # a hint, not a request: nobody waits for its error
             log.debug("prefetch of adapter %r skipped: %s", name, exc)

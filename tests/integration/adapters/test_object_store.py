@@ -293,3 +293,26 @@ async def test_an_adapters_chat_template_comes_from_its_cached_folder(
         [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
     )
     assert encoded["plain"] == tokenizer(base, add_special_tokens=False)["input_ids"] != expected
+
+
+async def test_a_prefetch_takes_the_known_version_and_a_job_lists_again(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A hint repeated for a waiting job does not list its adapter again; the job does,
+    once the listing is past the sync bound."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    store = CountingStore(timeout_s=2.0, max_bytes=2**30)
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=0.2, store=store)
+    try:
+        async with replica.use("tenant", known_ok=True):
+            pass
+        await asyncio.sleep(0.3)
+        async with replica.use("tenant", known_ok=True):
+            pass
+        assert store.listed == 1
+        async with replica.use("tenant"):
+            pass
+        assert store.listed == 2
+    finally:
+        replica.close()
