@@ -39,8 +39,10 @@ def start_recorded(settings: WorkerSettings, replica: str) -> Iterator[None]:
 
 
 def record_failure(client: redis.Redis, keys: Keys, replica: str, cause: str) -> None:
-    """One more failed start, by ``replica``, because of ``cause`` (one atomic step)."""
-    pipe = client.pipeline(transaction=True)
+    """One more failed start, by ``replica``, because of ``cause`` (one round trip; no
+    transaction, which a Cluster client's pipeline may not offer: a reader between the
+    two commands sees the new count with the cause before it, which is harmless)."""
+    pipe = client.pipeline(transaction=False)
     pipe.hincrby(keys.model_starts, "failures", 1)
     pipe.hset(keys.model_starts, mapping={"cause": cause, "replica": replica, "ts": time.time()})
     pipe.execute()
