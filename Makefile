@@ -41,8 +41,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Two pytest-xdist workers: the tests that use Ray in one (one Ray and one Serve for the
+# run), the others beside them, a folder at a time (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 # The worker extra only: the demo runs the HF engine, not vLLM (a large download).
 demo: $(WORKER_STAMP)

@@ -17,6 +17,7 @@ from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
 DEMOS = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
 
 
+@pytest.mark.ray  # a Ray of its own
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_nodes_serve_s3_adapters_downloading_each_once_per_node(

@@ -4,17 +4,10 @@ each are printed in pytest's terminal summary, like the chaos suite's."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.integration.chaos.accounting import write_figures
-from tests.integration.failover.feeds import FIGURES
 from tests.integration.failover.topology import Cluster, SentinelSet, running
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    write_figures(terminalreporter, "failover figures", FIGURES)
 
 
 @pytest.fixture(scope="module")

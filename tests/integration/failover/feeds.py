@@ -28,7 +28,7 @@ from producer import Producer
 from producer.connection import sync_client
 from producer.durability import ReplicationTimeoutError
 from producer.errors import LoraqConnectionError
-from tests.integration.chaos.accounting import Tally
+from tests import figures
 from tests.integration.chaos.conftest import MODELS, ChaosApp
 from tests.integration.serve.conftest import MAX_NEW_TOKENS, prompts_right_on_every_model
 from workers import launch
@@ -38,8 +38,8 @@ from workers.settings import WorkerSettings
 # second, so that the primary dies with most of the jobs still to come.
 PAUSE_S = 0.005
 RETRY_PAUSE_S = 0.05
-# Each scenario's figures, for the terminal summary (see conftest.py).
-FIGURES: list[Tally] = []
+# Each scenario's figures, for the terminal summary (tests/figures.py).
+FIGURES = figures.section("failover figures")
 
 # What docs/PROTOCOL.md tells a plain client to send for a durable submission: the job
 # and its record in one script (nothing when the id has a record: a resubmission after an

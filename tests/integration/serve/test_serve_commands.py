@@ -47,6 +47,7 @@ def command_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
 NOT_FOR_THE_USER = ("Traceback", "Warning", "WARNING", "ERROR", "(raylet)", "killed by ray.kill")
 
 
+@pytest.mark.ray  # a Ray of its own
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_loraq_demo_runs_every_adapter_prints_only_its_own_lines_and_exits_0(

@@ -98,6 +98,7 @@ def run_cluster(redis_url: str, prefix: str, temp_dir: str) -> subprocess.Comple
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+@pytest.mark.ray  # a Ray of its own
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_WITHIN_S + STOP_WITHIN_S + 60)
 def test_two_nodes_with_a_model_replica_each_both_serve_jobs(redis_url: str, prefix: str) -> None:
