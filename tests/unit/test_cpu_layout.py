@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from workers.engine.cpu_layout import (
     PackedLinear,
     column_major_linears,
     pack_linears,
     unpack_linears,
+)
+from workers.engine.synthetic import LlamaShape, build_llama
+
+TIED = LlamaShape(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, tie_word_embeddings=True
 )
 
 
@@ -65,3 +73,21 @@ def test_tied_and_half_precision_weights_are_not_packed() -> None:
     assert pack_linears(model) == 0
     assert output.weight is embedding.weight and type(output) is nn.Linear
     assert embedding(torch.tensor([3])).shape == (1, 6)
+
+
+def test_a_tied_output_layer_gets_a_packed_copy_and_the_embedding_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(build_llama(tmp_path, shape=TIED))
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    ids = torch.tensor([[5, 9, 17, 3]])
+    with torch.inference_mode():
+        before = model(ids).logits
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    assert pack_linears(model) == 7 * TIED.num_hidden_layers + 1  # the output layer too
+    assert type(model.lm_head) is PackedLinear and model.lm_head.weight.is_mkldnn
+    assert torch.equal(model.get_input_embeddings().weight, embedding)  # dense, untouched
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-5)
+    assert unpack_linears(model) == 7 * TIED.num_hidden_layers + 1
+    assert torch.equal(model.lm_head.weight, embedding)

@@ -18,8 +18,14 @@ layouts do better, with the same values:
   Every module still sees the same ``[out, in]`` tensor.
 
 CUDA's BLAS takes either dense layout alike; nothing here runs there. Weights shared by
-two modules (an output layer tied to the embedding) and quantized layers (bitsandbytes
-subclasses with their own parameter types) keep their own layout.
+two modules and quantized layers (bitsandbytes subclasses with their own parameter types)
+keep their own layout, but for one: a model's output layer tied to its input embedding
+(SmolLM2, Qwen2.5-0.5B, Llama-3.2-1B) gets a packed copy of its own, since the embedding
+must keep reading rows of the dense one. That costs the vocabulary matrix once more
+(113 MB for SmolLM2-135M in float32, 545 MB for Qwen2.5-0.5B) and buys the product over a
+50k-150k vocabulary, a fifth to a quarter of a step's weights, at the packed speed: 2.1-2.4x
+the column-major time at 16 and 64 rows (docs/SERVING.md, "Where a step goes on real
+shapes").
 """
 
 from __future__ import annotations
@@ -49,15 +55,29 @@ def pack_linears(model: nn.Module) -> int:
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return 0
     count = 0
-    for module in _own_weight_linears(model):
+    for module in [*_own_weight_linears(model), *_tied_output(model)]:
         weight = module.weight
         if weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2:
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            # A tied output layer's weight stays the embedding's: this is its own copy.
             module.weight = nn.Parameter(packed, requires_grad=False)
             module.__class__ = PackedLinear
             count += 1
     return count
+
+
+def _tied_output(model: nn.Module) -> list[nn.Linear]:
+    """The output layer of a model that names one (``get_output_embeddings``), when its
+    weight is its input embedding's."""
+    output_of = getattr(model, "get_output_embeddings", None)
+    input_of = getattr(model, "get_input_embeddings", None)
+    if output_of is None or input_of is None:
+        return []
+    output, embedding = output_of(), input_of()
+    if type(output) is not nn.Linear or type(output.weight) is not nn.Parameter:
+        return []
+    return [output] if output.weight is getattr(embedding, "weight", None) else []
 
 
 def unpack_linears(model: nn.Module) -> int:
