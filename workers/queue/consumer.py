@@ -27,9 +27,11 @@ from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.consumer_stats import ConsumerCounters, ConsumerStats, WindowFigures
 from workers.queue.runner import InFlight, JobRunner
+from workers.queue.slot_lease import SlotClaim, SlotLease
 from workers.queue.store import Entry, JobStore, until_reachable
-from workers.queue.window import ClaimedWindow, Running
-from workers.scheduling.warm import WarmSets
+from workers.queue.tenants import TenantBook
+from workers.queue.window import ClaimedWindow, job_cap
+from workers.scheduling.tenant_limits import TenantLimits
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -77,12 +79,29 @@ class QueueConsumer:
         self.prefetcher = prefetcher
         self.in_flight: dict[str, InFlight] = {}
         self.window: ClaimedWindow | None = None
+        self.lease: SlotLease | None = None
         if settings.schedule_window > 0:
             self.window = ClaimedWindow(
-                capacity=max(settings.schedule_window, settings.max_in_flight),
+                capacity=max(
+                    settings.schedule_window, settings.max_claimed_jobs, settings.max_in_flight
+                ),
+                horizon=max(settings.schedule_window, settings.max_in_flight),
                 max_passover_s=settings.max_passover_s,
-                warm=WarmSets(settings.max_adapters_per_replica),
+                slots=settings.max_adapters_per_replica,
+                tenants=TenantBook(
+                    settings.tenant_weight_map,
+                    TenantLimits.share(
+                        settings.tenant_max_in_flight,
+                        settings.tenant_rate_per_s,
+                        settings.tenant_burst,
+                        settings.num_consumer_replicas,
+                    ),
+                ),
             )
+            self.lease = SlotLease(store.client, store.keys, name, settings.visibility_timeout_s)
+        # Entries whose job holds a slot in the lease: released when it ends.
+        self._leased: set[str] = set()
+        self._consumers = 1  # consumers holding slots, as the latest ledger showed
         self._next_replicas_read = 0.0
         self._prefetched: dict[tuple[str, str], float] = {}
         self.counters = ConsumerCounters()
@@ -136,6 +155,10 @@ class QueueConsumer:
         if self._lease_task is not None:
             self._lease_task.cancel()
             await asyncio.gather(self._lease_task, return_exceptions=True)
+        if self.lease is not None:
+            # What it still holds stops counting now, not when the lease runs out.
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.lease.drop()
 
     def stats(self) -> ConsumerStats:
         """Counters of this consumer, its jobs in flight now, and its window's figures."""
@@ -144,8 +167,9 @@ class QueueConsumer:
             window = WindowFigures(
                 depth=len(self.window),
                 oldest_wait_s=self.window.oldest_wait_s(),
-                replicas_known=len(self.window.warm.replicas()),
+                replicas_known=len(self.window.replicas),
                 stats=replace(self.window.stats),
+                tenants=self.window.tenants.figures(self.window.waiting_by_tenant()),
             )
         return ConsumerStats(
             counters=replace(self.counters), in_flight=len(self.in_flight), window=window
@@ -182,7 +206,7 @@ class QueueConsumer:
             # Cleared before the plan: a job that ends from here on wakes the wait below.
             self._slot_freed.clear()
             await self._redis(self._read_replicas)
-            self._start_planned(window)
+            await self._start_planned(window)
             if window.room:
                 # Idle: wait for jobs in Redis. Jobs waiting here: a short wait, so that a
                 # slot freed meanwhile is filled soon. No slot free: just top the window up.
@@ -204,9 +228,35 @@ class QueueConsumer:
         else:
             self._spawn(entry)  # deleted, unparsable or expired: answered without a model
 
-    def _start_planned(self, window: ClaimedWindow) -> None:
-        running = [Running(slot.replica, slot.adapter) for slot in self.in_flight.values()]
-        for waiting, replica in window.take(running, self.free_slots):
+    async def _start_planned(self, window: ClaimedWindow) -> None:
+        """Plan against every consumer's jobs in flight (the slot lease), admit the plan's
+        starts through the lease, and start those it admits; the rest wait again."""
+        if not len(window):
+            return
+        assert self.lease is not None
+        # No replica known: nothing to lease (Serve's router places the jobs).
+        ledger = await self._redis(self.lease.ledger) if window.replicas else {}
+        max_jobs = job_cap(
+            self.settings.max_in_flight,
+            self._consumers,
+            len(window.replicas),
+            self.settings.max_ongoing_requests,
+        )
+        planned = window.take(ledger, self.free_slots, max_jobs)
+        placed = [(w, replica) for w, replica in planned if replica is not None]
+        claims = [
+            SlotClaim(replica, w.job.adapter_name, window.replicas[replica].slots, max_jobs)
+            for w, replica in placed
+        ]
+        answers = await self._admit(claims)
+        admitted = dict(zip([w.entry.entry_id for w, _ in placed], answers, strict=True))
+        for waiting, replica in planned:
+            if replica is not None and not admitted[waiting.entry.entry_id]:
+                window.refused(waiting)
+                continue
+            window.started(waiting)
+            if replica is not None:
+                self._leased.add(waiting.entry.entry_id)
             self._spawn(
                 waiting.entry,
                 job_id=waiting.job.id,
@@ -215,6 +265,21 @@ class QueueConsumer:
             )
         self._send_prefetches(window)
 
+    async def _admit(self, claims: list[SlotClaim]) -> list[bool]:
+        """The slot lease's answer for each claim; all refused while Redis is down (the
+        jobs wait in the window, and the next plan asks again)."""
+        assert self.lease is not None
+        try:
+            return await self.lease.acquire(claims)
+        except REDIS_DOWN as exc:
+            log.warning("slot lease unreachable, jobs wait: %s", exc)
+            return [False] * len(claims)
+
+    async def _release(self, slot: InFlight) -> None:
+        """Give the slot of an ended job back to the lease."""
+        assert self.lease is not None and slot.replica is not None
+        await self._redis(partial(self.lease.release, slot.replica, slot.adapter))
+
     async def _read_replicas(self) -> None:
         """Refresh the window's picture of the model replicas from their heartbeats."""
         assert self.window is not None
@@ -222,11 +287,9 @@ class QueueConsumer:
         if now < self._next_replicas_read:
             return
         self._next_replicas_read = now + min(REPLICAS_READ_S, self.settings.heartbeat_s)
-        beats = await self.store.live_replicas()
-        warm = self.window.warm
-        warm.keep_only([beat.replica for beat in beats])
-        for beat in beats:
-            warm.beat(beat.replica, beat.adapters, beat.ts)
+        self.window.see(await self.store.live_replicas())
+        if self.lease is not None:
+            self._consumers = await self.lease.holders()
 
     def _send_prefetches(self, window: ClaimedWindow) -> None:
         if self.prefetcher is None:
@@ -345,6 +408,13 @@ class QueueConsumer:
             )
         finally:
             self.in_flight.pop(entry.entry_id, None)
+            if self.window is not None:
+                self.window.tenants.ended(entry.entry_id, slot.completion_tokens)
+            if self.window is not None and slot.served_by is not None:
+                self.window.saw(*slot.served_by)
+            if entry.entry_id in self._leased:
+                self._leased.discard(entry.entry_id)
+                self._background(self._release(slot))
             self._slot_freed.set()
 
     async def _keep_leases(self) -> None:
@@ -369,6 +439,8 @@ class QueueConsumer:
         # The window's entries too: they are claimed, and a lapsed lease hands them over.
         waiting = self.window.entry_ids() if self.window is not None else []
         lost = await self.store.renew(self.name, [*self.in_flight, *waiting])
+        if self.lease is not None:
+            await self.lease.renew()
         if lost:
             log.warning("consumer %s lost the lease of %s", self.name, lost)
 

@@ -3,8 +3,9 @@ deployment's ``stats()``), so that no reader guesses key names."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from schemas.tenants import TenantFigures
 from workers.queue.window import WindowStats
 
 
@@ -26,6 +27,7 @@ class WindowFigures:
     oldest_wait_s: float
     replicas_known: int  # model replicas its scheduler sees
     stats: WindowStats
+    tenants: dict[str, TenantFigures] = field(default_factory=dict)  # by tenant label
 
 
 @dataclass(frozen=True)

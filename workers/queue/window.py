@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from schemas import Job
+from schemas.replicas import ReplicaHeartbeat
 from workers.queue.store import Entry
-from workers.scheduling.warm import WarmSets
+from workers.queue.tenants import TenantBook, tenant_of
+from workers.scheduling.slot_ledger import Ledger
 from workers.scheduling.window import Drain, Limits, ReplicaView, WindowJob, plan
 
 
@@ -31,11 +33,11 @@ class Waiting:
 
 
 @dataclass(frozen=True)
-class Running:
-    """A job of this consumer in flight: where it was sent and with which adapter."""
+class ReplicaPicture:
+    """What a model replica published in its latest heartbeat."""
 
-    replica: str | None
-    adapter: str | None
+    warm: tuple[str, ...]  # adapters on its device
+    slots: int  # its device adapter slots
 
 
 @dataclass
@@ -45,6 +47,7 @@ class WindowStats:
     planned: int = 0  # plans made
     dispatched: int = 0  # jobs started from the window
     prefetches: int = 0  # prefetch hints sent
+    slot_refusals: int = 0  # planned starts the slot lease refused (another consumer was first)
     max_wait_s: float = 0.0  # the longest a started job waited in the window
 
 
@@ -56,13 +59,21 @@ class ClaimedWindow:
         *,
         capacity: int,
         max_passover_s: float,
-        warm: WarmSets,
+        slots: int,
+        tenants: TenantBook | None = None,
+        horizon: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
         self.max_passover_s = max_passover_s
-        self.warm = warm
+        self.slots = slots  # a replica's slots when its heartbeat does not say
+        # The model replicas, as their latest heartbeats describe them.
+        self.replicas: dict[str, ReplicaPicture] = {}
         self.stats = WindowStats()
+        self.tenants = tenants or TenantBook()
+        # Jobs of each tenant a plan looks at (its first, in claim order; None: all): a
+        # window that holds several tenants' backlogs plans as fast as one of this size.
+        self.horizon = horizon
         self._clock = clock
         self._waiting: dict[str, Waiting] = {}  # by entry id, in claim order
         self._draining: dict[str, Drain] = {}
@@ -93,24 +104,44 @@ class ClaimedWindow:
         now = self._clock()
         return max((now - w.arrived for w in self._waiting.values()), default=0.0)
 
-    def take(self, running: Collection[Running], free: int) -> list[tuple[Waiting, str | None]]:
+    def see(self, beats: Iterable[ReplicaHeartbeat]) -> None:
+        """The live replicas' latest heartbeats: what each holds, and its slots."""
+        self.replicas = {
+            beat.replica: ReplicaPicture(tuple(beat.adapters), beat.slots or self.slots)
+            for beat in beats
+        }
+
+    def saw(self, replica: str, warm: tuple[str, ...]) -> None:
+        """A job's output said what ``replica`` holds on its device now (fresher than its
+        heartbeat, which may be seconds old)."""
+        picture = self.replicas.get(replica)
+        if picture is not None:
+            self.replicas[replica] = ReplicaPicture(warm, picture.slots)
+
+    def take(self, ledger: Ledger, free: int, max_jobs: int) -> list[tuple[Waiting, str | None]]:
         """The jobs to start now and their replica (``None``: Serve picks), out of the
-        window; also updates the prefetch hints and the next overdue time."""
-        replicas = self.warm.replicas()
+        window; also updates the prefetch hints and the next overdue time.
+
+        ``ledger`` is every consumer's jobs in flight per replica (the slot lease), so the
+        plan keeps each replica's slots and ``max_jobs`` for the cluster, not for this
+        consumer alone; ``free`` is what this consumer may start.
+        """
         now = self._clock()
+        jobs = self._candidates()
+        tenants = {job.tenant for job in jobs}
+        self.tenants.planning(tenants)
+        # Jobs of a tenant at its limits wait here (held back, not dropped).
+        allowed = self.tenants.allowances(tenants, now)
         result = plan(
+            [job for job in jobs if allowed.get(job.tenant, 1) > 0],
             [
-                WindowJob(key, w.job.adapter_name, w.job.priority or 0, w.arrived)
-                for key, w in self._waiting.items()
+                ReplicaView(rid, picture.slots, picture.warm, ledger.get(rid, Counter()))
+                for rid, picture in self.replicas.items()
             ],
-            _views(replicas, self.warm, running),
-            Limits(
-                free=free,
-                max_jobs=max(1, math.ceil(free_total(running, free) / max(1, len(replicas)))),
-                max_passover_s=self.max_passover_s,
-            ),
+            Limits(free=free, max_jobs=max_jobs, max_passover_s=self.max_passover_s),
             now=now,
             draining=self._draining,
+            shares=self.tenants.shares,
         )
         self._draining = dict(result.draining)
         self.prefetch = dict(result.prefetch)
@@ -118,32 +149,67 @@ class ClaimedWindow:
         self.stats.planned += 1
         started = []
         for dispatch in result.dispatch:
-            waiting = self._waiting.pop(dispatch.key)
-            self.stats.max_wait_s = max(self.stats.max_wait_s, now - waiting.arrived)
-            if dispatch.replica is not None and waiting.job.adapter_name is not None:
-                self.warm.sent(dispatch.replica, waiting.job.adapter_name, time.time())
-            started.append((waiting, dispatch.replica))
-        self.stats.dispatched += len(started)
+            tenant = tenant_of(self._waiting[dispatch.key].job)
+            if tenant in allowed:
+                if allowed[tenant] <= 0:
+                    continue  # the plan gave its tenant more than its limits allow now
+                allowed[tenant] -= 1
+            started.append((self._waiting.pop(dispatch.key), dispatch.replica))
+        held = [tenant for tenant, left in allowed.items() if left <= 0]
+        ready_s = self.tenants.ready_in_s(held, now)
+        if ready_s is not None:  # plan again when a held tenant has a token
+            self.next_overdue_s = min(ready_s, self.next_overdue_s or ready_s)
         return started
 
+    def _candidates(self) -> list[WindowJob]:
+        """The jobs a plan looks at: each tenant's first ``horizon`` in claim order."""
+        seen: Counter[str] = Counter()
+        jobs = []
+        for key, waiting in self._waiting.items():
+            job, tenant = waiting.job, tenant_of(waiting.job)
+            if self.horizon is not None and seen[tenant] >= self.horizon:
+                continue
+            seen[tenant] += 1
+            jobs.append(
+                WindowJob(
+                    key,
+                    job.adapter_name,
+                    job.priority or 0,
+                    waiting.arrived,
+                    tenant,
+                    job.params.max_new_tokens,
+                )
+            )
+        return jobs
 
-def free_total(running: Collection[Running], free: int) -> int:
-    """The consumer's whole in-flight bound: what runs plus what may start."""
-    return len(running) + free
-
-
-def _views(
-    replicas: Sequence[str], warm: WarmSets, running: Collection[Running]
-) -> list[ReplicaView]:
-    by_replica: dict[str | None, Counter[str | None]] = {}
-    for job in running:
-        by_replica.setdefault(job.replica, Counter())[job.adapter] += 1
-    return [
-        ReplicaView(
-            id=replica,
-            slots=warm.slots,
-            warm=warm.warm(replica),
-            running=by_replica.get(replica, Counter()),
+    def started(self, waiting: Waiting) -> None:
+        """A job :meth:`take` gave out has started."""
+        waited_s = self._clock() - waiting.arrived
+        self.stats.dispatched += 1
+        self.stats.max_wait_s = max(self.stats.max_wait_s, waited_s)
+        job = waiting.job
+        self.tenants.started(
+            waiting.entry.entry_id,
+            tenant_of(job),
+            job.params.max_new_tokens,
+            waited_s,
+            self._clock(),
         )
-        for replica in replicas
-    ]
+
+    def waiting_by_tenant(self) -> Counter[str]:
+        """Jobs in the window now, by tenant."""
+        return Counter(tenant_of(w.job) for w in self._waiting.values())
+
+    def refused(self, waiting: Waiting) -> None:
+        """A job :meth:`take` gave out could not start (the slot lease refused it): it
+        waits again, in its place by arrival, for the next plan."""
+        self.stats.slot_refusals += 1
+        self._waiting[waiting.entry.entry_id] = waiting
+        self._waiting = dict(sorted(self._waiting.items(), key=lambda item: item[1].arrived))
+
+
+def job_cap(max_in_flight: int, consumers: int, replicas: int, max_ongoing: int) -> int:
+    """Jobs one model replica runs at once: an even share of every consumer's in-flight
+    bound (so that a hot adapter spreads over replicas), within Serve's limit."""
+    share = math.ceil(max_in_flight * max(1, consumers) / max(1, replicas))
+    return max(1, min(share, max_ongoing))

@@ -1,8 +1,10 @@
 """Heartbeats: a worker's status as JSON in a hash every few seconds (model replicas in
 ``{P}:replicas``, consumers in ``{P}:consumers``).
 
-Informational only (``loraq top``, ``loraq stats``): nothing in the job path reads it,
-so a failed write is logged and the next beat tries again (:class:`Periodic`).
+A model replica's beat is also what the consumers' planners know of it (its device
+adapters and slots; the jobs in flight come from the slot lease). A failed write is
+logged and the next beat tries again (:class:`Periodic`); meanwhile the planners use the
+last beat and what each job's output says of its replica.
 """
 
 from __future__ import annotations
@@ -35,12 +37,17 @@ def heartbeat_of(
     disk: DiskTierCounters,
     interval_s: float,
     now: float,
+    slots: int | None = None,
+    adapters_in_flight: list[str] | None = None,
 ) -> ReplicaHeartbeat:
     """The heartbeat of a replica from its backend's counters (:meth:`Backend.backend_stats`)."""
     return ReplicaHeartbeat(
         replica=replica,
         node=node,
         adapters=adapters,
+        slots=slots,
+        free_slots=None if slots is None else max(0, slots - len(adapters)),
+        adapters_in_flight=adapters_in_flight or [],
         backend=stats,
         disk=disk,
         ts=now,

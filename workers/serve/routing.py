@@ -7,7 +7,9 @@ requests nobody placed (the gateway's direct calls, the window turned off).
 Serve's own multiplex routing is soft: once a request's first routing attempt has been
 spent (and under load one often is, on another request of the same adapter), its next
 attempt goes to "the replicas with the fewest models", so adapters keep moving. This
-router always ranks the replicas that hold the adapter first, sends a cold adapter to
+router always ranks the replicas that hold the adapter first (what each replica
+published in its routing stats, read every ``ROUTING_STATS_S``; not Serve's multiplex
+LRU, which knew nothing of requests in flight), sends a cold adapter to
 one replica chosen the same way by every router (so that concurrent requests for it do
 not load it everywhere), and spills to other replicas only when those are full.
 """
@@ -79,6 +81,12 @@ def target_of(args: list[Any], kwargs: Mapping[Any, Any]) -> str | None:
     return target if isinstance(target, str) else None
 
 
+def adapters_of(routing_stats: Mapping[str, Any] | None) -> frozenset[str]:
+    """The adapters a replica published in its routing stats (``LoRAModel.
+    record_routing_stats``: on its device, or held by its requests)."""
+    return frozenset((routing_stats or {}).get("adapters", ()))
+
+
 class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
     """Serve request router for LoRAModel that keeps each adapter on the replicas holding it."""
 
@@ -96,6 +104,6 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
             # Back off between rounds when every rank was full, rather than spin.
             pending_request.routing_context.should_backoff = True
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
-        held = {rid: replica.multiplexed_model_ids for rid, replica in by_id.items()}
+        held = {rid: adapters_of(replica.routing_stats) for rid, replica in by_id.items()}
         ranks = targeted(affinity_ranks(adapter, held), target, pinned=pinned)
         return [[by_id[rid] for rid in rank] for rank in ranks]
