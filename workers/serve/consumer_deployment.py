@@ -115,6 +115,7 @@ class JobConsumer:
             window_oldest_wait_s=window.oldest_wait_s if window is not None else None,
             window_max_wait_s=window.stats.max_wait_s if window is not None else None,
             replicas_known=window.replicas_known if window is not None else 0,
+            tenants=window.tenants if window is not None else {},
             ts=time.time(),
             interval_s=self.settings.heartbeat_s,
         )
@@ -129,6 +130,7 @@ class JobConsumer:
             stats.in_flight,
             window_depth=window.depth if window is not None else 0,
             window_oldest_s=window.oldest_wait_s if window is not None else 0.0,
+            tenants=window.tenants if window is not None else {},
         )
 
     async def __del__(self) -> None:

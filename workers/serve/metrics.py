@@ -25,6 +25,7 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
 from schemas.replicas import BackendStats, DiskTierCounters
+from schemas.tenants import TenantFigures, tenant_label
 from workers.queue.store import Backlog
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -104,6 +105,25 @@ WINDOW_OLDEST_WAIT = MetricSpec(
     "gauge",
     "How long the job waiting longest in a consumer's scheduling window has waited.",
     (*APP, "consumer"),
+)
+TENANT_WINDOW_DEPTH = MetricSpec(
+    "loraq_tenant_window_depth",
+    "gauge",
+    "A tenant's jobs waiting in a consumer's scheduling window.",
+    (*APP, "consumer", "tenant"),
+)
+TENANT_QUEUE_SECONDS = MetricSpec(
+    "loraq_tenant_queue_seconds",
+    "histogram",
+    "Seconds from enqueue to the start of the generation, by tenant.",
+    (*APP, "tenant"),
+    SECONDS,
+)
+TENANT_TOKENS = MetricSpec(
+    "loraq_tenant_tokens",
+    "counter",
+    "Tokens generated for a tenant's jobs (its share of the fleet).",
+    (*APP, "tenant"),
 )
 QUEUE_LENGTH = MetricSpec("loraq_queue_length", "gauge", "Entries in {P}:jobs (XLEN).", APP)
 GROUP_LAG = MetricSpec(
@@ -228,6 +248,9 @@ SPECS = (
     JOBS_IN_FLIGHT,
     WINDOW_DEPTH,
     WINDOW_OLDEST_WAIT,
+    TENANT_WINDOW_DEPTH,
+    TENANT_QUEUE_SECONDS,
+    TENANT_TOKENS,
     QUEUE_LENGTH,
     GROUP_LAG,
     GROUP_PENDING,
@@ -346,19 +369,32 @@ class ConsumerMetrics:
         }
         counter(JOBS_FINISHED).inc(1, tags=tags)
         timings = result.timings if result is not None else None
-        if timings is None or timings.generation_ms is None or timings.queue_ms is None:
+        if result is None or timings is None:
+            return
+        by_tenant = {**self._app, "tenant": tenant_label(job.tenant if job else None)}
+        if result.completion_tokens:
+            counter(TENANT_TOKENS).inc(result.completion_tokens, tags=by_tenant)
+        if timings.generation_ms is None or timings.queue_ms is None:
             return  # it never reached the model
         by_adapter = {**self._app, "adapter": adapter}
         # Enqueue time is Redis's clock (the entry id), start time the worker's: they may
         # disagree a little.
-        histogram(QUEUE_SECONDS).observe(max(0.0, timings.queue_ms / 1000), tags=by_adapter)
+        queue_s = max(0.0, timings.queue_ms / 1000)
+        histogram(QUEUE_SECONDS).observe(queue_s, tags=by_adapter)
+        histogram(TENANT_QUEUE_SECONDS).observe(queue_s, tags=by_tenant)
         histogram(GENERATION_SECONDS).observe(timings.generation_ms / 1000, tags=by_adapter)
 
     def report(
-        self, backlog: Backlog, in_flight: int, *, window_depth: int, window_oldest_s: float
+        self,
+        backlog: Backlog,
+        in_flight: int,
+        *,
+        window_depth: int,
+        window_oldest_s: float,
+        tenants: Mapping[str, TenantFigures],
     ) -> None:
         """Set the queue gauges (every consumer replica reports the same queue) and this
-        consumer's in-flight and window gauges."""
+        consumer's in-flight and window gauges, the window's per tenant too."""
         gauge(QUEUE_LENGTH).set(backlog.length, tags=self._app)
         gauge(GROUP_PENDING).set(backlog.pending, tags=self._app)
         gauge(DEAD_LETTERS).set(backlog.dead_letters, tags=self._app)
@@ -367,6 +403,10 @@ class ConsumerMetrics:
         gauge(JOBS_IN_FLIGHT).set(in_flight, tags=self._consumer)
         gauge(WINDOW_DEPTH).set(window_depth, tags=self._consumer)
         gauge(WINDOW_OLDEST_WAIT).set(window_oldest_s, tags=self._consumer)
+        for tenant, figures in tenants.items():
+            gauge(TENANT_WINDOW_DEPTH).set(
+                figures.waiting, tags={**self._consumer, "tenant": tenant}
+            )
 
 
 class ModelMetrics:
