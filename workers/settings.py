@@ -152,9 +152,10 @@ class WorkerSettings(AdapterRootSettings):
     cpu_packed_linears: bool = Field(
         True,
         description="On a CPU, keep float32 linear weights in oneDNN's packed layout "
-        "(faster products from a few rows up; figures in docs/SERVING.md); off, or with "
-        "compile_decoder: dense column-major. Undone for good once an adapter needs PEFT's "
-        "path.",
+        "(faster products from a few rows up; figures in docs/SERVING.md); an output layer "
+        "tied to the input embedding gets a packed copy of its own (the vocabulary matrix "
+        "twice in memory). Off, or with compile_decoder: dense column-major. Undone for good "
+        "once an adapter needs PEFT's path.",
     )
     cpu_lora_kernel: bool = Field(
         True,
