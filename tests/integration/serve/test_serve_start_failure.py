@@ -1,9 +1,11 @@
 """A model that cannot start (issue 25, point 7): the cause in one line, no job lost.
 
-Settings a replica would fail on are refused by ``loraq serve`` before Redis or Ray start
-(a bad model path, a missing extra); a replica whose start raises fails the deploy after
-Serve's bounded retries with its exception in one line. Either way the jobs queued before
-stay ``queued`` (none left ``running``) and a good deployment answers them.
+Settings a replica would fail on are refused by ``loraq serve`` (and ``loraq demo``)
+before Redis or Ray start (a bad model path, a hub id not cached, a missing extra); a
+replica whose start raises stops ``loraq serve`` after a bounded number of failed starts,
+on the first deploy or once the app has run, with its exception in one line. Either way
+the jobs queued before stay ``queued`` (none left ``running``) and a good deployment
+answers them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+import ray
+from ray import serve
 
 from producer import Producer
 from producer.settings import ClientSettings
@@ -32,12 +37,15 @@ from workers import launch
 from workers.settings import WorkerSettings
 
 DEMO_MODEL = Path(WorkerSettings().model)
+LORAQ = Path(sys.executable).with_name("loraq")
 
 # The CLI refuses a bad setting before Ray is imported far enough to start: seconds.
 CLI_BOUND_S = 30.0
-# Ray Serve tries a replica three times (one replica) before it gives up: about a minute
-# on two busy cores, each try loading the engine's libraries.
-DEPLOY_BOUND_S = 180.0
+# Ray Serve tries a replica LORAQ_MAX_START_FAILURES times (at most three for one
+# replica) before it gives up, each try loading the engine's libraries in a new process:
+# about a minute on two cores, up to three with other work on them (two tries through
+# loraq serve took 180 s at a load average of 50).
+DEPLOY_BOUND_S = 240.0
 JOBS = 4
 
 
@@ -72,7 +80,7 @@ def loraq_serve(redis_url: str, prefix: str, **env: str) -> tuple[int, list[str]
     """``loraq serve`` under ``env``: its exit code, its output's lines and its time."""
     started = time.monotonic()
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("loraq")), "serve"],
+        [str(LORAQ), "serve"],
         env={
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -124,72 +132,93 @@ def _importable(module: str) -> bool:
 
 
 # Each failed start of a replacement loads the engine's libraries in a new process:
-# 20-50 s on two busy cores; the test allows two (LORAQ_MAX_START_FAILURES=2) and
+# 20-70 s on two busy cores; the test allows two (LORAQ_MAX_START_FAILURES=2) and
 # Serve's restart delays.
 LOOP_BOUND_S = 240.0
 GOOD_DEPLOY_WAIT_S = 120.0
+APP = "startloop"
+
+
+def serve_env(redis_url: str, prefix: str, model: Path) -> dict[str, str]:
+    """``loraq serve`` joining the session's Ray, one model replica on ``model``."""
+    return {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "HF_HUB_OFFLINE": "1",
+        "LORAQ_REDIS_URL": redis_url,
+        "LORAQ_PREFIX": prefix,
+        "LORAQ_APP_NAME": APP,
+        "LORAQ_HTTP_ROUTE_PREFIX": f"/{APP}",
+        "LORAQ_MODEL": str(model),
+        "LORAQ_NUM_MODEL_REPLICAS": "1",
+        "LORAQ_MODEL_NUM_CPUS": "0.5",
+        "LORAQ_CONSUMER_NUM_CPUS": "0.1",
+        "LORAQ_MAX_START_FAILURES": "2",
+        "LORAQ_GRACEFUL_SHUTDOWN_TIMEOUT_S": "10",
+    }
 
 
 @pytest.mark.timeout(900)
-def test_a_replica_whose_start_raises_stops_the_app_in_one_line_and_no_job_is_lost(
+def test_a_replica_whose_start_raises_stops_loraq_serve_in_one_line_and_no_job_is_lost(
     ray_serve: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """Both ways a replica's start can raise. On the first deploy, Serve's bounded retries
-    end it with the replica's exception in one line. After the app has run (a post-start
-    failure: the replica dies and every replacement's start raises, as vLLM's memory
-    reservation refuses a replacement on a GPU still held), Serve retries without end:
-    the count of failed starts in Redis puts the cause in ``/readyz`` and ``loraq top``'s
-    stats, and ``loraq serve``'s check (:func:`launch.stopped_because`) stops the app at
-    the bound. Either way no job is left running, and a good deployment answers the jobs
-    queued meanwhile."""
+    """Both ways a replica's start can raise, through ``loraq serve`` (joining the
+    session's Ray). On the first deploy, Serve's bounded retries end it. After the app
+    has run (a post-start failure: the replica dies and every replacement's start raises,
+    as vLLM's memory reservation refuses a replacement on a GPU still held), Serve
+    retries without end: the count of failed starts in Redis puts the cause in
+    ``/readyz`` and ``loraq top``'s stats, and ``loraq serve`` stops the app at the bound.
+    Either way the cause is one line of its output, it exits 2, no job is left running,
+    and a good deployment answers the jobs queued meanwhile."""
     model = tmp_path / "model"
     shutil.copytree(DEMO_MODEL, model)
     config = (model / "config.json").read_text()
     # A folder that passes the checks before Ray (a config.json) but that transformers
     # refuses inside the replica.
     (model / "config.json").write_text("{}")
-    settings = e2e_settings(
-        redis_url,
-        prefix=prefix,
-        app_name="startloop",
-        num_model_replicas=1,
-        model=str(model),
-        max_start_failures=2,
-    )
+    env = serve_env(redis_url, prefix, model)
     first = queue_jobs(redis_url, prefix)
     started = time.monotonic()
-    with pytest.raises(launch.StartFailed) as failed:
-        launch.deploy(settings)
+    done = subprocess.run(
+        [str(LORAQ), "serve"], env=env, capture_output=True, text=True, timeout=LOOP_BOUND_S
+    )
     took_s = time.monotonic() - started
-    cause = str(failed.value)
-    print(f"first deploy failed in {took_s:.1f}s: {cause}")
-    assert "\n" not in cause
-    assert cause.startswith("LoRAModel failed to start: ValueError: Unrecognized model")
+    [cause] = refusals(done.stderr, "cannot serve: ")
+    print(f"loraq serve refused in {took_s:.1f}s: {cause}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert took_s < DEPLOY_BOUND_S
+    assert cause.startswith("LoRAModel failed to start: ValueError: Unrecognized model")
     assert statuses(redis_url, prefix, first) == [JobStatus.QUEUED] * JOBS
 
     (model / "config.json").write_text(config)
-    running = launch.deploy(settings)
+    serving = subprocess.Popen([str(LORAQ), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    log = Log(serving)
     try:
+        assert log.serving.wait(DEPLOY_BOUND_S), log.text()
         answered = wait(redis_url, prefix, first)
-        [stats] = asyncio.run(launch.replica_stats(running.model, 1)).values()
+        handle = serve.get_deployment_handle("LoRAModel", app_name=APP)
+        [stats] = asyncio.run(launch.replica_stats(handle, 1)).values()
         (model / "config.json").write_text("{}")
         killed = time.monotonic()
         os.kill(stats["pid"], signal.SIGKILL)
         second = queue_jobs(redis_url, prefix)
-        stopped, ready = None, None
-        while stopped is None and time.monotonic() - killed < LOOP_BOUND_S:
+        ready = None
+        while ready is None and serving.poll() is None:
             time.sleep(0.5)
-            ready = ready or readiness_while_failing(ray_serve)
-            stopped = launch.stopped_because(running)
+            ready = readiness_while_failing(ray_serve)
+        serving.wait(timeout=LOOP_BOUND_S)
         took_s = time.monotonic() - killed
-        print(f"stopped {took_s:.1f}s after the kill: {stopped}; /readyz said {ready}")
-        with producer(redis_url, prefix) as client:
-            failing = client.stats().start_failures
     finally:
-        launch.shutdown(running)
+        if serving.poll() is None:
+            serving.kill()
+        log.reader.join(timeout=30)
+    rest = log.text()
+    [stopped] = refusals(rest, "stopping: ")
+    print(f"loraq serve stopped {took_s:.1f}s after the kill: {stopped}; /readyz said {ready}")
+    with producer(redis_url, prefix) as client:
+        failing = client.stats().start_failures
     assert answered == [JobStatus.SUCCEEDED] * JOBS
-    assert stopped is not None and "\n" not in stopped
+    assert serving.returncode == 2 and "Traceback" not in rest
     assert stopped.startswith("LoRAModel failed to start 2 times in a row")
     assert "ValueError: Unrecognized model" in stopped
     assert ready is not None and "failed start" in ready and "ValueError" in ready
@@ -197,11 +226,39 @@ def test_a_replica_whose_start_raises_stops_the_app_in_one_line_and_no_job_is_lo
     assert JobStatus.RUNNING not in statuses(redis_url, prefix, second)
 
     (model / "config.json").write_text(config)
+    settings = e2e_settings(
+        redis_url, prefix=prefix, app_name=APP, num_model_replicas=1, model=str(model)
+    )
     running = launch.deploy(settings)
     try:
         assert wait(redis_url, prefix, second) == [JobStatus.SUCCEEDED] * JOBS
     finally:
         launch.shutdown(running)
+
+
+class Log:
+    """A process's stderr, read on a thread as it comes (a full pipe would stall it)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.serving = threading.Event()
+        self.reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.reader.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self.lines.append(line)
+            if "serving; Ctrl-C or SIGTERM stops" in line:
+                self.serving.set()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def refusals(output: str, start: str) -> list[str]:
+    """What follows ``start`` on the lines of ``loraq serve``'s log that hold it."""
+    return [line.split(start, 1)[1] for line in output.splitlines() if start in line]
 
 
 def wait(redis_url: str, prefix: str, ids: list[str]) -> list[JobStatus]:
@@ -213,7 +270,7 @@ def wait(redis_url: str, prefix: str, ids: list[str]) -> list[JobStatus]:
 def readiness_while_failing(base_url: str) -> str | None:
     """The model's detail of the app's ``/readyz`` once it names a failed start."""
     try:
-        with urllib.request.urlopen(f"{base_url}/startloop/readyz", timeout=5) as reply:
+        with urllib.request.urlopen(f"{base_url}/{APP}/readyz", timeout=5) as reply:
             body = reply.read()
     except urllib.error.HTTPError as error:  # 503: no model replica answers
         body = error.read()
@@ -236,7 +293,7 @@ def test_the_demo_refuses_a_bad_setting_in_one_line_without_a_traceback(
     redis_url: str, prefix: str, env: dict[str, str], words: str
 ) -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("loraq")), "demo"],
+        [str(LORAQ), "demo"],
         env={**os.environ, "LORAQ_REDIS_URL": redis_url, "LORAQ_PREFIX": prefix, **env},
         capture_output=True,
         text=True,
