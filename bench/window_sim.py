@@ -1,6 +1,6 @@
 """The scheduling policy alone, simulated: device loads against the window's size.
 
-No Ray, Redis or model: the real :func:`workers.scheduling.window.plan` drives replicas
+No Ray, Redis or model: the real :func:`workers.scheduling.planner.plan` drives replicas
 modelled as an LRU of device slots (evicting only adapters no job runs), with every job
 taking the same time. That isolates what the window's size does to grouping, which the
 served bench (``bench/adapters.py``) measures with all the noise of a real run. The
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 
 from bench.report import RESULTS, save, table
 from bench.workloads import Workload, floor, lru_misses, sequence
-from workers.scheduling.window import Limits, ReplicaView, WindowJob, plan
+from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
 
 REPLICAS, SLOTS, IN_FLIGHT = 2, 8, 32
 JOB_S, PASSOVER_S = 0.1, 5.0

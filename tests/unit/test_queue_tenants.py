@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 from schemas import Job
+from workers.queue.claimed import ClaimedWindow
 from workers.queue.store import Entry
 from workers.queue.tenants import TenantBook
-from workers.queue.window import ClaimedWindow
 from workers.scheduling.tenant_limits import TenantLimits, TokenBucket
 
 

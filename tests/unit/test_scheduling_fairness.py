@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.scheduling.fairness import TenantShares, fair_order, parse_weights
-from workers.scheduling.window import Limits, ReplicaView, WindowJob, plan
+from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
 
 WINDOW_TOKENS = 1000  # the window of generated tokens
 MAX_JOB_TOKENS = 64

@@ -1,7 +1,7 @@
 """The consumer loop of one replica: claim, choose what starts where, keep leases, stop cleanly.
 
 Two ways to start jobs. With the scheduling window (``schedule_window`` > 0) the loop
-claims up to that many entries, and the scheduler (:mod:`workers.scheduling.window`)
+claims up to that many entries, and the scheduler (:mod:`workers.scheduling.planner`)
 chooses which start and on which model replica, from what the replicas hold warm. With
 the window off, it claims only as many entries as it has free in-flight slots and starts
 them in stream order (Serve's router places them). Either way back-pressure holds: what
@@ -25,12 +25,12 @@ from schemas import Job
 from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
+from workers.queue.claimed import ClaimedWindow, job_cap
 from workers.queue.consumer_stats import ConsumerCounters, ConsumerStats, WindowFigures
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.slot_lease import SlotClaim, SlotLease
 from workers.queue.store import Entry, JobStore, until_reachable
 from workers.queue.tenants import TenantBook
-from workers.queue.window import ClaimedWindow, job_cap
 from workers.scheduling.tenant_limits import TenantLimits
 from workers.settings import WorkerSettings
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from schemas.tenants import TenantFigures
-from workers.queue.window import WindowStats
+from workers.queue.claimed import WindowStats
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tests.integration.gateway.batch_files import (
 )
 from tests.integration.gateway.conftest import GatewayApp
 from tests.integration.gateway.test_gateway_generate import assert_error
-from workers.scheduling.window import Limits, ReplicaView, WindowJob, plan
+from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
 
 BATCH_TIMEOUT_S = 300.0
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from schemas import Keys
 from tests.integration.serve.conftest import delete_prefix
 from workers.queue.slot_lease import SlotClaim, SlotLease
+from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
 from workers.scheduling.slot_ledger import Ledger
-from workers.scheduling.window import Limits, ReplicaView, WindowJob, plan
 
 ADAPTERS: list[str | None] = [None, "a", "b", "c", "d", "e"]
 

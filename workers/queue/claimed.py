@@ -3,7 +3,7 @@
 The entries stay pending in the consumer group while they wait here, and the consumer
 renews their leases like those of running jobs, so a consumer that dies with a full
 window loses nothing: its entries are reclaimed (or resumed by its successor) as usual.
-What starts next, and where, is :func:`workers.scheduling.window.plan`'s decision; this
+What starts next, and where, is :func:`workers.scheduling.planner.plan`'s decision; this
 class only feeds it and remembers what it needs between plans.
 """
 
@@ -19,8 +19,8 @@ from schemas import Job
 from schemas.replicas import ReplicaHeartbeat
 from workers.queue.store import Entry
 from workers.queue.tenants import TenantBook, tenant_of
+from workers.scheduling.planner import Drain, Limits, ReplicaView, WindowJob, plan
 from workers.scheduling.slot_ledger import Ledger
-from workers.scheduling.window import Drain, Limits, ReplicaView, WindowJob, plan
 
 
 @dataclass(frozen=True)

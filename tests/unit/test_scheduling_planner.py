@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.scheduling.window import (
+from workers.scheduling.planner import (
     Dispatch,
     Limits,
     Plan,
