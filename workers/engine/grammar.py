@@ -24,8 +24,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from schemas import ErrorType
 from schemas.response_format import (
     ChoiceFormat,
@@ -40,9 +38,13 @@ from schemas.response_format import (
 from workers.errors import EngineError
 
 if TYPE_CHECKING:
+    import torch
     import xgrammar
 
 COMPILE_THREADS = 2
+# JSON as json.dumps(separators=(",", ":")) writes it, as vLLM's disable_any_whitespace:
+# no free whitespace, since a model that keeps emitting spaces would never end.
+COMPACT: dict[str, Any] = {"any_whitespace": False, "separators": (",", ":")}
 
 
 def choice_grammar(choices: Sequence[str]) -> str:
@@ -161,14 +163,13 @@ class GrammarCompiler:
     def _build(self, fmt: Constraint) -> xgrammar.CompiledGrammar:
         compiler = self._compiler
         if isinstance(fmt, JsonObjectFormat):
-            # An object, as OpenAI's json_object means (xgrammar's builtin takes any value).
-            return compiler.compile_json_schema(
-                '{"type": "object"}', any_whitespace=False, strict_mode=False
-            )
+            # An object, as OpenAI's json_object means and vLLM compiles it (xgrammar's
+            # builtin JSON grammar takes any value).
+            return compiler.compile_json_schema('{"type": "object"}', **COMPACT)
         if isinstance(fmt, JsonSchemaFormat):
-            # No free whitespace: a model that keeps emitting spaces would never end.
-            schema = json.dumps(fmt.json_schema.schema_)
-            return compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
+            # xgrammar's strict mode (its default, as in vLLM): an object holds only the
+            # properties its schema lists.
+            return compiler.compile_json_schema(json.dumps(fmt.json_schema.schema_), **COMPACT)
         if isinstance(fmt, RegexFormat):
             return compiler.compile_regex(fmt.pattern)
         assert isinstance(fmt, ChoiceFormat)

@@ -19,7 +19,8 @@ from workers.engine.synthetic import LlamaShape, LoraSpec, build_llama, build_lo
 
 ADAPTERS = [f"s{i}" for i in range(8)]
 MODULES = (("q_proj", "v_proj"), ("o_proj", "down_proj"), ("k_proj", "up_proj"), ("gate_proj",))
-SHAPE = LlamaShape(hidden_size=64, intermediate_size=128, initializer_range=0.15)
+# head_dim 32: a size vLLM's CPU attention takes.
+SHAPE = LlamaShape(hidden_size=128, intermediate_size=256, initializer_range=0.15)
 SCHEMAS: list[dict[str, Any]] = [
     {
         "type": "object",
