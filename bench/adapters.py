@@ -16,9 +16,11 @@ seeded job sequences. Then the queue machinery's ceiling: the consumer in front 
 no-op model against calling that model's handle directly (``bench/queue.py``'s
 :func:`~bench.queue.noop_ceiling`), once per mode.
 
-    python -m bench.adapters [--quick] [--seed 0] [--noop-rounds 3]
+    python -m bench.adapters [--quick] [--seed 0] [--noop-rounds 3] [--consumers 2]
     python -m bench.adapters --source s3 [--quick]   (see bench/adapter_sources.py)
 
+``--consumers`` is the number of consumer replicas (``LORAQ_NUM_CONSUMER_REPLICAS``,
+default 2: the slot lease keeps the slot rule for all of them together).
 ``--quick`` is a smoke run (a tenth of the jobs, 40 and 200 adapters, one no-op round).
 Writes bench/results/adapters.{json,md,png}; see :mod:`bench.adapters_report`.
 """
@@ -108,7 +110,9 @@ def sequences(workloads: list[Workload], names: list[str]) -> dict[str, list[str
     return out
 
 
-def app_settings(redis_url: str, adapter_root: Path, http_port: int, mode: Mode) -> WorkerSettings:
+def app_settings(
+    redis_url: str, adapter_root: Path, http_port: int, mode: Mode, consumers: int = 1
+) -> WorkerSettings:
     """The app on the demo model, sized for two cores, under a fresh key prefix.
 
     Only ``adapter_root`` is an adapter root; its adapters sit one level down, so the
@@ -124,6 +128,7 @@ def app_settings(redis_url: str, adapter_root: Path, http_port: int, mode: Mode)
         "adapters": {},
         "adapter_dir": str(adapter_root),
         "num_model_replicas": MODEL_REPLICAS,
+        "num_consumer_replicas": consumers,
         "max_adapters_per_replica": DEVICE_SLOTS,
         "model_num_cpus": 0.5,
         "consumer_num_cpus": 0.1,
@@ -141,10 +146,10 @@ def scheduling_settings(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def consumer_stats(running: launch.Running) -> dict[str, Any]:
-    """The consumer's ``stats()`` (kept raw in the JSON: the window's depth and passover
-    counters, where a build has them, are there)."""
-    replies = asyncio.run(launch.replica_stats(running.consumer, 1, key="consumer"))
-    return next(iter(replies.values()), {})
+    """Each consumer's ``stats()`` by name (kept raw in the JSON: the window's depth and
+    passover counters, where a build has them, are there)."""
+    count = running.settings.num_consumer_replicas
+    return asyncio.run(launch.replica_stats(running.consumer, count, key="consumer"))
 
 
 def counter_deltas(
@@ -278,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         http_port = free_port()
         try:
             for mode in MODES:
-                settings = app_settings(redis_url, Path(tmp), http_port, mode)
+                settings = app_settings(redis_url, Path(tmp), http_port, mode, args.consumers)
                 results["modes"][mode.name] = scheduling_settings(settings)
                 results["rows"] += run_mode(mode, settings, workloads, jobs, folders)
                 if args.noop_rounds > 0:
@@ -300,6 +305,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of adapters and job sequences")
     parser.add_argument(
         "--noop-rounds", type=int, default=None, help="no-op ceiling rounds (0: skip it)"
+    )
+    parser.add_argument(
+        "--consumers", type=int, default=2, help="consumer replicas (LORAQ_NUM_CONSUMER_REPLICAS)"
     )
     parser.add_argument(
         "--kinds",
@@ -327,6 +335,7 @@ def main() -> None:
         "seed": args.seed,
         "cpus": os.cpu_count(),
         "model_replicas": MODEL_REPLICAS,
+        "consumer_replicas": args.consumers,
         "device_slots_per_replica": DEVICE_SLOTS,
         "max_new_tokens": MAX_NEW_TOKENS,
         "noop_rounds": args.noop_rounds,

@@ -178,3 +178,49 @@ async def test_release_from_another_thread_wakes_a_waiter(
     threading.Thread(target=manager.release, args=("a",)).start()
     await asyncio.wait_for(waiting, 5)
     assert manager.loaded() == ["b"]
+
+
+async def test_requests_waiting_for_a_slot_get_it_in_arrival_order_one_woken_at_a_time(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    manager = make(tmp_path, model_thread, FakeDevice(load_s=0), capacity=1)
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
+    order: list[str] = []
+
+    async def wait_for(name: str) -> None:
+        await manager.acquire(Named(name, "v", tmp_path / name))
+        order.append(name)
+
+    tasks = []
+    for name in "bcde":
+        tasks.append(asyncio.create_task(wait_for(name)))
+        await asyncio.sleep(0.02)  # each queues behind the one before
+    assert [not task.done() for task in tasks] == [True] * 4
+    head = manager._waiters[0].future
+    manager.release("a")
+    await asyncio.sleep(0.05)
+    # One release wakes the head only; the others stay asleep in line.
+    woken = sum(w.future.done() for w in manager._waiters)
+    assert head.done() and woken == 0
+    for name in "bcd":
+        while name not in order:
+            await asyncio.sleep(0.01)
+        manager.release(name)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == ["b", "c", "d", "e"]
+
+
+async def test_a_newcomer_waits_behind_the_line_even_when_a_slot_frees(
+    tmp_path: Path, model_thread: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    manager = make(tmp_path, model_thread, FakeDevice(load_s=0), capacity=1)
+    await manager.acquire(Named("a", "v", tmp_path / "a"))
+    first = asyncio.create_task(manager.acquire(Named("b", "v", tmp_path / "b")))
+    await asyncio.sleep(0.05)
+    manager.release("a")  # the head's slot: a request arriving now must not take it
+    late = asyncio.create_task(manager.acquire(Named("c", "v", tmp_path / "c")))
+    await asyncio.wait_for(first, 5)
+    assert manager.loaded() == ["b"] and not late.done()
+    manager.release("b")
+    await asyncio.wait_for(late, 5)
+    assert manager.loaded() == ["c"]

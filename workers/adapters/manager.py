@@ -9,6 +9,11 @@ memory) decide; this class carries their plans out (reads on the loader thread, 
 and loads on the model thread through ``run_on_model``) and keeps the device policy
 consistent with what is actually on the device. Policy state is guarded by a lock
 because pins are released from the model thread when a row leaves the batch.
+
+This is the replica's admission step: requests whose adapter finds every slot pinned
+wait here in one line, first come first served; a freed pin wakes the head of the line
+only (it passes the turn on if it needs no slot after all), a newcomer never overtakes
+it, and a prefetch never takes a slot a waiting request could use.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -43,6 +49,14 @@ class _NeedHost:
 
 
 _NEED_HOST = _NeedHost()
+
+
+@dataclass
+class _Waiter:
+    """A request's place in the line for a device slot (every slot pinned)."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,9 @@ class AdapterManager:
         self._in_batch = in_batch  # model thread: whether a row of the batch uses a name
         self._lock = threading.Lock()
         self._loads: dict[str, concurrent.futures.Future[None]] = {}
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Requests waiting for a slot, oldest first: only the head is woken when a pin
+        # goes, and a newcomer never passes it, so no request waits behind later ones.
+        self._waiters: deque[_Waiter] = deque()
         self._removed: set[str] = set()  # dropped keys, freed once nothing uses them
         self.load_ms_total = 0.0
         self.device = DeviceCounters()
@@ -129,16 +145,18 @@ class AdapterManager:
         """Pin ``adapter.key`` for one request, loading it first if it is cold.
 
         Raises ``incompatible_adapter``. Waits while every slot is pinned by requests in
-        flight.
+        flight, in line behind the requests that waited before it (first come, first
+        served: the wait is bounded by the rows ahead, never by later arrivals).
         """
         name, folder = adapter.key, adapter.folder
         with self._lock:
             self._removed.discard(name)  # the same bytes are wanted again
         host: HostAdapter | None = None  # pinned on the host tier while this holds it
+        waiter: _Waiter | None = None  # this request's place in the line, once it has one
         try:
             while True:
                 with self._lock:
-                    step = self._next_step(name, host)
+                    step = self._next_step(name, host, waiter)
                 if step is None:
                     return
                 if isinstance(step, _NeedHost):
@@ -152,8 +170,12 @@ class AdapterManager:
                     await _await_pinned(step, self, name)
                     return
                 else:
-                    await step
+                    waiter = step
+                    await step.future
         finally:
+            if waiter is not None:
+                with self._lock:
+                    self._leave(waiter)  # no-op unless it was cancelled in line
             if host is not None:
                 self._release_host(name)
 
@@ -170,7 +192,8 @@ class AdapterManager:
         load = None
         try:
             with self._lock:
-                if host.stackable and self._policy.state(name) is None:
+                # Never a slot a waiting request could take.
+                if host.stackable and self._policy.state(name) is None and not self._waiters:
                     plan = self._policy.plan_load(name, evict=False)
                     if plan is not None:
                         load = self._start_load(plan, host)  # it releases the host pin
@@ -192,21 +215,27 @@ class AdapterManager:
         return held
 
     def _next_step(
-        self, name: str, host: HostAdapter | None
-    ) -> concurrent.futures.Future[None] | asyncio.Future[None] | _NeedHost | _Started | None:
+        self, name: str, host: HostAdapter | None, waiter: _Waiter | None
+    ) -> concurrent.futures.Future[None] | _Waiter | _NeedHost | _Started | None:
         """Under the lock: pin a hit (``None``), join a load (its future), ask for the
-        host tier (``_NEED_HOST``), start a load, or wait for a free slot (a waiter)."""
+        host tier (``_NEED_HOST``), start a load, or wait in line for a slot (a waiter:
+        a newcomer at the back, a head that found no slot after all at the front)."""
         if self._policy.hit(name):
+            self._leave(waiter)
             return None
         pending = self._loads.get(name)
         if pending is not None:
             self._policy.pin(name)
+            self._leave(waiter)
             return pending
         if host is None:
             return _NEED_HOST
+        if waiter is None and self._waiters:
+            return self._queue()  # others wait for a slot first
         plan = self._policy.plan_load(name)
         if plan is None:
-            return self._add_waiter()
+            return self._queue() if waiter is None else self._wait_again(waiter)
+        self._leave(waiter)
         return _Started(self._start_load(plan, host))
 
     def _start_load(self, plan: LoadPlan, host: HostAdapter) -> concurrent.futures.Future[None]:
@@ -220,7 +249,7 @@ class AdapterManager:
         """One request is done with ``name`` (any thread)."""
         with self._lock:
             self._policy.unpin(name)
-        self._wake_waiters()
+            self._wake_head()
         self._free_if_removed(name)
 
     def _release_host(self, name: str) -> None:
@@ -239,7 +268,7 @@ class AdapterManager:
             with self._lock:
                 self._policy.load_failed(plan.name)
                 del self._loads[plan.name]
-            self._wake_waiters()
+                self._wake_head()
             raise EngineError(
                 ErrorType.INCOMPATIBLE_ADAPTER, f"adapter {plan.name!r} failed to load: {exc}"
             ) from exc
@@ -284,19 +313,33 @@ class AdapterManager:
             if self._policy.state(name) is None and not self._host.holds(name):
                 self._removed.discard(name)
 
-    def _add_waiter(self) -> asyncio.Future[None]:
+    def _queue(self) -> _Waiter:
+        """Under the lock: a new place at the back of the line."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((loop, waiter))
+        waiter = _Waiter(loop, loop.create_future())
+        self._waiters.append(waiter)
         return waiter
 
-    def _wake_waiters(self) -> None:
-        with self._lock:
-            waiters, self._waiters = self._waiters, []
-        for loop, waiter in waiters:
+    def _wait_again(self, waiter: _Waiter) -> _Waiter:
+        """Under the lock: the head was woken but found no slot: it keeps its place."""
+        waiter.future = waiter.loop.create_future()
+        return waiter
+
+    def _leave(self, waiter: _Waiter | None) -> None:
+        """Under the lock: ``waiter`` leaves the line; the next head checks for a slot."""
+        if waiter is not None and waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._wake_head()
+
+    def _wake_head(self) -> None:
+        """Under the lock: wake the request first in line (only it: no stampede)."""
+        if not self._waiters:
+            return
+        head = self._waiters[0]
+        if not head.future.done():
             # A closed loop raises: its caller is gone and waits no more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, waiter)
+                head.loop.call_soon_threadsafe(_resolve, head.future)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
