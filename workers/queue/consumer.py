@@ -1,5 +1,9 @@
 """The consumer loop of one replica: claim, choose what starts where, keep leases, stop cleanly.
 
+Its helpers each do one job: :class:`Housekeeping` trims the stream and reclaims dead
+consumers' entries between reads, :class:`CancelWatcher` passes cancel requests on to
+running jobs, :class:`ClaimedWindow` holds what was claimed and asks the planner.
+
 Two ways to start jobs. With the scheduling window (``schedule_window`` > 0) the loop
 claims up to that many entries, and the scheduler (:mod:`workers.scheduling.planner`)
 chooses which start and on which model replica, from what the replicas hold warm. With
@@ -25,8 +29,10 @@ from schemas import Job
 from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
+from workers.queue.cancel_watch import CancelWatcher
 from workers.queue.claimed import ClaimedWindow, job_cap
 from workers.queue.consumer_stats import ConsumerCounters, ConsumerStats, WindowFigures
+from workers.queue.housekeeping import Housekeeping
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.slot_lease import SlotClaim, SlotLease
 from workers.queue.store import Entry, JobStore, until_reachable
@@ -43,8 +49,11 @@ T = TypeVar("T")
 # With jobs waiting in the window, a read blocks this long at most: a job that ends
 # meanwhile frees a slot that the next plan fills.
 WINDOW_READ_BLOCK_MS = 20
-# How often the window rereads the replicas' heartbeats, at most.
+# The longest the loop waits without planning again.
 REPLICAS_READ_S = 1.0
+# How often the window rereads the replicas' heartbeats, at most: a replica beats within
+# DEVICE_WATCH_S (workers/serve/model_deployment.py) when its device adapters change.
+BEATS_READ_S = 0.25
 # A prefetch hint is sent again to the same replica only after this long.
 PREFETCH_REPEAT_S = 10.0
 
@@ -110,18 +119,24 @@ class QueueConsumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
-        self._reclaim_cursor = "0-0"
-        self._next_reclaim = 0.0
-        self._next_trim = 0.0
+        self._cancel_task: asyncio.Task[None] | None = None
+        self.housekeeping = Housekeeping(
+            store,
+            name,
+            trim_interval_s=settings.trim_interval_s,
+            visibility_timeout_s=settings.visibility_timeout_s,
+        )
+        self.cancels = CancelWatcher(store, self.in_flight.values, settings.cancel_poll_s)
 
     def start(self) -> None:
-        """Start the loop and the lease keeper as background tasks."""
+        """Start the loop, the lease keeper and the cancel watcher as background tasks."""
         self._loop_task = asyncio.ensure_future(self._run())
         self._lease_task = asyncio.ensure_future(self._keep_leases())
+        self._cancel_task = asyncio.ensure_future(self.cancels.run(self._stopping))
 
     def raise_if_dead(self) -> None:
-        """Raise :class:`ConsumerDied` when the loop has ended without being stopped."""
-        for task in (self._loop_task, self._lease_task):
+        """Raise :class:`ConsumerDied` when a loop has ended without being stopped."""
+        for task in (self._loop_task, self._lease_task, self._cancel_task):
             if task is not None and task.done() and not self._stopping.is_set():
                 error = None if task.cancelled() else task.exception()
                 raise ConsumerDied(f"consumer {self.name} loop ended: {error!r}")
@@ -152,9 +167,10 @@ class QueueConsumer:
                 # caller closes the Redis client.
                 await asyncio.wait(left, timeout=REQUEUE_S)
             log.info("consumer %s stopped: %d finished, %d left", self.name, len(done), len(left))
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            await asyncio.gather(self._lease_task, return_exceptions=True)
+        for helper in (self._lease_task, self._cancel_task):
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
         if self.lease is not None:
             # What it still holds stops counting now, not when the lease runs out.
             with contextlib.suppress(*REDIS_DOWN):
@@ -286,7 +302,7 @@ class QueueConsumer:
         now = time.monotonic()
         if now < self._next_replicas_read:
             return
-        self._next_replicas_read = now + min(REPLICAS_READ_S, self.settings.heartbeat_s)
+        self._next_replicas_read = now + min(BEATS_READ_S, self.settings.heartbeat_s)
         self.window.see(await self.store.live_replicas())
         if self.lease is not None:
             self._consumers = await self.lease.holders()
@@ -345,26 +361,10 @@ class QueueConsumer:
     async def _next_entries(self, count: int, block_ms: int) -> list[Entry]:
         """Up to ``count`` entries: stale ones of dead consumers first (now and then), else
         new ones, waiting up to ``block_ms`` for them."""
-        now = time.monotonic()
-        if now >= self._next_trim:
-            trimmed = await self.store.trim()
-            log.debug("consumer %s trimmed %d acknowledged entries", self.name, trimmed)
-            self._next_trim = now + self.settings.trim_interval_s
-        if now >= self._next_reclaim:
-            self._reclaim_cursor, entries, deleted = await self.store.reclaim(
-                self.name,
-                min_idle_ms=int(self.settings.visibility_timeout_s * 1000),
-                count=count,
-                cursor=self._reclaim_cursor,
-            )
-            if deleted:
-                log.warning("entries deleted before they were processed: %s", deleted)
-            if self._reclaim_cursor == "0-0":
-                self._next_reclaim = now + self.settings.visibility_timeout_s / 2
-            if entries:
-                self.counters.reclaimed += len(entries)
-                log.info("consumer %s reclaimed %d stale entries", self.name, len(entries))
-                return entries
+        stale = await self.housekeeping.stale_entries(count)
+        if stale:
+            self.counters.reclaimed += len(stale)
+            return stale
         return await self.store.read(self.name, count=count, block_ms=block_ms)
 
     async def _wait_for_slot(self) -> None:
@@ -418,22 +418,14 @@ class QueueConsumer:
             self._slot_freed.set()
 
     async def _keep_leases(self) -> None:
-        """Renew the leases of in-flight entries; pass on cancellation requests sooner.
-
-        Cancellation is looked for every ``cancel_poll_s`` (one pipelined EXISTS per
-        running job), leases renewed every ``lease_renew_s``.
-        """
-        next_renewal = 0.0
+        """Renew the leases of the entries this consumer holds, every ``lease_renew_s``."""
         # Ends on the flag too: a cancel that lands in a Redis command can be lost.
         while not self._stopping.is_set():
-            await asyncio.sleep(min(self.settings.cancel_poll_s, self.settings.lease_renew_s))
             try:
-                if time.monotonic() >= next_renewal:
-                    next_renewal = time.monotonic() + self.settings.lease_renew_s
-                    await self._renew_once()
-                await self._pass_on_cancels()
+                await self._renew_once()
             except REDIS_DOWN as exc:
                 log.warning("lease renewal failed (redis unreachable): %s", exc)
+            await asyncio.sleep(self.settings.lease_renew_s)
 
     async def _renew_once(self) -> None:
         # The window's entries too: they are claimed, and a lapsed lease hands them over.
@@ -443,18 +435,6 @@ class QueueConsumer:
             await self.lease.renew()
         if lost:
             log.warning("consumer %s lost the lease of %s", self.name, lost)
-
-    async def _pass_on_cancels(self) -> None:
-        running = [slot for slot in self.in_flight.values() if slot.job_id is not None]
-        cancelled = await self.store.cancel_requested([str(slot.job_id) for slot in running])
-        for slot in running:
-            if slot.job_id in cancelled and not slot.cancel_requested:
-                log.debug(
-                    "job %s: cancellation requested",
-                    slot.job_id,
-                    extra=job_extra(slot.job_id, slot.adapter),
-                )
-                slot.request_cancel()
 
     async def _redis(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` through Redis outages; re-create the group if it was deleted."""

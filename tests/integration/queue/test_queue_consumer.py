@@ -1,5 +1,6 @@
 """The consumer loop with a real Redis and a real engine (no Serve): back-pressure, resume
-of its own pending entries, reclaim of a dead consumer's, shutdown that lets jobs finish."""
+of its own pending entries, reclaim of a dead consumer's, a running job cancelled,
+shutdown that lets jobs finish."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from producer import Producer
 from schemas import JobStatus, Keys, codec
 from tests.integration.resolving import Resolving
 from workers.engine.engine import Engine
@@ -170,6 +172,25 @@ async def test_stopping_lets_in_flight_jobs_finish(
     assert statuses(r, keys, ids) == {"succeeded"}
     assert r.xpending(keys.jobs, keys.group)["pending"] == 0
     consumer.raise_if_dead()  # a stopped consumer is not a dead one
+
+
+async def test_a_running_job_whose_cancellation_is_requested_ends_cancelled(
+    client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    consumer = make_consumer(client, engine, prefix, "c-0", cancel_poll_s=0.05)
+    await consumer.store.ensure_group()
+    producer = Producer(r, prefix=prefix)
+    job_id = producer.submit("a long one", params={"max_new_tokens": 512})
+    consumer.start()
+    while r.hget(keys.job(job_id), "status") != b"running":
+        await asyncio.sleep(0.01)
+    assert producer.cancel(job_id)
+    await wait_final(r, keys, [job_id])
+    consumer.raise_if_dead()
+    await consumer.stop(5)
+    assert statuses(r, keys, [job_id]) == {"cancelled"}
+    assert r.xpending(keys.jobs, keys.group)["pending"] == 0
 
 
 async def until_stream_length(r: redis.Redis, keys: Keys, length: int) -> None:
