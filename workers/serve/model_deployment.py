@@ -40,6 +40,9 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+# How often a replica looks for a change of its device adapters (and beats if one came).
+DEVICE_WATCH_S = 0.25
+
 
 class LoRAModel:
     """Generation for any registered adapter (or the base model) on this replica.
@@ -83,6 +86,11 @@ class LoRAModel:
             self._redis, self._keys, self._heartbeat, settings.heartbeat_s
         )
         self.heartbeat.start()
+        self._beat_adapters: frozenset[str] = frozenset()  # device adapters of the last beat
+        self._device_watch = Periodic(
+            self._beat_if_changed, DEVICE_WATCH_S, f"device adapters of {self.replica}"
+        )
+        self._device_watch.start()
         self.adapters = ReplicaAdapters(resolver_of(settings, self._redis, self._keys), self.engine)
         self._registry_sync = Periodic(
             self.adapters.sync, settings.registry_sync_s, f"adapter versions of {self.replica}"
@@ -98,11 +106,19 @@ class LoRAModel:
         """
         self.adapters.prefetch(adapters)
 
+    async def _beat_if_changed(self) -> None:
+        """Beat now when the device adapters changed since the last beat: the planners
+        place jobs by them, and a beat every ``heartbeat_s`` alone is seconds late."""
+        if frozenset(self._loaded_names()) != self._beat_adapters:
+            await self.heartbeat.beat()
+
     def _heartbeat(self) -> ReplicaHeartbeat:
+        adapters = self._loaded_names()
+        self._beat_adapters = frozenset(adapters)
         return heartbeat_of(
             replica=self.replica,
             node=ray.get_runtime_context().get_node_id(),
-            adapters=self._loaded_names(),
+            adapters=adapters,
             stats=self.engine.backend_stats(),
             disk=self.adapters.resolver.disk_stats(),
             interval_s=self.settings.heartbeat_s,
@@ -231,6 +247,7 @@ class LoRAModel:
         )
 
     async def __del__(self) -> None:
+        await self._device_watch.stop()
         await self._metrics_reporter.stop()
         await self._registry_sync.stop()
         await self.heartbeat.stop()
