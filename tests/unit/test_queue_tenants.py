@@ -25,12 +25,14 @@ def window_of(
     weights: dict[str, float],
     limits: TenantLimits | None = None,
     clock: Clock | None = None,
+    horizon: int | None = None,
 ) -> ClaimedWindow:
     window = ClaimedWindow(
         capacity=100,
         max_passover_s=1e6,
         slots=2,
         tenants=TenantBook(weights, limits),
+        horizon=horizon,
         clock=clock or Clock(),
     )
     for entry_id, tenant in jobs:
@@ -105,3 +107,13 @@ def test_one_consumers_share_of_the_limits() -> None:
     share = TenantLimits.share(max_in_flight=5, rate_per_s=3.0, burst=0, consumers=2)
     assert share == TenantLimits(max_in_flight=3, rate_per_s=1.5, burst=2)
     assert not TenantLimits.share(0, 0.0, 0, 3).any
+
+
+def test_a_plan_sees_each_tenants_first_jobs_however_deep_the_window() -> None:
+    jobs = [(f"a{i}", "a") for i in range(50)] + [("b0", "b")]
+    window = window_of(jobs, {}, horizon=4)
+    assert [job.key for job in window._candidates()] == ["a0", "a1", "a2", "a3", "b0"]
+    taken = window.take({}, free=2, max_jobs=100)
+    assert [w.entry.entry_id for w, _ in taken] == ["a0", "b0"]
+    assert window.waiting_by_tenant() == {"a": 49}
+    assert window.entry_ids()[:2] == ["a1", "a2"] and len(window) == 49

@@ -9,6 +9,7 @@ class only feeds it and remembers what it needs between plans.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter
@@ -75,7 +76,10 @@ class ClaimedWindow:
         # window that holds several tenants' backlogs plans as fast as one of this size.
         self.horizon = horizon
         self._clock = clock
-        self._waiting: dict[str, Waiting] = {}  # by entry id, in claim order
+        self._waiting: dict[str, Waiting] = {}  # by entry id
+        # The same jobs by tenant, each in its order of arrival: a plan reads each
+        # tenant's first ``horizon`` without walking a deep window.
+        self._by_tenant: dict[str, dict[str, Waiting]] = {}
         self._draining: dict[str, Drain] = {}
         self.prefetch: dict[str, tuple[str, ...]] = {}
         self.next_overdue_s: float | None = None
@@ -92,12 +96,27 @@ class ClaimedWindow:
         return max(0, self.capacity - len(self._waiting))
 
     def entry_ids(self) -> list[str]:
-        """The entries waiting (their leases must be renewed)."""
-        return list(self._waiting)
+        """The entries waiting, in their order of arrival (their leases must be renewed)."""
+        return [w.entry.entry_id for w in sorted(self._waiting.values(), key=_arrival)]
 
     def add(self, entry: Entry, job: Job) -> None:
         """Hold ``entry`` (parsed as ``job``) until the plan starts it."""
-        self._waiting.setdefault(entry.entry_id, Waiting(entry, job, self._clock()))
+        if entry.entry_id not in self._waiting:
+            self._hold(Waiting(entry, job, self._clock()))
+
+    def _hold(self, waiting: Waiting) -> None:
+        key = waiting.entry.entry_id
+        self._waiting[key] = waiting
+        self._by_tenant.setdefault(tenant_of(waiting.job), {})[key] = waiting
+
+    def _release(self, key: str) -> Waiting:
+        waiting = self._waiting.pop(key)
+        tenant = tenant_of(waiting.job)
+        queue = self._by_tenant[tenant]
+        del queue[key]
+        if not queue:
+            del self._by_tenant[tenant]
+        return waiting
 
     def oldest_wait_s(self) -> float:
         """How long the job waiting longest has waited (0 for an empty window)."""
@@ -154,7 +173,7 @@ class ClaimedWindow:
                 if allowed[tenant] <= 0:
                     continue  # the plan gave its tenant more than its limits allow now
                 allowed[tenant] -= 1
-            started.append((self._waiting.pop(dispatch.key), dispatch.replica))
+            started.append((self._release(dispatch.key), dispatch.replica))
         held = [tenant for tenant, left in allowed.items() if left <= 0]
         ready_s = self.tenants.ready_in_s(held, now)
         if ready_s is not None:  # plan again when a held tenant has a token
@@ -162,24 +181,20 @@ class ClaimedWindow:
         return started
 
     def _candidates(self) -> list[WindowJob]:
-        """The jobs a plan looks at: each tenant's first ``horizon`` in claim order."""
-        seen: Counter[str] = Counter()
-        jobs = []
-        for key, waiting in self._waiting.items():
-            job, tenant = waiting.job, tenant_of(waiting.job)
-            if self.horizon is not None and seen[tenant] >= self.horizon:
-                continue
-            seen[tenant] += 1
-            jobs.append(
-                WindowJob(
-                    key,
-                    job.adapter_name,
-                    job.priority or 0,
-                    waiting.arrived,
-                    tenant,
-                    job.params.max_new_tokens,
-                )
+        """The jobs a plan looks at: each tenant's first ``horizon``, in arrival order."""
+        jobs = [
+            WindowJob(
+                key,
+                waiting.job.adapter_name,
+                waiting.job.priority or 0,
+                waiting.arrived,
+                tenant,
+                waiting.job.params.max_new_tokens,
             )
+            for tenant, queue in self._by_tenant.items()
+            for key, waiting in itertools.islice(queue.items(), self.horizon)
+        ]
+        jobs.sort(key=lambda job: job.arrived)  # stable: claim order among equal times
         return jobs
 
     def started(self, waiting: Waiting) -> None:
@@ -198,14 +213,20 @@ class ClaimedWindow:
 
     def waiting_by_tenant(self) -> Counter[str]:
         """Jobs in the window now, by tenant."""
-        return Counter(tenant_of(w.job) for w in self._waiting.values())
+        return Counter({tenant: len(queue) for tenant, queue in self._by_tenant.items()})
 
     def refused(self, waiting: Waiting) -> None:
         """A job :meth:`take` gave out could not start (the slot lease refused it): it
         waits again, in its place by arrival, for the next plan."""
         self.stats.slot_refusals += 1
-        self._waiting[waiting.entry.entry_id] = waiting
-        self._waiting = dict(sorted(self._waiting.items(), key=lambda item: item[1].arrived))
+        self._hold(waiting)
+        tenant = tenant_of(waiting.job)
+        queue = self._by_tenant[tenant]
+        self._by_tenant[tenant] = dict(sorted(queue.items(), key=lambda item: _arrival(item[1])))
+
+
+def _arrival(waiting: Waiting) -> float:
+    return waiting.arrived
 
 
 def job_cap(max_in_flight: int, consumers: int, replicas: int, max_ongoing: int) -> int:
