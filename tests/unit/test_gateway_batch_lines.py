@@ -203,3 +203,16 @@ def test_end_batch_picks_the_final_status_and_stamps_it(
     end_batch(ended, expired=expired, now=now)
     assert ended.status is end and ended.status.is_final
     assert getattr(ended, f"{end.value}_at") == now
+
+
+def test_a_lines_response_format_reaches_its_job_and_a_bad_one_fails_the_line() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    good = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"not": {}}}}
+    content = line("g", response_format=good) + b"\n" + line("b", response_format=bad)
+    parsed, refused = parse_lines(content, BATCH, rules())
+    assert parsed.job is not None
+    dumped = parsed.job.params.model_dump(mode="json", exclude_none=True)
+    assert dumped["response_format"] == good
+    assert refused.job is None and refused.error is not None
+    assert "unsupported keyword 'not'" in refused.error.message
