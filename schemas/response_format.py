@@ -186,7 +186,10 @@ def check_pattern(pattern: str) -> None:
 def check_schema(schema: dict[str, Any]) -> None:
     """``ValueError`` naming the problem when ``schema`` is not a JSON Schema the engines
     enforce whole, or is too big."""
-    size = len(orjson.dumps(schema))
+    try:
+        size = len(orjson.dumps(schema))
+    except orjson.JSONEncodeError as exc:  # nested past orjson's depth limit
+        raise ValueError(f"schema cannot be written as JSON: {exc}") from None
     if size > MAX_SCHEMA_BYTES:
         raise ValueError(f"schema is {size} bytes as JSON: at most {MAX_SCHEMA_BYTES}")
     enums = properties = 0
@@ -223,24 +226,29 @@ def _subschemas(node: object, path: str, depth: int) -> Iterator[tuple[str, dict
         for index, member in enumerate(members):
             yield from _subschemas(member, f"{path}/{keyword}/{index}", depth + 1)
     for keyword in SUBSCHEMA_MAP_KEYWORDS & node.keys():
-        members = node[keyword]
-        if not isinstance(members, dict):
-            raise ValueError(f"{keyword!r} at {path} is not an object")
-        for name, member in members.items():
+        for name, member in node[keyword].items():  # objects: checked with the node
             yield from _subschemas(member, f"{path}/{keyword}/{name}", depth + 1)
 
 
 def _check_values(path: str, node: dict[str, Any]) -> None:
+    for keyword in SUBSCHEMA_MAP_KEYWORDS & node.keys():
+        if not isinstance(node[keyword], dict):
+            raise ValueError(f"{keyword!r} at {path} is not an object")
     types = node.get("type", [])
     for name in types if isinstance(types, list) else [types]:
-        if name not in TYPES:
+        if not isinstance(name, str) or name not in TYPES:
             raise ValueError(f"unknown type {name!r} at {path}")
     required = node.get("required", [])
     if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
         raise ValueError(f"'required' at {path} is not an array of strings")
     if "enum" in node and (not isinstance(node["enum"], list) or not node["enum"]):
         raise ValueError(f"'enum' at {path} is not a non-empty array")
-    if "format" in node and node["format"] not in FORMATS:
+    _check_strings(path, node)
+
+
+def _check_strings(path: str, node: dict[str, Any]) -> None:
+    """The string-valued keywords and the repetition counts of ``node``."""
+    if "format" in node and not (isinstance(node["format"], str) and node["format"] in FORMATS):
         raise ValueError(f"unsupported format {node['format']!r} at {path}")
     if "pattern" in node:
         if not isinstance(node["pattern"], str):

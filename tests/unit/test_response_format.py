@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import GenerationParams
@@ -84,3 +87,42 @@ def test_equal_formats_share_a_digest() -> None:
     assert all(f is not None for f in found)
     digests = [format_digest(f) for f in found if f is not None]
     assert digests[0] == digests[1] != digests[2]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["type", "properties", "items", "enum", "format", "required", "x"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@given(
+    schema=st.dictionaries(
+        st.sampled_from(
+            [
+                "type",
+                "properties",
+                "items",
+                "enum",
+                "format",
+                "required",
+                "anyOf",
+                "$ref",
+                "maxItems",
+                "pattern",
+            ]
+        ),
+        json_values,
+        max_size=5,
+    )
+)
+def test_any_json_as_a_schema_is_accepted_or_refused_never_an_error(schema: dict[str, Any]) -> None:
+    with contextlib.suppress(ValidationError):  # a refusal is fine; any other error is not
+        params(schema_format(schema))
