@@ -89,13 +89,17 @@ def backend(
         max_batch_size=64,
         max_input_tokens=64,
         max_new_tokens=48,
+        # As the HF engine runs the demo model: vLLM's "auto" casts float32 to bfloat16.
+        dtype="float32",
     )
 
     async def start() -> VllmBackend:
         # Names resolved above the backend, as a model replica does.
         return Resolving(VllmBackend.from_settings(settings), settings)  # type: ignore[return-value]
 
-    backend = loop_thread.run(start())
+    # vLLM's start (its engine-core and worker processes each import torch and vLLM) took
+    # 4-6 minutes on two cores shared with other test runs.
+    backend = loop_thread.run(start(), timeout_s=600.0)
     yield backend
     loop_thread.run(backend.close())
     del backend
