@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -128,7 +129,7 @@ def test_openai_refusals(client: openai.OpenAI, gateway: GatewayApp) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="a/b", messages=[{"role": "user", "content": "ab"}])
     with pytest.raises(openai.UnprocessableEntityError):
-        client.completions.create(model="upper", prompt="ab", n=2)
+        client.completions.create(model="upper", prompt="ab", n=17)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="upper", prompt="ab", max_tokens=5000)
     # A field loraq would not honour is refused by name, never ignored.
@@ -159,3 +160,55 @@ def test_raw_sse_stream_ends_with_done(gateway: GatewayApp) -> None:
     assert streamed == prompt.upper()
     plain = gateway.request("POST", "/v1/completions", json=body).json()
     assert plain["choices"][0]["text"] == streamed
+
+
+def test_n_choices_each_equal_the_single_run_of_their_seed(client: openai.OpenAI) -> None:
+    sampled = {"model": "title", "temperature": 1.5, "max_tokens": 12}
+    three = client.completions.create(prompt="abc def", n=3, seed=41, **sampled)
+    singles = [
+        client.completions.create(prompt="abc def", seed=41 + i, **sampled).choices[0].text
+        for i in range(3)
+    ]
+    assert [choice.index for choice in three.choices] == [0, 1, 2]
+    assert [choice.text for choice in three.choices] == singles
+    assert len(set(singles)) > 1  # the seeds differ, so do the draws
+    messages: Any = [{"role": "user", "content": "abc def"}]
+    chat = client.chat.completions.create(messages=messages, n=3, seed=41, **sampled)
+    alone = client.chat.completions.create(messages=messages, seed=43, **sampled)
+    assert (
+        len(chat.choices) == 3
+        and chat.choices[2].message.content == alone.choices[0].message.content
+    )
+    assert chat.usage is not None and chat.usage.completion_tokens == sum(
+        len(c.message.content or "") + (c.finish_reason == "stop") for c in chat.choices
+    )
+
+
+def test_logprobs_through_the_client_and_the_queue(
+    client: openai.OpenAI, gateway: GatewayApp
+) -> None:
+    messages: Any = [{"role": "user", "content": "abc"}]
+    chat = client.chat.completions.create(
+        model="upper", messages=messages, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = chat.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert chat.usage is not None and len(tokens) == chat.usage.completion_tokens
+    assert "".join(t.token for t in tokens).startswith(choice.message.content or "")
+    for token in tokens:  # greedy: the token taken is the likeliest
+        assert len(token.top_logprobs) == 3 and token.top_logprobs[0].token == token.token
+        assert token.logprob == token.top_logprobs[0].logprob <= 0
+    text = client.completions.create(model="upper", prompt="abc", temperature=0, logprobs=2)
+    logprobs = text.choices[0].logprobs
+    assert logprobs is not None and logprobs.token_logprobs == [t.logprob for t in tokens]
+    assert logprobs.top_logprobs is not None and all(len(t) <= 2 for t in logprobs.top_logprobs)
+    # A queue job: the same numbers in its result record.
+    job = {
+        "adapter": "upper",
+        "messages": messages,
+        "params": {"max_new_tokens": 64, "logprobs": True, "top_logprobs": 3},
+    }
+    [job_id] = gateway.request("POST", "/v1/jobs", json=job).json()["ids"]
+    result = gateway.wait(job_id)["result"]
+    assert [entry["logprob"] for entry in result["logprobs"]] == [t.logprob for t in tokens]
