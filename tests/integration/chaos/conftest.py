@@ -12,7 +12,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,6 @@ from ray import serve
 
 from demo.tasks import ADAPTER_RULES, expected_output
 from producer.embedded import EmbeddedRedis
-from tests.integration.chaos.accounting import FIGURES, write_figures
 from tests.integration.serve.conftest import (
     MAX_NEW_TOKENS,
     LiveApp,
@@ -48,10 +47,10 @@ HEALTHY_TIMEOUT_S = 180.0
 # The cap on max_new_tokens, raised for the long jobs that are cancelled while running.
 LONG_TOKENS = 2048
 MODELS: list[str | None] = [*ADAPTER_RULES, None]
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    write_figures(terminalreporter, "chaos figures", FIGURES)
+# Every scenario's jobs belong to two tenants of unequal weights (and a few to none), so
+# that the fair order runs under every breakage: nothing lost, nothing twice, all the same.
+TENANTS: list[str | None] = ["acme", "globex", None]
+TENANT_WEIGHTS = "acme=2,globex=1"
 
 
 @dataclass
@@ -71,11 +70,17 @@ class ChaosApp(LiveApp):
         return redis.Redis.from_url(self.redis_url)
 
     def submit(self, count: int, seed: int) -> dict[str, str]:
-        """``count`` greedy jobs over every adapter and the base model: id -> expected text."""
+        """``count`` greedy jobs over every adapter and the base model, of two tenants:
+        id -> expected text."""
         rng = random.Random(seed)
         picks = [(rng.choice(MODELS), rng.choice(self.pool)) for _ in range(count)]
         jobs = [
-            {"adapter": model, "prompt": text, "params": {"max_new_tokens": MAX_NEW_TOKENS}}
+            {
+                "adapter": model,
+                "prompt": text,
+                "tenant": rng.choice(TENANTS),
+                "params": {"max_new_tokens": MAX_NEW_TOKENS},
+            }
             for model, text in picks
         ]
         with self.producer() as producer:
@@ -195,6 +200,7 @@ def chaos_settings(redis_url: str, name: str, **overrides: Any) -> WorkerSetting
         "max_new_tokens": LONG_TOKENS,
         # Small enough that both consumers hold a full window under the 300 jobs.
         "schedule_window": CHAOS_WINDOW,
+        "tenant_weights": TENANT_WEIGHTS,
         **overrides,
     }
     return e2e_settings(redis_url, **values)
@@ -210,14 +216,26 @@ def deploy_chaos_app(
     return app
 
 
-@pytest.fixture(scope="module")
-def chaos_app(ray_serve: str, redis_url: str) -> Iterator[ChaosApp]:
-    """The application on the session's Redis, for the scenarios of one module.
+# The app the scenarios of this folder's modules share (deploying it and checking its
+# pool of inputs takes tens of seconds on two cores); see pytest_runtest_teardown.
+_SHARED: list[ChaosApp] = []
 
-    Module scope, not package: without an ``__init__.py`` pytest would keep a package
-    fixture for the whole session, and the app's CPUs from later tests.
+
+@pytest.fixture
+def chaos_app(ray_serve: str, redis_url: str) -> ChaosApp:
+    """The application on the session's Redis, deployed once for this folder's scenarios.
+
+    Not a package or session fixture: without an ``__init__.py`` pytest would keep it
+    for the whole session, and the app's CPUs from later tests.
     """
-    app = deploy_chaos_app(ray_serve, chaos_settings(redis_url, "chaos"))
-    yield app
-    launch.shutdown(app.running)
-    delete_prefix(redis_url, app.settings.prefix)
+    if not _SHARED:
+        _SHARED.append(deploy_chaos_app(ray_serve, chaos_settings(redis_url, "chaos")))
+    return _SHARED[0]
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After this folder's last test the shared app goes."""
+    if _SHARED and (nextitem is None or nextitem.path.parent != item.path.parent):
+        app = _SHARED.pop()
+        launch.shutdown(app.running)
+        delete_prefix(app.redis_url, app.settings.prefix)
