@@ -76,7 +76,13 @@ class GrammarCompiler:
         timeout_s: float,
         cache_size: int,
     ) -> None:
-        import xgrammar
+        try:
+            import xgrammar
+        except ImportError:
+            raise EngineError(
+                ErrorType.VALIDATION,
+                "this model replica cannot serve response_format: install loraq[structured]",
+            ) from None
 
         info = xgrammar.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_ids)

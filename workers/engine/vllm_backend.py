@@ -47,6 +47,7 @@ from workers.engine.vllm_config import (
     finish_reason,
     logprob_steps,
     sampling_kwargs,
+    structured_outputs_kwargs,
 )
 from workers.settings import WorkerSettings
 
@@ -126,6 +127,7 @@ class VllmBackend:
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> VllmBackend:
         """Start vLLM on the model ``settings`` name; call it on the loop it will serve."""
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -134,6 +136,9 @@ class VllmBackend:
         _release_importer_frames()
         shapes, positions, tokenizer = _meta_shapes(settings)
         kwargs = engine_kwargs(settings, shapes, max_positions=positions, on_cpu=_on_cpu(settings))
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(
+            **kwargs["structured_outputs_config"]
+        )
         bind_engine_core_to_parent()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         backend = cls(settings, llm=llm, tokenizer=tokenizer, shapes=shapes)
@@ -253,8 +258,18 @@ class VllmBackend:
         adapter = resolved_adapter(request)
         lora = await self._lora_request(adapter) if adapter else None
         sampling = sampling_kwargs(request.params)
+        structured = structured_outputs_kwargs(
+            request.params.response_format, self._settings.max_schema_bytes
+        )
+        if structured is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            sampling["structured_outputs"] = StructuredOutputsParams(**structured)
         sampling["max_tokens"] = min(sampling["max_tokens"], room)
-        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        # A caller that waits for the whole output gets it once, as vLLM's own server
+        # answers a completion: no output object and no pass of this loop per token.
+        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        params = SamplingParams(**sampling, output_kind=kind)
         row_id = self._track(request)
         started = time.perf_counter()
         text: list[str] = []
@@ -263,7 +278,8 @@ class VllmBackend:
         reason: str | None = None
         try:
             prompt = TokensPrompt(prompt_token_ids=prompt_ids)
-            async for out in self._llm.generate(prompt, params, row_id, lora_request=lora):
+            outputs = self._llm.generate(prompt, params, row_id, lora_request=lora)
+            async for out in _format_refused(outputs) if structured else outputs:
                 piece = out.outputs[0]
                 text.append(piece.text)
                 tokens.extend(piece.token_ids)
@@ -387,6 +403,22 @@ class VllmBackend:
         task = asyncio.ensure_future(call)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _format_refused(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``outputs``, with vLLM's refusal of a response_format (a ``ValueError`` before the
+    first output: it compiles the grammar when it takes the request) as ``validation``."""
+    from vllm.exceptions import VLLMValidationError
+
+    first = True
+    try:
+        async for out in outputs:
+            first = False
+            yield out
+    except (ValueError, VLLMValidationError) as exc:
+        if not first:
+            raise
+        raise EngineError(ErrorType.VALIDATION, f"response_format cannot be served: {exc}") from exc
 
 
 if TYPE_CHECKING:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas import ErrorType, GenerationParams
+from schemas.response_format import JsonObjectFormat, JsonSchemaFormat, RegexFormat, constraint
 from workers.adapters.validation import ModuleShape
+from workers.engine.grammar import check_size
 from workers.engine.logprobs import Step
 from workers.engine.requests import EngineError
 from workers.settings import WorkerSettings
@@ -119,6 +121,9 @@ def engine_kwargs(
         # Our counters come from the outputs; vLLM's periodic stat log lines are noise.
         "disable_log_stats": True,
         "kv_cache_memory_bytes": kv_cache_bytes(settings, on_cpu=on_cpu),
+        # response_format: the HF engine's grammar library, compact JSON as it writes it
+        # (the backend makes vLLM's config object of it).
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
 
 
@@ -145,6 +150,29 @@ def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
         "stop": list(params.stop),
         "logprobs": (params.top_logprobs or 0) if params.logprobs else None,
     }
+
+
+def structured_outputs_kwargs(fmt: object, max_bytes: int) -> dict[str, Any] | None:
+    """Keyword arguments of vLLM's ``StructuredOutputsParams`` for a job's
+    ``response_format`` (``None``: free text); ``validation`` past the byte cap.
+
+    vLLM compiles them with xgrammar, as the HF engine does, without free whitespace (a
+    model that keeps emitting spaces would never end: :func:`engine_kwargs`).
+    """
+    found = constraint(fmt)
+    if found is None:
+        return None
+    check_size(found, max_bytes)
+    kwargs: dict[str, Any] = {}
+    if isinstance(found, JsonObjectFormat):
+        kwargs["json_object"] = True
+    elif isinstance(found, JsonSchemaFormat):
+        kwargs["json"] = found.json_schema.schema_
+    elif isinstance(found, RegexFormat):
+        kwargs["regex"] = found.pattern
+    else:
+        kwargs["choice"] = list(found.choices)
+    return kwargs
 
 
 def logprob_steps(
