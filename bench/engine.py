@@ -30,8 +30,13 @@ server); ``--shapes-only`` skips (a)-(e) and the memory figures.
                            [--dtype float32] [--vllm-dtype auto]
                            [--models bench,smollm2-135m,qwen2.5-0.5b,llama-3.2-1b]
                            [--backends hf,vllm,vllm_offline,vllm_server] [--shapes-only]
+                           [--structured]
 
-Writes bench/results/engine.{json,md,png}.
+``--structured`` adds structured output's cost (:mod:`bench.engine_structured`): half the
+rows held to JSON schemas against all free, at 16 and 64 rows, and each schema's compile
+time (``--shapes '' --shapes-only --structured``: that alone).
+
+Writes bench/results/engine.{json,md,png} (and engine_structured.png).
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ from bench.engine_backends import (
     target_lines,
 )
 from bench.engine_shapes import parse_shapes, plot_shapes, shape_lines
+from bench.engine_structured import ROWS as STRUCTURED_ROWS
+from bench.engine_structured import plot_structured, structured_lines, structured_runs
 from bench.local_adapters import resolved, warm
 from bench.real_models import REAL_SHAPES, build_real_kit
 from bench.report import RESULTS
@@ -413,7 +420,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 base, adapters = model_kit(root, name)
                 results["models"][name] = shape_runs(args, base, adapters)
                 shutil.rmtree(root / name)  # a real shape's kit is gigabytes
+                write(results)  # a run cut short keeps the models it finished
+        if args.structured:
+            print("structured output", file=sys.stderr, flush=True)
+            results["structured"] = structured(args, root)
     return results
+
+
+def structured(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Half the rows constrained against all free (:mod:`bench.engine_structured`), on
+    the model of (a)-(e), built here when those did not run."""
+    kit = root / "basics"
+    base, adapters = (
+        (kit / "base", kit / "adapters") if kit.exists() else build_models(root / "structured")
+    )
+    runs, compile_ms, engine = structured_runs(base, adapters, args.new_tokens)
+    try:
+        measured = interleaved(runs, args.repeats)
+    finally:
+        asyncio.run(engine.close())
+    ratios = {
+        f"half_over_free_{rows}": paired_ratio(measured, f"half_{rows}", f"free_{rows}")
+        for rows in STRUCTURED_ROWS
+    }
+    return {
+        "new_tokens": args.new_tokens,
+        "runs": measured,
+        "ratios": ratios,
+        "compile_ms": compile_ms,
+    }
 
 
 LABELS = {
@@ -486,6 +521,8 @@ def write(results: dict[str, Any]) -> None:
             lines += shape_lines(backends["hf"], BATCH_ADAPTERS)
             lines += backend_lines(backends, BATCH_ADAPTERS, results["config"]["backend_dtypes"])
             lines += target_lines(backends)
+    if "structured" in results:
+        lines += structured_lines(results["structured"])
     (RESULTS / "engine.md").write_text("\n".join(lines) + "\n")
 
 
@@ -557,6 +594,12 @@ def main() -> None:
         help="only the shapes runs: skip (a)-(e), memory and cold loads",
     )
     parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="also half the rows held to JSON schemas against all free, at 16 and 64 rows "
+        "(with --shapes '' --shapes-only: that alone)",
+    )
+    parser.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
@@ -580,7 +623,10 @@ def main() -> None:
     results = run(args)
     results["bench_seconds"] = time.perf_counter() - started
     write(results)
-    plot(results)
+    if "memory" in results or results["models"]:
+        plot(results)
+    if "structured" in results:
+        plot_structured(results["structured"], RESULTS / "engine_structured.png")
     print((RESULTS / "engine.md").read_text())
     print(f"bench took {results['bench_seconds']:.0f} s")
 

@@ -89,7 +89,14 @@ async def loraq(settings: WorkerSettings) -> AsyncIterator[RunBatch]:
 
     port = free_port()
     launch.allow_slow_proxy_start()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # a raylet on busy cores can miss Ray's 30 s start window
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:  # Ray raises a plain Exception for a node that did not start
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         serve.start(http_options={"host": HOST, "port": port})
         await asyncio.to_thread(
