@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -28,11 +28,9 @@ def engine(kit: Kit) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def reference(kit: Kit) -> Reference:
-    """PEFT's own greedy ``generate`` for one adapter (None: base) and one prompt alone."""
-    tokenizer = AutoTokenizer.from_pretrained(kit.base)
+def oracle_model(kit: Kit) -> Callable[[str | None], torch.nn.Module]:
+    """PEFT's model of one adapter (None: the base), loaded apart from any engine."""
     models: dict[str | None, torch.nn.Module] = {}
-    results: dict[tuple[str | None, str, int], list[int]] = {}
 
     def model_for(adapter: str | None) -> torch.nn.Module:
         if adapter not in models:
@@ -40,6 +38,16 @@ def reference(kit: Kit) -> Reference:
             folder = kit.adapters / adapter if adapter else None
             models[adapter] = PeftModel.from_pretrained(base, folder).eval() if folder else base
         return models[adapter]
+
+    return model_for
+
+
+@pytest.fixture(scope="session")
+def reference(kit: Kit, oracle_model: Callable[[str | None], torch.nn.Module]) -> Reference:
+    """PEFT's own greedy ``generate`` for one adapter (None: base) and one prompt alone."""
+    tokenizer = AutoTokenizer.from_pretrained(kit.base)
+    model_for = oracle_model
+    results: dict[tuple[str | None, str, int], list[int]] = {}
 
     def generate(adapter: str | None, prompt: str, max_new_tokens: int) -> list[int]:
         key = (adapter, prompt, max_new_tokens)
