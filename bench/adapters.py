@@ -20,7 +20,9 @@ no-op model against calling that model's handle directly (``bench/queue.py``'s
     python -m bench.adapters --source s3 [--quick]   (see bench/adapter_sources.py)
 
 ``--consumers`` is the number of consumer replicas (``LORAQ_NUM_CONSUMER_REPLICAS``,
-default 2: the slot lease keeps the slot rule for all of them together).
+default 2: the slot lease keeps the slot rule for all of them together); they share
+:data:`IN_FLIGHT` jobs in flight (``LORAQ_MAX_IN_FLIGHT`` each: their share), the
+replicas' batches (2 × 16 rows), whatever their number.
 ``--quick`` is a smoke run (a tenth of the jobs, 40 and 200 adapters, one no-op round).
 Writes bench/results/adapters.{json,md,png}; see :mod:`bench.adapters_report`.
 """
@@ -61,6 +63,8 @@ from workers import launch
 from workers.settings import DEMO_DIR, WorkerSettings
 
 WARMUP_JOBS = 32
+# Jobs in flight over all consumers: what the 2 model replicas batch at once.
+IN_FLIGHT = 32
 # Engine counters summed over replicas as deltas per workload; the host-tier ones are
 # read only where a build has them.
 COUNTERS = (
@@ -133,7 +137,7 @@ def app_settings(
         "model_num_cpus": 0.5,
         "consumer_num_cpus": 0.1,
         "max_batch_size": 16,
-        "max_in_flight": 32,
+        "max_in_flight": max(1, IN_FLIGHT // consumers),
         "graceful_shutdown_timeout_s": 10.0,
         **mode.overrides,
     }
