@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workers.engine.requests import GenerationRequest
 from workers.scheduling.rendezvous import rendezvous_score
-from workers.serve.routing import affinity_ranks, target_of, targeted
+from workers.serve.routing import adapters_of, affinity_ranks, target_of, targeted
 
 REPLICAS = {"r1": {"upper", "reverse"}, "r2": {"rot13"}, "r3": {"upper", "title"}}
 
@@ -57,3 +57,11 @@ def test_the_target_is_read_from_a_keyword_or_the_request_object() -> None:
     assert target_of([GenerationRequest("a", "x", target_replica="r2")], {}) == "r2"
     assert target_of([GenerationRequest("a", "x")], {}) is None
     assert target_of([["upper"]], {}) is None
+
+
+def test_a_replicas_adapters_come_from_its_routing_stats() -> None:
+    # What LoRAModel.record_routing_stats publishes; none yet (a new replica): nothing.
+    assert adapters_of({"adapters": ["a", "b", "a"]}) == {"a", "b"}
+    assert adapters_of(None) == frozenset() and adapters_of({}) == frozenset()
+    held = {"r0": adapters_of({"adapters": ["a"]}), "r1": adapters_of(None)}
+    assert affinity_ranks("a", held)[0] == ["r0"]
