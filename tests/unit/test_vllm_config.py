@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from schemas import ErrorType, GenerationParams
@@ -10,6 +12,7 @@ from workers.engine.requests import EngineError
 from workers.engine.vllm_config import (
     engine_kwargs,
     finish_reason,
+    logprob_steps,
     max_cpu_loras,
     max_model_len,
     sampling_kwargs,
@@ -82,7 +85,34 @@ def test_sampling_and_finish_reasons() -> None:
         "top_k": 5,
         "seed": 3,
         "stop": ["x"],
+        "min_p": 0.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "logprobs": None,
     }
+    surface = GenerationParams(
+        presence_penalty=0.5,
+        frequency_penalty=-1.0,
+        repetition_penalty=1.2,
+        min_p=0.1,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    assert sampling_kwargs(surface) | {"max_tokens": 0} == sampling_kwargs(params) | {
+        "max_tokens": 0,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "seed": None,
+        "stop": [],
+        "presence_penalty": 0.5,
+        "frequency_penalty": -1.0,
+        "repetition_penalty": 1.2,
+        "min_p": 0.1,
+        "logprobs": 3,
+    }
+    assert sampling_kwargs(GenerationParams(logprobs=True))["logprobs"] == 0
     assert [finish_reason(r) for r in ("stop", "length", "abort")] == [
         "stop",
         "length",
@@ -90,3 +120,23 @@ def test_sampling_and_finish_reasons() -> None:
     ]
     with pytest.raises(EngineError):
         finish_reason(None)
+
+
+@dataclass
+class _Logprob:  # vLLM's Logprob: a value and a rank (1 = the likeliest)
+    logprob: float
+    rank: int
+
+
+def test_vllms_logprobs_become_steps_best_first() -> None:
+    positions = [
+        # The sampled token (7) outside the top 2: listed first by vLLM, not an alternative.
+        {7: _Logprob(-3.0, 5), 1: _Logprob(-0.5, 1), 2: _Logprob(-1.0, 2)},
+        # The sampled token among them: one entry for both.
+        {2: _Logprob(-1.5, 2), 4: _Logprob(-0.2, 1)},
+    ]
+    assert logprob_steps([7, 2], positions, 2) == [
+        (-3.0, [1, 2], [-0.5, -1.0]),
+        (-1.5, [4, 2], [-0.2, -1.5]),
+    ]
+    assert logprob_steps([7], positions[:1], 0) == [(-3.0, [], [])]
