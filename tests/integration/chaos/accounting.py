@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -57,11 +56,6 @@ class Tally:
 
 # Every scenario's tally, for the terminal summary (tests/figures.py).
 FIGURES = figures.section("chaos figures")
-
-
-def write_figures(terminalreporter: Any, title: str, tallies: list[Any]) -> None:
-    """Nothing left to write: tests/conftest.py prints the figures from the reports (the
-    chaos conftest still calls this until its edit is committed)."""
 
 
 def final_events(client: redis.Redis, keys: Keys) -> Counter[str]:
