@@ -8,7 +8,7 @@ the slot rule: with the slot lease it never exceeds the replica's device slots.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -20,19 +20,27 @@ class AdaptersInFlight:
         self.max_distinct = 0
 
     @contextmanager
-    def hold(self, adapter: str | None) -> Iterator[None]:
-        """Count a request of ``adapter`` (``None``: the base model, no slot) while it runs."""
-        if adapter is None:
-            yield
-            return
-        self._requests[adapter] += 1
-        self.max_distinct = max(self.max_distinct, len(self._requests))
-        try:
-            yield
-        finally:
+    def hold(self, adapter: str | None) -> Iterator[Callable[[], None]]:
+        """Count a request of ``adapter`` (``None``: the base model, no slot) until the
+        context exits, or earlier when the callable it yields is called (its row ended)."""
+        released = adapter is None
+
+        def release() -> None:
+            nonlocal released
+            if released or adapter is None:
+                return
+            released = True
             self._requests[adapter] -= 1
             if self._requests[adapter] <= 0:
                 del self._requests[adapter]
+
+        if adapter is not None:
+            self._requests[adapter] += 1
+            self.max_distinct = max(self.max_distinct, len(self._requests))
+        try:
+            yield release
+        finally:
+            release()
 
     def names(self) -> list[str]:
         """The adapters of the requests held now."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import ray
@@ -139,9 +139,11 @@ class LoRAModel:
         return list(dict.fromkeys(name_of(key) for key in keys))
 
     @contextlib.asynccontextmanager
-    async def _routed(self, request: GenerationRequest) -> AsyncIterator[None]:
+    async def _routed(self, request: GenerationRequest) -> AsyncIterator[Callable[[], None]]:
         """Resolve the request's adapter (its files held on this node while it runs) and
-        count it in flight here until it ends."""
+        count it in flight here until its row ends (call what this yields then: the
+        output reaches the consumer, which frees the adapter's slot lease, before this
+        context exits)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id and model_id != (request.adapter or ""):
             raise EngineError(
@@ -149,13 +151,13 @@ class LoRAModel:
                 f"multiplexed model id {model_id!r} differs from the request's adapter "
                 f"{request.adapter!r}",
             )
-        if not request.adapter:
-            yield
-            return
-        with self.in_flight.hold(request.adapter):
+        with self.in_flight.hold(request.adapter) as row_done:
+            if not request.adapter:
+                yield row_done
+                return
             async with self.adapters.use(request.adapter) as resolved:
                 request.resolved = resolved
-                yield
+                yield row_done
 
     async def generate(self, request: GenerationRequest) -> GenerationOutput:
         """The finished generation of ``request``."""
@@ -174,12 +176,12 @@ class LoRAModel:
         self, request: GenerationRequest
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
         """Text chunks of ``request`` as it generates, then its output (last)."""
-        async with self._routed(request):
-            async for item in self._chunks(request):
+        async with self._routed(request) as row_done:
+            async for item in self._chunks(request, row_done):
                 yield item
 
     async def _chunks(
-        self, request: GenerationRequest
+        self, request: GenerationRequest, row_done: Callable[[], None]
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
         chunks = ChunkBuffer(
             interval_s=self.settings.stream_chunk_ms / 1000,
@@ -190,6 +192,7 @@ class LoRAModel:
         # Leaving this generator early (the caller went away) cancels the engine's row.
         async for item in self.engine.stream(request):
             if isinstance(item, GenerationOutput):
+                row_done()
                 rest = chunks.flush()
                 if rest:
                     yield TextDelta(rest)

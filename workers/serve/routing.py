@@ -1,8 +1,9 @@
 """Adapter affinity for LoRAModel requests: send a job where its adapter is warm.
 
-A request the consumer's scheduler has placed (``target_replica``) goes to that replica;
-the ranking below is only the fallback: when the target is full or gone, and for the
-requests nobody placed (the gateway's direct calls, the window turned off).
+A request the consumer's scheduler has placed (``target_replica``) goes to that replica,
+and waits for it when it is busy (the slot lease admitted it there only); the ranking
+below is only the fallback: when the target is gone, and for the requests nobody placed
+(the gateway's direct calls, the window turned off).
 
 Serve's own multiplex routing is soft: once a request's first routing attempt has been
 spent (and under load one often is, on another request of the same adapter), its next
@@ -100,7 +101,10 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         if pending_request is not None:
             adapter = pending_request.metadata.multiplexed_model_id or ""
             target = target_of(pending_request.args, pending_request.kwargs)
-            pinned = pending_request.metadata.call_method in PINNED_METHODS
+            # A placed request waits for its replica rather than go elsewhere: the slot
+            # lease admitted it there, and only there (a gone replica is no candidate,
+            # and then the ranks below apply).
+            pinned = pending_request.metadata.call_method in PINNED_METHODS or target is not None
             # Back off between rounds when every rank was full, rather than spin.
             pending_request.routing_context.should_backoff = True
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
