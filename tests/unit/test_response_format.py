@@ -76,6 +76,9 @@ def test_size_nesting_and_enum_caps() -> None:
     assert "bytes as JSON" in refusal(schema_format(big))
     assert "repeats" in refusal({"type": "regex", "pattern": "(ab){1,2000}"})
     assert params({"type": "regex", "pattern": "a\\{5000}"})  # an escaped brace is a literal
+    nested = refusal({"type": "regex", "pattern": "(x(a{1,30}|b)){1,40}"})
+    assert "repeats 1200 times ({1,30}, counts of nested groups multiplied)" in nested
+    assert params({"type": "regex", "pattern": "(ab|cd){500}x{500}[(]{900}"})
 
 
 def test_equal_formats_share_a_digest() -> None:
