@@ -174,8 +174,9 @@ def format_digest(fmt: Constraint) -> str:
 
 def check_pattern(pattern: str) -> None:
     """``ValueError`` for a regular expression whose grammar would be huge: a repetition
-    count over :data:`MAX_REPEAT`, also as the product of nested ones (``(a{1,50}){1,50}``
-    repeats 2,500 times; its compile ran for minutes where each alone takes milliseconds)."""
+    count over :data:`MAX_REPEAT`, also as the product of nested ones: xgrammar had not
+    compiled ``(a{1,1000}){1,1000}`` after two minutes (a loaded machine), and a compile
+    cannot be stopped once started."""
     counts = [(m.start(), m.end(), _bound(m)) for m in _REPEAT.finditer(pattern)]
     # A count right after a group's ")" repeats the whole group.
     groups = [
