@@ -250,8 +250,9 @@ class WorkerSettings(AdapterRootSettings):
     schedule_window: int = Field(
         256,
         ge=0,
-        description="Claimed jobs a consumer holds to choose from (adapter-aware scheduling); "
-        "0 turns the window off: jobs start in stream order, as claimed.",
+        description="Claimed jobs a consumer holds to choose from (adapter-aware scheduling), "
+        "of each tenant when max_claimed_jobs is larger; 0 turns the window off: jobs start "
+        "in stream order, as claimed.",
     )
     max_claimed_jobs: int = Field(
         0,
