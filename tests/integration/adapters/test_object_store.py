@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from producer.settings import DEMO_DIR
 from schemas import ErrorType, Message
 from schemas.adapter_uris import AdapterUri, parse_adapter_uri
 from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
@@ -23,7 +24,6 @@ from workers.adapters.resolver import AdapterResolver, RetryPolicy
 from workers.engine.prompts import encode_request
 from workers.engine.requests import GenerationRequest
 from workers.errors import EngineError
-from workers.settings import DEMO_DIR
 
 DEMO = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
 
