@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,8 @@ def server_command(settings: WorkerSettings, port: int, adapters: list[str]) -> 
         flag = "--" + key.replace("_", "-")
         if value is True:
             command.append(flag)
+        elif isinstance(value, dict):  # a config group: vLLM's CLI takes it as JSON
+            command += [flag, json.dumps(value)]
         elif value is not None and value is not False:
             command += [flag, str(value)]
     folder = Path(settings.adapter_dir or ".")
