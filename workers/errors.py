@@ -2,20 +2,18 @@
 
 :class:`EngineError` is how any layer (the adapter catalogue and tiers, a backend, the
 Serve deployments) reports a failure its client caused or can act on; ``REDIS_DOWN`` is
-what a Redis outage looks like to redis-py, ``MODEL_GONE`` a dead model replica to a caller.
+what a Redis outage looks like to redis-py. Nothing here imports Ray: the engine, which
+imports this, runs without it on the GPU machine (``bench/gpu.py``).
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from ray.exceptions import RayActorError
 
 from schemas import ErrorType
 
 # Connection refused or reset, timeouts.
 REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
-# A model replica that died under a request, or could not be reached (Ray's actor errors).
-MODEL_GONE = (RayActorError,)
 
 
 class EngineError(Exception):

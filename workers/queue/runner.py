@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from ray.exceptions import RayActorError
+
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus, Timings, codec
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
-from workers.errors import MODEL_GONE, REDIS_DOWN
+from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
 from workers.queue.store import (
@@ -125,7 +127,8 @@ def engine_error(exc: BaseException) -> EngineError | None:
 def unknown_error_type(exc: BaseException) -> ErrorType:
     """The protocol's type of a failure no layer of ours described: a model replica that
     died under the job is ``model_unavailable``, anything else ``internal``."""
-    return ErrorType.MODEL_UNAVAILABLE if isinstance(exc, MODEL_GONE) else ErrorType.INTERNAL
+    # RayActorError: the replica died under the request, or could not be reached.
+    return ErrorType.MODEL_UNAVAILABLE if isinstance(exc, RayActorError) else ErrorType.INTERNAL
 
 
 class JobRunner:
