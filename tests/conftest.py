@@ -93,8 +93,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Bound the interpreter's exit: past ``EXIT_GRACE_S`` every thread's stack is printed
     and the process exits with 1. One CI run passed all its tests, then hung in teardown
     (an object's ``__del__`` there) until CI's own limit killed it, with nothing to show
-    where."""
-    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
+    where. Not in an xdist worker: one that has run its share waits, its session over,
+    until the last worker ends (xdist's controller then ends it, killing it past 10 s)."""
+    if not hasattr(config, "workerinput"):
+        faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")
