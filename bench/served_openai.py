@@ -39,6 +39,7 @@ from bench.engine import BATCH_ADAPTERS, RANK, model_kit
 from bench.engine_backends import (
     RunBatch,
     measure,
+    on_completions,
     paired,
     sized,
     summary,
@@ -109,28 +110,15 @@ async def loraq(settings: WorkerSettings) -> AsyncIterator[RunBatch]:
         base_name = Path(settings.model).name
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-            async def one(request: GenerationRequest) -> int:
-                body = {
+            def body(request: GenerationRequest) -> dict[str, Any]:
+                return {
                     "model": request.adapter or base_name,
                     "prompt": request.prompt,
                     "max_tokens": request.params.max_new_tokens,
                     "temperature": 0.0,
                 }
-                async with session.post(url + "/v1/completions", json=body) as reply:
-                    if reply.status != 200:
-                        raise RuntimeError(f"loraq: {reply.status} {await reply.text()}")
-                    return int((await reply.json())["usage"]["completion_tokens"])
 
-            async def run(batch: list[GenerationRequest], one_at_a_time: bool) -> tuple[int, float]:
-                started = time.perf_counter()
-                if one_at_a_time:
-                    tokens = 0
-                    for request in batch:
-                        tokens += await one(request)
-                else:
-                    tokens = sum(await asyncio.gather(*[one(r) for r in batch]))
-                return tokens, time.perf_counter() - started
-
+            run = on_completions(session, url, body, "loraq")
             yield run
     finally:
         with contextlib.suppress(Exception):

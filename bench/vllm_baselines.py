@@ -132,6 +132,8 @@ async def server(settings: WorkerSettings, adapters: list[str]) -> AsyncIterator
     import aiohttp
     from transformers import AutoTokenizer
 
+    from bench.engine_backends import on_completions
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(os.devnull, "wb")  # noqa: SIM115 (closed below; vLLM logs every request)
@@ -142,28 +144,15 @@ async def server(settings: WorkerSettings, adapters: list[str]) -> AsyncIterator
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def one(request: GenerationRequest) -> int:
-                body = {
+            def body(request: GenerationRequest) -> dict[str, Any]:
+                return {
                     "model": request.adapter or BASE_NAME,
                     "prompt": _token_ids(tokenizer, settings, request),
                     "max_tokens": request.params.max_new_tokens,
                     "temperature": 0.0,
                 }
-                async with session.post(url + "/v1/completions", json=body) as reply:
-                    if reply.status != 200:
-                        raise RuntimeError(f"vLLM's server: {reply.status} {await reply.text()}")
-                    return int((await reply.json())["usage"]["completion_tokens"])
 
-            async def run(batch: list[GenerationRequest], one_at_a_time: bool) -> tuple[int, float]:
-                started = time.perf_counter()
-                if one_at_a_time:
-                    tokens = 0
-                    for request in batch:
-                        tokens += await one(request)
-                else:
-                    tokens = sum(await asyncio.gather(*[one(r) for r in batch]))
-                return tokens, time.perf_counter() - started
-
+            run = on_completions(session, url, body, "vLLM's server")
             yield run
     finally:
         process.terminate()
