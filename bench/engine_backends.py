@@ -64,31 +64,6 @@ def requests(
     ]
 
 
-def on_completions(
-    session: Any, url: str, body: Callable[[GenerationRequest], dict[str, Any]], who: str
-) -> RunBatch:
-    """A :data:`RunBatch` over an OpenAI-compatible server's ``/v1/completions`` through an
-    ``aiohttp`` session: one client per row, tokens from each reply's usage."""
-
-    async def one(request: GenerationRequest) -> int:
-        async with session.post(url + "/v1/completions", json=body(request)) as reply:
-            if reply.status != 200:
-                raise RuntimeError(f"{who}: {reply.status} {await reply.text()}")
-            return int((await reply.json())["usage"]["completion_tokens"])
-
-    async def run(batch: list[GenerationRequest], one_at_a_time: bool) -> tuple[int, float]:
-        started = time.perf_counter()
-        if one_at_a_time:
-            tokens = 0
-            for request in batch:
-                tokens += await one(request)
-        else:
-            tokens = sum(await asyncio.gather(*[one(r) for r in batch]))
-        return tokens, time.perf_counter() - started
-
-    return run
-
-
 def on_backend(backend: Backend) -> RunBatch:
     """A :data:`RunBatch` over a loraq backend: the rows at once, or in turn."""
 

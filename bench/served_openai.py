@@ -35,11 +35,11 @@ from typing import Any
 
 import aiohttp
 
+from bench.completions_client import on_completions
 from bench.engine import BATCH_ADAPTERS, RANK, model_kit
 from bench.engine_backends import (
     RunBatch,
     measure,
-    on_completions,
     paired,
     sized,
     summary,

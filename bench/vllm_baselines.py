@@ -132,7 +132,7 @@ async def server(settings: WorkerSettings, adapters: list[str]) -> AsyncIterator
     import aiohttp
     from transformers import AutoTokenizer
 
-    from bench.engine_backends import on_completions
+    from bench.completions_client import on_completions
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
