@@ -46,7 +46,7 @@ lint: install
 TEST_WORKERS ?= 2
 
 test: lint
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 # The worker extra only: the demo runs the HF engine, not vLLM (a large download).
 demo: $(WORKER_STAMP)
