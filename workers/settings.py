@@ -68,6 +68,15 @@ class WorkerSettings(AdapterRootSettings):
         "starts later than this, and the old bytes leave every tier once unused (one that "
         "nobody uses again: by its tier's LRU).",
     )
+    adapter_relist_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often a remote adapter folder in use is listed again in full. In "
+        "between, every LORAQ_REGISTRY_SYNC_S, each of its files already known is checked by "
+        "a HEAD (size and ETag or version): a file replaced or deleted is seen within the "
+        "sync bound, a file added beside unchanged ones within this (or the sync bound, if "
+        "longer). 0: a listing every time.",
+    )
     adapter_source: str | None = Field(
         None,
         description="Source root of adapters nothing else names: a job's adapter NAME is "

@@ -105,6 +105,26 @@ class RemoteStore:
             )
         return folder
 
+    def unchanged(self, folder: RemoteFolder) -> bool:
+        """Whether every file of ``folder`` is still what was listed: one ``HEAD`` per
+        file (fsspec's ``info``), its size and tag compared with the listing's. ``False``
+        for a file changed or gone, or a listing that carried no tag to compare (the
+        caller then lists the folder again). A file *added* beside them is not seen
+        here: only a listing finds it. Raises :class:`StoreUnreachable` when the store
+        does not answer."""
+        fs = self._filesystem(folder.uri.scheme)
+        for item in folder.files:
+            if not item.tag:
+                return False
+            path = store_path(folder.uri, item.name)
+            try:
+                info = _call(lambda path=path: fs.info(path), folder.uri)
+            except FileNotFoundError:
+                return False
+            if int(info.get("size") or 0) != item.size or item.tag not in _tags(info):
+                return False
+        return True
+
     def download(self, folder: RemoteFolder, dest: Path) -> dict[str, str]:
         """Write ``folder``'s files into ``dest`` (an empty folder of the caller's) and
         return each file's sha256; refuses a file whose size is not what was listed."""
@@ -200,11 +220,20 @@ def _entries(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
     return found
 
 
+# Where each library puts what changes with an object's bytes, most specific first.
+_TAG_KEYS = ("VersionId", "ETag", "generation", "etag", "blob_id", "md5Hash", "last_modified")
+
+
 def _tag(info: Mapping[str, Any]) -> str:
-    for key in ("VersionId", "ETag", "generation", "etag", "blob_id", "md5Hash", "last_modified"):
-        if info.get(key):
-            return str(info[key]).strip('"')
-    return ""
+    tags = _tags(info)
+    return tags[0] if tags else ""
+
+
+def _tags(info: Mapping[str, Any]) -> list[str]:
+    """Every tag ``info`` carries, most specific first. A ``HEAD`` may carry more than a
+    listing of the same object (S3's ``VersionId``, on a versioned bucket): the listed tag
+    is then one of these, not necessarily the first."""
+    return [str(info[key]).strip('"') for key in _TAG_KEYS if info.get(key)]
 
 
 def _copy(fs: Any, path: str, target: Path) -> str:

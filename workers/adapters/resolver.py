@@ -8,10 +8,12 @@ and downloaded on a bounded pool of download threads (never the loader thread or
 model thread), with the store's timeouts and retries with backoff here; a store that
 stays unreachable is an ``adapter_unavailable`` error, which the queue retries until the
 job's attempts or deadline run out. A listing is shared by the node's replicas
-(:mod:`workers.adapters.node_listings`): a name is listed once per node per ``sync_s``,
-and a resolution expires ``sync_s`` after its listing was asked for, whichever replica
-asked. A name the source does not have is remembered for ``miss_ttl_s``, so a flood of
-bad names does not reach the store. Both memories are bounded (least recently used out).
+(:mod:`workers.adapters.node_listings`): a name is revalidated once per node per
+``sync_s`` (a ``HEAD`` of each file already known, and a full listing once the last is
+``relist_s`` old or when a file changed), and a resolution expires ``sync_s`` after the
+store was asked, whichever replica asked. A name the source does not have is remembered
+for ``miss_ttl_s``, so a flood of bad names does not reach the store. Both memories are
+bounded (least recently used out).
 """
 
 from __future__ import annotations
@@ -76,11 +78,13 @@ class AdapterResolver:
         miss_ttl_s: float,
         max_downloads: int,
         retry: RetryPolicy | None = None,
+        relist_s: float = 0.0,
     ) -> None:
         self._catalogue = catalogue
         self._store = store
         self._disk = disk
         self._sync_s = sync_s
+        self._relist_s = relist_s
         self._miss_ttl_s = miss_ttl_s
         self._retry = retry or RetryPolicy()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_downloads, "loraq-download")
@@ -183,8 +187,9 @@ class AdapterResolver:
         return resolution
 
     async def _list(self, location: Location) -> tuple[RemoteFolder, float]:
-        """The folder as listed (by this replica or another of the node's within
-        ``sync_s``) and when, on the monotonic clock, that listing expires here."""
+        """The folder as the store last vouched for it (to this replica or another of the
+        node's, within ``sync_s``: listed, or each file's ``HEAD`` unchanged) and when, on
+        the monotonic clock, that expires here."""
         assert location.uri is not None
         if self._store is None or self._listings is None:
             raise EngineError(
@@ -193,13 +198,20 @@ class AdapterResolver:
             )
         store, listings, uri = self._store, self._listings, location.uri
         listing = await self._with_retries(
-            location.name, lambda: listings.get(uri, self._sync_s, lambda: store.list_folder(uri))
+            location.name,
+            lambda: listings.get(
+                uri,
+                self._sync_s,
+                lambda: store.list_folder(uri),
+                unchanged=store.unchanged,
+                relist_s=self._relist_s,
+            ),
         )
         if listing is None:
             _remember(self._misses, location.name, time.monotonic() + self._miss_ttl_s)
             raise not_registered(location.name)
         # Trusted for sync_s from when the store was asked, not from now.
-        left = listing.listed_at + self._sync_s - time.time()
+        left = listing.checked_at + self._sync_s - time.time()
         return listing.folder, time.monotonic() + max(0.0, left)
 
     async def _hold(self, resolution: _Resolution) -> DiskLease:

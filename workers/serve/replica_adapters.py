@@ -53,6 +53,7 @@ def resolver_of(settings: WorkerSettings, client: aioredis.Redis, keys: Keys) ->
             budget_bytes=settings.adapter_disk_cache_mb * 2**20,
         ),
         sync_s=settings.registry_sync_s,
+        relist_s=settings.adapter_relist_s,
         miss_ttl_s=settings.adapter_miss_ttl_s,
         max_downloads=settings.adapter_download_concurrency,
         retry=RetryPolicy(attempts=settings.adapter_download_attempts),

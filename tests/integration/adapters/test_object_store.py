@@ -33,16 +33,19 @@ def resolver(
     cache: Path,
     *,
     sync_s: float = 60.0,
+    relist_s: float = 60.0,
     max_bytes: int = 2**30,
     store: RemoteStore | None = None,
     **extra: object,
 ) -> AdapterResolver:
-    """A replica's resolver with no local adapters: everything comes from ``source``."""
+    """A replica's resolver with no local adapters: everything comes from ``source``
+    (revalidated by ``HEAD`` between full listings ``relist_s`` apart, as by default)."""
     return AdapterResolver(
         AdapterCatalogue(AdapterRegistry({}, None), source=parse_adapter_uri(source)),
         store=store or RemoteStore(timeout_s=2.0, max_bytes=max_bytes),
         disk=DiskCache(cache, budget_bytes=2**30),
         sync_s=sync_s,
+        relist_s=relist_s,
         miss_ttl_s=30.0,
         max_downloads=4,
         retry=RetryPolicy(attempts=2, backoff_s=0.05),
@@ -198,13 +201,19 @@ async def test_a_store_outage_serves_what_is_cached_and_fails_the_rest_cleanly(
 
 
 class CountingStore(RemoteStore):
-    """The real store, counting the listings this replica asked it for."""
+    """The real store, counting the listings and revalidations (a ``HEAD`` per file)
+    this replica asked it for."""
 
     listed = 0
+    checked = 0
 
     def list_folder(self, uri: AdapterUri) -> RemoteFolder | None:
         self.listed += 1
         return super().list_folder(uri)
+
+    def unchanged(self, folder: RemoteFolder) -> bool:
+        self.checked += 1
+        return super().unchanged(folder)
 
 
 async def test_a_listing_is_shared_by_the_node_replicas(s3: S3Server, tmp_path: Path) -> None:
@@ -295,11 +304,12 @@ async def test_an_adapters_chat_template_comes_from_its_cached_folder(
     assert encoded["plain"] == tokenizer(base, add_special_tokens=False)["input_ids"] != expected
 
 
-async def test_a_prefetch_takes_the_known_version_and_a_job_lists_again(
+async def test_a_prefetch_takes_the_known_version_and_a_job_asks_again(
     s3: S3Server, tmp_path: Path
 ) -> None:
-    """A hint repeated for a waiting job does not list its adapter again; the job does,
-    once the listing is past the sync bound."""
+    """A hint repeated for a waiting job does not ask the store about its adapter again;
+    the job does, once the listing is past the sync bound (by a ``HEAD`` of each file
+    while the listing is younger than ``relist_s``, by a listing after that)."""
     bucket = s3.bucket()
     s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
     store = CountingStore(timeout_s=2.0, max_bytes=2**30)
@@ -310,9 +320,96 @@ async def test_a_prefetch_takes_the_known_version_and_a_job_lists_again(
         await asyncio.sleep(0.3)
         async with replica.use("tenant", known_ok=True):
             pass
-        assert store.listed == 1
+        assert (store.listed, store.checked) == (1, 0)
         async with replica.use("tenant"):
             pass
-        assert store.listed == 2
+        assert (store.listed, store.checked) == (1, 1)
+    finally:
+        replica.close()
+    store = CountingStore(timeout_s=2.0, max_bytes=2**30)
+    relisting = resolver(
+        f"s3://{bucket}/adapters", tmp_path / "relist", sync_s=0.2, relist_s=0, store=store
+    )
+    try:
+        for _ in range(2):
+            async with relisting.use("tenant"):
+                pass
+            await asyncio.sleep(0.3)
+        assert (store.listed, store.checked) == (2, 0)  # relist_s=0: a listing every time
+    finally:
+        relisting.close()
+
+
+async def test_an_object_replaced_in_place_is_seen_within_the_sync_bound(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Between full listings a known folder is revalidated by a ``HEAD`` of each file: an
+    object replaced under the same key with bytes of the same size (only its ETag
+    changes) is a new version for every resolution later than the sync bound, and the
+    changed folder is listed again at once."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    store = CountingStore(timeout_s=2.0, max_bytes=2**30)
+    sync_s = 0.5
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=sync_s, store=store)
+    key = "adapters/tenant/adapter_model.safetensors"
+    try:
+        async with replica.use("tenant") as old:
+            pass
+        await asyncio.sleep(sync_s + 0.1)
+        assert (await replica.resolve("tenant")).key == old.key
+        assert (store.listed, store.checked) == (1, 1)  # revalidated, not listed
+        weights = bytearray((DEMO_ADAPTERS / "upper" / "adapter_model.safetensors").read_bytes())
+        weights[-1] ^= 0xFF  # the last weight's last byte: same size, still a safetensors file
+        s3.client().put_object(Bucket=bucket, Key=key, Body=bytes(weights))
+        replaced = time.monotonic()
+        await asyncio.sleep(sync_s + 0.1)
+        async with replica.use("tenant") as new:
+            assert new.version != old.version
+            assert (new.folder / "adapter_model.safetensors").read_bytes() == weights
+        assert time.monotonic() - replaced < 10 * sync_s  # well within the 60 s relist bound
+        assert (store.listed, store.checked) == (2, 2)  # the HEAD saw it, then a listing
+        s3.client().delete_object(Bucket=bucket, Key=key)
+        await asyncio.sleep(sync_s + 0.1)
+        with pytest.raises(EngineError) as caught:  # a file gone: listed again at once
+            await replica.resolve("tenant")
+        assert caught.value.type is ErrorType.INCOMPATIBLE_ADAPTER
+        assert (store.listed, store.checked) == (3, 3)
+    finally:
+        replica.close()
+
+
+async def test_a_file_added_beside_unchanged_ones_is_seen_by_the_relist_bound(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A ``HEAD`` of the known files cannot see a file added beside them: the folder is
+    listed in full again once its last listing is ``relist_s`` old, and the added file is
+    part of every resolution after that, never later."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    store = CountingStore(timeout_s=2.0, max_bytes=2**30)
+    sync_s, relist_s = 0.3, 2.0
+    replica = resolver(
+        f"s3://{bucket}/adapters", tmp_path, sync_s=sync_s, relist_s=relist_s, store=store
+    )
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    try:
+        async with replica.use("tenant") as old:
+            assert not (old.folder / "chat_template.jinja").exists()
+        s3.client().put_object(
+            Bucket=bucket, Key="adapters/tenant/chat_template.jinja", Body=template.encode()
+        )
+        added = time.monotonic()
+        versions = []
+        while time.monotonic() - added < relist_s + 1.0:
+            versions.append((time.monotonic() - added, (await replica.resolve("tenant")).key))
+            await asyncio.sleep(0.1)
+        old_until = max(at for at, key in versions if key == old.key)
+        new_from = min(at for at, key in versions if key != old.key)
+        assert sync_s < old_until < new_from <= relist_s + 0.2  # HEADs alone, then the listing
+        assert all(key != old.key for at, key in versions if at >= new_from)
+        assert store.listed == 2 and store.checked >= 2
+        async with replica.use("tenant") as new:
+            assert (new.folder / "chat_template.jinja").read_text() == template
     finally:
         replica.close()
