@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from schemas import ErrorType
+from schemas.records import TokenLogprob
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.serve.call_groups import CallGrouper, GroupCall, Member
 from workers.serve.stream_groups import Batch, StreamGroups
@@ -88,6 +89,16 @@ async def test_items_reach_their_own_request_in_order() -> None:
     call.feed([(1, TextDelta("B3")), (1, output("B1B2B3"))])
     assert await b.next() == output("B1B2B3")
     assert call.listening == []
+
+
+async def test_joined_deltas_keep_their_tokens_logprobs_in_order() -> None:
+    first, second = (TokenLogprob(token_id=i, token=t, logprob=-1.0) for i, t in enumerate("xy"))
+    member = Member((None, ""), request("a"))
+    GroupCall((None, ""), [member]).feed(
+        [(0, TextDelta("x", [first])), (0, TextDelta("", [])), (0, TextDelta("y", [second]))]
+    )
+    assert await member.next() == TextDelta("xy", [first, second])
+    assert TextDelta("a").then(TextDelta("b")) == TextDelta("ab", None)
 
 
 async def test_an_error_of_one_request_fails_it_alone() -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from schemas import ErrorType
+from schemas.records import TokenLogprob
 from schemas.response_format import constraint
 from workers.adapters.cache import AdapterCachePolicy
 from workers.adapters.host_cache import HostCachePolicy
@@ -258,6 +259,7 @@ class Engine:
             request_id=request.request_id,
             grammar=grammar,
         )
+        sink.row = row
         # Tracked before the adapter is ready, so that a cancel during its load counts:
         # the model thread ends a cancelled row as soon as it sees it.
         self._track(row)
@@ -349,10 +351,23 @@ class _RequestSink:
         self._stream = stream
         self._adapter = adapter
         self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.row: Row | None = None  # set once the row exists
+        # A streamed row's log-probability entries handed out so far (with its deltas).
+        self._entries: list[TokenLogprob] = []
 
     def delta(self, text: str) -> None:
         if self._stream and text:
-            self._post(TextDelta(text))
+            self._post(TextDelta(text, self._new_entries()))
+
+    def _new_entries(self) -> list[TokenLogprob] | None:
+        """The entries of the tokens since the last call, when the row asks for them."""
+        row = self.row
+        if row is None or row.sampler.top_logprobs is None:
+            return None
+        start = len(self._entries)
+        new = token_logprobs(self._engine.tokenizer, row.tokens[start:], row.logprobs[start:])
+        self._entries += new
+        return new
 
     def finish(self, row: Row, reason: FinishReason) -> None:
         self.delta(row.flush_text())
@@ -367,11 +382,8 @@ class _RequestSink:
                 adapter_version=self._adapter.version if self._adapter else None,
                 generation_ms=(time.perf_counter() - row.started) * 1000,
                 token_ids=list(row.tokens),
-                logprobs=(
-                    token_logprobs(self._engine.tokenizer, row.tokens, row.logprobs)
-                    if row.sampler.top_logprobs is not None
-                    else None
-                ),
+                # Every entry: those the deltas carried, then the rest.
+                logprobs=None if self._new_entries() is None else self._entries,
             )
         )
 

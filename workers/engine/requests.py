@@ -48,6 +48,17 @@ class TextDelta:
     """New text of a row, handed out while it generates."""
 
     text: str
+    # When the request's params asked for them: the entries of the tokens generated
+    # since the previous delta (their text is this delta's, or was held back, as a stop
+    # string's start is). The output's ``logprobs`` holds every entry, these included.
+    logprobs: list[TokenLogprob] | None = None
+
+    def then(self, following: TextDelta) -> TextDelta:
+        """This delta and ``following`` as one."""
+        if self.logprobs is None and following.logprobs is None:
+            return TextDelta(self.text + following.text)
+        entries = [*(self.logprobs or []), *(following.logprobs or [])]
+        return TextDelta(self.text + following.text, entries)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas import ErrorType
+from schemas.records import TokenLogprob
 from workers.adapters.resolved import ResolvedAdapter
 from workers.adapters.validation import ModuleShape, base_module_shapes, validate_adapter
 from workers.engine.backend import (
@@ -275,6 +276,9 @@ class VllmBackend:
         text: list[str] = []
         tokens: list[int] = []
         steps: list[Step] = []
+        wants_logprobs = sampling["logprobs"] is not None
+        # A streamed row's log-probability entries handed out so far (with its deltas).
+        entries: list[TokenLogprob] = []
         reason: str | None = None
         try:
             prompt = TokensPrompt(prompt_token_ids=prompt_ids)
@@ -283,12 +287,16 @@ class VllmBackend:
                 piece = out.outputs[0]
                 text.append(piece.text)
                 tokens.extend(piece.token_ids)
-                if sampling["logprobs"] is not None:
+                if wants_logprobs:
                     steps += logprob_steps(piece.token_ids, piece.logprobs, sampling["logprobs"])
                 if stream and piece.text:
-                    yield TextDelta(piece.text)
+                    # The tokens since the last delta (vLLM may hold a token's text back).
+                    new = self._entries(tokens, steps, entries) if wants_logprobs else None
+                    yield TextDelta(piece.text, new)
                 if out.finished:
                     reason = piece.finish_reason
+            if wants_logprobs:
+                self._entries(tokens, steps, entries)  # those no delta carried
             yield GenerationOutput(
                 text="".join(text),
                 finish_reason=finish_reason(reason),
@@ -298,16 +306,20 @@ class VllmBackend:
                 adapter_version=adapter.version if adapter else None,
                 generation_ms=(time.perf_counter() - started) * 1000,
                 token_ids=tokens,
-                logprobs=(
-                    token_logprobs(self._tokenizer, tokens, steps)
-                    if sampling["logprobs"] is not None
-                    else None
-                ),
+                logprobs=entries if wants_logprobs else None,
             )
         finally:
             if reason is None:  # the caller left (or vLLM failed): free the row in vLLM
                 self._spawn(self._llm.abort(row_id))
             self._untrack(request, row_id, len(tokens))
+
+    def _entries(
+        self, tokens: list[int], steps: list[Step], done: list[TokenLogprob]
+    ) -> list[TokenLogprob]:
+        """The entries of ``tokens`` past those in ``done``; adds them to ``done``."""
+        new = token_logprobs(self._tokenizer, tokens[len(done) :], steps[len(done) :])
+        done += new
+        return new
 
     async def _lora_request(self, adapter: ResolvedAdapter) -> Any:
         """The ``LoRARequest`` of ``adapter``, validated and loaded on first use."""

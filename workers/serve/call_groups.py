@@ -51,11 +51,7 @@ class Member:
         item = await self._items.get()
         while isinstance(item, TextDelta) and not self._items.empty():
             following = self._items.get_nowait()
-            item = (
-                TextDelta(item.text + following.text)
-                if isinstance(following, TextDelta)
-                else following
-            )
+            item = item.then(following) if isinstance(following, TextDelta) else following
         if isinstance(item, BaseException):
             raise item
         return item

@@ -21,6 +21,7 @@ from ray import serve
 
 from producer.connection import async_client
 from schemas import ErrorType, Keys
+from schemas.records import TokenLogprob
 from schemas.replicas import ReplicaHeartbeat, ReplicaStats
 from workers.adapters.resolved import name_of
 from workers.engine.backend import Backend
@@ -173,16 +174,20 @@ class LoRAModel:
         return output
 
     async def stream(
-        self, request: GenerationRequest
+        self, request: GenerationRequest, *, delta_logprobs: bool = True
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
-        """Text chunks of ``request`` as it generates, then its output (last)."""
+        """Text chunks of ``request`` as it generates, then its output (last). A request
+        that asks for log-probabilities has each chunk carry those of its tokens, unless
+        ``delta_logprobs`` is false (the output holds them all anyway)."""
         async with self._routed(request) as row_done:
-            async for item in self._chunks(request, row_done):
+            async for item in self._chunks(request, row_done, delta_logprobs=delta_logprobs):
                 yield item
 
     async def _chunks(
-        self, request: GenerationRequest, row_done: Callable[[], None]
+        self, request: GenerationRequest, row_done: Callable[[], None], *, delta_logprobs: bool
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
+        # The entries of the text the buffer holds (None: the deltas carry none).
+        held: list[TokenLogprob] | None = None
         chunks = ChunkBuffer(
             interval_s=self.settings.stream_chunk_ms / 1000,
             min_deltas=self.settings.stream_chunk_tokens,
@@ -195,12 +200,16 @@ class LoRAModel:
                 row_done()
                 rest = chunks.flush()
                 if rest:
-                    yield TextDelta(rest)
+                    yield TextDelta(rest, held)
                 yield self._signed(item)
                 return
+            if item.logprobs is not None and delta_logprobs:
+                held = held if held is not None else []
+                held.extend(item.logprobs)
             chunk = chunks.add(item.text, time.monotonic())
             if chunk:
-                yield TextDelta(chunk)
+                yield TextDelta(chunk, held)
+                held = None
 
     async def stream_many(
         self,
@@ -212,7 +221,8 @@ class LoRAModel:
         :meth:`stream`: this replica's id, then batches of ``(index, item)`` as they come
         (:mod:`workers.serve.stream_groups`). ``target_replica`` is for the router only.
         """
-        streams = [self.stream(request) for request in requests]
+        # A job's result holds its log-probabilities; its text chunks need none.
+        streams = [self.stream(request, delta_logprobs=False) for request in requests]
         async for message in self.groups.run(call_id, self.replica, streams):
             yield message
 

@@ -10,7 +10,7 @@ from engine_kit import Kit, request
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from workers.engine.engine import Engine
-from workers.engine.requests import GenerationOutput
+from workers.engine.requests import GenerationOutput, TextDelta
 
 Oracle = Callable[[str | None], torch.nn.Module]
 TOLERANCE = 1e-4
@@ -86,3 +86,32 @@ async def test_logprobs_and_penalties_in_one_mixed_batch(
         assert out.token_ids == generated[0, length:].tolist(), job.adapter
         free = await engine.generate(request(job.adapter, job.prompt or "", 24))
         assert free.token_ids != out.token_ids  # the penalties changed the text
+
+
+async def test_streamed_deltas_carry_the_logprobs_of_their_tokens(engine: Engine) -> None:
+    wanted = {"logprobs": True, "top_logprobs": 3}
+    whole = await engine.generate(request("a", "stream my logprobs", 20, **wanted))
+    assert whole.logprobs is not None and len(whole.text) > 6
+    # A stop string inside the text: its tokens' text is held back, then dropped.
+    stop = whole.text[4:6]
+    for job in (
+        request("a", "stream my logprobs", 20, **wanted),
+        request("a", "stream my logprobs", 20, stop=[stop], **wanted),
+        request("b", "stream my logprobs", 20),  # none asked, none carried
+    ):
+        alone = await engine.generate(job)
+        items = [item async for item in engine.stream(job)]
+        *deltas, output = items
+        assert isinstance(output, GenerationOutput)
+        assert (output.token_ids, output.logprobs) == (alone.token_ids, alone.logprobs)
+        assert all(isinstance(d, TextDelta) for d in deltas)
+        carried = [d.logprobs for d in deltas if isinstance(d, TextDelta)]
+        if output.logprobs is None:
+            assert carried == [None] * len(deltas)
+            continue
+        streamed = [entry for entries in carried for entry in entries or []]
+        # In order, each token once; only those after the last text (the end of text,
+        # or the stop string's tokens) come with the output alone.
+        assert deltas and streamed == output.logprobs[: len(streamed)]
+        if not job.params.stop:
+            assert len(output.logprobs) - len(streamed) <= 1

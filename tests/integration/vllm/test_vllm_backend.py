@@ -136,6 +136,26 @@ def test_stream_deltas_add_up_to_the_output_and_stop_strings_end_it(
     assert short.text == whole[:3] and short.finish_reason == "length"
 
 
+def test_streamed_deltas_carry_their_tokens_logprobs(
+    backend: VllmBackend, loop_thread: LoopThread
+) -> None:
+    async def collect(request: GenerationRequest) -> list[TextDelta | GenerationOutput]:
+        return [item async for item in backend.stream(request)]
+
+    prompt = heldout_inputs()[5]
+    wanted = {"logprobs": True, "top_logprobs": 3}
+    *deltas, output = loop_thread.run(collect(job("upper", prompt, **wanted)))
+    alone = loop_thread.run(backend.generate(job("upper", prompt, **wanted)))
+    assert isinstance(output, GenerationOutput) and output.logprobs is not None
+    assert output.token_ids == alone.token_ids and output.logprobs == alone.logprobs
+    streamed = [entry for d in deltas if isinstance(d, TextDelta) for entry in d.logprobs or []]
+    # Every delta carries its tokens' entries; the end-of-text token's comes with none.
+    assert all(isinstance(d, TextDelta) and d.logprobs for d in deltas) and len(deltas) > 1
+    assert streamed == output.logprobs[: len(streamed)]
+    assert len(output.logprobs) - len(streamed) <= 1
+    assert "".join(entry.token for entry in output.logprobs).startswith(output.text)
+
+
 def test_cancel_aborts_a_running_row(backend: VllmBackend, loop_thread: LoopThread) -> None:
     async def cancelled() -> tuple[list[str], GenerationOutput, bool]:
         request = job(None, "abcde" * 12, max_new_tokens=48)
