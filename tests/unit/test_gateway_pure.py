@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from schemas.records import TokenLogprob, TopLogprob
 from workers.engine.requests import GenerationOutput, TextDelta
 from workers.gateway.auth import ApiKeys
 from workers.gateway.errors import ApiError, validation_message
@@ -18,6 +19,7 @@ from workers.gateway.openai_mapping import (
     ChatStream,
     CompletionStream,
     adapter_for,
+    chat_completion,
     chat_requests,
     completion,
     completion_requests,
@@ -126,7 +128,7 @@ def test_finish_reasons_and_usage() -> None:
     )
 
 
-async def _updates(*items: TextDelta | GenerationOutput | ApiError) -> AsyncIterator[Any]:
+async def _updates(*items: TextDelta | GenerationOutput | ApiError) -> AsyncGenerator[Any, None]:
     for item in items:
         if isinstance(item, ApiError):
             raise item
@@ -145,7 +147,7 @@ async def _collect(stream: AsyncIterator[bytes]) -> list[bytes]:
 def test_chat_stream_events_role_text_finish_usage_done() -> None:
     form = ChatStream("upper")
     updates = _updates(TextDelta("A"), TextDelta("B"), output())
-    events = _events(asyncio.run(_collect(sse_events(form, updates, include_usage=True))))
+    events = _events(asyncio.run(_collect(sse_events(form, [updates], include_usage=True))))
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [e["choices"][0]["delta"]["content"] for e in events[1:3]] == ["A", "B"]
     assert events[3]["choices"][0]["finish_reason"] == "stop"
@@ -158,10 +160,91 @@ def test_chat_stream_events_role_text_finish_usage_done() -> None:
 def test_a_failure_mid_stream_is_an_error_event_then_done() -> None:
     form = CompletionStream("upper")
     updates = _updates(TextDelta("A"), ApiError(500, "internal", "boom"))
-    events = _events(asyncio.run(_collect(sse_events(form, updates, include_usage=False))))
+    events = _events(asyncio.run(_collect(sse_events(form, [updates], include_usage=False))))
     assert events[0]["choices"][0]["text"] == "A"
     assert events[1] == {"error": {"type": "internal", "message": "boom"}}
     assert events[2] == "[DONE]"
+
+
+def entry(token: str, logprob: float) -> TokenLogprob:
+    top = [TopLogprob(token_id=1, token=token, logprob=logprob)]
+    return TokenLogprob(token_id=1, token=token, logprob=logprob, top_logprobs=top)
+
+
+def test_streamed_logprobs_add_up_to_the_outputs_and_the_rest_ends_the_choice() -> None:
+    # "é" and "bc" came with text; the end-of-text token came with none.
+    entries = [entry("é", -0.5), entry("bc", -1.0), entry("</s>", -0.25)]
+    done = GenerationOutput(
+        text="ébc",
+        finish_reason="stop",
+        prompt_tokens=2,
+        completion_tokens=3,
+        adapter=None,
+        logprobs=entries,
+    )
+    deltas = [TextDelta("é", entries[:1]), TextDelta("bc", entries[1:2])]
+    form = CompletionStream("upper")
+    raw = sse_events(form, [_updates(*deltas, done)], include_usage=False)
+    events = _events(asyncio.run(_collect(raw)))
+    streamed = [e["choices"][0]["logprobs"] for e in events[:-1]]
+    whole = completion("upper", [done]).choices[0].logprobs
+    assert whole is not None
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [v for part in streamed for v in part[key]] == getattr(whole, key), key
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["choices"][0]["logprobs"]["tokens"] == ["</s>"]
+    chat = ChatStream("upper")
+    raw = sse_events(chat, [_updates(*deltas, done)], include_usage=False)
+    events = _events(asyncio.run(_collect(raw)))[1:-1]  # after the role, before [DONE]
+    content = [t for e in events for t in e["choices"][0]["logprobs"]["content"]]
+    reply = chat_completion("upper", [done]).choices[0].logprobs
+    assert reply is not None and reply.content is not None
+    assert content == [t.model_dump(mode="json") for t in reply.content]
+    assert content[0]["bytes"] == [0xC3, 0xA9]
+
+
+async def _slow(index: int, *items: TextDelta | GenerationOutput) -> AsyncGenerator[Any, None]:
+    for item in items:
+        await asyncio.sleep(0.005 * (3 - index))
+        yield item
+
+
+def test_choices_stream_merged_each_with_its_index_and_end() -> None:
+    streams = [
+        _slow(i, TextDelta(f"{i}a"), TextDelta(f"{i}b"), output(f"{i}a{i}b")) for i in range(3)
+    ]
+    form = ChatStream("upper")
+    events = _events(asyncio.run(_collect(sse_events(form, streams, include_usage=True))))
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 9
+    chunks = [e["choices"][0] for e in events[:-2]]
+    assert all(len(e["choices"]) == 1 for e in events[:-2])
+    for i in range(3):
+        mine = [c for c in chunks if c["index"] == i]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(c["delta"]["content"] or "" for c in mine) == f"{i}a{i}b"
+        assert [c["finish_reason"] for c in mine] == [None, None, None, "stop"]
+    # Interleaved as they came: the quickest choice (2) ended first.
+    assert [c["index"] for c in chunks if c["finish_reason"]] == [2, 1, 0]
+
+
+def test_a_failing_choice_ends_the_merged_stream_and_stops_the_others() -> None:
+    stopped: list[int] = []
+
+    async def endless(index: int) -> AsyncGenerator[Any, None]:
+        try:
+            while True:
+                await asyncio.sleep(0.001)
+                yield TextDelta(str(index))
+        finally:
+            stopped.append(index)
+
+    streams = [endless(0), _updates(TextDelta("x"), ApiError(500, "internal", "boom")), endless(2)]
+    form = CompletionStream("upper")
+    events = _events(asyncio.run(_collect(sse_events(form, streams, include_usage=True))))
+    assert events[-2] == {"error": {"type": "internal", "message": "boom"}}
+    assert events[-1] == "[DONE]"
+    assert sorted(stopped) == [0, 2]
 
 
 def test_validation_message_lists_the_first_problems() -> None:

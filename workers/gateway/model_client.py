@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -42,12 +42,29 @@ class ModelClient:
             output: GenerationOutput = await self._handle_for(request).generate.remote(request)
         return output
 
-    async def open_stream(self, request: GenerationRequest) -> AsyncIterator[Update]:
-        """Text chunks of ``request``, then its output.
+    async def open_streams(
+        self, requests: Sequence[GenerationRequest]
+    ) -> list[AsyncGenerator[Update, None]]:
+        """Per request, its text chunks, then its output; the requests run side by side.
 
-        The first item has already arrived when this returns, so that a refused request
-        (unknown adapter, prompt too long) fails here, before an HTTP response has begun.
+        The first item of each has already arrived when this returns, so that a refused
+        request (unknown adapter, prompt too long) fails here, before an HTTP response has
+        begun; the others are then stopped.
         """
+        opened = await asyncio.gather(
+            *(self._open(request) for request in requests), return_exceptions=True
+        )
+        started = [item for item in opened if not isinstance(item, BaseException)]
+        failed = [item for item in opened if isinstance(item, BaseException)]
+        if failed:
+            for _, stream in started:
+                await stream.aclose()
+            raise failed[0]
+        return [_prepend(first, stream) for first, stream in started]
+
+    async def _open(
+        self, request: GenerationRequest
+    ) -> tuple[Update, AsyncGenerator[Update, None]]:
         stream = self._stream(request)
         try:
             with engine_errors():
@@ -55,7 +72,7 @@ class ModelClient:
         except BaseException:
             await stream.aclose()
             raise
-        return _prepend(first, stream)
+        return first, stream
 
     async def _stream(self, request: GenerationRequest) -> AsyncGenerator[Update, None]:
         """One streaming call per HTTP request (the consumer groups its jobs' calls; an HTTP
@@ -84,7 +101,9 @@ class ModelClient:
         return {replica: ReplicaStats.model_validate(stats) for replica, stats in found.items()}
 
 
-async def _prepend(first: Update, rest: AsyncGenerator[Update, None]) -> AsyncIterator[Update]:
+async def _prepend(
+    first: Update, rest: AsyncGenerator[Update, None]
+) -> AsyncGenerator[Update, None]:
     try:
         yield first
         with engine_errors():

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from workers.engine.requests import GenerationRequest
-from workers.gateway.errors import ApiError, error_responses
+from workers.gateway.errors import error_responses
 from workers.gateway.openai_mapping import (
     ChatStream,
     CompletionStream,
@@ -74,15 +74,12 @@ async def list_models(svc: ServicesDep) -> ModelList:
 async def create_completion(
     body: CompletionRequest, svc: ServicesDep
 ) -> Completion | StreamingResponse:
-    """``n`` choices per prompt; ``stream: true`` (one prompt, one choice) sends the text
-    as it is made."""
+    """``n`` choices per prompt; ``stream: true`` sends each choice's text as it is made."""
     requests = completion_requests(
         body, svc.settings.base_model_name, max_new_tokens=svc.settings.max_new_tokens
     )
     if body.stream:
-        if len(requests) != 1:
-            raise ApiError(400, "validation", "stream: true takes a single prompt")
-        return await _stream(svc, requests[0], CompletionStream(body.model), body)
+        return await _stream(svc, requests, CompletionStream(body.model), body)
     outputs = await asyncio.gather(*(svc.model.generate(request) for request in requests))
     return completion(body.model, outputs)
 
@@ -102,15 +99,16 @@ async def create_chat_completion(
         body, svc.settings.base_model_name, max_new_tokens=svc.settings.max_new_tokens
     )
     if body.stream:
-        return await _stream(svc, requests[0], ChatStream(body.model), body)
+        return await _stream(svc, requests, ChatStream(body.model), body)
     outputs = await asyncio.gather(*(svc.model.generate(request) for request in requests))
     return chat_completion(body.model, outputs)
 
 
 async def _stream(
-    svc: Services, request: GenerationRequest, form: StreamFormat, body: SamplingFields
+    svc: Services, requests: list[GenerationRequest], form: StreamFormat, body: SamplingFields
 ) -> StreamingResponse:
+    """One event stream of every choice (each its own row, tagged with its index)."""
     # Opened before the response starts, so that a refusal still gets its status code.
-    updates = await svc.model.open_stream(request)
+    streams = await svc.model.open_streams(requests)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return sse_response(sse_events(form, updates, include_usage=include_usage))
+    return sse_response(sse_events(form, streams, include_usage=include_usage))

@@ -20,7 +20,7 @@ from schemas.jobs import ADAPTER_NAME_PATTERN
 from schemas.records import TokenLogprob, TopLogprob
 from schemas.response_format import ResponseFormat
 from schemas.validation import clip
-from workers.engine.requests import GenerationOutput, GenerationRequest
+from workers.engine.requests import GenerationOutput, GenerationRequest, TextDelta
 from workers.gateway.errors import ApiError, validation_message
 from workers.gateway.openai_fields import refuse_unhonoured
 from workers.gateway.openai_models import (
@@ -112,10 +112,6 @@ def _rows(body: SamplingFields, prompts: int) -> None:
         raise ApiError(
             400, "validation", f"{prompts} prompts times n={body.n} is over {MAX_ROWS} choices"
         )
-    if body.stream and body.n != 1:
-        raise ApiError(400, "validation", "stream: true takes n: 1")
-    if body.stream and body.wanted_logprobs() is not None:
-        raise ApiError(400, "validation", "logprobs are not streamed: send stream: false")
 
 
 def completion_requests(
@@ -218,11 +214,14 @@ def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex}"
 
 
-def completion_logprobs(entries: Sequence[TokenLogprob] | None) -> CompletionLogprobs | None:
-    """A completion choice's ``logprobs`` (OpenAI's legacy shape)."""
+def completion_logprobs(
+    entries: Sequence[TokenLogprob] | None, *, offset: int = 0
+) -> CompletionLogprobs | None:
+    """A completion choice's ``logprobs`` (OpenAI's legacy shape); ``offset``: the
+    ``text_offset`` of the first entry."""
     if entries is None:
         return None
-    offsets = itertools.accumulate((len(entry.token) for entry in entries), initial=0)
+    offsets = itertools.accumulate((len(entry.token) for entry in entries), initial=offset)
     return CompletionLogprobs(
         tokens=[entry.token for entry in entries],
         token_logprobs=[entry.logprob for entry in entries],
@@ -292,66 +291,129 @@ def chat_completion(model: str, outputs: Sequence[Generated]) -> ChatCompletion:
 
 
 class StreamFormat(Protocol):
-    """The chunks of one streamed response."""
+    """The chunks of one streamed response of one or more choices."""
 
-    def opening(self) -> list[BaseModel]:
+    def opening(self, choices: int) -> list[BaseModel]:
         """Chunks sent before any text."""
 
-    def text(self, text: str) -> BaseModel:
-        """The chunk carrying new text."""
+    def text(self, index: int, delta: TextDelta) -> BaseModel:
+        """The chunk carrying choice ``index``'s new text (and its tokens' logprobs)."""
 
-    def closing(self, output: GenerationOutput, *, include_usage: bool) -> list[BaseModel]:
-        """The chunks that end the stream."""
+    def closing(self, index: int, output: GenerationOutput) -> BaseModel:
+        """The chunk that ends choice ``index``: its finish reason."""
+
+    def usage(self, outputs: Sequence[GenerationOutput]) -> BaseModel:
+        """The last chunk, with the usage summed over the choices."""
+
+
+class _Sent:
+    """Per choice of a stream: how many of its logprob entries have gone out."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, int] = {}
+
+    def take(self, index: int, entries: Sequence[TokenLogprob]) -> int:
+        """Count ``entries`` as sent; where they start among the choice's."""
+        start = self.entries.get(index, 0)
+        self.entries[index] = start + len(entries)
+        return start
+
+    def rest(self, index: int, output: GenerationOutput) -> list[TokenLogprob] | None:
+        """The output's entries no chunk carried (``None``: none, or no logprobs)."""
+        if output.logprobs is None:
+            return None
+        return output.logprobs[self.entries.get(index, 0) :] or None
 
 
 class CompletionStream:
-    """Chunks of a streamed completion: text chunks, then one with the finish reason."""
+    """Chunks of a streamed completion: text chunks, then one with the finish reason,
+    per choice. ``logprobs.text_offset`` counts from the start of the choice's text, as
+    in the response that is not streamed."""
 
     def __init__(self, model: str) -> None:
         self.id = new_id("cmpl")
         self.model = model
         self.created = int(time.time())
+        self._sent = _Sent()
+        # Per choice: the text_offset of its next token.
+        self._offsets: dict[int, int] = {}
 
     def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
         return Completion(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
 
-    def opening(self) -> list[BaseModel]:
+    def _logprobs(
+        self, index: int, entries: Sequence[TokenLogprob] | None
+    ) -> CompletionLogprobs | None:
+        if entries is None:
+            return None
+        self._sent.take(index, entries)
+        offset = self._offsets.get(index, 0)
+        self._offsets[index] = offset + sum(len(entry.token) for entry in entries)
+        return completion_logprobs(entries, offset=offset)
+
+    def opening(self, choices: int) -> list[BaseModel]:
         return []
 
-    def text(self, text: str) -> BaseModel:
-        return self._chunk([CompletionChoice(index=0, text=text)])
+    def text(self, index: int, delta: TextDelta) -> BaseModel:
+        logprobs = self._logprobs(index, delta.logprobs)
+        return self._chunk([CompletionChoice(index=index, text=delta.text, logprobs=logprobs)])
 
-    def closing(self, output: GenerationOutput, *, include_usage: bool) -> list[BaseModel]:
-        last = self._chunk(
-            [CompletionChoice(index=0, text="", finish_reason=finish_reason(output))]
+    def closing(self, index: int, output: GenerationOutput) -> BaseModel:
+        choice = CompletionChoice(
+            index=index,
+            text="",
+            finish_reason=finish_reason(output),
+            logprobs=self._logprobs(index, self._sent.rest(index, output)),
         )
-        return [last, self._chunk([], usage([output]))] if include_usage else [last]
+        return self._chunk([choice])
+
+    def usage(self, outputs: Sequence[GenerationOutput]) -> BaseModel:
+        return self._chunk([], usage(outputs))
 
 
 class ChatStream:
-    """Chunks of a streamed chat completion: the role, text deltas, the finish reason."""
+    """Chunks of a streamed chat completion, per choice: the role, text deltas, the
+    finish reason."""
 
     def __init__(self, model: str) -> None:
         self.id = new_id("chatcmpl")
         self.model = model
         self.created = int(time.time())
+        self._sent = _Sent()
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> BaseModel:
         return ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
 
-    def opening(self) -> list[BaseModel]:
+    def _logprobs(self, index: int, entries: Sequence[TokenLogprob] | None) -> ChatLogprobs | None:
+        if entries is not None:
+            self._sent.take(index, entries)
+        return chat_logprobs(entries)
+
+    def opening(self, choices: int) -> list[BaseModel]:
         return [
-            self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))])
+            self._chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+            for i in range(choices)
         ]
 
-    def text(self, text: str) -> BaseModel:
-        return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=text))])
+    def text(self, index: int, delta: TextDelta) -> BaseModel:
+        logprobs = self._logprobs(index, delta.logprobs)
+        choice = ChatChunkChoice(
+            index=index, delta=ChatDelta(content=delta.text), logprobs=logprobs
+        )
+        return self._chunk([choice])
 
-    def closing(self, output: GenerationOutput, *, include_usage: bool) -> list[BaseModel]:
-        reason = finish_reason(output)
-        last = self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason=reason)])
-        return [last, self._chunk([], usage([output]))] if include_usage else [last]
+    def closing(self, index: int, output: GenerationOutput) -> BaseModel:
+        choice = ChatChunkChoice(
+            index=index,
+            delta=ChatDelta(),
+            finish_reason=finish_reason(output),
+            logprobs=self._logprobs(index, self._sent.rest(index, output)),
+        )
+        return self._chunk([choice])
+
+    def usage(self, outputs: Sequence[GenerationOutput]) -> BaseModel:
+        return self._chunk([], usage(outputs))

@@ -144,7 +144,8 @@ def test_openai_refusals(client: openai.OpenAI, gateway: GatewayApp) -> None:
     # A refused stream answers with a status and the error envelope, not an event stream.
     body = {"model": "no-such-model", "prompt": "ab", "stream": True}
     assert_error(gateway.request("POST", "/v1/completions", json=body), 404, "unknown_adapter")
-    body = {"model": "upper", "prompt": ["ab", "cd"], "stream": True}
+    body = {"model": "upper", "prompt": ["ab", "cd"], "stream": True, "max_tokens": 2}
+    body = {**body, "logit_bias": {"5": 1}}
     assert_error(gateway.request("POST", "/v1/completions", json=body), 400, "validation")
 
 
@@ -212,3 +213,100 @@ def test_logprobs_through_the_client_and_the_queue(
     [job_id] = gateway.request("POST", "/v1/jobs", json=job).json()["ids"]
     result = gateway.wait(job_id)["result"]
     assert [entry["logprob"] for entry in result["logprobs"]] == [t.logprob for t in tokens]
+
+
+def test_streamed_logprobs_equal_the_unstreamed_ones(client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "abc def"}]
+    asked: Any = {"model": "upper", "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    whole = client.chat.completions.create(messages=messages, **asked)
+    expected = whole.choices[0].logprobs
+    assert expected is not None and expected.content
+    chunks = list(client.chat.completions.create(messages=messages, stream=True, **asked))
+    streamed = [
+        token
+        for chunk in chunks
+        for choice in chunk.choices
+        if choice.logprobs is not None
+        for token in choice.logprobs.content or []
+    ]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in expected.content]
+    # The text chunks carry their own tokens' entries (a character's, with this model).
+    texts = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) > 1
+    for choice in texts:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert "".join(t.token for t in choice.logprobs.content) == choice.delta.content
+    prompt = {"model": "upper", "prompt": "abc def", "temperature": 0, "logprobs": 2}
+    plain = client.completions.create(**prompt).choices[0].logprobs
+    assert plain is not None and plain.tokens
+    parts = [
+        c.choices[0].logprobs
+        for c in client.completions.create(stream=True, **prompt)
+        if c.choices and c.choices[0].logprobs
+    ]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [v for part in parts for v in getattr(part, key) or []] == getattr(plain, key)
+
+
+def test_n_streamed_choices_each_equal_the_single_run_of_their_seed(
+    client: openai.OpenAI,
+) -> None:
+    sampled: Any = {"model": "title", "temperature": 1.5, "max_tokens": 12}
+    replies = [
+        client.completions.create(prompt="abc def", seed=41 + i, **sampled) for i in range(3)
+    ]
+    singles = [reply.choices[0] for reply in replies]
+    chunks = list(
+        client.completions.create(
+            prompt="abc def",
+            n=3,
+            seed=41,
+            stream=True,
+            stream_options={"include_usage": True},
+            **sampled,
+        )
+    )
+    assert all(len(c.choices) == 1 for c in chunks[:-1])
+    for i, single in enumerate(singles):
+        mine = [c.choices[0] for c in chunks[:-1] if c.choices[0].index == i]
+        assert "".join(choice.text for choice in mine) == single.text
+        # Each choice ends with its own finish reason, in its last chunk only.
+        assert [choice.finish_reason for choice in mine][-1] == single.finish_reason
+        assert all(choice.finish_reason is None for choice in mine[:-1])
+    assert len({single.text for single in singles}) > 1
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert usage.completion_tokens == sum(r.usage.completion_tokens for r in replies if r.usage)
+    assert usage.prompt_tokens == 3 * (len("abc def") + 2)
+    # Chat: a role chunk per choice, each choice's content the single run of its seed.
+    messages: Any = [{"role": "user", "content": "abc def"}]
+    alone = [
+        client.chat.completions.create(messages=messages, seed=41 + i, **sampled)
+        .choices[0]
+        .message.content
+        for i in range(3)
+    ]
+    stream = client.chat.completions.create(messages=messages, n=3, seed=41, stream=True, **sampled)
+    content: dict[int, str] = {}
+    roles: list[int] = []
+    ends: list[int] = []
+    for chunk in stream:
+        [choice] = chunk.choices
+        content[choice.index] = content.get(choice.index, "") + (choice.delta.content or "")
+        roles += [choice.index] if choice.delta.role == "assistant" else []
+        ends += [choice.index] if choice.finish_reason else []
+    assert sorted(roles) == sorted(ends) == [0, 1, 2]
+    assert [content[i] for i in range(3)] == alone
+
+
+def test_several_prompts_stream_as_their_choices(gateway: GatewayApp) -> None:
+    body = {"model": "upper", "prompt": ["ab", "cd ef"], "temperature": 0, "n": 2}
+    reply = gateway.request("POST", "/v1/completions", json={**body, "stream": True}, stream=True)
+    payloads = sse_payloads(reply)
+    assert payloads.count("[DONE]") == 1 and payloads[-1] == "[DONE]"
+    texts: dict[int, str] = {}
+    for event in map(json.loads, payloads[:-1]):
+        for choice in event["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    # Prompt by prompt, n choices each: the indices of the response that is not streamed.
+    assert texts == {0: "AB", 1: "AB", 2: "CD EF", 3: "CD EF"}
