@@ -69,7 +69,7 @@ class WorkerSettings(AdapterRootSettings):
         "nobody uses again: by its tier's LRU).",
     )
     adapter_relist_s: float = Field(
-        60.0,
+        300.0,
         ge=0,
         description="How often a remote adapter folder in use is listed again in full. In "
         "between, every LORAQ_REGISTRY_SYNC_S, each of its files already known is checked by "

@@ -33,7 +33,7 @@ def resolver(
     cache: Path,
     *,
     sync_s: float = 60.0,
-    relist_s: float = 60.0,
+    relist_s: float = 300.0,
     max_bytes: int = 2**30,
     store: RemoteStore | None = None,
     **extra: object,
@@ -367,7 +367,7 @@ async def test_an_object_replaced_in_place_is_seen_within_the_sync_bound(
         async with replica.use("tenant") as new:
             assert new.version != old.version
             assert (new.folder / "adapter_model.safetensors").read_bytes() == weights
-        assert time.monotonic() - replaced < 10 * sync_s  # well within the 60 s relist bound
+        assert time.monotonic() - replaced < 10 * sync_s  # well within the relist bound
         assert (store.listed, store.checked) == (2, 2)  # the HEAD saw it, then a listing
         s3.client().delete_object(Bucket=bucket, Key=key)
         await asyncio.sleep(sync_s + 0.1)
