@@ -15,8 +15,10 @@ real app (2 model replicas × 8 device slots), in this order:
   their host and device tiers start cold, as after a restart).
 
 It reports jobs/s and the ratios to ``local``, the downloads against the distinct
-adapters used, and the cold cost of each tier from the replicas' counters: object store
-→ disk (a download), disk → host memory (a read), host → device slot (a copy).
+adapters used, the cold cost of each tier from the replicas' counters: object store
+→ disk (a download), disk → host memory (a read), host → device slot (a copy), and the
+requests the S3 server answered during each run, from its request log (listings,
+``HEAD``s, ``GET``s, and per second).
 Writes bench/results/adapter_sources.{json,md,png}. ``--quick``: 1,000 adapters, 400 jobs.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,16 +50,20 @@ from workers import launch
 from workers.settings import DEMO_DIR, WorkerSettings
 
 RUNS = ("local", "s3 cold", "s3 warm")
+# One request in the S3 server's log (werkzeug's): method and path with its query.
+REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/')
 
 
-def start_s3(port: int) -> subprocess.Popen[bytes]:
-    """moto's S3 server on ``port``; the workers' credential chain pointed at it."""
+def start_s3(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """moto's S3 server on ``port``, its request log in ``log``; the workers' credential
+    chain pointed at it."""
     binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    server = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     url = f"http://127.0.0.1:{port}"
     os.environ.update(
         {
@@ -140,12 +147,39 @@ def tier_costs(stats: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def run_one(name: str, settings: WorkerSettings, adapters: list[str | None]) -> dict[str, Any]:
-    """Deploy, warm up on the base model, run the sequence, read the counters."""
+def store_requests(log: Path, start: int, seconds: float) -> dict[str, float]:
+    """The S3 server's requests logged past byte ``start`` of ``log``, by kind: listings
+    (a ``GET`` of a bucket with a query), ``HEAD``s, object ``GET``s; and each per
+    second over ``seconds``."""
+    counts = {"listings": 0, "heads": 0, "gets": 0}
+    with log.open("rb") as lines:
+        lines.seek(start)
+        for line in lines.read().decode(errors="replace").splitlines():
+            found = REQUEST.search(line)
+            if found is None:
+                continue
+            method, target = found.groups()
+            path, _, query = target.partition("?")
+            if method == "HEAD":
+                counts["heads"] += 1
+            elif method == "GET" and query and path.strip("/").count("/") == 0:
+                counts["listings"] += 1
+            elif method == "GET":
+                counts["gets"] += 1
+    return {**counts, **{f"{kind}_per_s": n / seconds for kind, n in counts.items()}}
+
+
+def run_one(
+    name: str, settings: WorkerSettings, adapters: list[str | None], log: Path
+) -> dict[str, Any]:
+    """Deploy, warm up on the base model, run the sequence, read the counters and the
+    S3 server's requests during the run."""
     running = launch.deploy(settings)
     try:
         submit_and_wait(running.settings, [None] * 16)
+        start = log.stat().st_size
         records, seconds = submit_and_wait(running.settings, adapters)
+        requests = store_requests(log, start, seconds)
         stats = model_stats(running)
     finally:
         launch.shutdown(running)
@@ -163,10 +197,13 @@ def run_one(name: str, settings: WorkerSettings, adapters: list[str | None]) -> 
         "disk_hits": sum(d.get("hits", 0) for d in disk),
         "in_use_evictions": sum(s.get("in_use_evictions", 0) for s in stats.values()),
         **tier_costs(stats),
+        "store_requests": requests,
     }
     print(
         f"{name}: {row['jobs_per_s']:.1f} jobs/s, {row['downloads']} downloads for "
-        f"{row['distinct_adapters']} adapters, {row['failed']} failed",
+        f"{row['distinct_adapters']} adapters, {row['failed']} failed; S3 requests "
+        f"{requests['listings']} listings ({requests['listings_per_s']:.1f}/s), "
+        f"{requests['heads']} HEADs ({requests['heads_per_s']:.1f}/s), {requests['gets']} GETs",
         flush=True,
     )
     return row
@@ -176,7 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count, jobs = (1_000, 400) if args.quick else (10_000, 2_000)
     redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
     work = Path(tempfile.mkdtemp(prefix="loraq-bench-sources-"))
-    s3 = start_s3(free_port())
+    log = work / "s3-requests.log"
+    s3 = start_s3(free_port(), log)
     try:
         started = time.perf_counter()
         folders = generate_adapters(DEMO_DIR / "model", work / "adapters", count, seed=args.seed)
@@ -190,17 +228,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cache = str(work / "disk-tier")
         rows = [
             run_one(
-                "local", run_settings(redis_url, port, adapter_dir=str(work / "adapters")), adapters
+                "local",
+                run_settings(redis_url, port, adapter_dir=str(work / "adapters")),
+                adapters,
+                log,
             ),
             run_one(
                 "s3 cold",
                 run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
                 adapters,
+                log,
             ),
             run_one(
                 "s3 warm",
                 run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
                 adapters,
+                log,
             ),
         ]
     finally:
@@ -226,6 +269,15 @@ def write(results: dict[str, Any]) -> None:
     def num(key: str, digits: int = 1) -> Any:
         return lambda row: "–" if row.get(key) is None else f"{row[key]:.{digits}f}"
 
+    def requests(kind: str) -> Any:
+        def cell(row: dict[str, Any]) -> str:
+            counted = row.get("store_requests")
+            if not counted:
+                return "–"
+            return f"{counted[kind]:,} ({counted[kind + '_per_s']:.1f})"
+
+        return cell
+
     lines = [
         f"{results['jobs']} jobs, Zipf(1.0) over {results['adapters']} adapters "
         f"(uploaded in {results['upload_s']:.0f} s)",
@@ -241,6 +293,8 @@ def write(results: dict[str, Any]) -> None:
                 "object store → disk ms": num("object_store_ms"),
                 "disk → host ms": num("disk_to_host_ms"),
                 "host → device ms": num("host_to_device_ms", 2),
+                "listings (/s)": requests("listings"),
+                "HEADs (/s)": requests("heads"),
                 "failed": lambda row: str(row["failed"]),
                 "in-use evictions": lambda row: str(row["in_use_evictions"]),
             },
