@@ -2,6 +2,9 @@
 
 The Serve tests and the gateway tests deploy their applications into it, each under an
 application name and HTTP route prefix of its own; starting Ray twice in one process fails.
+An application that a folder's tests share is deployed once for that folder and removed
+when the run leaves the folder (tests/integration/folder_apps.py), not kept idle to the
+session's end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from ray import serve
 
 from producer.embedded import free_port
 from tests.conftest import REPO
+from tests.integration.folder_apps import leave_folders
 from workers.launch import allow_slow_proxy_start, serve_start_options
 from workers.settings import WorkerSettings
 
@@ -60,6 +64,14 @@ def ray_serve() -> Iterator[str]:
     )
     serve.start(**serve_start_options(settings))  # as loraq serve starts it
     yield f"http://{SERVE_HTTP_HOST}:{port}"
+    leave_folders(None)  # a run stopped early (-x, Ctrl-C) left in a folder
     # Each app's fixture deleted it; Serve's controller and proxy go with Ray (as in
     # workers.launch.shutdown: serve.shutdown() makes Ray print raylet lines).
     ray.shutdown()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The apps of the folders the run leaves now go (tests/integration/folder_apps.py);
+    first, so that after the last test they go before the session's own fixtures (Ray)."""
+    leave_folders(None if nextitem is None else nextitem.path.parent)

@@ -1,6 +1,7 @@
 """Gateway apps on the shared Serve instance, reached over HTTP like any client would.
 
-Two applications, each deployed once per run on the demo kit (one model replica each):
+Two applications, each deployed once for this folder's tests on the demo kit (one model
+replica each), and removed when the run leaves the folder:
 
 * ``gateway`` — on the session's Redis, no API keys; most tests use it.
 * ``secured_gateway`` — API keys on, and a Redis server of its own that tests stop and
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ import requests
 from ray import serve
 
 from producer.embedded import EmbeddedRedis
+from tests.integration.folder_apps import folder_shared
 from tests.integration.serve.conftest import delete_prefix
 from workers.app import build_app
 from workers.settings import WorkerSettings
@@ -104,21 +107,34 @@ def deploy(settings: WorkerSettings, base_url: str, **kwargs: Any) -> GatewayApp
     raise AssertionError(f"{settings.app_name} not ready: {reply.status_code} {reply.text}")
 
 
-@pytest.fixture(scope="session")
-def gateway(ray_serve: str, redis_url: str) -> Iterator[GatewayApp]:
-    """The gateway app on the session's Redis, without API keys."""
+@pytest.fixture(scope="module")
+def gateway(request: pytest.FixtureRequest, ray_serve: str, redis_url: str) -> GatewayApp:
+    """The gateway app on the session's Redis, without API keys; one for this folder."""
+    return folder_shared(request, lambda: open_gateway(ray_serve, redis_url))
+
+
+@contextmanager
+def open_gateway(base_url: str, redis_url: str) -> Iterator[GatewayApp]:
     settings = gateway_settings(redis_url, "gw")
-    app = deploy(settings, ray_serve)
+    app = deploy(settings, base_url)
     yield app
     serve.delete(settings.app_name)
     delete_prefix(redis_url, settings.prefix)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def secured_gateway(
-    ray_serve: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, ray_serve: str, tmp_path_factory: pytest.TempPathFactory
+) -> GatewayApp:
+    """The gateway app with API keys, on a Redis server of its own (tests may stop it);
+    one for this folder."""
+    return folder_shared(request, lambda: open_secured_gateway(ray_serve, tmp_path_factory))
+
+
+@contextmanager
+def open_secured_gateway(
+    base_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayApp]:
-    """The gateway app with API keys, on a Redis server of its own (tests may stop it)."""
     server = EmbeddedRedis(state_dir=tmp_path_factory.mktemp("gw-redis")).start()
     settings = gateway_settings(
         server.url,
@@ -131,7 +147,7 @@ def secured_gateway(
         lease_renew_s=1.0,
     )
     try:
-        app = deploy(settings, ray_serve, redis=server, headers=bearer(API_KEYS[1]))
+        app = deploy(settings, base_url, redis=server, headers=bearer(API_KEYS[1]))
         yield app
         serve.delete(settings.app_name)
     finally:

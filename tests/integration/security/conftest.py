@@ -6,10 +6,12 @@ Its bounds are set low (dead letters, body timeout) so that the tests reach them
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from ray import serve
 
+from tests.integration.folder_apps import folder_shared
 from tests.integration.gateway.conftest import GatewayApp, bearer, deploy, gateway_settings
 from tests.integration.serve.conftest import delete_prefix
 
@@ -21,9 +23,15 @@ DEAD_PAYLOAD_MAX_BYTES = 1024
 MAX_FILE_BYTES = 32 * 1024 * 1024
 
 
-@pytest.fixture(scope="session")
-def secure_app(ray_serve: str, redis_url: str) -> Iterator[GatewayApp]:
-    """The application, its requests sent with key A unless told otherwise."""
+@pytest.fixture(scope="module")
+def secure_app(request: pytest.FixtureRequest, ray_serve: str, redis_url: str) -> GatewayApp:
+    """The application, its requests sent with key A unless told otherwise; one for this
+    folder."""
+    return folder_shared(request, lambda: open_secure_app(ray_serve, redis_url))
+
+
+@contextmanager
+def open_secure_app(base_url: str, redis_url: str) -> Iterator[GatewayApp]:
     settings = gateway_settings(
         redis_url,
         "sec",
@@ -34,7 +42,7 @@ def secure_app(ray_serve: str, redis_url: str) -> Iterator[GatewayApp]:
         dead_payload_max_bytes=DEAD_PAYLOAD_MAX_BYTES,
         max_file_bytes=MAX_FILE_BYTES,
     )
-    app = deploy(settings, ray_serve, headers=bearer(KEY_A))
+    app = deploy(settings, base_url, headers=bearer(KEY_A))
     yield app
     serve.delete(settings.app_name)
     delete_prefix(redis_url, settings.prefix)

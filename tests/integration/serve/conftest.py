@@ -1,8 +1,8 @@
-"""One Serve application for the whole test run, on the demo kit.
+"""One Serve application for this folder's tests, on the demo kit.
 
 Starting Ray and deploying take tens of seconds on two cores, so every end-to-end test
-shares them: the session starts Ray once, deploys the app once under a key prefix of its
-own, and tears both down at the end.
+shares them: the session starts Ray once; this folder's tests share one app, deployed
+under a key prefix of its own and removed when the run leaves the folder.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
 from producer import Producer
 from schemas import FINAL_STATUSES, GenerationParams, JobRecord, Keys, codec
 from tests.conftest import REPO
+from tests.integration.folder_apps import folder_shared
 from workers import launch
 from workers.engine.requests import GenerationRequest
 from workers.settings import WorkerSettings
@@ -89,9 +91,15 @@ def delete_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def live_app(ray_serve: str, redis_url: str) -> Iterator[LiveApp]:
-    """The application on the demo kit: 2 model replicas with 2 adapter slots each."""
+@pytest.fixture(scope="module")
+def live_app(request: pytest.FixtureRequest, ray_serve: str, redis_url: str) -> LiveApp:
+    """The application on the demo kit: 2 model replicas with 2 adapter slots each; one
+    for this folder."""
+    return folder_shared(request, lambda: open_live_app(redis_url))
+
+
+@contextmanager
+def open_live_app(redis_url: str) -> Iterator[LiveApp]:
     settings = e2e_settings(redis_url)
     running = launch.deploy(settings)
     yield LiveApp(running, redis_url)
@@ -99,10 +107,13 @@ def live_app(ray_serve: str, redis_url: str) -> Iterator[LiveApp]:
     delete_prefix(redis_url, settings.prefix)
 
 
-@pytest.fixture(scope="session")
-def kit_prompts(live_app: LiveApp) -> list[str]:
-    """Held-out inputs on which every demo model of the shared app is right."""
-    return prompts_right_on_every_model(live_app.running.model)
+@pytest.fixture(scope="module")
+def kit_prompts(request: pytest.FixtureRequest, live_app: LiveApp) -> list[str]:
+    """Held-out inputs on which every demo model of the shared app is right (checked once
+    for the folder's app)."""
+    return folder_shared(
+        request, lambda: nullcontext(prompts_right_on_every_model(live_app.running.model))
+    )
 
 
 def prompts_right_on_every_model(handle: Any, size: int = POOL_SIZE) -> list[str]:
