@@ -63,9 +63,15 @@ class ClaimedWindow:
         slots: int,
         tenants: TenantBook | None = None,
         horizon: int | None = None,
+        fifo: bool = False,
+        headroom: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
+        # In-flight places kept for a tenant under its fair share (the planner's headroom).
+        self.headroom = headroom
+        # The planner's FIFO policy: what is claimed starts in claim order, placed by Serve.
+        self.fifo = fifo
         self.max_passover_s = max_passover_s
         self.slots = slots  # a replica's slots when its heartbeat does not say
         # The model replicas, as their latest heartbeats describe them.
@@ -94,6 +100,14 @@ class ClaimedWindow:
     def room(self) -> int:
         """Entries the window can still take."""
         return max(0, self.capacity - len(self._waiting))
+
+    def room_for(self, free: int) -> int:
+        """Entries to claim now, with ``free`` in-flight places: the room, and under FIFO
+        no more than can start now (what cannot start waits in Redis, where any consumer
+        can take it)."""
+        if self.fifo:
+            return max(0, min(free, self.capacity) - len(self._waiting))
+        return self.room
 
     def entry_ids(self) -> list[str]:
         """The entries waiting, in their order of arrival (their leases must be renewed)."""
@@ -157,10 +171,17 @@ class ClaimedWindow:
                 ReplicaView(rid, picture.slots, picture.warm, ledger.get(rid, Counter()))
                 for rid, picture in self.replicas.items()
             ],
-            Limits(free=free, max_jobs=max_jobs, max_passover_s=self.max_passover_s),
+            Limits(
+                free=free,
+                max_jobs=max_jobs,
+                max_passover_s=self.max_passover_s,
+                headroom=self.headroom,
+            ),
             now=now,
             draining=self._draining,
             shares=self.tenants.shares,
+            in_flight=self.tenants.in_flight(),
+            fifo=self.fifo,
         )
         self._draining = dict(result.draining)
         self.prefetch = dict(result.prefetch)
@@ -192,7 +213,7 @@ class ClaimedWindow:
                 waiting.job.params.max_new_tokens,
             )
             for tenant, queue in self._by_tenant.items()
-            for key, waiting in itertools.islice(queue.items(), self.horizon)
+            for key, waiting in itertools.islice(queue.items(), None if self.fifo else self.horizon)
         ]
         jobs.sort(key=lambda job: job.arrived)  # stable: claim order among equal times
         return jobs
@@ -203,12 +224,14 @@ class ClaimedWindow:
         self.stats.dispatched += 1
         self.stats.max_wait_s = max(self.stats.max_wait_s, waited_s)
         job = waiting.job
+        tenant = tenant_of(job)
         self.tenants.started(
             waiting.entry.entry_id,
-            tenant_of(job),
+            tenant,
             job.params.max_new_tokens,
             waited_s,
             self._clock(),
+            last=tenant not in self._by_tenant,
         )
 
     def waiting_by_tenant(self) -> Counter[str]:

@@ -47,9 +47,21 @@ class TenantBook:
         """Seconds until a tenant held back by its rate may start a job again."""
         return self.gate.ready_in_s(held, now)
 
-    def started(self, entry_id: str, tenant: str, tokens: int, waited_s: float, now: float) -> None:
-        """A job started: its tenant is charged ``tokens`` until it ends."""
+    def started(
+        self,
+        entry_id: str,
+        tenant: str,
+        tokens: int,
+        waited_s: float,
+        now: float,
+        *,
+        last: bool = False,
+    ) -> None:
+        """A job started: its tenant is charged ``tokens`` until it ends; ``last``: the
+        tenant has no other job waiting now."""
         self.shares.charge(tenant, tokens)
+        if last:
+            self.shares.idle(tenant)
         self.gate.started(tenant, now)
         self._charged[entry_id] = (tenant, tokens)
         figures = self._of(tenant)

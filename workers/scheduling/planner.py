@@ -23,6 +23,17 @@ The rules, strongest first:
    replica (and base model jobs) go before jobs that need a load.
 6. **FIFO** among equals (window order, which is the order the consumer claimed them).
 
+The FIFO policy (the window off, ``fifo=True``) keeps only rule 1's ``free``: jobs start
+in the order claimed, and Serve's router places them.
+
+Headroom: the last ``headroom`` of the consumer's free places, and of the replicas' free
+rows, go only to a job whose tenant runs fewer jobs here than its weighted share of the
+consumer's places while another tenant has jobs here too. A tenant over its share (or
+alone) fills the rest. So a tenant that comes back to a fleet full of another's backlog
+starts at once, its job joining the replica's running batch, instead of waiting for one
+of the other tenant's jobs to end (there is no preemption); the cost is ``headroom``
+places left idle while one tenant has the fleet to itself.
+
 Placement: a job goes to the least loaded replica that holds its adapter; when none of
 those can take it, to the least loaded replica with a free slot (a load). That is how
 jobs of one adapter group onto the replica that holds it, and how an adapter with more
@@ -69,6 +80,8 @@ class Limits:
     free: int  # jobs the consumer may start now
     max_jobs: int  # jobs in flight per replica
     max_passover_s: float  # the aging bound
+    # In-flight places kept free for a tenant below its fair share (see :func:`plan`).
+    headroom: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,25 +145,37 @@ def plan(
     now: float,
     draining: Mapping[str, Drain] | None = None,
     shares: TenantShares | None = None,
+    in_flight: Mapping[str, int] | None = None,
+    fifo: bool = False,
 ) -> Plan:
     """The jobs of ``window`` to start now and where (see the module docstring);
     ``shares`` are the tenants' counters (``None``: one tenant), which the caller charges
-    for the jobs dispatched."""
+    for the jobs dispatched; ``in_flight`` is the consumer's jobs running, by tenant (the
+    headroom goes by it); ``fifo``: the FIFO policy."""
+    if fifo:
+        return Plan(
+            tuple(Dispatch(job.key, None) for job in window[: max(limits.free, 0)]), {}, {}, None
+        )
     overdue = {job.key for job in window if now - job.arrived >= limits.max_passover_s}
+    shares = shares or TenantShares()
+    headroom = _Headroom(window, limits, shares, in_flight or {})
     if not replicas:
         # Nothing known about the replicas yet: Serve's router places them, in order.
-        ordered = _ordered(window, {}, overdue, shares or TenantShares())
-        fifo = tuple(Dispatch(job.key, None) for job in ordered[: max(limits.free, 0)])
-        return Plan(fifo, {}, {}, _next_overdue(window, fifo, limits, now))
+        unplaced = _unplaced(_ordered(window, {}, overdue, shares), limits.free, headroom)
+        return Plan(unplaced, {}, {}, _next_overdue(window, unplaced, limits, now))
     state = {view.id: _state_of(view) for view in replicas}
     kept = _valid_drains(draining or {}, state, {job.key for job in window})
     starts: list[Dispatch] = []
-    for job in _ordered(window, state, overdue, shares or TenantShares()):
+    for job in _ordered(window, state, overdue, shares):
         if len(starts) >= limits.free:
             break
+        rows = sum(max(0, limits.max_jobs - replica.jobs) for replica in state.values())
+        if not headroom.admits(job, min(limits.free - len(starts), rows)):
+            continue
         target = _place(job, state, limits, set(kept.values()))
         if target is not None:
             starts.append(Dispatch(job.key, target.id))
+            headroom.started(job)
             target.running[job.adapter] += 1
             if job.adapter is not None:
                 target.warm.add(job.adapter)
@@ -166,6 +191,49 @@ def plan(
         prefetch=_prefetch(window, started, state),
         next_overdue_s=_next_overdue(window, starts, limits, now),
     )
+
+
+def _unplaced(ordered: Sequence[WindowJob], free: int, headroom: _Headroom) -> tuple[Dispatch, ...]:
+    """The first ``free`` jobs of ``ordered`` the headroom admits, for Serve to place."""
+    starts: list[Dispatch] = []
+    for job in ordered:
+        if len(starts) >= free:
+            break
+        if headroom.admits(job, free - len(starts)):
+            starts.append(Dispatch(job.key, None))
+            headroom.started(job)
+    return tuple(starts)
+
+
+class _Headroom:
+    """Which jobs may take the last ``limits.headroom`` free places (see the module
+    docstring): those of a tenant under its weighted share of the consumer's places."""
+
+    def __init__(
+        self,
+        window: Sequence[WindowJob],
+        limits: Limits,
+        shares: TenantShares,
+        in_flight: Mapping[str, int],
+    ) -> None:
+        self.reserve = limits.headroom
+        self.running = Counter({t: n for t, n in in_flight.items() if n > 0})
+        present = {job.tenant for job in window} | set(self.running)
+        weights = {tenant: shares.weight(tenant) for tenant in present}
+        places = limits.free + sum(self.running.values())
+        total = sum(weights.values())
+        # With one tenant there is nobody to keep places for: it takes all but the reserve.
+        self.share = {t: places * w / total for t, w in weights.items()} if len(present) > 1 else {}
+
+    def admits(self, job: WindowJob, left: int) -> bool:
+        """Whether ``job`` may start with ``left`` places free (of the consumer's and of
+        the replicas' rows, whichever is fewer)."""
+        if left > self.reserve:
+            return True
+        return left > 0 and self.running[job.tenant] < self.share.get(job.tenant, 0.0)
+
+    def started(self, job: WindowJob) -> None:
+        self.running[job.tenant] += 1
 
 
 def _state_of(view: ReplicaView) -> _Replica:
