@@ -12,9 +12,11 @@ from workers.queue.claimed import ClaimedWindow, job_cap
 from workers.queue.store import Entry
 
 
-def window_of(adapters: list[str]) -> ClaimedWindow:
+def window_of(adapters: list[str], *, fifo: bool = False) -> ClaimedWindow:
     times = iter(range(1000))
-    window = ClaimedWindow(capacity=100, max_passover_s=1e6, slots=2, clock=lambda: next(times))
+    window = ClaimedWindow(
+        capacity=100, max_passover_s=1e6, slots=2, fifo=fifo, clock=lambda: next(times)
+    )
     for index, adapter in enumerate(adapters):
         window.add(Entry(f"e{index}", {}), Job(prompt="x", adapter=adapter))
     window.see([ReplicaHeartbeat(replica="r0", adapters=["a"], slots=2, ts=0.0, interval_s=1)])
@@ -38,6 +40,15 @@ def test_a_refused_start_waits_again_in_its_place() -> None:
     window.refused(taken[0][0])
     assert window.entry_ids() == ["e0", "e1", "e2"]
     assert window.stats.slot_refusals == 1
+
+
+def test_fifo_claims_only_what_can_start_and_starts_it_in_claim_order_unplaced() -> None:
+    window = window_of(["b", "a", "c"], fifo=True)
+    assert window.room_for(free=5) == 2  # three claimed already: two more can start now
+    assert window.room_for(free=2) == 0
+    taken = window.take({}, free=2, max_jobs=10)
+    assert [(w.entry.entry_id, replica) for w, replica in taken] == [("e0", None), ("e1", None)]
+    assert window_of(["a"]).room_for(free=0) == 99  # the planner's window fills regardless
 
 
 def test_a_replicas_job_cap_is_an_even_share_of_every_consumers_bound() -> None:

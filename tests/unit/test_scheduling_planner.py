@@ -231,6 +231,14 @@ def test_without_replicas_jobs_start_fifo_and_serve_places_them() -> None:
     assert result.dispatch == (Dispatch("1", None), Dispatch("2", None))
 
 
+def test_the_fifo_policy_starts_jobs_in_claim_order_whatever_their_priority_or_warmth() -> None:
+    window = [job("1", "cold"), job("2", "a", priority=5, waited=9.0), job("3", None)]
+    views = [replica("r0", warm=("a",))]
+    result = plan(window, views, limits(free=2), now=NOW, fifo=True)
+    assert result == Plan((Dispatch("1", None), Dispatch("2", None)), {}, {}, None)
+    assert plan(window, views, limits(free=0), now=NOW, fifo=True).dispatch == ()
+
+
 def test_the_next_overdue_time_is_when_the_oldest_waiting_job_reaches_the_bound() -> None:
     window = [job("1", "z", waited=1.0), job("2", "z", waited=3.0)]
     result = plan(window, [replica("r0", running={"a": 1, "b": 1})], limits(), now=NOW)

@@ -4,12 +4,14 @@ Its helpers each do one job: :class:`Housekeeping` trims the stream and reclaims
 consumers' entries between reads, :class:`CancelWatcher` passes cancel requests on to
 running jobs, :class:`ClaimedWindow` holds what was claimed and asks the planner.
 
-Two ways to start jobs. With the scheduling window (``schedule_window`` > 0) the loop
-claims up to that many entries, and the scheduler (:mod:`workers.scheduling.planner`)
-chooses which start and on which model replica, from what the replicas hold warm. With
-the window off, it claims only as many entries as it has free in-flight slots and starts
-them in stream order (Serve's router places them). Either way back-pressure holds: what
-a consumer cannot hold waits in Redis, where any consumer can take it.
+One loop: claim into the window, ask the planner (:mod:`workers.scheduling.planner`)
+what starts and where, start it, wait for a change. The planner's policy is the only
+thing the window's size changes. With the window on (``schedule_window`` > 0) the loop
+claims up to that many entries and the planner chooses which start and on which model
+replica, from what the replicas hold warm. With it off, the policy is FIFO: the loop
+claims only as many entries as it has free in-flight slots and they start in stream
+order (Serve's router places them). Either way back-pressure holds: what a consumer
+cannot hold waits in Redis, where any consumer can take it.
 """
 
 from __future__ import annotations
@@ -87,26 +89,29 @@ class QueueConsumer:
         self.name = name
         self.prefetcher = prefetcher
         self.in_flight: dict[str, InFlight] = {}
-        self.window: ClaimedWindow | None = None
+        fifo = settings.schedule_window == 0
+        self.window = ClaimedWindow(
+            capacity=max(
+                settings.schedule_window, settings.max_claimed_jobs, settings.max_in_flight
+            ),
+            horizon=max(settings.schedule_window, settings.max_in_flight),
+            max_passover_s=settings.max_passover_s,
+            slots=settings.max_adapters_per_replica,
+            tenants=TenantBook(
+                settings.tenant_weight_map,
+                TenantLimits.share(
+                    settings.tenant_max_in_flight,
+                    settings.tenant_rate_per_s,
+                    settings.tenant_burst,
+                    settings.num_consumer_replicas,
+                ),
+            ),
+            fifo=fifo,
+            headroom=min(settings.tenant_headroom, settings.max_in_flight - 1),
+        )
+        # FIFO places nothing (Serve's router does): no replica's slots to lease.
         self.lease: SlotLease | None = None
-        if settings.schedule_window > 0:
-            self.window = ClaimedWindow(
-                capacity=max(
-                    settings.schedule_window, settings.max_claimed_jobs, settings.max_in_flight
-                ),
-                horizon=max(settings.schedule_window, settings.max_in_flight),
-                max_passover_s=settings.max_passover_s,
-                slots=settings.max_adapters_per_replica,
-                tenants=TenantBook(
-                    settings.tenant_weight_map,
-                    TenantLimits.share(
-                        settings.tenant_max_in_flight,
-                        settings.tenant_rate_per_s,
-                        settings.tenant_burst,
-                        settings.num_consumer_replicas,
-                    ),
-                ),
-            )
+        if not fifo:
             self.lease = SlotLease(store.client, store.keys, name, settings.visibility_timeout_s)
         # Entries whose job holds a slot in the lease: released when it ends.
         self._leased: set[str] = set()
@@ -178,15 +183,13 @@ class QueueConsumer:
 
     def stats(self) -> ConsumerStats:
         """Counters of this consumer, its jobs in flight now, and its window's figures."""
-        window = None
-        if self.window is not None:
-            window = WindowFigures(
-                depth=len(self.window),
-                oldest_wait_s=self.window.oldest_wait_s(),
-                replicas_known=len(self.window.replicas),
-                stats=replace(self.window.stats),
-                tenants=self.window.tenants.figures(self.window.waiting_by_tenant()),
-            )
+        window = WindowFigures(
+            depth=len(self.window),
+            oldest_wait_s=self.window.oldest_wait_s(),
+            replicas_known=len(self.window.replicas),
+            stats=replace(self.window.stats),
+            tenants=self.window.tenants.figures(self.window.waiting_by_tenant()),
+        )
         return ConsumerStats(
             counters=replace(self.counters), in_flight=len(self.in_flight), window=window
         )
@@ -200,37 +203,22 @@ class QueueConsumer:
         await self._redis(self.store.ensure_group)
         for warning in policy.persistence_warnings(await self._redis(self.store.server_config)):
             log.warning("%s", warning)
-        if self.window is not None:
-            await self._run_window(self.window)
-            return
+        window = self.window
         await self._resume_own_pending()
-        while not self._stopping.is_set():
-            await self._wait_for_slot()
-            if self._stopping.is_set():
-                break
-            count = policy.read_count(self.free_slots, self.settings.max_in_flight)
-            entries = await self._redis(
-                partial(self._next_entries, count, self.settings.read_block_ms)
-            )
-            for entry in entries:
-                self._spawn(entry)
-
-    async def _run_window(self, window: ClaimedWindow) -> None:
-        """Claim into the window; start what the scheduler chooses, where it chooses."""
-        await self._resume_own_pending(window)
         while not self._stopping.is_set():
             # Cleared before the plan: a job that ends from here on wakes the wait below.
             self._slot_freed.clear()
             await self._redis(self._read_replicas)
             await self._start_planned(window)
-            if window.room:
+            room = window.room_for(self.free_slots)
+            if room:
                 # Idle: wait for jobs in Redis. Jobs waiting here: a short wait, so that a
                 # slot freed meanwhile is filled soon. No slot free: just top the window up.
                 block_ms = self.settings.read_block_ms if not len(window) else WINDOW_READ_BLOCK_MS
                 block_ms = block_ms if self.free_slots > 0 else 0
-                for entry in await self._redis(partial(self._next_entries, window.room, block_ms)):
+                for entry in await self._redis(partial(self._next_entries, room, block_ms)):
                     self._claim(window, entry)
-            if self.free_slots <= 0 or not window.room:
+            if self.free_slots <= 0 or not room:
                 # Until a job ends, or the next one is overdue.
                 await self._wait_for_change(window.next_overdue_s)
 
@@ -249,9 +237,8 @@ class QueueConsumer:
         starts through the lease, and start those it admits; the rest wait again."""
         if not len(window):
             return
-        assert self.lease is not None
-        # No replica known: nothing to lease (Serve's router places the jobs).
-        ledger = await self._redis(self.lease.ledger) if window.replicas else {}
+        # No replica known (or FIFO): nothing to lease, Serve's router places the jobs.
+        ledger = await self._redis(self.lease.ledger) if self.lease and window.replicas else {}
         max_jobs = job_cap(
             self.settings.max_in_flight,
             self._consumers,
@@ -284,6 +271,8 @@ class QueueConsumer:
     async def _admit(self, claims: list[SlotClaim]) -> list[bool]:
         """The slot lease's answer for each claim; all refused while Redis is down (the
         jobs wait in the window, and the next plan asks again)."""
+        if not claims:
+            return []
         assert self.lease is not None
         try:
             return await self.lease.acquire(claims)
@@ -297,10 +286,10 @@ class QueueConsumer:
         await self._redis(partial(self.lease.release, slot.replica, slot.adapter))
 
     async def _read_replicas(self) -> None:
-        """Refresh the window's picture of the model replicas from their heartbeats."""
-        assert self.window is not None
+        """Refresh the window's picture of the model replicas from their heartbeats (FIFO
+        places nothing: it needs none)."""
         now = time.monotonic()
-        if now < self._next_replicas_read:
+        if self.window.fifo or now < self._next_replicas_read:
             return
         self._next_replicas_read = now + min(BEATS_READ_S, self.settings.heartbeat_s)
         self.window.see(await self.store.live_replicas())
@@ -335,27 +324,24 @@ class QueueConsumer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slot_freed.wait(), max(limit, 0.001))
 
-    async def _resume_own_pending(self, window: ClaimedWindow | None = None) -> None:
-        """Run the entries this consumer name took before a restart, before new ones."""
+    async def _resume_own_pending(self) -> None:
+        """Claim the entries this consumer name took before a restart, before new ones:
+        all of them, they are this consumer's already, whatever the window's size."""
         after = "0"
         while not self._stopping.is_set():
-            if window is None:
-                await self._wait_for_slot()
-                count = policy.read_count(self.free_slots, self.settings.max_in_flight)
-            else:
-                # All of them: they are this consumer's already, whatever the window's size.
-                count = self.settings.max_in_flight
             entries = await self._redis(
-                partial(self.store.read_pending, self.name, count=count, after=after)
+                partial(
+                    self.store.read_pending,
+                    self.name,
+                    count=self.settings.max_in_flight,
+                    after=after,
+                )
             )
             if not entries:
                 return
             log.info("consumer %s resumes %d pending entries", self.name, len(entries))
             for entry in entries:
-                if window is None:
-                    self._spawn(entry)
-                else:
-                    self._claim(window, entry)
+                self._claim(self.window, entry)
             after = entries[-1].entry_id
 
     async def _next_entries(self, count: int, block_ms: int) -> list[Entry]:
@@ -366,11 +352,6 @@ class QueueConsumer:
             self.counters.reclaimed += len(stale)
             return stale
         return await self.store.read(self.name, count=count, block_ms=block_ms)
-
-    async def _wait_for_slot(self) -> None:
-        while self.free_slots <= 0 and not self._stopping.is_set():
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
 
     def _spawn(
         self,
@@ -408,9 +389,8 @@ class QueueConsumer:
             )
         finally:
             self.in_flight.pop(entry.entry_id, None)
-            if self.window is not None:
-                self.window.tenants.ended(entry.entry_id, slot.completion_tokens)
-            if self.window is not None and slot.served_by is not None:
+            self.window.tenants.ended(entry.entry_id, slot.completion_tokens)
+            if slot.served_by is not None:
                 self.window.saw(*slot.served_by)
             if entry.entry_id in self._leased:
                 self._leased.discard(entry.entry_id)
@@ -429,7 +409,7 @@ class QueueConsumer:
 
     async def _renew_once(self) -> None:
         # The window's entries too: they are claimed, and a lapsed lease hands them over.
-        waiting = self.window.entry_ids() if self.window is not None else []
+        waiting = self.window.entry_ids()
         lost = await self.store.renew(self.name, [*self.in_flight, *waiting])
         if self.lease is not None:
             await self.lease.renew()
