@@ -3,11 +3,12 @@ spread over pytest-xdist's workers (``make test`` runs ``-n 2 --dist loadgroup``
 
 One Ray at a time: every test that uses Ray (the session's Ray and Serve through the
 ``ray_serve`` fixture, or a Ray of its own in a subprocess, marked ``ray``) goes to the
-group ``ray``, which one worker runs whole, in one session, so the Serve apps are
-deployed once. Each other test goes to the group of its folder (``unit``,
-``integration/engine``, ...), so that a folder's session and module fixtures (the engine
-kit, an S3 server) are built once, and the folders run beside the Ray group on the other
-worker. (tests/xdist_groups.py carries the groups to xdist's scheduler.)
+group ``ray``, which one worker runs whole, in one session, so that Ray and Serve start
+once and a folder's shared apps are deployed once (and removed when the worker leaves
+the folder: tests/integration/folder_apps.py). Each other test goes to the group of its
+folder (``unit``, ``integration/engine``, ...), so that a folder's session and module
+fixtures (the engine kit, an S3 server) are built once, and the folders run beside the
+Ray group on the other worker. (tests/xdist_groups.py carries the groups to xdist's scheduler.)
 """
 
 from __future__ import annotations
