@@ -10,6 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import Job
+from schemas.replicas import ReplicaHeartbeat
+from workers.queue.claimed import ClaimedWindow
+from workers.queue.store import Entry
 from workers.scheduling.fairness import TenantShares, fair_order, parse_weights
 from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
 
@@ -261,3 +265,22 @@ def test_headroom_is_left_by_a_tenant_alone_and_taken_by_one_under_its_share(
     # b over its share (5 of 8 places, its share 4) leaves it to a, under its share.
     assert headroom_plan([*a_jobs, b_job], {"a": 2, "b": 5}, 1, replicas=replicas) == ["a"]
     assert headroom_plan([b_job], {"a": 2, "b": 5}, 1, replicas=replicas) == []
+
+
+def test_a_window_does_not_plan_again_while_nothing_changed() -> None:
+    """One tenant alone with only the headroom free: the plan starts nothing, and the next
+    take() spares the plan until a job comes, a place frees or the replicas change."""
+    window = ClaimedWindow(capacity=100, max_passover_s=1e6, slots=2, headroom=1)
+    for index in range(3):
+        window.add(Entry(f"a{index}", {}), Job(prompt="x", tenant="a"))
+    window.see([ReplicaHeartbeat(replica="r0", adapters=[], slots=2, ts=0.0, interval_s=1)])
+    for index in range(7):  # a's jobs this consumer runs
+        window.tenants.started(f"run{index}", "a", 16, 0.0, 0.0)
+    assert window.take({"r0": Counter({None: 7})}, free=1, max_jobs=8) == []
+    planned = window.stats.planned
+    assert window.take({"r0": Counter({None: 7})}, free=1, max_jobs=8) == []
+    assert window.stats.planned == planned  # nothing changed: no plan
+    window.add(Entry("b0", {}), Job(prompt="x", tenant="b"))
+    taken = window.take({"r0": Counter({None: 7})}, free=1, max_jobs=8)
+    assert [w.entry.entry_id for w, _ in taken] == ["b0"]  # under its share: the headroom
+    assert window.take({"r0": Counter({None: 6})}, free=2, max_jobs=8) != []  # a place freed

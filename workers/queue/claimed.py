@@ -87,6 +87,11 @@ class ClaimedWindow:
         # tenant's first ``horizon`` without walking a deep window.
         self._by_tenant: dict[str, dict[str, Waiting]] = {}
         self._draining: dict[str, Drain] = {}
+        # Bumped by whatever a plan reads from the window (its jobs, the replicas): with
+        # the same version, places and ledger, a plan that started nothing would again.
+        self._version = 0
+        self._quiet: tuple[object, ...] | None = None  # what the last empty plan saw
+        self._quiet_until: float | None = None  # when it becomes stale (overdue, a token)
         self.prefetch: dict[str, tuple[str, ...]] = {}
         self.next_overdue_s: float | None = None
 
@@ -119,11 +124,13 @@ class ClaimedWindow:
             self._hold(Waiting(entry, job, self._clock()))
 
     def _hold(self, waiting: Waiting) -> None:
+        self._version += 1
         key = waiting.entry.entry_id
         self._waiting[key] = waiting
         self._by_tenant.setdefault(tenant_of(waiting.job), {})[key] = waiting
 
     def _release(self, key: str) -> Waiting:
+        self._version += 1
         waiting = self._waiting.pop(key)
         tenant = tenant_of(waiting.job)
         queue = self._by_tenant[tenant]
@@ -139,6 +146,7 @@ class ClaimedWindow:
 
     def see(self, beats: Iterable[ReplicaHeartbeat]) -> None:
         """The live replicas' latest heartbeats: what each holds, and its slots."""
+        self._version += 1
         self.replicas = {
             beat.replica: ReplicaPicture(tuple(beat.adapters), beat.slots or self.slots)
             for beat in beats
@@ -149,6 +157,7 @@ class ClaimedWindow:
         heartbeat, which may be seconds old)."""
         picture = self.replicas.get(replica)
         if picture is not None:
+            self._version += 1
             self.replicas[replica] = ReplicaPicture(warm, picture.slots)
 
     def take(self, ledger: Ledger, free: int, max_jobs: int) -> list[tuple[Waiting, str | None]]:
@@ -160,6 +169,12 @@ class ClaimedWindow:
         consumer alone; ``free`` is what this consumer may start.
         """
         now = self._clock()
+        # Nothing changed since a plan that started nothing (e.g. one tenant alone, only
+        # the headroom free): the same plan again would start nothing; spare the CPU.
+        in_flight = self.tenants.in_flight()
+        seen = (self._version, free, max_jobs, _frozen(ledger), sorted(in_flight.items()))
+        if seen == self._quiet and (self._quiet_until is None or now < self._quiet_until):
+            return []
         jobs = self._candidates()
         tenants = {job.tenant for job in jobs}
         self.tenants.planning(tenants)
@@ -180,7 +195,7 @@ class ClaimedWindow:
             now=now,
             draining=self._draining,
             shares=self.tenants.shares,
-            in_flight=self.tenants.in_flight(),
+            in_flight=in_flight,
             fifo=self.fifo,
         )
         self._draining = dict(result.draining)
@@ -199,6 +214,8 @@ class ClaimedWindow:
         ready_s = self.tenants.ready_in_s(held, now)
         if ready_s is not None:  # plan again when a held tenant has a token
             self.next_overdue_s = min(ready_s, self.next_overdue_s or ready_s)
+        self._quiet = None if started else seen
+        self._quiet_until = None if self.next_overdue_s is None else now + self.next_overdue_s
         return started
 
     def _candidates(self) -> list[WindowJob]:
@@ -246,6 +263,14 @@ class ClaimedWindow:
         tenant = tenant_of(waiting.job)
         queue = self._by_tenant[tenant]
         self._by_tenant[tenant] = dict(sorted(queue.items(), key=lambda item: _arrival(item[1])))
+
+
+def _frozen(ledger: Ledger) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    """``ledger`` as a value to compare."""
+    return tuple(
+        (replica, tuple(sorted((str(adapter), count) for adapter, count in counts.items())))
+        for replica, counts in sorted(ledger.items())
+    )
 
 
 def _arrival(waiting: Waiting) -> float:
