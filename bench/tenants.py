@@ -18,6 +18,7 @@ entries in stream order (docs/SERVING.md); its scheduler still looks at each ten
 first ``LORAQ_SCHEDULE_WINDOW`` (256) jobs.
 
     python -m bench.tenants [--quick] [--a-jobs 5000] [--b-jobs 50] [--b-every-s 0.2]
+        [--headroom N]
 
 Writes bench/results/tenants.{json,md,png}.
 """
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_num_cpus=0.25,
         affinity_routing=False,
         heartbeat_s=1.0,
+        tenant_headroom=args.headroom,
     )
     results: dict[str, Any] = {}
     try:
@@ -298,7 +300,8 @@ def write(results: dict[str, Any], args: argparse.Namespace) -> None:
     lines = [
         f"# Tenants: A floods {args.a_jobs} jobs, B sends {args.b_jobs} (one every "
         f"{args.b_every_s} s) ({os.cpu_count()} CPUs, {args.consumers} consumer(s), "
-        f"{args.claimed} claimed, {args.in_flight} in flight, {args.job_ms} ms per job)",
+        f"{args.claimed} claimed, {args.in_flight} in flight, {args.headroom} of them "
+        f"headroom, {args.job_ms} ms per job)",
         "",
         "alone: the tenant's jobs with nothing else queued; beside A: B's trickle behind "
         "A's flood, each its own tenant (A's jobs/s counted over the time B had nothing "
@@ -346,6 +349,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=32, help="jobs a consumer runs")
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--claimed", type=int, default=0, help="default: A's jobs + B's")
+    parser.add_argument(
+        "--headroom",
+        type=int,
+        default=WorkerSettings.model_fields["tenant_headroom"].default,
+        help="LORAQ_TENANT_HEADROOM: places kept for a tenant under its share",
+    )
     args = parser.parse_args()
     if args.quick:
         args.a_jobs, args.b_jobs = min(args.a_jobs, 2000), min(args.b_jobs, 10)
