@@ -38,6 +38,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import serve
+
 from bench.adapter_kit import generate_adapters
 from bench.queue import clean
 from bench.report import RESULTS, save, table
@@ -47,6 +50,7 @@ from producer.embedded import free_port, resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL
 from schemas import JobStatus
 from workers import launch
+from workers.serve.start_failure import StartFailed
 from workers.settings import DEMO_DIR, WorkerSettings
 
 RUNS = ("local", "s3 cold", "s3 warm")
@@ -209,13 +213,30 @@ def run_one(
     return row
 
 
+def start_ray(settings: WorkerSettings, tries: int = 3) -> bool:
+    """:func:`launch.start_ray`, tried again when Ray's node does not start in time."""
+    for attempt in range(tries):
+        try:
+            return launch.start_ray(settings)
+        except StartFailed as exc:
+            if attempt + 1 == tries:
+                raise
+            print(f"Ray did not start ({exc}); trying again", flush=True)
+    raise AssertionError("unreachable")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     count, jobs = (1_000, 400) if args.quick else (10_000, 2_000)
     redis_url, embedded = resolve_redis_url(os.environ.get("LORAQ_REDIS_URL"), DEFAULT_REDIS_URL)
     work = Path(tempfile.mkdtemp(prefix="loraq-bench-sources-"))
     log = work / "s3-requests.log"
     s3 = start_s3(free_port(), log)
+    started_ray = False
     try:
+        # One local Ray for the three deployments (its workers get the S3 server's
+        # address from this environment), started before the upload: on a loaded machine
+        # Ray's start may time out, and is tried again.
+        started_ray = start_ray(run_settings(redis_url, 0))
         started = time.perf_counter()
         folders = generate_adapters(DEMO_DIR / "model", work / "adapters", count, seed=args.seed)
         print(f"{count} adapters written in {time.perf_counter() - started:.0f} s", flush=True)
@@ -247,6 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
         ]
     finally:
+        if started_ray:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
         s3.terminate()
         shutil.rmtree(work, ignore_errors=True)
         if embedded is not None:
