@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from ray import serve
@@ -21,6 +22,31 @@ DEAD_MAXLEN = 1000
 DEAD_PAYLOAD_MAX_BYTES = 1024
 # The default file limit: the Batch API tests send files of that size.
 MAX_FILE_BYTES = 32 * 1024 * 1024
+
+
+BACKLOG_MARK = "leaves_backlog"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{BACKLOG_MARK}: leaves its app minutes of background work (a queue to read "
+        "through); runs after the other tests of tests/integration/security",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """This folder's tests marked ``leaves_backlog`` run after its others, so that none
+    of those waits behind the backlog; the app goes when the run leaves the folder."""
+    here = Path(__file__).parent
+    ours = [i for i, item in enumerate(items) if item.path.parent == here]
+    if not ours:
+        return
+    mine = [items[i] for i in ours]
+    ordered = [item for item in mine if not item.get_closest_marker(BACKLOG_MARK)]
+    ordered += [item for item in mine if item.get_closest_marker(BACKLOG_MARK)]
+    for index, item in zip(ours, ordered, strict=True):
+        items[index] = item
 
 
 @pytest.fixture(scope="module")
