@@ -282,12 +282,13 @@ class WorkerSettings(AdapterRootSettings):
         "'a=2,b=1'; a tenant not named (and jobs without a tenant) weighs 1.",
     )
     tenant_headroom: int = Field(
-        1,
+        0,
         ge=0,
         description="In-flight places of each consumer kept free for a tenant running "
         "fewer jobs than its weighted share while another tenant has jobs: its job starts "
         "at once, joining a replica's running batch, instead of waiting for another "
-        "tenant's job to end; a tenant alone leaves them idle. 0: none.",
+        "tenant's job to end; a tenant alone leaves them idle. 0 (the default): none, the "
+        "scheduler is work-conserving; 1 for fleets shared by tenants with short waits.",
     )
     tenant_max_in_flight: int = Field(
         0,
