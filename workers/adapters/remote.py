@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from workers.errors import EngineError
 # The extra that brings each scheme's fsspec implementation.
 EXTRAS = {"s3": "s3", "gs": "gcs", "az": "azure", "hf": "hub", "http": "http", "https": "http"}
 _CHUNK = 1 << 20
+# A folder's HEADs go out together: a job waiting on its adapter's revalidation waits for
+# the slowest, not the sum (fsspec's async stores run them at once on their own loop).
+_HEADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loraq-head")
 
 
 class StoreUnreachable(Exception):
@@ -112,18 +116,19 @@ class RemoteStore:
         caller then lists the folder again). A file *added* beside them is not seen
         here: only a listing finds it. Raises :class:`StoreUnreachable` when the store
         does not answer."""
+        if not all(item.tag for item in folder.files):
+            return False
         fs = self._filesystem(folder.uri.scheme)
-        for item in folder.files:
-            if not item.tag:
-                return False
+
+        def same(item: RemoteFile) -> bool:
             path = store_path(folder.uri, item.name)
             try:
-                info = _call(lambda path=path: fs.info(path), folder.uri)
+                info = _call(lambda: fs.info(path), folder.uri)
             except FileNotFoundError:
                 return False
-            if int(info.get("size") or 0) != item.size or item.tag not in _tags(info):
-                return False
-        return True
+            return int(info.get("size") or 0) == item.size and item.tag in _tags(info)
+
+        return all(list(_HEADS.map(same, folder.files)))
 
     def download(self, folder: RemoteFolder, dest: Path) -> dict[str, str]:
         """Write ``folder``'s files into ``dest`` (an empty folder of the caller's) and
