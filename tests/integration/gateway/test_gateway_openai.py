@@ -12,6 +12,11 @@ import requests
 
 from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
 from tests.integration.gateway.conftest import MAX_NEW_TOKENS, GatewayApp
+from tests.integration.gateway.openai_streams import (
+    streamed_chat_logprobs_match,
+    streamed_completion_logprobs_match,
+    streamed_n_completions_match,
+)
 from tests.integration.gateway.test_gateway_generate import assert_error
 
 
@@ -216,68 +221,17 @@ def test_logprobs_through_the_client_and_the_queue(
 
 
 def test_streamed_logprobs_equal_the_unstreamed_ones(client: openai.OpenAI) -> None:
-    messages: Any = [{"role": "user", "content": "abc def"}]
-    asked: Any = {"model": "upper", "temperature": 0, "logprobs": True, "top_logprobs": 3}
-    whole = client.chat.completions.create(messages=messages, **asked)
-    expected = whole.choices[0].logprobs
-    assert expected is not None and expected.content
-    chunks = list(client.chat.completions.create(messages=messages, stream=True, **asked))
-    streamed = [
-        token
-        for chunk in chunks
-        for choice in chunk.choices
-        if choice.logprobs is not None
-        for token in choice.logprobs.content or []
-    ]
-    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in expected.content]
+    chunks = streamed_chat_logprobs_match(client)
     # The text chunks carry their own tokens' entries (a character's, with this model).
-    texts = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(texts) > 1
-    for choice in texts:
-        assert choice.logprobs is not None and choice.logprobs.content
-        assert "".join(t.token for t in choice.logprobs.content) == choice.delta.content
-    prompt = {"model": "upper", "prompt": "abc def", "temperature": 0, "logprobs": 2}
-    plain = client.completions.create(**prompt).choices[0].logprobs
-    assert plain is not None and plain.tokens
-    parts = [
-        c.choices[0].logprobs
-        for c in client.completions.create(stream=True, **prompt)
-        if c.choices and c.choices[0].logprobs
-    ]
-    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-        assert [v for part in parts for v in getattr(part, key) or []] == getattr(plain, key)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    streamed_completion_logprobs_match(client)
 
 
 def test_n_streamed_choices_each_equal_the_single_run_of_their_seed(
     client: openai.OpenAI,
 ) -> None:
     sampled: Any = {"model": "title", "temperature": 1.5, "max_tokens": 12}
-    replies = [
-        client.completions.create(prompt="abc def", seed=41 + i, **sampled) for i in range(3)
-    ]
-    singles = [reply.choices[0] for reply in replies]
-    chunks = list(
-        client.completions.create(
-            prompt="abc def",
-            n=3,
-            seed=41,
-            stream=True,
-            stream_options={"include_usage": True},
-            **sampled,
-        )
-    )
-    assert all(len(c.choices) == 1 for c in chunks[:-1])
-    for i, single in enumerate(singles):
-        mine = [c.choices[0] for c in chunks[:-1] if c.choices[0].index == i]
-        assert "".join(choice.text for choice in mine) == single.text
-        # Each choice ends with its own finish reason, in its last chunk only.
-        assert [choice.finish_reason for choice in mine][-1] == single.finish_reason
-        assert all(choice.finish_reason is None for choice in mine[:-1])
-    assert len({single.text for single in singles}) > 1
-    usage = chunks[-1].usage
-    assert chunks[-1].choices == [] and usage is not None
-    assert usage.completion_tokens == sum(r.usage.completion_tokens for r in replies if r.usage)
-    assert usage.prompt_tokens == 3 * (len("abc def") + 2)
+    streamed_n_completions_match(client, sampled)
     # Chat: a role chunk per choice, each choice's content the single run of its seed.
     messages: Any = [{"role": "user", "content": "abc def"}]
     alone = [
