@@ -289,7 +289,10 @@ class QueueConsumer:
         """Refresh the window's picture of the model replicas from their heartbeats (FIFO
         places nothing: it needs none)."""
         now = time.monotonic()
-        if self.window.fifo or now < self._next_replicas_read:
+        # Knowing none, read again at once: a plan without replicas starts its jobs unplaced
+        # (Serve's router places them, outside the slot lease), which is right only while
+        # there are truly none, not in the moments after the first heartbeats land.
+        if self.window.fifo or (now < self._next_replicas_read and self.window.replicas):
             return
         self._next_replicas_read = now + min(BEATS_READ_S, self.settings.heartbeat_s)
         self.window.see(await self.store.live_replicas())
