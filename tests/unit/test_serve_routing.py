@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from workers.engine.requests import GenerationRequest
 from workers.scheduling.rendezvous import rendezvous_score
-from workers.serve.routing import adapters_of, affinity_ranks, target_of, targeted
+from workers.serve.routing import (
+    UnseenTargets,
+    adapters_of,
+    affinity_ranks,
+    target_of,
+    targeted,
+)
 
 REPLICAS = {"r1": {"upper", "reverse"}, "r2": {"rot13"}, "r3": {"upper", "title"}}
 
@@ -50,6 +56,21 @@ def test_a_placed_request_goes_to_its_target_first_then_the_usual_ranks() -> Non
     assert targeted(ranks, "r2", pinned=True) == [["r2"]]  # a cancel goes nowhere else
     assert targeted(ranks, None) == ranks
     assert targeted(ranks, "gone") == ranks
+
+
+def test_a_target_the_router_has_not_seen_yet_is_waited_for_a_while_a_gone_one_not() -> None:
+    unseen = UnseenTargets(wait_s=30)
+    # r3 wrote its first heartbeat (so a consumer placed a job there) before this router
+    # heard of it: the request waits rather than run on r1 or r2 outside the slot lease.
+    assert unseen.should_wait("r3", ["r1", "r2"], now=100.0)
+    assert unseen.should_wait("r3", ["r1", "r2"], now=129.0)
+    assert not unseen.should_wait("r3", ["r1", "r2", "r3"], now=129.5)
+    # Seen once and gone since (it died): the usual ranks at once.
+    assert not unseen.should_wait("r3", ["r1", "r2"], now=130.0)
+    assert not unseen.should_wait(None, [], now=130.0)
+    # Never heard of for the whole wait (it died while starting): the ranks take over.
+    assert unseen.should_wait("r9", ["r1"], now=200.0)
+    assert not unseen.should_wait("r9", ["r1"], now=230.0)
 
 
 def test_the_target_is_read_from_a_keyword_or_the_request_object() -> None:

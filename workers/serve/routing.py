@@ -1,9 +1,13 @@
 """Adapter affinity for LoRAModel requests: send a job where its adapter is warm.
 
 A request the consumer's scheduler has placed (``target_replica``) goes to that replica,
-and waits for it when it is busy (the slot lease admitted it there only); the ranking
-below is only the fallback: when the target is gone, and for the requests nobody placed
-(the gateway's direct calls, the window turned off).
+and waits for it when it is busy (the slot lease admitted it there only), or when this
+router has not heard of it yet: a replica's first heartbeat (what the scheduler places
+by) is written from its constructor, before Serve's controller tells the routers of it,
+and a placed request sent elsewhere meanwhile runs outside the slot lease. The ranking
+below is only the fallback: when the target is gone (or still unheard of after
+``UNSEEN_TARGET_WAIT_S``), and for the requests nobody placed (the gateway's direct
+calls, the window turned off).
 
 Serve's own multiplex routing is soft: once a request's first routing attempt has been
 spent (and under load one often is, on another request of the same adapter), its next
@@ -18,7 +22,8 @@ not load it everywhere), and spills to other replicas only when those are full.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -33,6 +38,10 @@ from ray.serve.request_router import (
 from workers.scheduling.rendezvous import rendezvous_score
 
 TARGET_FIELD = "target_replica"
+# How long a placed request waits for a target replica this router has never seen: a
+# starting replica's first heartbeat to Serve's RUNNING and the routers' update takes
+# well under this; a replica that died before it got there gives its requests elsewhere.
+UNSEEN_TARGET_WAIT_S = 30.0
 
 
 def affinity_ranks(adapter: str, replicas: Mapping[str, AbstractSet[str]]) -> list[list[str]]:
@@ -73,6 +82,27 @@ def targeted(
     return [[target], *[rank for rank in rest if rank]]
 
 
+class UnseenTargets:
+    """The target replicas a router has not seen among its candidates yet (pure policy)."""
+
+    def __init__(self, wait_s: float = UNSEEN_TARGET_WAIT_S) -> None:
+        self.wait_s = wait_s
+        self.seen: set[str] = set()
+        # Target -> when a request first asked for it while unseen (monotonic seconds).
+        self.first_asked: dict[str, float] = {}
+
+    def should_wait(self, target: str | None, candidates: Iterable[str], now: float) -> bool:
+        """Whether a request placed on ``target`` waits (routed nowhere this round):
+        ``target`` was never among this router's candidates, and not for ``wait_s``
+        yet. A target seen once and gone since is gone: no wait."""
+        self.seen.update(candidates)
+        if target is None or target in self.seen:
+            if target is not None:
+                self.first_asked.pop(target, None)
+            return False
+        return now - self.first_asked.setdefault(target, now) < self.wait_s
+
+
 def target_of(args: list[Any], kwargs: Mapping[Any, Any]) -> str | None:
     """The replica a request was placed on: a ``target_replica`` keyword argument, or the
     field of that name of its first argument (a ``GenerationRequest``)."""
@@ -91,6 +121,10 @@ def adapters_of(routing_stats: Mapping[str, Any] | None) -> frozenset[str]:
 class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
     """Serve request router for LoRAModel that keeps each adapter on the replicas holding it."""
 
+    def initialize_state(self, **kwargs: Any) -> None:
+        """(Serve calls it once, after construction.)"""
+        self._unseen = UnseenTargets()
+
     async def choose_replicas(
         self,
         candidate_replicas: list[RunningReplica],
@@ -108,6 +142,8 @@ class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
             # Back off between rounds when every rank was full, rather than spin.
             pending_request.routing_context.should_backoff = True
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
+        if self._unseen.should_wait(target, by_id, time.monotonic()):
+            return []  # Serve asks again after a backoff, with the replicas it knows then
         held = {rid: adapters_of(replica.routing_stats) for rid, replica in by_id.items()}
         ranks = targeted(affinity_ranks(adapter, held), target, pinned=pinned)
         return [[by_id[rid] for rid in rank] for rank in ranks]
