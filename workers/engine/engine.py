@@ -1,7 +1,7 @@
 """The engine: one base model, many adapters, mixed-adapter batches, for asyncio callers.
 
 Threads: the caller's event loop only validates, waits and hands results out; one model
-thread (:class:`ModelWorker`) owns the model and runs adapter loads and decode steps; one
+thread (:class:`ModelThread`) owns the model and runs adapter loads and decode steps; one
 tokenizer thread encodes prompts. Rows report back with ``call_soon_threadsafe``, so the
 engine serves any event loop, one after another (a Serve replica has one).
 """
@@ -39,12 +39,12 @@ from workers.engine.grammar import GrammarCompiler
 from workers.engine.logprobs import token_logprobs
 from workers.engine.lora_model import BASE_ADAPTER, MultiLoraModel
 from workers.engine.model_loader import LoadedModel, load_model
+from workers.engine.model_thread import ModelThread, TimelineEntry
 from workers.engine.prompts import encode_request
 from workers.engine.requests import EngineError, GenerationOutput, GenerationRequest, TextDelta
 from workers.engine.sampling import RowSampler
 from workers.engine.stats import EngineObserver, PassStats, backend_stats
 from workers.engine.stopping import TextTracker
-from workers.engine.worker import ModelWorker, WorkItem
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Engine:
         batcher: Batcher[Row] = Batcher(
             max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms
         )
-        self._worker = ModelWorker(batch, batcher)
+        self._model_thread = ModelThread(batch, batcher)
         self._eos_ids = batch.eos_ids
         # The logits' width, which may pad past the tokenizer's vocabulary.
         head = loaded.model.get_output_embeddings()  # type: ignore[no-untyped-call]
@@ -113,7 +113,7 @@ class Engine:
             policy=AdapterCachePolicy(settings.max_adapters_per_replica),
             host=host,
             device=self._model,
-            run_on_model=self._worker.call,
+            run_on_model=self._model_thread.call,
             in_batch=lambda name: any(row.adapter == name for row in batch.rows),
         )
         # One thread, so that encodes never overlap on the tokenizer.
@@ -192,15 +192,17 @@ class Engine:
     async def adapter_device_bytes(self) -> int:
         """Device bytes the adapters hold (stacked slots, free ones included, and PEFT's
         LoRA weights), read on the model thread between steps."""
-        return await asyncio.wrap_future(self._worker.call(self._model.adapter_bytes, "bytes"))
+        return await asyncio.wrap_future(
+            self._model_thread.call(self._model.adapter_bytes, "bytes")
+        )
 
     def host_adapters(self) -> list[str]:
         """Keys of the adapters in host memory, least recently used first."""
         return self._adapters.host.names()
 
-    def model_timeline(self) -> list[WorkItem]:
+    def model_timeline(self) -> list[TimelineEntry]:
         """What the model thread did lately (decode steps and commands), oldest first."""
-        return self._worker.timeline()
+        return self._model_thread.timeline()
 
     def recent_passes(self) -> list[frozenset[str]]:
         """The distinct adapters of each of the latest forward passes, oldest first."""
@@ -224,7 +226,7 @@ class Engine:
 
     async def close(self) -> None:
         """Finish the rows in flight, then stop the model thread."""
-        await asyncio.to_thread(self._worker.close)
+        await asyncio.to_thread(self._model_thread.close)
         await asyncio.to_thread(self._adapters.host.close)
         self._tokenize.shutdown(wait=False)
         if self._grammars is not None:
@@ -271,7 +273,7 @@ class Engine:
             except BaseException:
                 self._untrack(row)
                 raise
-        self._worker.submit(row)
+        self._model_thread.submit(row)
         finished = False
         try:
             while not finished:

@@ -15,9 +15,9 @@ from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
 from workers.engine.engine import Engine
+from workers.engine.model_thread import TimelineEntry
 from workers.engine.requests import GenerationOutput, TextDelta
 from workers.engine.synthetic import LoraSpec, build_lora
-from workers.engine.worker import WorkItem
 
 COLD = 20
 LONG = 480
@@ -110,7 +110,7 @@ async def test_twenty_cold_loads_do_not_stall_decoding_rows(
         assert got.token_ids == reference_of(engine, name, "after the burst", 12)
 
 
-def max_gap_ms(work: list[WorkItem]) -> float:
+def max_gap_ms(work: list[TimelineEntry]) -> float:
     """The longest time the model thread spent on commands between two decode steps."""
     gaps, gap = [0.0], 0.0
     for item in work:

@@ -35,7 +35,7 @@ class _Command:
 
 
 @dataclass(frozen=True)
-class WorkItem:
+class TimelineEntry:
     """One thing the model thread did: a decode step (``"step"``) or a labelled command."""
 
     seq: int  # counts from 1 over the engine's life
@@ -44,10 +44,10 @@ class WorkItem:
 
 
 class _Stop:
-    """Queue marker: the worker ends."""
+    """Queue marker: the model thread ends."""
 
 
-class ModelWorker:
+class ModelThread:
     """Runs the decode loop and model commands on a dedicated thread."""
 
     def __init__(self, batch: DecodeBatch, batcher: Batcher[Row]) -> None:
@@ -56,7 +56,7 @@ class ModelWorker:
         self._queue: queue.Queue[Row | _Command | _Stop] = queue.Queue()
         self._closed = False
         # What ran, in order, for tests and debugging (a few microseconds per item).
-        self._timeline: deque[WorkItem] = deque(maxlen=4096)
+        self._timeline: deque[TimelineEntry] = deque(maxlen=4096)
         self._timeline_lock = threading.Lock()
         self._seq = 0
         self._thread = threading.Thread(target=self._run, name="loraq-model", daemon=True)
@@ -74,7 +74,7 @@ class ModelWorker:
             self._queue.put(_Command(fn, future, label))
         return future
 
-    def timeline(self) -> list[WorkItem]:
+    def timeline(self) -> list[TimelineEntry]:
         """The latest decode steps and commands of the model thread, oldest first."""
         with self._timeline_lock:
             return list(self._timeline)
@@ -83,7 +83,7 @@ class ModelWorker:
         with self._timeline_lock:
             self._seq += 1
             self._timeline.append(
-                WorkItem(self._seq, label, (time.perf_counter() - started) * 1000)
+                TimelineEntry(self._seq, label, (time.perf_counter() - started) * 1000)
             )
 
     def submit(self, row: Row) -> None:
