@@ -1,7 +1,7 @@
 """Queue statistics: one pipeline of XLEN / XINFO / XREVRANGE / HGETALL replies, read
 into plain data.
 
-The stream and the workers' group may not exist yet (no job submitted, no worker
+The stream and the consumer group may not exist yet (no job submitted, no consumer
 started): those read as empty, not as errors.
 """
 
@@ -33,7 +33,7 @@ from schemas.tenants import TenantFigures
 
 @dataclass(frozen=True)
 class ConsumerStats:
-    """One worker consumer of the group."""
+    """One consumer of the group ``{P}:workers``."""
 
     name: str
     pending: int

@@ -25,7 +25,7 @@ class Keys:
 
     @property
     def group(self) -> str:
-        """Consumer group of the workers on :attr:`jobs`."""
+        """Consumer group on :attr:`jobs`; its members are the consumers (named so since v1.0)."""
         return f"{self.prefix}:workers"
 
     @property

@@ -39,7 +39,7 @@ FINAL_STATUSES = frozenset(
 _LIVE_NEXT = frozenset({JobStatus.QUEUED, JobStatus.RUNNING}) | FINAL_STATUSES
 TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
     # Enqueued (a record with 'queued'), or pushed with plain XADD: its record is written
-    # when a worker takes it ('running'), or ends it (a payload that cannot be parsed).
+    # when a consumer takes it ('running'), or ends it (a payload that cannot be parsed).
     None: _LIVE_NEXT,
     JobStatus.QUEUED: _LIVE_NEXT,
     JobStatus.RUNNING: _LIVE_NEXT,
@@ -135,6 +135,8 @@ class JobRecord(BaseModel):
     attempts: int = 0
     result: JobResult | None = None
     error: JobError | None = None
+    # The consumer that wrote the latest status (its name in the group); named 'worker'
+    # on the wire since v1.0, kept so for compatibility.
     worker: str | None = None
     metadata: dict[str, JsonValue] | None = None
 

@@ -1,8 +1,8 @@
 -- Move a job to a non-final status ('running' or back to 'queued').
 -- KEYS: 1 job hash, 2 job events, 3 all events, 4 cancel key
--- ARGV: 1 job id, 2 status, 3 adapter, 4 worker, 5 now, 6 created_at (used if the hash has
---       none: a job pushed without a record), 7 record ttl seconds, 8 events maxlen,
---       9 max attempts, 10 the stream entry id
+-- ARGV: 1 job id, 2 status, 3 adapter, 4 consumer (stored as the record's field 'worker'),
+--       5 now, 6 created_at (used if the hash has none: a job pushed without a record),
+--       7 record ttl seconds, 8 events maxlen, 9 max attempts, 10 the stream entry id
 -- Returns {outcome, value}: {'final', status} when the job already ended, so that it cannot
 -- move to ARGV 2 (can_move, statuses.lua; nothing changed);
 -- {'cancel', ''} when cancellation was asked; {'exhausted', attempts} when 'running' was

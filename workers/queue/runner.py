@@ -139,14 +139,14 @@ class JobRunner:
         store: JobStore,
         dispatcher: Dispatcher,
         settings: WorkerSettings,
-        worker: str,
+        consumer: str,
         *,
         observer: JobObserver | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
-        self.worker = worker
+        self.consumer = consumer  # its name in the group; the record's field 'worker'
         self.observer = observer
 
     async def run(self, entry: Entry, slot: InFlight) -> None:
@@ -190,7 +190,7 @@ class JobRunner:
                 JobStatus.RUNNING,
                 entry_id=entry.entry_id,
                 adapter=job.adapter_name,
-                worker=self.worker,
+                consumer=self.consumer,
                 created_at=policy.created_at_of(entry.entry_id),
                 ttl_s=self.settings.job_ttl_s,
                 max_attempts=self.settings.max_attempts,
@@ -222,7 +222,7 @@ class JobRunner:
             except asyncio.CancelledError:
                 # The consumer is stopping (its app deleted, a model that never started):
                 # the entry stays pending for the next consumer, and the record says it is
-                # waiting again rather than 'running' on a worker that is gone.
+                # waiting again rather than 'running' on a consumer that is gone.
                 await asyncio.shield(self._requeue(entry, job))
                 raise
             except Exception as exc:
@@ -354,7 +354,7 @@ class JobRunner:
             JobStatus.QUEUED,
             entry_id=entry.entry_id,
             adapter=job.adapter_name,
-            worker=self.worker,
+            consumer=self.consumer,
             created_at=policy.created_at_of(entry.entry_id),
             ttl_s=self.settings.job_ttl_s,
             max_attempts=self.settings.max_attempts,
@@ -399,7 +399,7 @@ class JobRunner:
         With the ``slot`` of the attempt that made ``result``, the text its events stream
         still lacks (held back by an outage) goes in before the end.
         """
-        fields = {"worker": self.worker}
+        fields = {"worker": self.consumer}  # the consumer that ended it (wire name since v1.0)
         if result is not None:
             fields["result"] = codec.dumps(result)
         if error is not None:

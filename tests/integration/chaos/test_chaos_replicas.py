@@ -102,8 +102,10 @@ def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
         resumed_at = time.time()
         app.wait_finished(ids, JOBS)
         tally = account(client, app.keys, expected, "5 SIGSTOP consumer past visibility")
-        workers = [codec.as_text(client.hget(app.keys.job(j), "worker") or b"") for j in held_jobs]
-    overtaken = sum(worker != victim for worker in workers)
+        finishers = [
+            codec.as_text(client.hget(app.keys.job(j), "worker") or b"") for j in held_jobs
+        ]
+    overtaken = sum(consumer != victim for consumer in finishers)
     tally.figures.update(
         paused_s=VISIBILITY_TIMEOUT_S * 3,
         held_when_paused=len(held_jobs),
@@ -115,7 +117,7 @@ def test_a_consumer_paused_past_the_visibility_timeout_is_overtaken_once(
     tally.check()
     assert tally.statuses == {"succeeded": JOBS}
     assert held_jobs, "the paused consumer held no job"
-    assert overtaken >= 1, f"no held job was finished by the other consumer: {workers}"
+    assert overtaken >= 1, f"no held job was finished by the other consumer: {finishers}"
     # Paused, not dead: Serve did not replace it.
     assert app.consumer_pids()[victim] == pids[victim]
 

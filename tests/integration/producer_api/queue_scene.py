@@ -84,7 +84,7 @@ async def build_scene(producer: Producer, client: aioredis.Redis) -> Scene:
             JobStatus.RUNNING,
             entry_id=entry.entry_id,
             adapter="upper",
-            worker=CONSUMER,
+            consumer=CONSUMER,
             created_at=time.time(),
             ttl_s=600,
             max_attempts=3,

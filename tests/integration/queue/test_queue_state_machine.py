@@ -46,7 +46,7 @@ async def write(store: JobStore, job_id: str, new: JobStatus) -> bool:
         new,
         entry_id=ENTRY,
         adapter=None,
-        worker="c-0",
+        consumer="c-0",
         created_at=1.5,
         ttl_s=120,
         max_attempts=10,

@@ -24,7 +24,7 @@ async def mark_running(
         JobStatus.RUNNING,
         entry_id=entry_id,
         adapter="upper",
-        worker="c-0",
+        consumer="c-0",
         created_at=1.5,
         ttl_s=600,
         max_attempts=max_attempts,
@@ -129,7 +129,7 @@ async def test_another_entry_with_a_taken_id_is_dead_lettered_and_changes_nothin
         JobStatus.RUNNING,
         entry_id=second,
         adapter=None,
-        worker="c-0",
+        consumer="c-0",
         created_at=1.5,
         ttl_s=600,
         max_attempts=3,
@@ -201,7 +201,7 @@ async def test_a_chunk_sent_again_after_a_lost_reply_is_streamed_once(
 ) -> None:
     await mark_running(store, "j5")
     assert await store.append_chunk("j5", "né", attempt=1, offset=0)
-    # Its reply was lost: the worker sends it again with the text made since.
+    # Its reply was lost: the consumer sends it again with the text made since.
     assert await store.append_chunk("j5", "né ça", attempt=1, offset=0)
     assert await store.append_chunk("j5", " va", attempt=1, offset=len("né ça".encode()))
     texts = [e["text"] for e in events(r, store.keys.job_events("j5")) if e["event"] == "chunk"]

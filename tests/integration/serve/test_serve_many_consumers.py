@@ -71,16 +71,17 @@ def test_three_consumers_keep_each_replica_within_its_slots(
             assert record.result is not None
             assert record.result.text == expected_output(NAMES[name], prompt), record
         stats = app.model_stats()
-        workers = {record.worker for record in records.values()}
+        consumers = {record.worker for record in records.values()}
         print(
             f"\n{JOBS} jobs, {len(NAMES)} adapters, {CONSUMERS} consumers, 2 replicas x {SLOTS}"
             f" slots: {seconds:.1f} s; most distinct adapters in flight per replica"
             f" {[s['max_adapters_in_flight'] for s in stats.values()]}, loads"
-            f" {[s['cache_loads'] for s in stats.values()]}, consumers that ran jobs {len(workers)}"
+            f" {[s['cache_loads'] for s in stats.values()]},"
+            f" consumers that ran jobs {len(consumers)}"
         )
         assert len(stats) == 2
         for replica, replica_stats in stats.items():
             assert replica_stats["max_adapters_in_flight"] <= SLOTS, (replica, replica_stats)
             assert replica_stats["in_use_evictions"] == 0, (replica, replica_stats)
         # Every consumer took part: the rule held for several planners, not one.
-        assert len(workers) == CONSUMERS, workers
+        assert len(consumers) == CONSUMERS, consumers
