@@ -1,6 +1,6 @@
 """``{P}:adapters``: register, list and remove adapters at run time (operator verbs).
 
-A registration binds a name to a folder on the model workers' machines or to a remote
+A registration binds a name to a folder on the model replicas' machines or to a remote
 URI (``s3://…``, ``hf://…``). Re-pointing a name (``add --replace``) is allowed: within
 ``LORAQ_REGISTRY_SYNC_S`` every replica drops the old bytes and serves the new version to
 jobs that start afterwards, while jobs already running finish on the old one.

@@ -261,9 +261,9 @@ def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "adapters",
         help="Adapters registered at run time: list, add, remove.",
         description="Adapters registered at run time ({P}:adapters): a folder, opened on the "
-        "model workers and under their LORAQ_ADAPTER_DIR or a folder of LORAQ_ADAPTERS, or a "
-        "remote URI (s3://, gs://, az://, hf://, https://) downloaded to each node's disk "
-        "cache.",
+        "model replicas' machines and under their LORAQ_ADAPTER_DIR or a folder of "
+        "LORAQ_ADAPTERS, or a remote URI (s3://, gs://, az://, hf://, https://) downloaded "
+        "to each node's disk cache.",
     )
     verbs_of_adapters = adapters.add_subparsers(
         dest="adapters_verb", metavar="ACTION", required=True
@@ -281,8 +281,9 @@ def add_adapter_verbs(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "location",
         metavar="PATH|URI",
-        help="absolute path of the PEFT folder on the model workers, or s3://bucket/prefix, "
-        "gs://…, az://…, hf://org/repo[@revision][/subfolder], https://host/folder",
+        help="absolute path of the PEFT folder on the model replicas' machines, or "
+        "s3://bucket/prefix, gs://…, az://…, hf://org/repo[@revision][/subfolder], "
+        "https://host/folder",
     )
     sub.add_argument(
         "--replace",

@@ -1,7 +1,7 @@
 """Adapters registered at run time: the values of ``{P}:adapters`` (name -> JSON).
 
 An operator (``loraq adapters add``, or any Redis client with ``HSET``) names either a
-folder on the model workers' machines (``{"path": …}``), which the workers use only when
+folder on the model replicas' machines (``{"path": …}``), which the workers use only when
 it lies under one of their configured adapter roots (``LORAQ_ADAPTER_DIR``, the folders
 of ``LORAQ_ADAPTERS``), or a remote location (``{"uri": "s3://…"}``, protocol v1.3): an
 object-store folder, a Hub repository or an HTTP folder, which the workers download
@@ -31,7 +31,7 @@ def _absolute(path: str) -> str:
     # Workers resolve the folder on their own machine: a relative path would depend on
     # the directory each worker was started in.
     if not path.startswith("/"):
-        raise ValueError("must be an absolute path (it is opened on the model workers)")
+        raise ValueError("must be an absolute path (it is opened on the model replicas' machines)")
     if "\x00" in path:
         raise ValueError("must not contain NUL")
     return path
@@ -54,7 +54,9 @@ class AdapterRegistration(BaseModel):
         Field(
             min_length=1,
             max_length=MAX_PATH_CHARS,
-            description="Absolute path of the adapter's PEFT folder on the model workers.",
+            description=(
+                "Absolute path of the adapter's PEFT folder on the model replicas' machines."
+            ),
             # The validator below says why in words; the schema carries the same rule.
             json_schema_extra={"pattern": "^/[^\\u0000]*$"},
         ),
