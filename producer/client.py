@@ -267,7 +267,7 @@ class Producer(_ProducerBase[redis.Redis]):
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, ``None`` when there is none (unknown id, expired, or not yet
-        taken by a worker when a plain client submitted it)."""
+        taken by a consumer when a plain client submitted it)."""
         with self._errors():
             return parse_record(job_id, self._client.hgetall(self._record_key(job_id)))
 
@@ -331,7 +331,7 @@ class Producer(_ProducerBase[redis.Redis]):
 
         A queued job then ends ``cancelled`` without running; a running one stops at its
         next decode step. Nothing is asked for an id without a record (unknown, expired,
-        or a plain client's job no worker has taken yet) or for a job that ended, so no
+        or a plain client's job no consumer has taken yet) or for a job that ended, so no
         job submitted later under the id is cancelled. With ``owner``, only a record of
         that owner is cancelled.
         """

@@ -21,7 +21,7 @@ class ReplicationTimeoutError(TimeoutError):
 
     Nothing is undone: the writes stand on the primary, and a failover before they reach
     a replica may lose them. Submitting the same job ids again is safe (submission is
-    idempotent); a worker retries its final write until it is replicated. A subclass of
+    idempotent); a consumer retries its final write until it is replicated. A subclass of
     the built-in ``TimeoutError``, so an ``OSError`` too: callers that ride out an outage
     ride this out the same way.
 

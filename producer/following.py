@@ -135,7 +135,7 @@ def _parse_event(key: str, entry_id: Any, fields: Mapping[Any, Any]) -> JobEvent
     try:
         return JobEvent.from_fields(fields)
     except ValidationError as exc:
-        # A malformed entry from some other writer must not end the wait; the worker's
+        # A malformed entry from some other writer must not end the wait; the consumer's
         # final entry still comes.
         log.warning("skipping malformed event %s %s: %s", key, as_text(entry_id), exc)
         return None

@@ -17,7 +17,8 @@ from pydantic import (
 
 from schemas.tenants import TenantFigures
 
-# A worker whose last heartbeat is older than this many intervals is taken as gone.
+# A model replica or consumer whose last heartbeat is older than this many intervals is
+# taken as gone.
 MISSED_BEATS = 3
 
 # The backend counters a replica heartbeat carried at its top level before they moved

@@ -2,7 +2,7 @@
 -- statuses.lua). The flag is set only for a job that exists and has not ended, and
 -- expires with the record: a flag for an id with no job would cancel a job submitted
 -- later under that id, before it ever ran. (A job sent by a plain client has no record
--- until a worker takes it: it can be cancelled from then on.) The final write deletes
+-- until a consumer takes it: it can be cancelled from then on.) The final write deletes
 -- the flag.
 -- KEYS: a pair per job: its hash, then its cancel key
 -- ARGV: 1 the owner each record must have ('' = any)

@@ -1,5 +1,5 @@
-"""Heartbeats: a worker's status as JSON in a hash every few seconds (model replicas in
-``{P}:replicas``, consumers in ``{P}:consumers``).
+"""Heartbeats: a model replica's or a consumer's status as JSON in a hash every few
+seconds (model replicas in ``{P}:replicas``, consumers in ``{P}:consumers``).
 
 A model replica's beat is also what the consumers' planners know of it (its device
 adapters and slots; the jobs in flight come from the slot lease). A failed write is

@@ -377,7 +377,7 @@ class ConsumerMetrics:
         if timings.generation_ms is None or timings.queue_ms is None:
             return  # it never reached the model
         by_adapter = {**self._app, "adapter": adapter}
-        # Enqueue time is Redis's clock (the entry id), start time the worker's: they may
+        # Enqueue time is Redis's clock (the entry id), start time the consumer's: they may
         # disagree a little.
         queue_s = max(0.0, timings.queue_ms / 1000)
         histogram(QUEUE_SECONDS).observe(queue_s, tags=by_adapter)
