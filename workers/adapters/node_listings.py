@@ -1,5 +1,8 @@
 """The node's listings: what the object store last said each remote adapter folder holds.
 
+A "listing" here is a full look-up of the folder's files (:meth:`RemoteStore.list_folder`:
+on S3 a ``HEAD`` of each standard PEFT file name, and a ``LIST`` only when those are
+absent; elsewhere a ``LIST``), as against a revalidation of the files already known.
 Kept in the disk tier's folder (``listings/``) and shared by every replica of the node,
 so that a name is listed once per node per ``LORAQ_REGISTRY_SYNC_S``, not once per
 replica process: a warm replica that starts beside others (or restarts within the sync

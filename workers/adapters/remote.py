@@ -9,8 +9,14 @@ message names the URI and the failure's class, never a library's full text (whic
 quote a signed request).
 
 Only the files a PEFT folder needs are fetched, by their fixed names: nothing a listing
-holds can make a download land outside its folder. Called on the resolver's download
-threads, never on an event loop or the model thread.
+holds can make a download land outside its folder. On S3 a folder is first looked up by
+those names (a ``HEAD`` of each, at once), not listed: a listing is the one request whose
+cost grows with the bucket on some S3-compatible stores (moto's server scans every key),
+and a ``HEAD`` carries the size and tag a listing would. The folder is listed only when
+the standard names are absent (no ``adapter_config.json`` or no
+``adapter_model.safetensors``: an unknown name, a ``.bin`` adapter, a broken folder), so
+what such a folder resolves to, and the errors it gives, are a listing's as before.
+Called on the resolver's download threads, never on an event loop or the model thread.
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ from typing import Any
 from schemas import ErrorType
 from schemas.adapter_uris import AdapterUri
 from workers.adapters.registry import CONFIG_FILE
-from workers.adapters.resolved import ADAPTER_FILES, WEIGHTS_FILES
+from workers.adapters.resolved import ADAPTER_FILES, OPTIONAL_FILES, WEIGHTS_FILES
 from workers.errors import EngineError
 
 # The extra that brings each scheme's fsspec implementation.
 EXTRAS = {"s3": "s3", "gs": "gcs", "az": "azure", "hf": "hub", "http": "http", "https": "http"}
 _CHUNK = 1 << 20
-# A folder's HEADs go out together: a job waiting on its adapter's revalidation waits for
-# the slowest, not the sum (fsspec's async stores run them at once on their own loop).
-_HEADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loraq-head")
+# A folder's requests (its HEADs, its files' GETs) go out together: a job waiting on its
+# adapter waits for the slowest, not the sum (fsspec's async stores run them at once on
+# their own loop). Only the calling threads wait here: nothing run here submits to it.
+_REQUESTS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loraq-store")
+# The names an S3 folder is looked up by before it is listed: a PEFT folder with
+# safetensors weights, and the optional files fetched when present.
+_BY_NAME = (CONFIG_FILE, WEIGHTS_FILES[0], *OPTIONAL_FILES)
 
 
 class StoreUnreachable(Exception):
@@ -79,8 +89,9 @@ class RemoteStore:
         self._filesystems: dict[str, Any] = {}
 
     def list_folder(self, uri: AdapterUri) -> RemoteFolder | None:
-        """The adapter files at ``uri``; ``None`` when the folder has none of them (not
-        there). Raises :class:`StoreUnreachable` when the store
+        """The adapter files at ``uri`` (on S3 looked up by name, listed only when the
+        standard names are absent: see the module's docstring); ``None`` when the folder
+        has none of them (not there). Raises :class:`StoreUnreachable` when the store
         does not answer and ``EngineError`` for a folder that cannot be an adapter."""
         fs = self._filesystem(uri.scheme)
         found = [
@@ -123,25 +134,24 @@ class RemoteStore:
         def same(item: RemoteFile) -> bool:
             path = store_path(folder.uri, item.name)
             try:
-                info = _call(lambda: fs.info(path), folder.uri)
+                info = _call(lambda: _head(fs, folder.uri.scheme, path), folder.uri)
             except FileNotFoundError:
                 return False
             return int(info.get("size") or 0) == item.size and item.tag in _tags(info)
 
-        return all(list(_HEADS.map(same, folder.files)))
+        return all(list(_REQUESTS.map(same, folder.files)))
 
     def download(self, folder: RemoteFolder, dest: Path) -> dict[str, str]:
-        """Write ``folder``'s files into ``dest`` (an empty folder of the caller's) and
-        return each file's sha256; refuses a file whose size is not what was listed."""
+        """Write ``folder``'s files into ``dest`` (an empty folder of the caller's), all
+        at once, and return each file's sha256; refuses a file whose size is not what was
+        listed."""
         fs = self._filesystem(folder.uri.scheme)
-        digests = {}
-        for item in folder.files:
+
+        def fetch(item: RemoteFile) -> tuple[str, str]:
             target = dest / item.name
             path = store_path(folder.uri, item.name)
             try:
-                digests[item.name] = _call(
-                    lambda path=path, target=target: _copy(fs, path, target), folder.uri
-                )
+                digest = _call(lambda: _copy(fs, path, target), folder.uri)
             except FileNotFoundError:
                 # Deleted or replaced since the listing: a later try lists it again.
                 raise StoreUnreachable(f"{item.name}: gone since the listing") from None
@@ -149,7 +159,9 @@ class RemoteStore:
             if size != item.size:
                 # Changed between the listing and the read, or cut short: try again later.
                 raise StoreUnreachable(f"{item.name}: {size} bytes read of {item.size} listed")
-        return digests
+            return item.name, digest
+
+        return dict(_REQUESTS.map(fetch, folder.files))
 
     def _filesystem(self, scheme: str) -> Any:
         fs = self._filesystems.get(scheme)
@@ -208,21 +220,72 @@ def store_path(uri: AdapterUri, name: str) -> str:
 
 
 def _entries(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
-    """The folder's files by name: one listing, or (HTTP, which cannot list) one HEAD per
-    file name fetched."""
-    if uri.scheme not in ("http", "https"):
+    """The folder's files by name: on S3 a ``HEAD`` of each standard name (at once), and
+    a listing when those are absent; one listing elsewhere; one ``HEAD`` per file name
+    fetched on HTTP, which cannot list."""
+    if uri.scheme in ("http", "https"):
+        return _heads(fs, uri, ADAPTER_FILES)
+    if uri.scheme == "s3":
+        found = _heads(fs, uri, _BY_NAME)
+        if CONFIG_FILE in found and WEIGHTS_FILES[0] in found:
+            return found
+        return _s3_listing(fs, uri)
+    try:
+        listing = fs.ls(store_path(uri, "").rstrip("/"), detail=True)
+    except FileNotFoundError:
+        return {}
+    return {item["name"].rstrip("/").rsplit("/", 1)[-1]: item for item in listing}
+
+
+def _s3_listing(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
+    """The objects directly in ``uri``'s folder, by name (one request a page). Not
+    s3fs's ``ls``, which lists the parent as well when the folder is empty, to tell a
+    file from a missing folder: the whole source root, for an unknown name."""
+    bucket, key, _ = fs.split_path(store_path(uri, "x"))
+    prefix = key[: -len("x")]
+    found: dict[str, Mapping[str, Any]] = {}
+    pages: dict[str, Any] = {}
+    while True:
         try:
-            listing = fs.ls(store_path(uri, "").rstrip("/"), detail=True)
-        except FileNotFoundError:
+            out = fs.call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **pages
+            )
+        except FileNotFoundError:  # no such bucket
             return {}
-        return {item["name"].rstrip("/").rsplit("/", 1)[-1]: item for item in listing}
-    found = {}
-    for name in ADAPTER_FILES:
+        for item in out.get("Contents", []):
+            name = item["Key"][len(prefix) :]
+            found[name] = {"size": item["Size"], "ETag": item.get("ETag", ""), "type": "file"}
+        if not out.get("IsTruncated"):
+            return found
+        pages = {"ContinuationToken": out["NextContinuationToken"]}
+
+
+def _heads(fs: Any, uri: AdapterUri, names: tuple[str, ...]) -> dict[str, Mapping[str, Any]]:
+    """The files among ``names`` that ``uri``'s folder holds, by a ``HEAD`` of each."""
+
+    def head(name: str) -> tuple[str, Mapping[str, Any] | None]:
         try:
-            found[name] = fs.info(store_path(uri, name))
+            return name, _head(fs, uri.scheme, store_path(uri, name))
         except FileNotFoundError:
-            continue
-    return found
+            return name, None
+
+    return {name: info for name, info in _REQUESTS.map(head, names) if info is not None}
+
+
+def _head(fs: Any, scheme: str, path: str) -> Mapping[str, Any]:
+    """``path``'s size and tags. On S3 the ``HEAD`` alone: s3fs's ``info`` of an absent
+    key lists its prefix as well, to tell a "directory" (a listing per absent name)."""
+    if scheme != "s3":
+        info: Mapping[str, Any] = fs.info(path)
+        return info
+    bucket, key, _ = fs.split_path(path)
+    out = fs.call_s3("head_object", Bucket=bucket, Key=key)
+    return {
+        "size": out["ContentLength"],
+        "ETag": out.get("ETag", ""),
+        "VersionId": out.get("VersionId"),
+        "type": "file",
+    }
 
 
 # Where each library puts what changes with an object's bytes, most specific first.

@@ -4,6 +4,7 @@ the session on the loopback port the workers' environment already names."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 
 DEMO_ADAPTERS = REPO / "demo" / "adapters"
+# One request in the server's log (werkzeug's): method and path with its query.
+_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/')
 
 
 @dataclass
@@ -32,6 +35,28 @@ class S3Server:
     url: str
     process: subprocess.Popen[bytes]
     port: int
+    log: Path  # the server's request log
+
+    def requests(self, bucket: str) -> dict[str, int]:
+        """The requests the server answered about ``bucket`` so far, by kind: listings
+        (a ``GET`` of the bucket with a query), ``HEAD``s and ``GET``s of objects."""
+        counts = {"listings": 0, "heads": 0, "gets": 0}
+        for line in self.log.read_text(errors="replace").splitlines():
+            found = _REQUEST.search(line)
+            if found is None:
+                continue
+            method, target = found.groups()
+            path, _, query = target.partition("?")
+            parts = path.strip("/").split("/")
+            if parts[0] != bucket:
+                continue
+            if method == "HEAD" and len(parts) > 1:
+                counts["heads"] += 1
+            elif method == "GET" and len(parts) == 1 and query:
+                counts["listings"] += 1
+            elif method == "GET" and len(parts) > 1:
+                counts["gets"] += 1
+        return counts
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.url)
@@ -61,13 +86,14 @@ class S3Server:
         self.process.wait(10)
 
 
-def _spawn(port: int) -> subprocess.Popen[bytes]:
+def _spawn(port: int, log: Path) -> subprocess.Popen[bytes]:
     binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    return subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
 
 
 def _wait_until_up(url: str) -> None:
@@ -84,14 +110,15 @@ def _wait_until_up(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The S3 server at the address the workers' environment names (set before Ray
     starts, by ``tests/integration/conftest.py``)."""
     url = os.environ.get("AWS_ENDPOINT_URL", "")
     host, _, port = url.removeprefix("http://").partition(":")
     if host != "127.0.0.1" or not port.isdigit():
         pytest.skip(f"AWS_ENDPOINT_URL is {url!r}: these tests start their own S3 server")
-    server = S3Server(url, _spawn(int(port)), int(port))
+    log = tmp_path_factory.mktemp("s3") / "requests.log"
+    server = S3Server(url, _spawn(int(port), log), int(port), log)
     _wait_until_up(url)
     yield server
     server.stop()

@@ -104,6 +104,54 @@ async def test_unknown_names_fail_and_are_remembered(s3: S3Server, tmp_path: Pat
         replica.close()
 
 
+async def settled(s3: S3Server, bucket: str, **expected: int) -> dict[str, int]:
+    """The server's requests about ``bucket`` once they include ``expected`` (its log is
+    written just after each answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        counts = s3.requests(bucket)
+        if all(counts[k] >= n for k, n in expected.items()) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.05)
+
+
+async def test_a_folder_is_found_by_its_file_names_not_listed(s3: S3Server, tmp_path: Path) -> None:
+    """A PEFT folder is looked up by a ``HEAD`` of each standard name (4, at once) and
+    its 2 files fetched, with no listing (moto scans the whole bucket for one); a folder
+    without those names (``.bin`` weights, an unknown name) is listed, as before, and an
+    unknown name's miss is remembered. The same folder resolves to the same version
+    when it is looked up again."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    config = (DEMO_ADAPTERS / "upper" / "adapter_config.json").read_bytes()
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="adapters/old/adapter_config.json", Body=config)
+    client.put_object(Bucket=bucket, Key="adapters/old/adapter_model.bin", Body=b"weights")
+    store = CountingStore(timeout_s=2.0, max_bytes=2**30)
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=0.1, relist_s=0, store=store)
+    try:
+        async with replica.use("tenant") as adapter:
+            files = sorted(path.name for path in adapter.folder.iterdir())
+        assert files == ["MANIFEST.json", "adapter_config.json", "adapter_model.safetensors"]
+        assert await settled(s3, bucket, heads=4, gets=2) == {"listings": 0, "heads": 4, "gets": 2}
+        old = await replica.resolve("old")
+        assert old.version != adapter.version
+        assert (await settled(s3, bucket, listings=1))["listings"] == 1
+        for _ in range(2):
+            with pytest.raises(EngineError) as caught:
+                await replica.resolve("nobody")
+            assert caught.value.type is ErrorType.UNKNOWN_ADAPTER
+        await asyncio.sleep(0.2)  # past the sync bound; relist_s=0: looked up in full
+        async with replica.use("tenant") as again:
+            assert again.key == adapter.key
+        # 4 HEADs per look-up (tenant twice, old, nobody once: its miss is remembered)
+        counts = await settled(s3, bucket, listings=2, heads=16)
+        assert counts == {"listings": 2, "heads": 16, "gets": 2}
+        assert store.listed == 4 and replica.disk_stats().downloads == 1
+    finally:
+        replica.close()
+
+
 async def test_a_new_object_is_a_new_version(s3: S3Server, tmp_path: Path) -> None:
     bucket = s3.bucket()
     s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
