@@ -150,3 +150,18 @@ def test_a_damaged_entry_is_replaced_only_once_its_reader_lets_go(tmp_path: Path
     fetching.join(30)
     assert not fetching.is_alive() and fresh.stats.downloads == 1
     assert (tmp_path / "entries" / key / "adapter_model.safetensors").read_bytes() == b"x" * 100
+
+
+def test_the_budget_counts_every_process_entries_and_only_those_there(tmp_path: Path) -> None:
+    """The bytes in use, sized from each entry's manifest once per process: an entry
+    another process put in or deleted since counts, or stops counting, at the next
+    download."""
+    cache, other = (DiskCache(tmp_path, budget_bytes=10_000) for _ in range(2))
+    keys = [entry_key(f"s3://b/{name}", "v") for name in ("a", "b", "c")]
+    cache.fetch(keys[0], "s3://b/a", 102, writer(100)).close()
+    other.fetch(keys[1], "s3://b/b", 1_002, writer(1_000)).close()
+    cache.fetch(keys[2], "s3://b/c", 102, writer(100)).close()
+    assert cache.stats.bytes_used == 102 + 1_002 + 102
+    assert other.discard(keys[1])
+    cache.fetch(entry_key("s3://b/d", "v"), "s3://b/d", 102, writer(100)).close()
+    assert cache.stats.bytes_used == 3 * 102

@@ -76,6 +76,9 @@ class DiskCache:
         for folder in (self._entries, self._locks, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self._verified: set[str] = set()  # entries whose digests this process checked
+        # Each entry's size as its manifest gave it (a key's files never change): the
+        # budget check reads only the manifests of entries this process has not seen.
+        self._sizes: dict[str, int] = {}
         self._guard = threading.Lock()
         self.stats = DiskTierCounters()
         self._sweep_tmp()
@@ -168,10 +171,11 @@ class DiskCache:
 
     def _make_room(self, incoming: int) -> int:
         """Evict for ``incoming`` more bytes; the bytes left on disk."""
-        entries = self._scan()
-        used = sum(entry.size_bytes for entry in entries)
+        used = self._used()
         if used + incoming <= self._budget:
             return used
+        entries = self._scan()
+        used = sum(entry.size_bytes for entry in entries)
         # Over budget: only now ask which entries a process holds (a lock probe each).
         entries = [DiskEntry(e.key, e.size_bytes, e.last_used, self._held(e.key)) for e in entries]
         for key, size in victims(entries, incoming_bytes=incoming, budget_bytes=self._budget):
@@ -181,6 +185,20 @@ class DiskCache:
                     self.stats.evictions += 1
                 log.info("disk tier evicted adapter entry %s", key)
         return used
+
+    def _used(self) -> int:
+        """The bytes the entries take: a listing of ``entries/``, and the manifests of
+        those this process has not sized yet (not one read per entry per download)."""
+        names = set(os.listdir(self._entries))
+        for name in names - self._sizes.keys():
+            try:
+                files = json.loads((self._entries / name / MANIFEST).read_text())["files"]
+                self._sizes[name] = sum(int(item["size"]) for item in files.values())
+            except (OSError, ValueError, KeyError):
+                continue  # half deleted: not counted, as by a scan
+        for name in self._sizes.keys() - names:
+            del self._sizes[name]
+        return sum(self._sizes[name] for name in names if name in self._sizes)
 
     def _scan(self) -> list[DiskEntry]:
         found = []
