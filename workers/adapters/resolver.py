@@ -113,13 +113,13 @@ class AdapterResolver:
         return known.adapter if known is not None else None
 
     @contextlib.asynccontextmanager
-    async def use(self, name: str, *, known_ok: bool = False) -> AsyncIterator[ResolvedAdapter]:
-        """``name`` resolved and its folder on this node's disk, held there (not evicted)
-        until the block ends. ``known_ok`` (a prefetch): the version this replica
-        resolved last will do however old, as the job that follows resolves it again;
-        without it a hint for a waiting job would list its adapter every time it is
-        repeated."""
-        resolution = await self._resolution(name, known_ok=known_ok)
+    async def use(self, name: str) -> AsyncIterator[ResolvedAdapter]:
+        """``name`` resolved (the store asked again when it last vouched for the version
+        more than ``sync_s`` ago) and its folder on this node's disk, held there (not
+        evicted) until the block ends. A prefetch uses it as a job does: a hint for a
+        waiting job revalidates its adapter ahead of it, so the job, starting within
+        ``sync_s`` of that, does not wait for the store."""
+        resolution = await self._resolution(name)
         lease = await self._hold(resolution) if resolution.remote else None
         try:
             yield resolution.adapter
@@ -136,10 +136,10 @@ class AdapterResolver:
         """Stop the download threads (downloads under way finish)."""
         self._pool.shutdown(wait=False)
 
-    async def _resolution(self, name: str, *, known_ok: bool = False) -> _Resolution:
+    async def _resolution(self, name: str) -> _Resolution:
         now = time.monotonic()
         known = self._resolved.get(name)
-        if known is not None and (known_ok or known.expires > now):
+        if known is not None and known.expires > now:
             self._resolved.move_to_end(name)
             return known
         if self._misses.get(name, 0.0) > now:

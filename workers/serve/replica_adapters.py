@@ -122,7 +122,9 @@ class ReplicaAdapters:
 
     async def _prefetch_one(self, name: str) -> None:
         try:
-            async with self.resolver.use(name, known_ok=True) as adapter:
+            # Revalidated here when its check is past the sync bound, so that the job it
+            # is for, starting within the bound, does not wait for the store.
+            async with self.resolver.use(name) as adapter:
                 await self._backend.prefetch(adapter)
         except Exception as exc:  # a hint, not a request: nobody waits for its error
             log.debug("prefetch of adapter %r skipped: %s", name, exc)

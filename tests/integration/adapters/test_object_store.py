@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from transformers import AutoTokenizer
@@ -20,10 +21,13 @@ from workers.adapters.catalogue import AdapterCatalogue
 from workers.adapters.disk_cache import DiskCache
 from workers.adapters.registry import AdapterRegistry
 from workers.adapters.remote import RemoteFolder, RemoteStore
+from workers.adapters.resolved import ResolvedAdapter
 from workers.adapters.resolver import AdapterResolver, RetryPolicy
+from workers.engine.backend import Backend
 from workers.engine.prompts import encode_request
 from workers.engine.requests import GenerationRequest
 from workers.errors import EngineError
+from workers.serve.replica_adapters import ReplicaAdapters
 
 DEMO = sorted(path.name for path in DEMO_ADAPTERS.iterdir())
 
@@ -352,28 +356,62 @@ async def test_an_adapters_chat_template_comes_from_its_cached_folder(
     assert encoded["plain"] == tokenizer(base, add_special_tokens=False)["input_ids"] != expected
 
 
-async def test_a_prefetch_takes_the_known_version_and_a_job_asks_again(
+class Prefetches:
+    """The backend's side of a prefetch, recorded (the tiers below the disk are not what
+    these tests are about)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def prefetch(self, adapter: ResolvedAdapter) -> None:
+        self.keys.append(adapter.key)
+
+
+async def prefetched(adapters: ReplicaAdapters, backend: Prefetches, names: list[str]) -> None:
+    """``adapters.prefetch(names)`` and its background work done."""
+    done = len(backend.keys) + len(names)
+    adapters.prefetch(names)
+    deadline = time.monotonic() + 10
+    while len(backend.keys) < done and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(backend.keys) == done
+
+
+async def test_a_prefetch_revalidates_an_adapter_past_the_sync_bound_ahead_of_its_job(
     s3: S3Server, tmp_path: Path
 ) -> None:
-    """A hint repeated for a waiting job does not ask the store about its adapter again;
-    the job does, once the listing is past the sync bound (by a ``HEAD`` of each file
-    while the listing is younger than ``relist_s``, by a listing after that)."""
+    """A hint for a waiting job's adapter that the store last vouched for more than
+    ``sync_s`` ago revalidates it (a ``HEAD`` of each file) in the background, so the
+    job, starting within the bound, asks the store nothing; a hint within the bound asks
+    nothing either."""
     bucket = s3.bucket()
     s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
     store = CountingStore(timeout_s=2.0, max_bytes=2**30)
-    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=0.2, store=store)
+    sync_s = 1.0
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, sync_s=sync_s, store=store)
+    backend = Prefetches()
+    adapters = ReplicaAdapters(replica, cast(Backend, backend))
     try:
-        async with replica.use("tenant", known_ok=True):
-            pass
-        await asyncio.sleep(0.3)
-        async with replica.use("tenant", known_ok=True):
-            pass
-        assert (store.listed, store.checked) == (1, 0)
         async with replica.use("tenant"):
             pass
-        assert (store.listed, store.checked) == (1, 1)
+        await prefetched(adapters, backend, ["tenant"])
+        assert (store.listed, store.checked) == (1, 0)  # within the bound
+        await asyncio.sleep(sync_s + 0.1)
+        await prefetched(adapters, backend, ["tenant"])
+        assert (store.listed, store.checked) == (1, 1)  # revalidated by the hint
+        async with replica.use("tenant") as adapter:
+            assert adapter.key == backend.keys[-1]
+        assert (store.listed, store.checked) == (1, 1)  # the job asked nothing
     finally:
         replica.close()
+
+
+async def test_relist_0_looks_a_folder_up_in_full_every_period(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """``LORAQ_ADAPTER_RELIST_S=0``: no ``HEAD`` revalidation, a full look-up each time."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
     store = CountingStore(timeout_s=2.0, max_bytes=2**30)
     relisting = resolver(
         f"s3://{bucket}/adapters", tmp_path / "relist", sync_s=0.2, relist_s=0, store=store
@@ -383,7 +421,7 @@ async def test_a_prefetch_takes_the_known_version_and_a_job_asks_again(
             async with relisting.use("tenant"):
                 pass
             await asyncio.sleep(0.3)
-        assert (store.listed, store.checked) == (2, 0)  # relist_s=0: a listing every time
+        assert (store.listed, store.checked) == (2, 0)
     finally:
         relisting.close()
 
