@@ -25,6 +25,12 @@ a tenant whose last job started within a plan, while others took the rest of it,
 from that start; otherwise it would come back owed what the others took meanwhile (the
 cause of most shortfalls past two jobs before).
 
+A client may name any number of tenants, so the counters of idle tenants are not kept
+forever: past :data:`MAX_IDLE_TENANTS` of them, the ones with the lowest counters are
+forgotten (down to half as many). A tenant forgotten comes back like a new one, at the
+clock: the same as kept, for one at or behind the clock then (it would be lifted to it);
+one that was ahead of it (a job or so, from its last start) is forgiven that lead.
+
 Jobs are charged when they start, at the tokens they may generate (``max_new_tokens``),
 and settled when they end, with the tokens they did generate: a job that stops early
 gives its tenant the difference back.
@@ -41,6 +47,8 @@ from typing import TypeVar
 
 # Jobs without a tenant share as one tenant of this name (it is no valid tenant name).
 DEFAULT_TENANT = ""
+# Idle tenants whose counters are remembered, at most (see the module docstring).
+MAX_IDLE_TENANTS = 4096
 
 J = TypeVar("J")
 
@@ -65,8 +73,11 @@ def parse_weights(text: str) -> dict[str, float]:
 class TenantShares:
     """The tenants' virtual token counters and the weights they are divided by."""
 
-    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, max_idle: int = MAX_IDLE_TENANTS
+    ) -> None:
         self.weights = dict(weights or {})
+        self.max_idle = max_idle
         self._counters: dict[str, float] = {}
         self._waiting: set[str] = set()
         self._clock = 0.0  # the clock when a tenant last waited
@@ -96,6 +107,17 @@ class TenantShares:
             if tenant not in self._waiting:
                 self._counters[tenant] = max(self.counter(tenant), floor)
         self._waiting = set(tenants)
+        if len(self._counters) - len(self._waiting) > self.max_idle:
+            self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        """Forget the idle tenants with the lowest counters, down to half the bound."""
+        idle = sorted(
+            (tenant for tenant in self._counters if tenant not in self._waiting),
+            key=self.counter,
+        )
+        for tenant in idle[: len(idle) - self.max_idle // 2]:
+            del self._counters[tenant]
 
     def idle(self, tenant: str) -> None:
         """``tenant`` has no job waiting any more (its last one started)."""

@@ -65,12 +65,18 @@ class TokenBucket:
         return max(0.0, (1 - self.tokens(now)) / self.rate_per_s)
 
 
+# Buckets a gate holds before it drops the full ones (a full bucket is the same as none:
+# a new one starts full), so that the tenants a client makes up do not pile up.
+PRUNE_BUCKETS_AT = 1024
+
+
 class TenantGate:
     """How many jobs of each tenant may start now, under :class:`TenantLimits`."""
 
-    def __init__(self, limits: TenantLimits) -> None:
+    def __init__(self, limits: TenantLimits, prune_at: int = PRUNE_BUCKETS_AT) -> None:
         self.limits = limits
         self._buckets: dict[str, TokenBucket] = {}
+        self._prune_min = self._prune_at = prune_at
 
     def _bucket(self, tenant: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(tenant)
@@ -93,7 +99,23 @@ class TenantGate:
             if self.limits.rate_per_s:
                 room = min(room, math.floor(self._bucket(tenant, now).tokens(now)))
             allowed[tenant] = max(0, int(min(room, 1 << 30)))
+        if len(self._buckets) > self._prune_at:
+            self._drop_full(now)
         return allowed
+
+    def _drop_full(self, now: float) -> None:
+        """Drop the buckets that are full; next time at twice what is left."""
+        self._buckets = {
+            tenant: bucket
+            for tenant, bucket in self._buckets.items()
+            if bucket.tokens(now) < bucket.burst
+        }
+        self._prune_at = max(self._prune_min, 2 * len(self._buckets))
+
+    @property
+    def buckets(self) -> int:
+        """Tenants whose bucket the gate holds."""
+        return len(self._buckets)
 
     def started(self, tenant: str, now: float) -> None:
         """A job of ``tenant`` started: it spends a token."""
