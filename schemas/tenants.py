@@ -9,6 +9,10 @@ from pydantic import BaseModel, Field
 
 # How the default tenant (jobs without a ``tenant``) is shown: "" would be a blank cell.
 DEFAULT_TENANT_LABEL = "(default)"
+# The label tenants share past a consumer's cap on labels (LORAQ_TENANT_LABELS_MAX; see
+# workers/queue/tenant_labels.py). Like the one above, no tenant can be named so: a name
+# starts with a letter or a digit (schemas.jobs.TENANT_PATTERN).
+OVERFLOW_TENANT_LABEL = "(other)"
 
 
 class TenantFigures(BaseModel):

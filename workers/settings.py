@@ -14,6 +14,7 @@ from typing_extensions import Self
 
 from producer.settings import DEMO_DIR, AdapterRootSettings
 from schemas.adapter_uris import parse_adapter_uri
+from workers.queue.tenant_labels import DEFAULT_LABELS_MAX
 from workers.scheduling.fairness import parse_weights
 from workers.setting_rules import broken_rules
 
@@ -295,6 +296,13 @@ class WorkerSettings(AdapterRootSettings):
         ge=0,
         description="Jobs of one tenant running at once, over all consumers (each holds "
         "its share); more wait in the windows; 0: no limit.",
+    )
+    tenant_labels_max: int = Field(
+        DEFAULT_LABELS_MAX,
+        ge=0,
+        description="Tenants a consumer shows under their own name in its metrics and "
+        "heartbeat beyond those LORAQ_TENANT_WEIGHTS names (and the default tenant): the "
+        "first it sees; later ones are counted together as '(other)'.",
     )
     max_dispatch_group: int = Field(
         32,

@@ -38,6 +38,7 @@ from workers.queue.housekeeping import Housekeeping
 from workers.queue.runner import InFlight, JobRunner
 from workers.queue.slot_lease import SlotClaim, SlotLease
 from workers.queue.store import Entry, JobStore, until_reachable
+from workers.queue.tenant_labels import TenantLabels
 from workers.queue.tenants import TenantBook
 from workers.scheduling.tenant_limits import TenantLimits
 from workers.settings import WorkerSettings
@@ -82,6 +83,7 @@ class QueueConsumer:
         name: str,
         *,
         prefetcher: Prefetcher | None = None,
+        tenant_labels: TenantLabels | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -105,6 +107,9 @@ class QueueConsumer:
                     settings.tenant_burst,
                     settings.num_consumer_replicas,
                 ),
+                tenant_labels
+                if tenant_labels is not None
+                else TenantLabels(settings.tenant_weight_map, settings.tenant_labels_max),
             ),
             fifo=fifo,
             headroom=min(settings.tenant_headroom, settings.max_in_flight - 1),

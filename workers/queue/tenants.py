@@ -1,5 +1,6 @@
 """A consumer's book of tenants: the fair-share counters its plans read, what each job
-that started was charged, and the per-tenant figures its heartbeat and metrics show.
+that started was charged, and the per-tenant figures its heartbeat and metrics show
+(by label: past a cap, tenants share one; see :mod:`workers.queue.tenant_labels`).
 
 The policies are :mod:`workers.scheduling.fairness` and
 :mod:`workers.scheduling.tenant_limits`; this keeps their state between plans.
@@ -11,7 +12,8 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 
 from schemas import Job
-from schemas.tenants import TenantFigures, tenant_label
+from schemas.tenants import TenantFigures
+from workers.queue.tenant_labels import TenantLabels
 from workers.scheduling.fairness import DEFAULT_TENANT, TenantShares
 from workers.scheduling.tenant_limits import TenantGate, TenantLimits
 
@@ -25,15 +27,20 @@ class TenantBook:
     """Counters and figures per tenant; jobs are known by their entry id."""
 
     def __init__(
-        self, weights: Mapping[str, float] | None = None, limits: TenantLimits | None = None
+        self,
+        weights: Mapping[str, float] | None = None,
+        limits: TenantLimits | None = None,
+        labels: TenantLabels | None = None,
     ) -> None:
         self.shares = TenantShares(weights)
         self.gate = TenantGate(limits or TenantLimits())
+        # The metrics' labels too (one chooser per process: the two agree).
+        self.labels = labels if labels is not None else TenantLabels(weights or ())
         self._charged: dict[str, tuple[str, int]] = {}  # entry id -> (tenant, tokens)
-        self._figures: dict[str, TenantFigures] = {}
+        self._figures: dict[str, TenantFigures] = {}  # by label: as many as labels
 
     def _of(self, tenant: str) -> TenantFigures:
-        return self._figures.setdefault(tenant, TenantFigures())
+        return self._figures.setdefault(self.labels.label(tenant), TenantFigures())
 
     def planning(self, waiting: Collection[str]) -> None:
         """Before a plan: the tenants with jobs in the window now."""
@@ -84,14 +91,20 @@ class TenantBook:
         return Counter(tenant for tenant, _ in self._charged.values())
 
     def figures(self, waiting: Counter[str]) -> dict[str, TenantFigures]:
-        """Every tenant seen, by its label, with ``waiting`` (jobs in the window by tenant)
-        filled in."""
-        running = self.in_flight()
-        for tenant in waiting:
-            self._of(tenant)
+        """Every label given out, with ``waiting`` (jobs in the window by tenant) and the
+        jobs in flight filled in, summed over the tenants that share a label."""
+        waiting_by, running_by = self._by_label(waiting), self._by_label(self.in_flight())
+        for label in waiting_by:
+            self._figures.setdefault(label, TenantFigures())
         return {
-            tenant_label(tenant): figures.model_copy(
-                update={"waiting": waiting.get(tenant, 0), "in_flight": running.get(tenant, 0)}
+            label: figures.model_copy(
+                update={"waiting": waiting_by[label], "in_flight": running_by[label]}
             )
-            for tenant, figures in self._figures.items()
+            for label, figures in self._figures.items()
         }
+
+    def _by_label(self, counts: Counter[str]) -> Counter[str]:
+        by_label: Counter[str] = Counter()
+        for tenant, count in counts.items():
+            by_label[self.labels.label(tenant)] += count
+        return by_label

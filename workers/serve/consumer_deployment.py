@@ -18,6 +18,7 @@ from workers.logs import configure_logging
 from workers.queue.consumer import QueueConsumer
 from workers.queue.runner import JobRunner
 from workers.queue.store import JobStore
+from workers.queue.tenant_labels import TenantLabels
 from workers.serve.dispatch import ServeDispatcher
 from workers.serve.heartbeat import HeartbeatWriter
 from workers.serve.metrics import ConsumerMetrics
@@ -69,10 +70,14 @@ class JobConsumer:
             max_group=settings.max_dispatch_group,
             group_wait_ms=settings.dispatch_wait_ms,
         )
-        self.metrics = ConsumerMetrics(settings.app_name, self.name)
+        # One chooser of tenant labels for the window's figures and the metrics.
+        labels = TenantLabels(settings.tenant_weight_map, settings.tenant_labels_max)
+        self.metrics = ConsumerMetrics(settings.app_name, self.name, labels)
         runner = JobRunner(store, dispatcher, settings, self.name, observer=self.metrics)
         self.dispatcher = dispatcher
-        self.consumer = QueueConsumer(store, runner, settings, self.name, prefetcher=dispatcher)
+        self.consumer = QueueConsumer(
+            store, runner, settings, self.name, prefetcher=dispatcher, tenant_labels=labels
+        )
         self.consumer.start()
         self._metrics_reporter = Periodic(
             self._report_metrics, settings.metrics_interval_s, f"metrics of {self.name}"

@@ -25,8 +25,9 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 from schemas import ErrorType, Job, JobError, JobResult, JobStatus
 from schemas.replicas import BackendStats, DiskTierCounters
-from schemas.tenants import TenantFigures, tenant_label
+from schemas.tenants import TenantFigures
 from workers.queue.store import Backlog
+from workers.queue.tenant_labels import TenantLabels
 
 Kind = Literal["counter", "gauge", "histogram"]
 # The prefix Ray's exporter puts on every metric name.
@@ -345,11 +346,15 @@ def counter_deltas(
 
 
 class ConsumerMetrics:
-    """The metrics one JobConsumer replica records: its jobs, and the queue's backlog."""
+    """The metrics one JobConsumer replica records: its jobs, and the queue's backlog.
 
-    def __init__(self, application: str, consumer: str) -> None:
+    ``labels`` picks the ``tenant`` label (capped; the consumer's window uses the same, so
+    that its gauges and these counters agree)."""
+
+    def __init__(self, application: str, consumer: str, labels: TenantLabels | None = None) -> None:
         self._app = {"application": application}
         self._consumer = {**self._app, "consumer": consumer}
+        self.labels = labels if labels is not None else TenantLabels()
 
     def job_finished(
         self,
@@ -371,7 +376,7 @@ class ConsumerMetrics:
         timings = result.timings if result is not None else None
         if result is None or timings is None:
             return
-        by_tenant = {**self._app, "tenant": tenant_label(job.tenant if job else None)}
+        by_tenant = {**self._app, "tenant": self.labels.label(job.tenant if job else None)}
         if result.completion_tokens:
             counter(TENANT_TOKENS).inc(result.completion_tokens, tags=by_tenant)
         if timings.generation_ms is None or timings.queue_ms is None:
@@ -394,7 +399,8 @@ class ConsumerMetrics:
         tenants: Mapping[str, TenantFigures],
     ) -> None:
         """Set the queue gauges (every consumer replica reports the same queue) and this
-        consumer's in-flight and window gauges, the window's per tenant too."""
+        consumer's in-flight and window gauges, the window's per tenant too (``tenants``:
+        by label, every label given out so far, so a gauge goes back to 0)."""
         gauge(QUEUE_LENGTH).set(backlog.length, tags=self._app)
         gauge(GROUP_PENDING).set(backlog.pending, tags=self._app)
         gauge(DEAD_LETTERS).set(backlog.dead_letters, tags=self._app)
