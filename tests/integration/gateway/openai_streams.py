@@ -30,11 +30,19 @@ def streamed_chat_logprobs_match(client: openai.OpenAI) -> list[ChatCompletionCh
         for token in choice.logprobs.content or []
     ]
     assert [t.model_dump() for t in streamed] == [t.model_dump() for t in expected.content]
+    # Every chunk's (text, its entries' tokens), for the message of a failure.
+    pieces = [
+        (choice.delta.content, [t.token for t in choice.logprobs.content or []])
+        for chunk in chunks
+        for choice in chunk.choices[:1]
+        if choice.logprobs is not None
+    ]
     for chunk in chunks:
         choice = chunk.choices[0]
         if choice.delta.content:
-            assert choice.logprobs is not None and choice.logprobs.content
-            assert "".join(t.token for t in choice.logprobs.content) == choice.delta.content
+            assert choice.logprobs is not None and choice.logprobs.content, pieces
+            tokens = "".join(t.token for t in choice.logprobs.content)
+            assert tokens == choice.delta.content, pieces
     return chunks
 
 
