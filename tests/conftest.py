@@ -1,16 +1,14 @@
 """Shared fixtures (a real Redis server, a fresh key prefix per test), and how the run is
 spread over pytest-xdist's workers (``make test`` runs ``-n 2 --dist loadgroup``).
 
-Each test goes to the group of its folder (``unit``, ``integration/engine``, ...), so that
-a folder's session and module fixtures (the engine kit, an S3 server, a folder's shared
-Serve apps: tests/integration/folder_apps.py) are built once, in one worker. A test that
-uses the session's Ray (the ``ray_serve`` fixture) goes to its folder's Ray group,
-``ray:<folder>``, and a module whose tests start a Ray of their own in a subprocess
-(marked ``ray``) to a Ray group of its own, ``ray:<module>``; the scheduler hands the Ray groups out
-first (they are the long ones) and to whichever worker is free, so both workers run Ray
-tests, each worker session with one Ray of its own for the run (started by the first
-test that asks, with ``address="local"``: never another worker's). The other folders
-fill in behind them. (tests/xdist_groups.py carries the groups to xdist's scheduler.)
+One Ray at a time: every test that uses Ray (the session's Ray and Serve through the
+``ray_serve`` fixture, or a Ray of its own in a subprocess, marked ``ray``) goes to the
+group ``ray``, which one worker runs whole, in one session, so that Ray and Serve start
+once and a folder's shared apps are deployed once (and removed when the worker leaves
+the folder: tests/integration/folder_apps.py). Each other test goes to the group of its
+folder (``unit``, ``integration/engine``, ...), so that a folder's session and module
+fixtures (the engine kit, an S3 server) are built once, and the folders run beside the
+Ray group on the other worker. (tests/xdist_groups.py carries the groups to xdist's scheduler.)
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import redis
 from producer.embedded import EmbeddedRedis, answers
 from tests import figures
 from tests.xdist_groups import (  # noqa: F401 (hooks, found by name)
-    RAY_GROUP_PREFIX,
     pytest_collection_finish,
     pytest_configure_node,
     pytest_xdist_make_scheduler,
@@ -51,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{RAY_GROUP}: starts a Ray of its own (a subprocess cluster, `loraq serve`); runs in "
-        "its folder's Ray group, with the tests that use ray_serve",
+        "the worker that runs the session's Ray (tests using ray_serve go there anyway)",
     )
 
 
@@ -60,12 +57,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test's xdist group (see the module docstring); without xdist the groups do
     nothing. First, so that xdist's own hook finds the groups."""
     for item in items:
-        group = item.path.parent.relative_to(TESTS).as_posix()
-        if "ray_serve" in getattr(item, "fixturenames", ()):
-            group = RAY_GROUP_PREFIX + group
-        elif item.get_closest_marker(RAY_GROUP):
-            # A Ray of its own shares nothing with its folder: a group per module.
-            group = RAY_GROUP_PREFIX + item.path.relative_to(TESTS).as_posix()
+        if "ray_serve" in getattr(item, "fixturenames", ()) or item.get_closest_marker(RAY_GROUP):
+            group = RAY_GROUP
+        else:
+            group = item.path.parent.relative_to(TESTS).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -6,11 +6,6 @@ every test became a group of its own and the Ray tests spread over both workers.
 workers write each test's group to a file the controller names, and the controller's
 scheduler (xdist's own loadgroup scheduler) reads the groups from there.
 
-The scheduler also hands the groups out longest first (tests/group_seconds.json: each
-group's seconds in a full run, summed from ``pytest --durations=0``; a rough order is all
-it needs), so that no long group starts last while the other worker idles. Groups it
-does not list come after, the Ray ones (``ray:...``) first, then by number of tests.
-
 The conftest imports these hooks; they are optional, so a run without xdist works.
 """
 
@@ -23,9 +18,6 @@ from typing import Any
 
 import pytest
 
-# The start of a Ray group's name (tests/conftest.py names them).
-RAY_GROUP_PREFIX = "ray:"
-GROUP_SECONDS = Path(__file__).with_name("group_seconds.json")
 # The workerinput key that carries the file's folder to the workers.
 FOLDER_KEY = "loraq_xdist_groups"
 _folder = pytest.StashKey[Path]()
@@ -72,22 +64,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         """Scheduling starts once every worker has collected, so the files are written."""
 
         _groups: dict[str, str] | None = None
-        _ordered = False
-
-        def _assign_work_unit(self, node: Any) -> None:
-            # xdist queued the groups by their number of tests: longest first instead (a
-            # stable sort, so the unlisted ones keep that order among themselves).
-            if not self._ordered:
-                self._ordered = True
-                seconds = json.loads(GROUP_SECONDS.read_text())
-
-                def longest_first(group: str) -> tuple[float, bool]:
-                    return (-seconds.get(group, 0.0), not group.startswith(RAY_GROUP_PREFIX))
-
-                queue = sorted(self.workqueue.items(), key=lambda item: longest_first(item[0]))
-                self.workqueue.clear()
-                self.workqueue.update(queue)
-            super()._assign_work_unit(node)
 
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:

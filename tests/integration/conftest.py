@@ -50,9 +50,6 @@ def ray_serve() -> Iterator[str]:
     port = free_port()
     allow_slow_proxy_start()
     ray.init(
-        # A Ray of this worker session's own, even while another runs on the machine (the
-        # other xdist worker's, or a test's subprocess cluster).
-        address="local",
         # Logical CPUs, for placement only: the session-long apps (Serve jobs, gateways,
         # chaos, metrics, autoscaling) must all fit beside each other; they idle mostly.
         num_cpus=max(8, os.cpu_count() or 1),
