@@ -28,6 +28,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ray.serve.request_router import (
+    FIFOMixin,
     MultiplexMixin,
     PendingRequest,
     RequestRouter,
@@ -117,15 +118,8 @@ def adapters_of(routing_stats: Mapping[str, Any] | None) -> frozenset[str]:
     return frozenset((routing_stats or {}).get("adapters", ()))
 
 
-class AdapterAffinityRouter(MultiplexMixin, RequestRouter):
-    """Serve request router for LoRAModel that keeps each adapter on the replicas holding it.
-
-    Without Serve's ``FIFOMixin``: it hands the replica found for one request to another
-    waiting request (the oldest of the same multiplexed model id, else the oldest of
-    all), so a request placed on replica A could run on B, of another adapter, outside
-    the slot lease (3 distinct adapters in flight on a 2-slot replica in CI). Each
-    request here gets the replica chosen for it.
-    """
+class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
+    """Serve request router for LoRAModel that keeps each adapter on the replicas holding it."""
 
     def initialize_state(self, **kwargs: Any) -> None:
         """(Serve calls it once, after construction.)"""
