@@ -8,6 +8,7 @@ from workers.serve.routing import (
     UnseenTargets,
     adapters_of,
     affinity_ranks,
+    next_for_replica,
     target_of,
     targeted,
 )
@@ -86,3 +87,35 @@ def test_a_replicas_adapters_come_from_its_routing_stats() -> None:
     assert adapters_of(None) == frozenset() and adapters_of({}) == frozenset()
     held = {"r0": adapters_of({"adapters": ["a"]}), "r1": adapters_of(None)}
     assert affinity_ranks("a", held)[0] == ["r0"]
+
+
+class FakeWaiting:
+    """A waiting request as next_for_replica reads it (pure logic: no Serve here)."""
+
+    def __init__(self, target: str | None, method: str = "generate", done: bool = False) -> None:
+        self._target, self._method, self._done = target, method, done
+
+    def done(self) -> bool:
+        return self._done
+
+    def target(self) -> str | None:
+        return self._target
+
+    def method(self) -> str:
+        return self._method
+
+
+def test_a_found_replica_serves_the_oldest_request_of_its_adapter_that_may_run_there() -> None:
+    own = FakeWaiting("r1")
+    older_elsewhere = FakeWaiting("r2")  # placed on r2 by the slot lease: never r1
+    older_cancel = FakeWaiting(None, method="cancel")  # another call: never
+    older_done = FakeWaiting(None, done=True)
+    older_free = FakeWaiting(None)  # placed nowhere: may run on r1
+    queue = [older_done, older_elsewhere, older_cancel, older_free, own]
+    assert next_for_replica(own, queue, "r1") is older_free
+    assert next_for_replica(own, [older_elsewhere, own], "r1") is own
+    # No request of the same adapter waits (or the base model): the one it was found for.
+    assert next_for_replica(own, [], "r1") is own
+    # The request it was found for is gone (cancelled or served): nobody.
+    assert next_for_replica(None, queue, "r1") is None
+    assert next_for_replica(FakeWaiting("r1", done=True), queue, "r1") is None

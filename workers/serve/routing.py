@@ -16,7 +16,9 @@ router always ranks the replicas that hold the adapter first (what each replica
 published in its routing stats, read every ``ROUTING_STATS_S``; not Serve's multiplex
 LRU, which knew nothing of requests in flight), sends a cold adapter to
 one replica chosen the same way by every router (so that concurrent requests for it do
-not load it everywhere), and spills to other replicas only when those are full.
+not load it everywhere), and spills to other replicas only when those are full. A replica
+found for one request may go to an older request of the same adapter, but only to one
+that may run there (:func:`next_for_replica`), never across placements.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import (
-    FIFOMixin,
     MultiplexMixin,
     PendingRequest,
     RequestRouter,
@@ -112,18 +114,94 @@ def target_of(args: list[Any], kwargs: Mapping[Any, Any]) -> str | None:
     return target if isinstance(target, str) else None
 
 
+class Waiting(Protocol):
+    """What :func:`next_for_replica` reads of a request waiting for a replica."""
+
+    def done(self) -> bool: ...
+    def target(self) -> str | None: ...
+    def method(self) -> str: ...
+
+
+W = TypeVar("W", bound=Waiting)
+
+
+def next_for_replica(own: W | None, same_adapter: Iterable[W], replica: str) -> W | None:
+    """Which waiting request a replica found for ``own`` serves (pure policy).
+
+    The oldest request of the same adapter and call that may run on ``replica`` (placed
+    there, or placed nowhere) goes first, so that an adapter's requests start in the
+    order the consumer sent them; else ``own``. Never a request placed on another replica,
+    nor one of another adapter: Serve's FIFOMixin gave the replica to the oldest request
+    of any adapter, and a request the slot lease admitted on one replica then ran on
+    another, one adapter over its slots.
+    """
+    if own is None or own.done():
+        return None
+    for waiting in same_adapter:
+        if waiting.done() or waiting.method() != own.method():
+            continue
+        if waiting.target() in (None, replica):
+            return waiting
+    return own
+
+
+class _Pending:
+    """A Serve ``PendingRequest`` as :func:`next_for_replica` reads it."""
+
+    def __init__(self, request: PendingRequest) -> None:
+        self.request = request
+
+    def done(self) -> bool:
+        return self.request.future.done()
+
+    def target(self) -> str | None:
+        return target_of(self.request.args, self.request.kwargs)
+
+    def method(self) -> str:
+        return self.request.metadata.call_method
+
+
 def adapters_of(routing_stats: Mapping[str, Any] | None) -> frozenset[str]:
     """The adapters a replica published in its routing stats (``LoRAModel.
     record_routing_stats``: on its device, or held by its requests)."""
     return frozenset((routing_stats or {}).get("adapters", ()))
 
 
-class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
+class AdapterAffinityRouter(MultiplexMixin, RequestRouter):
     """Serve request router for LoRAModel that keeps each adapter on the replicas holding it."""
 
     def initialize_state(self, **kwargs: Any) -> None:
         """(Serve calls it once, after construction.)"""
         self._unseen = UnseenTargets()
+
+    def _fulfill_next_pending_request(
+        self, replica: RunningReplica, request_metadata: RequestMetadata | None = None
+    ) -> None:
+        """Give ``replica``, found for the request of ``request_metadata``, to the request
+        :func:`next_for_replica` picks (Serve calls it from its routing tasks)."""
+        if request_metadata is None:
+            return
+        own = self._pending_requests_by_id.get(request_metadata.internal_request_id)
+        model_id = request_metadata.multiplexed_model_id
+        same = self._pending_requests_by_model_id.get(model_id) if model_id else None
+        # Lazy clean-up of that index, as MultiplexMixin does: the requests served or
+        # cancelled leave its head here.
+        while same and same[0].future.done():
+            same.popleft()
+        if model_id and same is not None and not same:
+            del self._pending_requests_by_model_id[model_id]
+        chosen = next_for_replica(
+            _Pending(own) if own is not None else None,
+            (_Pending(request) for request in same or ()),
+            replica.replica_id.unique_id,
+        )
+        if chosen is None:
+            return
+        request = chosen.request
+        self._cancel_routing_task_for_pending_request(request)
+        self._record_queue_wait_time(request)
+        request.future.set_result(replica)
+        self._remove_pending_request_from_indices(request)
 
     async def choose_replicas(
         self,
