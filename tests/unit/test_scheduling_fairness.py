@@ -153,18 +153,20 @@ def simulate(
     return fleet
 
 
-def slack(share: float, tenants: int) -> float:
-    """The tokens a waiting tenant's share of a window may fall short by: one job's
-    with two tenants; with more, one job's and half a job's times its share (the midway
-    order's reach, found by random fleets; it was one job of its own and a part of one of
-    every other tenant's by counters alone)."""
-    return MAX_JOB_TOKENS * (1 + share / 2 if tenants > 2 else 1)
+# The tokens a waiting tenant's share of a window may fall short by: one job's and a half.
+# Not one job's: with three or more tenants no order holds that in every fleet (with
+# weights 6, 4 and 1 and jobs of one size none keeps each lag in a band a job wide; see
+# workers/scheduling/fairness.py); with two tenants in a window, jobs and tenants coming
+# and going around it add to the one job fair_order alone keeps them within. The worst
+# Hypothesis found through this simulation: 1.34 jobs (two tenants in the window, 4:1);
+# fair_order alone, with 3 or 4 tenants always waiting: 1.42.
+SLACK_TOKENS = MAX_JOB_TOKENS * 3 / 2
 
 
 def shortfalls(log: list[tuple[str, int, frozenset[str]]], weights: dict[str, float]) -> list[str]:
     """Each window of at least WINDOW_TOKENS dispatched tokens in which a tenant had a
     job waiting before every dispatch, yet got less than its weighted share (among the
-    tenants waiting in it) minus :func:`slack`."""
+    tenants waiting in it) minus :data:`SLACK_TOKENS`."""
     found = []
     for start in range(len(log)):
         total, got, present, always = 0, Counter[str](), set[str](), set(log[start][2])
@@ -180,7 +182,7 @@ def shortfalls(log: list[tuple[str, int, frozenset[str]]], weights: dict[str, fl
         share_of = sum(weights[t] for t in present)
         for tenant in always:
             share = weights[tenant] / share_of
-            owed = share * total - slack(share, len(present))
+            owed = share * total - SLACK_TOKENS
             if got[tenant] < owed:
                 found.append(f"from {start}: {tenant} got {got[tenant]} of {total}, owed {owed}")
     return found
@@ -192,10 +194,10 @@ def test_no_waiting_tenant_falls_below_its_weighted_share(
     fleet_spec: tuple[dict[str, float], list[tuple[str, int]], int, int, int, float],
 ) -> None:
     """Each consumer gives every tenant waiting in its window at least its weighted share
-    of each 1,000 tokens it starts, less one job's tokens (and, with more than two
-    tenants, half a job's times its share), while several consumers share
-    the replicas (so each gets what capacity the others leave), with the aging bound in
-    play or not (overdue jobs compete beside other tenants' by share); every job starts."""
+    of each 1,000 tokens it starts, less one job's tokens and a half (:data:`SLACK_TOKENS`),
+    while several consumers share the replicas (so each gets what capacity the others
+    leave), with the aging bound in play or not (overdue jobs compete beside other
+    tenants' by share); every job starts."""
     weights, stream, planners, replicas, max_jobs, passover = fleet_spec
     fleet = simulate(weights, stream, planners, replicas, max_jobs, passover)
     assert sum(len(p.log) for p in fleet) == len(stream)
