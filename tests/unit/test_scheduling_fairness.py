@@ -156,8 +156,10 @@ def simulate(
 # The tokens a waiting tenant's share of a window may fall short by: one job's and a half.
 # Not one job's: with three or more tenants no order holds that in every fleet (with
 # weights 6, 4 and 1 and jobs of one size none keeps each lag in a band a job wide; see
-# workers/scheduling/fairness.py); with two tenants in a window, jobs and tenants coming
-# and going around it add to the one job fair_order alone keeps them within. The worst
+# workers/scheduling/fairness.py); and with two tenants, within one job by fair_order
+# alone, the idle lift adds to it here: a tenant whose jobs are claimed one at a time
+# behind another's backlog is idle between a start and the next claim (waiting before
+# every start all the same), and lifted, giving up what it was owed. The worst
 # Hypothesis found through this simulation: 1.34 jobs (two tenants in the window, 4:1);
 # fair_order alone, with 3 or 4 tenants always waiting: 1.42.
 SLACK_TOKENS = MAX_JOB_TOKENS * 3 / 2
