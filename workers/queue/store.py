@@ -33,6 +33,10 @@ MAX_OUTAGE_BACKOFF_S = 5.0
 # Script calls of concurrent jobs sent in one pipeline, at most: enough for every job of a
 # consumer at once, small enough that one reply does not hold the others long.
 MAX_SCRIPT_BATCH = 256
+# Entries renewed per script call, at most: a consumer may hold thousands claimed, and one
+# call over all of them (an XPENDING and an XCLAIM each) held Redis tens of milliseconds,
+# which every other client's command waited out.
+MAX_RENEW_BATCH = 256
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -278,12 +282,14 @@ class JobStore:
 
     async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:
         """Renew the leases of ``entry_ids``; returns those this consumer no longer owns."""
-        if not entry_ids:
-            return []
-        lost = await self._renew(
-            keys=[self.keys.jobs], args=[self.keys.group, consumer, *entry_ids]
-        )
-        return [codec.as_text(i) for i in lost]
+        lost: list[str] = []
+        for start in range(0, len(entry_ids), MAX_RENEW_BATCH):
+            chunk = entry_ids[start : start + MAX_RENEW_BATCH]
+            replies = await self._renew(
+                keys=[self.keys.jobs], args=[self.keys.group, consumer, *chunk]
+            )
+            lost.extend(codec.as_text(i) for i in replies)
+        return lost
 
     async def trim(self) -> int:
         """Drop acknowledged entries from the stream (never pending or undelivered ones).

@@ -8,7 +8,7 @@ import orjson
 import redis
 
 from schemas import JobEvent, JobStatus, codec
-from workers.queue.store import FinalWrite, JobStore, MarkOutcome
+from workers.queue.store import MAX_RENEW_BATCH, FinalWrite, JobStore, MarkOutcome
 
 
 async def push(store: JobStore, payload: dict[str, object]) -> str:
@@ -246,6 +246,23 @@ async def test_renewal_keeps_own_entries_and_reports_lost_ones(
     assert codec.as_text(pending[theirs]["consumer"]) == "other"
     assert pending[mine]["time_since_delivered"] < 50
     assert pending[mine]["times_delivered"] == 1  # renewal is not a delivery
+
+
+async def test_renewal_of_more_entries_than_one_call_takes_covers_them_all(
+    store: JobStore, r: redis.Redis
+) -> None:
+    count = MAX_RENEW_BATCH * 2 + 5  # three script calls
+    ids = [await push(store, {"prompt": str(i)}) for i in range(count)]
+    await store.read("me", count=count, block_ms=10)
+    await asyncio.sleep(0.3)  # idle 300 ms: a renewed entry's idle time restarts
+    # One lost entry in each call's part: the first, one in the middle, the last.
+    taken = [ids[0], ids[MAX_RENEW_BATCH + 1], ids[-1]]
+    r.xclaim(store.keys.jobs, store.keys.group, "other", 0, taken, justid=True)
+    assert await store.renew("me", ids) == taken
+    pending = r.xpending_range(store.keys.jobs, store.keys.group, "-", "+", count, "me")
+    assert len(pending) == count - len(taken)
+    assert max(p["time_since_delivered"] for p in pending) < 300
+    assert await store.renew("me", []) == []
 
 
 async def test_reclaim_takes_idle_entries_and_reports_deleted_ones(
