@@ -181,7 +181,7 @@ class AdapterAffinityRouter(MultiplexMixin, RequestRouter):
         :func:`next_for_replica` picks (Serve calls it from its routing tasks)."""
         if request_metadata is None:
             return
-        own = self._pending_requests_by_id.get(request_metadata.internal_request_id)
+        own = self._pending_for(request_metadata)
         model_id = request_metadata.multiplexed_model_id
         same = self._pending_requests_by_model_id.get(model_id) if model_id else None
         # Lazy clean-up of that index, as MultiplexMixin does: the requests served or
@@ -202,6 +202,19 @@ class AdapterAffinityRouter(MultiplexMixin, RequestRouter):
         self._record_queue_wait_time(request)
         request.future.set_result(replica)
         self._remove_pending_request_from_indices(request)
+
+    def _pending_for(self, request_metadata: RequestMetadata) -> PendingRequest | None:
+        """The waiting request whose routing task found the replica: the one that carries
+        this very metadata. Several calls of one incoming request (the gateway's, for a
+        request of several prompts) share an internal request id, and Serve's index by id
+        holds only the first of them: the others are found in the queue."""
+        indexed = self._pending_requests_by_id.get(request_metadata.internal_request_id)
+        if indexed is not None and indexed.metadata is request_metadata:
+            return indexed
+        for waiting in self._pending_requests_to_fulfill:
+            if waiting.metadata is request_metadata:
+                return waiting
+        return None
 
     async def choose_replicas(
         self,
