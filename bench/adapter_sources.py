@@ -18,7 +18,8 @@ It reports jobs/s and the ratios to ``local``, the downloads against the distinc
 adapters used, the cold cost of each tier from the replicas' counters: object store
 → disk (a download), disk → host memory (a read), host → device slot (a copy), and the
 requests the S3 server answered during each run, from its request log (listings,
-``HEAD``s, ``GET``s, and per second).
+``HEAD``s, ``GET``s, and per second), and the CPU time the server took meanwhile (it
+shares the machine's cores with the app, which a real object store does not).
 Writes bench/results/adapter_sources.{json,md,png}. ``--quick``: 1,000 adapters, 400 jobs.
 """
 
@@ -38,6 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 from ray import serve
 
@@ -173,16 +175,27 @@ def store_requests(log: Path, start: int, seconds: float) -> dict[str, float]:
     return {**counts, **{f"{kind}_per_s": n / seconds for kind, n in counts.items()}}
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """The CPU time ``process`` has used so far (user and system)."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def run_one(
-    name: str, settings: WorkerSettings, adapters: list[str | None], log: Path
+    name: str,
+    settings: WorkerSettings,
+    adapters: list[str | None],
+    log: Path,
+    server: psutil.Process,
 ) -> dict[str, Any]:
-    """Deploy, warm up on the base model, run the sequence, read the counters and the
-    S3 server's requests during the run."""
+    """Deploy, warm up on the base model, run the sequence, read the counters, the S3
+    server's requests during the run and the CPU time it took (on these same cores)."""
     running = launch.deploy(settings)
     try:
         submit_and_wait(running.settings, [None] * 16)
-        start = log.stat().st_size
+        start, cpu_before = log.stat().st_size, cpu_seconds(server)
         records, seconds = submit_and_wait(running.settings, adapters)
+        store_cpu_s = cpu_seconds(server) - cpu_before
         requests = store_requests(log, start, seconds)
         stats = model_stats(running)
     finally:
@@ -202,12 +215,16 @@ def run_one(
         "in_use_evictions": sum(s.get("in_use_evictions", 0) for s in stats.values()),
         **tier_costs(stats),
         "store_requests": requests,
+        "store_cpu_s": store_cpu_s,
+        # The part of the machine's CPU time during the run that the S3 server took.
+        "store_cpu_share": store_cpu_s / (seconds * (os.cpu_count() or 1)),
     }
     print(
         f"{name}: {row['jobs_per_s']:.1f} jobs/s, {row['downloads']} downloads for "
         f"{row['distinct_adapters']} adapters, {row['failed']} failed; S3 requests "
         f"{requests['listings']} listings ({requests['listings_per_s']:.1f}/s), "
-        f"{requests['heads']} HEADs ({requests['heads_per_s']:.1f}/s), {requests['gets']} GETs",
+        f"{requests['heads']} HEADs ({requests['heads_per_s']:.1f}/s), {requests['gets']} GETs;"
+        f" the S3 server used {store_cpu_s:.1f} CPU s",
         flush=True,
     )
     return row
@@ -231,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="loraq-bench-sources-"))
     log = work / "s3-requests.log"
     s3 = start_s3(free_port(), log)
+    server = psutil.Process(s3.pid)
     started_ray = False
     try:
         # One local Ray for the three deployments (its workers get the S3 server's
@@ -253,18 +271,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 run_settings(redis_url, port, adapter_dir=str(work / "adapters")),
                 adapters,
                 log,
+                server,
             ),
             run_one(
                 "s3 cold",
                 run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
                 adapters,
                 log,
+                server,
             ),
             run_one(
                 "s3 warm",
                 run_settings(redis_url, port, **source, adapter_disk_cache_dir=cache),
                 adapters,
                 log,
+                server,
             ),
         ]
     finally:
@@ -319,6 +340,11 @@ def write(results: dict[str, Any]) -> None:
                 "host → device ms": num("host_to_device_ms", 2),
                 "listings (/s)": requests("listings"),
                 "HEADs (/s)": requests("heads"),
+                "S3 server CPU s (share)": lambda row: (
+                    "–"
+                    if row.get("store_cpu_s") is None
+                    else f"{row['store_cpu_s']:.1f} ({row['store_cpu_share']:.0%})"
+                ),
                 "failed": lambda row: str(row["failed"]),
                 "in-use evictions": lambda row: str(row["in_use_evictions"]),
             },
