@@ -341,9 +341,7 @@ def write(results: dict[str, Any]) -> None:
                 "listings (/s)": requests("listings"),
                 "HEADs (/s)": requests("heads"),
                 "S3 server CPU s (share)": lambda row: (
-                    "–"
-                    if row.get("store_cpu_s") is None
-                    else f"{row['store_cpu_s']:.1f} ({row['store_cpu_share']:.0%})"
+                    f"{row['store_cpu_s']:.1f} ({row['store_cpu_share']:.0%})"
                 ),
                 "failed": lambda row: str(row["failed"]),
                 "in-use evictions": lambda row: str(row["in_use_evictions"]),

@@ -12,13 +12,11 @@ tenant's share of it, and raises every other waiting tenant's by its share of ``
 job (the midway order): the largest lag less half that drop. That keeps each tenant's
 lag in a band of about a job, so over any run of starts a tenant that had jobs waiting
 all along gets its weighted share less about one job's tokens: within one job with two
-tenants always waiting; with three or four (weights 1 to 4, all always waiting, runs of
-1,000 tokens) random fleets found up to 1.42 jobs, and 1.67 with six tenants of weights
-up to 8 starting together (the unit tests allow one and a half). Ordering by the
-counters alone (start-time fair queuing, as before) bounds it at one job of its own plus
-a part of one job of every other tenant: up to 1.86 jobs in 450 of those fleets, where
-the midway order reached 1.35 and WF2Q's order (of the tenants not ahead of the clock,
-the earliest virtual finish) 1.48.
+tenants always waiting, somewhat more with three or more (the unit tests allow one and a
+half). Ordering by the counters alone (start-time fair queuing, as before) bounds it at
+one job of its own plus a part of one job of every other tenant, and WF2Q's order (of
+the tenants not ahead of the clock, the earliest virtual finish) did worse than the
+midway order too: the figures of each are in docs/SERVING.md, "Tenants and fair shares".
 
 No order holds exactly one job with three or more tenants: with weights 6, 4 and 1 and
 jobs all of one size, a tenant's lag rises past a job over two starts without the 6

@@ -182,17 +182,15 @@ class AdapterAffinityRouter(MultiplexMixin, RequestRouter):
         if request_metadata is None:
             return
         own = self._pending_for(request_metadata)
+        # MultiplexMixin's own look-up of the oldest request of this adapter also drops
+        # the served and cancelled ones from the head of its index (lazy clean-up, and
+        # the adapter's entry once empty): the index is then read past that head.
+        self._get_pending_request_matching_multiplexed_model_id(request_metadata)
         model_id = request_metadata.multiplexed_model_id
-        same = self._pending_requests_by_model_id.get(model_id) if model_id else None
-        # Lazy clean-up of that index, as MultiplexMixin does: the requests served or
-        # cancelled leave its head here.
-        while same and same[0].future.done():
-            same.popleft()
-        if model_id and same is not None and not same:
-            del self._pending_requests_by_model_id[model_id]
+        same = self._pending_requests_by_model_id.get(model_id, ()) if model_id else ()
         chosen = next_for_replica(
             _Pending(own) if own is not None else None,
-            (_Pending(request) for request in same or ()),
+            (_Pending(request) for request in same),
             replica.replica_id.unique_id,
         )
         if chosen is None:
