@@ -416,13 +416,14 @@ def test_a_50000_line_batch_is_created_read_and_cancelled_quickly(secure_app: Ga
         phases["flagged"] = round(time.monotonic() - began, 2)
     print(f"\n50,000 lines: {times}, phases {phases}")
     assert max(times.values()) < FAST_S, times
-    # The other key's list: under 100 ms as a rule (the median; the machine's noise alone
-    # puts single requests over it, see the idle figures printed; on a machine whose own
-    # median is over 25 ms, under 4 times that), and under 2 s, as every read here.
+    # The other key's list: under 100 ms (every request on a quiet machine). On a machine
+    # whose own noise is larger (the list before the batch, printed), the bounds scale
+    # with it: the median under 100 ms or 4 times the median before, every request under
+    # 200 ms or 4 times the slowest before.
     print(
         f"other key's list before the batch: median {idle.median_other_s:.3f} s, "
         f"at most {idle.slowest_other_s:.3f} s"
     )
     assert watch.median_other_s < max(0.1, 4 * idle.median_other_s), watch
-    assert watch.slowest_other_s < FAST_S, watch
+    assert watch.slowest_other_s < max(0.2, 4 * idle.slowest_other_s), watch
     watch.check()
