@@ -12,15 +12,20 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.completion import Completion
 
 
-def streamed_chat_logprobs_match(client: openai.OpenAI) -> list[ChatCompletionChunk]:
+def streamed_chat_logprobs_match(
+    client: openai.OpenAI, model: str, content: str
+) -> list[ChatCompletionChunk]:
     """A greedy chat's streamed ``logprobs.content`` joins into the unstreamed list, and
-    each text chunk carries its own tokens' entries; the chunks, for more checks."""
-    messages: Any = [{"role": "user", "content": "abc def"}]
-    asked: Any = {"model": "upper", "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    each text chunk carries its own tokens' entries; the chunks, for more checks.
+
+    The answer to ``content`` must hold no special token before its end: the text leaves
+    one out, its log-probability entry names it.
+    """
+    messages: Any = [{"role": "user", "content": content}]
+    asked: Any = {"model": model, "temperature": 0, "logprobs": True, "top_logprobs": 3}
     whole = client.chat.completions.create(messages=messages, **asked)
     expected = whole.choices[0].logprobs
     assert expected is not None and expected.content
-    assert whole.choices[0].message.content == "ABC DEF"
     chunks = list(client.chat.completions.create(messages=messages, stream=True, **asked))
     streamed = [
         token
@@ -46,14 +51,14 @@ def streamed_chat_logprobs_match(client: openai.OpenAI) -> list[ChatCompletionCh
     return chunks
 
 
-def streamed_completion_logprobs_match(client: openai.OpenAI) -> None:
+def streamed_completion_logprobs_match(client: openai.OpenAI, model: str, prompt: str) -> None:
     """A greedy completion's streamed ``logprobs`` fields join into the unstreamed ones."""
-    prompt = {"model": "upper", "prompt": "abc def", "temperature": 0, "logprobs": 2}
-    plain = client.completions.create(**prompt).choices[0].logprobs
+    asked = {"model": model, "prompt": prompt, "temperature": 0, "logprobs": 2}
+    plain = client.completions.create(**asked).choices[0].logprobs
     assert plain is not None and plain.tokens
     parts = [
         c.choices[0].logprobs
-        for c in client.completions.create(stream=True, **prompt)
+        for c in client.completions.create(stream=True, **asked)
         if c.choices and c.choices[0].logprobs
     ]
     for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):

@@ -221,10 +221,12 @@ def test_logprobs_through_the_client_and_the_queue(
 
 
 def test_streamed_logprobs_equal_the_unstreamed_ones(client: openai.OpenAI) -> None:
-    chunks = streamed_chat_logprobs_match(client)
+    chunks = streamed_chat_logprobs_match(client, "upper", "abc def")
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(texts) == "ABC DEF"
     # The text chunks carry their own tokens' entries (a character's, with this model).
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
-    streamed_completion_logprobs_match(client)
+    assert len(texts) > 1
+    streamed_completion_logprobs_match(client, "upper", "abc def")
 
 
 def test_n_streamed_choices_each_equal_the_single_run_of_their_seed(
