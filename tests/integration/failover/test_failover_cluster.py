@@ -2,7 +2,8 @@
 cluster, 500 jobs each, and the busiest queue's slot migrated to the third primary while
 jobs are submitted and run; then that queue's consumer replica is SIGKILLed (the chaos
 suite's second scenario, on Cluster): its replacement takes its pending entries back from
-the slot's new node.
+the slot's new node; and the other queue's model replica with it (the first scenario):
+its jobs go back to that queue and run again.
 
 Every key of a queue is in the slot of its prefix's hash tag, so the queue moves whole;
 during the move, redis-py follows ``ASK`` and ``MOVED`` and retries ``TRYAGAIN`` (a
@@ -90,7 +91,11 @@ def test_the_busiest_queue_slot_migrates_under_500_jobs_a_queue(
     migrate_s = time.monotonic() - started
     migrated_at = time.time()
     assert cluster.owner(slot) is target and source is not target
+    # The chaos suite's two SIGKILL scenarios on Cluster: the moved queue's consumer
+    # (scenario 2), and the other queue's model replica (scenario 1).
     kill(next(iter(busiest.app.consumer_pids().values())))
+    other = next(feed for feed in feeds if feed is not busiest)
+    kill(next(iter(other.app.model_pids().values())))
     for feed in feeds:
         feed.join(120)
     for feed in feeds:
@@ -100,6 +105,7 @@ def test_the_busiest_queue_slot_migrates_under_500_jobs_a_queue(
             tally = account(client, app.keys, feed.returned, f"Cluster: queue {feed.name}")
         tally.figures.update(
             migrated="yes" if feed is busiest else "no",
+            killed="consumer" if feed is busiest else "model replica",
             backlog_at_move=backlog[feed.name],
             keys_moved=moved if feed is busiest else 0,
             migrate_s=migrate_s,
