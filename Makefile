@@ -53,7 +53,7 @@ demo: $(WORKER_STAMP)
 	$(VENV)/bin/loraq demo
 
 # The benchmarks; the other modules of bench/ are their helpers.
-BENCHES := producer engine queue http adapters window_sim tenants
+BENCHES := producer engine queue http adapters window_sim tenants redis_parser
 
 bench: install
 	# As modules: run by path, bench/queue.py would shadow the standard library queue.
