@@ -113,11 +113,11 @@ def watched(
     watch = Watch(rss_start=own_rss(process))
 
     def sample() -> None:
-        # Walking smaps takes tens of ms of this process's CPU and GIL, which the poller
-        # shares: every 50 ms it slowed the polls it timed (lists of 0.115 s, and half the
-        # background queueing's pace, all from the test's own cost). The plain RSS is one
-        # small read; the walk runs only at a new high of it, where the own RSS peaks too
-        # (the store's pages, once touched, stay resident, so the shared share only grows).
+        # Walking smaps costs this process CPU and the GIL, which the poller shares: done
+        # every 50 ms it slowed the very polls it timed, and the gateway beside it
+        # (docs/SECURITY.md). The plain RSS is one small read; the walk runs only at a new
+        # high of it, where the own RSS peaks too (the store's pages, once touched, stay
+        # resident, so the shared share only grows).
         highest = 0
         while True:
             rss = int(process.memory_info().rss)
