@@ -28,12 +28,12 @@ import redis.asyncio as aioredis
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 
 from bench.report import RESULTS, save, table
+from bench.tenants import flood
 from producer import AsyncProducer
 from producer.embedded import resolve_redis_url
 from producer.settings import DEFAULT_REDIS_URL, ClientSettings
 
 PARSERS: dict[str, Any] = {"python": _AsyncRESP2Parser, "hiredis": _AsyncHiredisParser}
-SUBMIT_CHUNK = 500
 
 
 async def read_once(client: aioredis.Redis, stream: str, count: int) -> tuple[float, int]:
@@ -55,13 +55,7 @@ async def measure(redis_url: str, jobs: int, repeats: int) -> dict[str, Any]:
     )
     async with AsyncProducer.from_settings(settings) as producer:
         try:
-            for start in range(0, jobs, SUBMIT_CHUNK):
-                await producer.submit_many(
-                    [
-                        {"prompt": f"job {i}", "tenant": "A", "params": {"max_new_tokens": 16}}
-                        for i in range(start, min(jobs, start + SUBMIT_CHUNK))
-                    ]
-                )
+            await flood(producer, "A", jobs)
             clients = {
                 name: aioredis.Redis(
                     connection_pool=aioredis.ConnectionPool.from_url(redis_url, parser_class=cls)

@@ -32,9 +32,9 @@ def texts() -> st.SearchStrategy[str]:
     return st.recursive(scalar, lambda c: st.one_of(obj(c), arr(c)), max_leaves=20)
 
 
-def scan_answer(text: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
+def scan_answer(text: str) -> str | None:
     """The token scan's answer alone (the fast path off): its message, or None."""
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(validation, "_FAST_BRACKETS", -1)
         return answer(text)
 
@@ -50,14 +50,12 @@ def answer(text: str) -> str | None:
 @settings(max_examples=300, deadline=None)
 @given(texts())
 def test_the_fast_path_answers_as_the_scan(text: str) -> None:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert answer(text) == scan_answer(text, monkeypatch)
+    assert answer(text) == scan_answer(text)
 
 
 def test_a_repeated_key_is_named_in_reading_order_on_either_path() -> None:
     text = '{"x": {"c": 1, "c": 2}, "x": 3}'
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert scan_answer(text, monkeypatch) == answer(text)
+    assert scan_answer(text) == answer(text)
     assert "duplicate key 'c'" in (answer(text) or "")
 
 
