@@ -9,6 +9,7 @@ from collections import Counter
 from schemas import Job
 from schemas.replicas import ReplicaHeartbeat
 from workers.queue.claimed import ClaimedWindow, job_cap
+from workers.queue.policy import Claim
 from workers.queue.store import Entry
 
 
@@ -18,7 +19,7 @@ def window_of(adapters: list[str], *, fifo: bool = False) -> ClaimedWindow:
         capacity=100, max_passover_s=1e6, slots=2, fifo=fifo, clock=lambda: next(times)
     )
     for index, adapter in enumerate(adapters):
-        window.add(Entry(f"e{index}", {}), Job(prompt="x", adapter=adapter))
+        window.add(Entry(f"e{index}", {}), Claim.of(Job(prompt="x", adapter=adapter), f"e{index}"))
     window.see([ReplicaHeartbeat(replica="r0", adapters=["a"], slots=2, ts=0.0, interval_s=1)])
     return window
 
@@ -30,7 +31,7 @@ def test_other_consumers_jobs_take_the_replicas_slots() -> None:
     assert window.take({"r0": Counter({"x": 1, "y": 1})}, free=8, max_jobs=10) == []
     # With one slot in use by another consumer, one more adapter fits: the warm one.
     taken = window.take({"r0": Counter({"x": 1})}, free=8, max_jobs=10)
-    assert [(w.job.adapter_name, replica) for w, replica in taken] == [("a", "r0")]
+    assert [(w.claim.adapter, replica) for w, replica in taken] == [("a", "r0")]
 
 
 def test_a_refused_start_waits_again_in_its_place() -> None:

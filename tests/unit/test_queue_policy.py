@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import ErrorType, Job, JobStatus
 from workers.queue import policy
@@ -68,6 +70,40 @@ def test_an_entry_without_job_field_is_rejected_under_its_entry_id() -> None:
     assert isinstance(rejected, policy.Rejected)
     assert rejected.job_id == ENTRY
     assert "no 'job' field" in rejected.message and "prompt" in rejected.message
+
+
+# Values of each type a producer might send, some the schema coerces ("3", 2.0, true).
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([0.0, 2.0, 2.5, 1e12]),
+    st.sampled_from(["", "a", "t-1", "job-7", "3", "1e12", "1-1", "a b"]),
+)
+CLAIMED_KEYS = ["id", "adapter", "priority", "tenant", "deadline"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    job=st.dictionaries(st.sampled_from(CLAIMED_KEYS), ANY_VALUE),
+    params=st.one_of(st.none(), st.dictionaries(st.just("max_new_tokens"), ANY_VALUE)),
+)
+def test_a_claim_reads_every_job_the_schema_takes_as_its_full_parse_does(
+    job: dict[str, object], params: dict[str, object] | None
+) -> None:
+    """The window's quick view and the full parse agree on every job the schema accepts
+    (the others are planned however, and rejected when they start)."""
+    fields = entry({"prompt": "hi", **job, **({} if params is None else {"params": params})})
+    parsed = policy.parse_entry(ENTRY, fields)
+    claim = policy.claim_entry(ENTRY, fields)
+    if isinstance(parsed, Job):
+        assert claim == policy.Claim.of(parsed, ENTRY)
+
+
+def test_an_entry_that_is_no_json_object_is_not_claimed() -> None:
+    for payload in ["{", "[1]", "null", '"job"']:
+        assert policy.claim_entry(ENTRY, entry(payload)) is None
+    assert policy.claim_entry(ENTRY, {"other": "x"}) is None
 
 
 def test_expiry_looks_at_the_deadline_only() -> None:

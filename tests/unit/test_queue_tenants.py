@@ -7,6 +7,7 @@ from collections import Counter
 
 from schemas import Job
 from workers.queue.claimed import ClaimedWindow
+from workers.queue.policy import Claim
 from workers.queue.store import Entry
 from workers.queue.tenants import TenantBook
 from workers.scheduling.tenant_limits import TenantLimits, TokenBucket
@@ -37,7 +38,7 @@ def window_of(
     )
     for entry_id, tenant in jobs:
         job = Job(prompt="x", tenant=tenant, params={"max_new_tokens": 10})  # type: ignore[arg-type]
-        window.add(Entry(entry_id, {}), job)
+        window.add(Entry(entry_id, {}), Claim.of(job, entry_id))
     return window
 
 
@@ -53,7 +54,7 @@ def test_weights_shape_the_starts_and_ends_settle_the_charge() -> None:
     jobs = [(f"a{i}", "a") for i in range(20)] + [(f"n{i}", None) for i in range(20)]
     window = window_of(jobs, {"a": 3.0})
     taken = window.take({}, free=8, max_jobs=100)
-    assert Counter(w.job.tenant for w, _ in taken) == {"a": 6, None: 2}
+    assert Counter(w.claim.tenant for w, _ in taken) == {"a": 6, None: 2}
     for waiting, _ in taken:
         window.started(waiting)
     book = window.tenants
@@ -73,11 +74,11 @@ def test_a_tenant_at_its_limit_in_flight_waits_and_the_others_go() -> None:
     first = window.take({}, free=8, max_jobs=100)
     for waiting, _ in first:
         window.started(waiting)
-    assert Counter(w.job.tenant for w, _ in first) == {"a": 2, "b": 2}
+    assert Counter(w.claim.tenant for w, _ in first) == {"a": 2, "b": 2}
     assert window.take({}, free=8, max_jobs=100) == []  # both at their limit
     window.tenants.ended(first[0][0].entry.entry_id, 10)
     again = window.take({}, free=8, max_jobs=100)
-    assert [w.job.tenant for w, _ in again] == [first[0][0].job.tenant]
+    assert [w.claim.tenant for w, _ in again] == [first[0][0].claim.tenant]
     assert len(window) == 20 - 5  # held back, not dropped
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from schemas import Job
 from schemas.replicas import ReplicaHeartbeat
 from workers.queue.claimed import ClaimedWindow
+from workers.queue.policy import Claim
 from workers.queue.store import Entry
 from workers.scheduling.fairness import TenantShares, fair_order, parse_weights
 from workers.scheduling.planner import Limits, ReplicaView, WindowJob, plan
@@ -276,7 +277,7 @@ def test_a_window_does_not_plan_again_while_nothing_changed() -> None:
     take() spares the plan until a job comes, a place frees or the replicas change."""
     window = ClaimedWindow(capacity=100, max_passover_s=1e6, slots=2, headroom=1)
     for index in range(3):
-        window.add(Entry(f"a{index}", {}), Job(prompt="x", tenant="a"))
+        window.add(Entry(f"a{index}", {}), Claim.of(Job(prompt="x", tenant="a"), f"a{index}"))
     window.see([ReplicaHeartbeat(replica="r0", adapters=[], slots=2, ts=0.0, interval_s=1)])
     for index in range(7):  # a's jobs this consumer runs
         window.tenants.started(f"run{index}", "a", 16, 0.0, 0.0)
@@ -284,7 +285,7 @@ def test_a_window_does_not_plan_again_while_nothing_changed() -> None:
     planned = window.stats.planned
     assert window.take({"r0": Counter({None: 7})}, free=1, max_jobs=8) == []
     assert window.stats.planned == planned  # nothing changed: no plan
-    window.add(Entry("b0", {}), Job(prompt="x", tenant="b"))
+    window.add(Entry("b0", {}), Claim.of(Job(prompt="x", tenant="b"), "b0"))
     taken = window.take({"r0": Counter({None: 7})}, free=1, max_jobs=8)
     assert [w.entry.entry_id for w, _ in taken] == ["b0"]  # under its share: the headroom
     assert window.take({"r0": Counter({None: 6})}, free=2, max_jobs=8) != []  # a place freed

@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from schemas import Job
 from schemas.replicas import ReplicaHeartbeat
+from workers.queue.policy import Claim
 from workers.queue.store import Entry
 from workers.queue.tenants import TenantBook, tenant_of
 from workers.scheduling.planner import Drain, Limits, ReplicaView, WindowJob, plan
@@ -29,7 +29,7 @@ class Waiting:
     """A claimed job waiting in the window."""
 
     entry: Entry
-    job: Job
+    claim: Claim
     arrived: float  # monotonic seconds
 
 
@@ -118,21 +118,21 @@ class ClaimedWindow:
         """The entries waiting, in their order of arrival (their leases must be renewed)."""
         return [w.entry.entry_id for w in sorted(self._waiting.values(), key=_arrival)]
 
-    def add(self, entry: Entry, job: Job) -> None:
-        """Hold ``entry`` (parsed as ``job``) until the plan starts it."""
+    def add(self, entry: Entry, claim: Claim) -> None:
+        """Hold ``entry`` (read as ``claim``) until the plan starts it."""
         if entry.entry_id not in self._waiting:
-            self._hold(Waiting(entry, job, self._clock()))
+            self._hold(Waiting(entry, claim, self._clock()))
 
     def _hold(self, waiting: Waiting) -> None:
         self._version += 1
         key = waiting.entry.entry_id
         self._waiting[key] = waiting
-        self._by_tenant.setdefault(tenant_of(waiting.job), {})[key] = waiting
+        self._by_tenant.setdefault(tenant_of(waiting.claim), {})[key] = waiting
 
     def _release(self, key: str) -> Waiting:
         self._version += 1
         waiting = self._waiting.pop(key)
-        tenant = tenant_of(waiting.job)
+        tenant = tenant_of(waiting.claim)
         queue = self._by_tenant[tenant]
         del queue[key]
         if not queue:
@@ -204,7 +204,7 @@ class ClaimedWindow:
         self.stats.planned += 1
         started = []
         for dispatch in result.dispatch:
-            tenant = tenant_of(self._waiting[dispatch.key].job)
+            tenant = tenant_of(self._waiting[dispatch.key].claim)
             if tenant in allowed:
                 if allowed[tenant] <= 0:
                     continue  # the plan gave its tenant more than its limits allow now
@@ -223,11 +223,11 @@ class ClaimedWindow:
         jobs = [
             WindowJob(
                 key,
-                waiting.job.adapter_name,
-                waiting.job.priority or 0,
+                waiting.claim.adapter,
+                waiting.claim.priority,
                 waiting.arrived,
                 tenant,
-                waiting.job.params.max_new_tokens,
+                waiting.claim.tokens,
             )
             for tenant, queue in self._by_tenant.items()
             for key, waiting in itertools.islice(queue.items(), None if self.fifo else self.horizon)
@@ -240,12 +240,11 @@ class ClaimedWindow:
         waited_s = self._clock() - waiting.arrived
         self.stats.dispatched += 1
         self.stats.max_wait_s = max(self.stats.max_wait_s, waited_s)
-        job = waiting.job
-        tenant = tenant_of(job)
+        tenant = tenant_of(waiting.claim)
         self.tenants.started(
             waiting.entry.entry_id,
             tenant,
-            job.params.max_new_tokens,
+            waiting.claim.tokens,
             waited_s,
             self._clock(),
             last=tenant not in self._by_tenant,
@@ -260,7 +259,7 @@ class ClaimedWindow:
         waits again, in its place by arrival, for the next plan."""
         self.stats.slot_refusals += 1
         self._hold(waiting)
-        tenant = tenant_of(waiting.job)
+        tenant = tenant_of(waiting.claim)
         queue = self._by_tenant[tenant]
         self._by_tenant[tenant] = dict(sorted(queue.items(), key=lambda item: _arrival(item[1])))
 

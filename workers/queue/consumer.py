@@ -27,7 +27,6 @@ from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
-from schemas import Job
 from workers.errors import REDIS_DOWN
 from workers.logs import job_extra
 from workers.queue import policy
@@ -231,9 +230,9 @@ class QueueConsumer:
         """Hold a claimed entry in the window; what needs no model runs at once."""
         if entry.entry_id in self.in_flight or entry.entry_id in window:
             return
-        parsed = policy.parse_entry(entry.entry_id, entry.fields) if entry.fields else None
-        if isinstance(parsed, Job) and not policy.is_expired(parsed, time.time()):
-            window.add(entry, parsed)
+        claim = policy.claim_entry(entry.entry_id, entry.fields) if entry.fields else None
+        if claim is not None and not policy.is_expired(claim, time.time()):
+            window.add(entry, claim)
         else:
             self._spawn(entry)  # deleted, unparsable or expired: answered without a model
 
@@ -253,7 +252,7 @@ class QueueConsumer:
         planned = window.take(ledger, self.free_slots, max_jobs)
         placed = [(w, replica) for w, replica in planned if replica is not None]
         claims = [
-            SlotClaim(replica, w.job.adapter_name, window.replicas[replica].slots, max_jobs)
+            SlotClaim(replica, w.claim.adapter, window.replicas[replica].slots, max_jobs)
             for w, replica in placed
         ]
         answers = await self._admit(claims)
@@ -267,8 +266,8 @@ class QueueConsumer:
                 self._leased.add(waiting.entry.entry_id)
             self._spawn(
                 waiting.entry,
-                job_id=waiting.job.id,
-                adapter=waiting.job.adapter_name,
+                job_id=waiting.claim.id,
+                adapter=waiting.claim.adapter,
                 replica=replica,
             )
         self._send_prefetches(window)

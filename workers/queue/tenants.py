@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Mapping
 
-from schemas import Job
 from schemas.tenants import TenantFigures
+from workers.queue.policy import Claim
 from workers.queue.tenant_labels import TenantLabels
 from workers.scheduling.fairness import DEFAULT_TENANT, TenantShares
 from workers.scheduling.tenant_limits import TenantGate, TenantLimits
 
 
-def tenant_of(job: Job) -> str:
-    """The tenant whose share ``job`` counts against."""
-    return job.tenant or DEFAULT_TENANT
+def tenant_of(claim: Claim) -> str:
+    """The tenant whose share the claimed job counts against."""
+    return claim.tenant or DEFAULT_TENANT
 
 
 class TenantBook:
