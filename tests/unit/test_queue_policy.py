@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import ErrorType, Job, JobStatus
+from schemas.jobs import ADAPTER_NAME_PATTERN, MAX_NEW_TOKENS, MAX_PRIORITY, TENANT_PATTERN
 from workers.queue import policy
 from workers.serve.chunks import ChunkBuffer
 
@@ -78,7 +81,8 @@ ANY_VALUE = st.one_of(
     st.booleans(),
     st.integers(-3, 3),
     st.sampled_from([0.0, 2.0, 2.5, 1e12]),
-    st.sampled_from(["", "a", "t-1", "job-7", "3", "1e12", "1-1", "a b"]),
+    st.sampled_from(["", "a", "t-1", "job-7", "3", "1e12", "1-1", "a b", "../x", "a\n", "x" * 129]),
+    st.sampled_from([0, 10**4, -(10**4), 8193]),
 )
 CLAIMED_KEYS = ["id", "adapter", "priority", "tenant", "deadline"]
 
@@ -98,6 +102,12 @@ def test_a_claim_reads_every_job_the_schema_takes_as_its_full_parse_does(
     claim = policy.claim_entry(ENTRY, fields)
     if isinstance(parsed, Job):
         assert claim == policy.Claim.of(parsed, ENTRY)
+    elif claim is not None:
+        # Invalid elsewhere (rejected when it starts): what the plan acts on is still sound.
+        assert claim.adapter is None or re.fullmatch(ADAPTER_NAME_PATTERN, claim.adapter)
+        assert claim.tenant is None or re.fullmatch(TENANT_PATTERN, claim.tenant)
+        assert -MAX_PRIORITY <= claim.priority <= MAX_PRIORITY
+        assert 1 <= claim.tokens <= MAX_NEW_TOKENS
 
 
 def test_an_entry_that_is_no_json_object_is_not_claimed() -> None:

@@ -13,7 +13,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from schemas import ErrorType, GenerationParams, Job, JobStatus
-from schemas.jobs import JOB_ID_PATTERN, is_entry_id
+from schemas.jobs import (
+    ADAPTER_FIELD_PATTERN,
+    JOB_ID_PATTERN,
+    MAX_NEW_TOKENS,
+    MAX_PRIORITY,
+    TENANT_PATTERN,
+    is_entry_id,
+)
 from schemas.validation import InvalidJob, clip, parse_job
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -132,6 +139,8 @@ class Claim(NamedTuple):
 
 
 _DEFAULT_TOKENS: int = GenerationParams.model_fields["max_new_tokens"].default
+_ADAPTER = re.compile(ADAPTER_FIELD_PATTERN)
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 def claim_entry(entry_id: str, fields: Mapping[str, str]) -> Claim | None:
@@ -141,8 +150,8 @@ def claim_entry(entry_id: str, fields: Mapping[str, str]) -> Claim | None:
     Each field is taken as is only when its JSON type is the one the schema keeps, so that
     a job the schema accepts gets the same view either way; any other type (a number in a
     string, which the schema coerces) goes through the full parse. A job that is invalid
-    in a way only the full parse sees (a pattern, a bound, a repeated key) is planned
-    like any other and rejected when it starts.
+    in a way only the full parse sees (its id, its prompt, a repeated key, a field the
+    schema does not know) is planned like any other and rejected when it starts.
     """
     payload = fields.get(JOB_FIELD)
     if payload is None:
@@ -159,13 +168,19 @@ def claim_entry(entry_id: str, fields: Mapping[str, str]) -> Claim | None:
             tokens = params.get("max_new_tokens", _DEFAULT_TOKENS) if type(params) is dict else None
         job_id, adapter, priority = get("id"), get("adapter"), get("priority")
         tenant, deadline = get("tenant"), get("deadline")
-        # Spelled out, not looped: this runs once per entry of a flood.
+        # Spelled out, not looped: this runs once per entry of a flood. What the plan and
+        # the slot lease act on is checked as the schema checks it (names, bounds): a
+        # bad adapter name or tenant never takes a slot or a share, even for a moment.
         if (
             type(tokens) is int
+            and 1 <= tokens <= MAX_NEW_TOKENS
             and (job_id is None or type(job_id) is str)
-            and (adapter is None or type(adapter) is str)
-            and (priority is None or type(priority) is int)
-            and (tenant is None or type(tenant) is str)
+            and (adapter is None or (type(adapter) is str and _ADAPTER.fullmatch(adapter)))
+            and (
+                priority is None
+                or (type(priority) is int and -MAX_PRIORITY <= priority <= MAX_PRIORITY)
+            )
+            and (tenant is None or (type(tenant) is str and _TENANT.fullmatch(tenant)))
             and (deadline is None or type(deadline) is float or type(deadline) is int)
         ):
             return Claim(
