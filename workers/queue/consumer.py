@@ -427,7 +427,9 @@ class QueueConsumer:
         """Run ``call`` through Redis outages; re-create the group if it was deleted."""
         while True:
             try:
-                return await until_reachable(call, f"consumer {self.name}")
+                return await until_reachable(
+                    call, f"consumer {self.name}", recovered=self.housekeeping.redis_returned
+                )
             except aioredis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise

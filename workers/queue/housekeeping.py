@@ -35,6 +35,17 @@ class Housekeeping:
         self._next_reclaim = 0.0
         self._next_trim = 0.0
 
+    def redis_returned(self) -> None:
+        """Redis was unreachable and answers again: no reclaim for one visibility timeout.
+
+        An entry's idle time grew through the outage for every holder alike, since none
+        could renew its lease; the live ones renew within ``lease_renew_s`` (shorter than
+        the timeout) of Redis' return, so after one timeout only the dead ones' entries
+        are still idle past it. Reclaiming at once would run every job in flight again,
+        and the holders' answers, held through the outage, would race the new attempts.
+        """
+        self._next_reclaim = max(self._next_reclaim, self._clock() + self.visibility_timeout_s)
+
     async def stale_entries(self, count: int) -> list[Entry]:
         """Up to ``count`` entries of dead consumers, claimed for this one now, when a
         reclaim is due (after a trim, when that is due); none otherwise."""

@@ -42,20 +42,30 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-async def until_reachable(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """Run ``call``, waiting out Redis outages with capped backoff.
+async def until_reachable(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    recovered: Callable[[], None] | None = None,
+) -> T:
+    """Run ``call``, waiting out Redis outages with capped backoff; ``recovered`` is
+    called when it succeeds after an outage.
 
     One warning per outage, not one per try: a long outage must not flood the logs.
     """
     delay_s = 0.1
     while True:
         try:
-            return await call()
+            result = await call()
         except REDIS_DOWN as exc:
             if delay_s == 0.1:
                 log.warning("redis unreachable (%s), retrying: %s", what, exc)
             await asyncio.sleep(delay_s)
             delay_s = min(MAX_OUTAGE_BACKOFF_S, delay_s * 2)
+        else:
+            if delay_s > 0.1 and recovered is not None:
+                recovered()
+            return result
 
 
 @dataclass(frozen=True)
