@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -48,9 +49,10 @@ log = logging.getLogger(__name__)
 REQUEUE_S = 1.0
 
 T = TypeVar("T")
-# With jobs waiting in the window, a read blocks this long at most: a job that ends
-# meanwhile frees a slot that the next plan fills.
-WINDOW_READ_BLOCK_MS = 20
+# With jobs waiting in the window and slots free (their replicas' slots held by other
+# consumers' jobs, or their tenant at its cap), the loop plans again this often: what
+# holds them back may have ended.
+WINDOW_REPLAN_S = 0.02
 # The longest the loop waits without planning again.
 REPLICAS_READ_S = 1.0
 # How often the window rereads the replicas' heartbeats, at most: a replica beats within
@@ -209,22 +211,33 @@ class QueueConsumer:
             log.warning("%s", warning)
         window = self.window
         await self._resume_own_pending()
-        while not self._stopping.is_set():
-            # Cleared before the plan: a job that ends from here on wakes the wait below.
-            self._slot_freed.clear()
-            await self._redis(self._read_replicas)
-            await self._start_planned(window)
-            room = window.room_for(self.free_slots)
-            if room:
-                # Idle: wait for jobs in Redis. Jobs waiting here: a short wait, so that a
-                # slot freed meanwhile is filled soon. No slot free: just top the window up.
-                block_ms = self.settings.read_block_ms if not len(window) else WINDOW_READ_BLOCK_MS
-                block_ms = block_ms if self.free_slots > 0 else 0
-                for entry in await self._redis(partial(self._next_entries, room, block_ms)):
-                    self._claim(window, entry)
-            if self.free_slots <= 0 or not room:
-                # Until a job ends, or the next one is overdue.
-                await self._wait_for_change(window.next_overdue_s)
+        # The read runs beside the loop, not in it: a blocking XREADGROUP ends on a new
+        # entry or its timeout, and Redis times blocked reads out on its hz timer (100 ms
+        # by default, whatever BLOCK asks), so a read in the loop kept the slots that
+        # jobs freed meanwhile empty for up to 100 ms. Never cancelled while the loop
+        # runs (a cancellation inside a command can drop its reply: redis-py#2028).
+        reading: asyncio.Future[list[Entry]] | None = None
+        try:
+            while not self._stopping.is_set():
+                # Cleared before the plan: a job that ends from here on wakes the wait.
+                self._slot_freed.clear()
+                await self._redis(self._read_replicas)
+                await self._start_planned(window)
+                room = window.room_for(self.free_slots)
+                if reading is None and room:
+                    read = partial(self._next_entries, room, self.settings.read_block_ms)
+                    reading = asyncio.ensure_future(self._redis(read))
+                # Until a job ends, entries come, or the next plan is due.
+                await self._wait_for_change(self._replan_in_s(window), reading)
+                if reading is not None and reading.done():
+                    entries, reading = reading.result(), None
+                    for entry in entries:
+                        self._claim(window, entry)
+        finally:
+            if reading is not None:
+                # Its entries, if any, stay pending under this consumer's name: its
+                # successor resumes them, or another consumer reclaims them.
+                await asyncio.gather(reading, return_exceptions=True)
 
     def _claim(self, window: ClaimedWindow, entry: Entry) -> None:
         """Hold a claimed entry in the window; what needs no model runs at once."""
@@ -325,11 +338,26 @@ class QueueConsumer:
         except Exception as exc:  # a hint: the jobs load what they need anyway
             log.debug("prefetch of %s on %s failed: %r", adapters, replica, exc)
 
-    async def _wait_for_change(self, timeout_s: float | None) -> None:
-        """Until a job ends, or ``timeout_s`` (the replicas are reread at least that often)."""
+    def _replan_in_s(self, window: ClaimedWindow) -> float | None:
+        """When the loop must plan again though nothing happened: when the next waiting
+        job is overdue, or soon while jobs wait beside free slots."""
+        overdue_s = window.next_overdue_s
+        if len(window) and self.free_slots > 0:
+            return min(overdue_s or WINDOW_REPLAN_S, WINDOW_REPLAN_S)
+        return overdue_s
+
+    async def _wait_for_change(
+        self, timeout_s: float | None, reading: asyncio.Future[list[Entry]] | None
+    ) -> None:
+        """Until a job ends, ``reading`` ends, or ``timeout_s`` (the replicas are reread
+        at least that often)."""
         limit = min(timeout_s or REPLICAS_READ_S, REPLICAS_READ_S)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slot_freed.wait(), max(limit, 0.001))
+        freed: asyncio.Future[Any] = asyncio.ensure_future(self._slot_freed.wait())
+        waits = {freed} if reading is None else {freed, reading}
+        try:
+            await asyncio.wait(waits, timeout=max(limit, 0.001), return_when=FIRST_COMPLETED)
+        finally:
+            freed.cancel()
 
     async def _resume_own_pending(self) -> None:
         """Claim the entries this consumer name took before a restart, before new ones:
