@@ -342,9 +342,9 @@ class QueueConsumer:
         """When the loop must plan again though nothing happened: when the next waiting
         job is overdue, or soon while jobs wait beside free slots."""
         overdue_s = window.next_overdue_s
-        if len(window) and self.free_slots > 0:
-            return min(overdue_s or WINDOW_REPLAN_S, WINDOW_REPLAN_S)
-        return overdue_s
+        if not len(window) or self.free_slots <= 0:
+            return overdue_s
+        return WINDOW_REPLAN_S if overdue_s is None else min(overdue_s, WINDOW_REPLAN_S)
 
     async def _wait_for_change(
         self, timeout_s: float | None, reading: asyncio.Future[list[Entry]] | None
