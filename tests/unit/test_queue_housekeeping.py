@@ -21,9 +21,9 @@ class Clock:
 class Store:
     """Records the reclaims asked of it; every scan completes in one call."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.reclaims: list[float] = []
-        self.clock: Clock | None = None
+        self.clock = clock
 
     async def trim(self) -> int:
         return 0
@@ -31,14 +31,14 @@ class Store:
     async def reclaim(
         self, consumer: str, *, min_idle_ms: int, count: int, cursor: str = "0-0"
     ) -> tuple[str, list[Entry], list[str]]:
-        assert self.clock is not None and min_idle_ms == VISIBILITY_S * 1000
+        assert min_idle_ms == VISIBILITY_S * 1000
         self.reclaims.append(self.clock.now)
         return "0-0", [Entry("1-0", {"id": "j"})], []
 
 
 def housekeeping() -> tuple[Housekeeping, Store, Clock]:
-    store, clock = Store(), Clock()
-    store.clock = clock
+    clock = Clock()
+    store = Store(clock)
     keeper = Housekeeping(
         cast(JobStore, store),
         "c1",
