@@ -6,6 +6,7 @@ Needs only redis, orjson and pydantic: ``pip install loraq`` without the worker 
 from producer.client import AsyncProducer, Producer
 from producer.errors import (
     JobTimeoutError,
+    JobTooLargeError,
     JobValidationError,
     LoraqConnectionError,
     RateLimitedError,
@@ -18,6 +19,7 @@ __all__ = [
     "AsyncProducer",
     "ClientSettings",
     "JobTimeoutError",
+    "JobTooLargeError",
     "JobValidationError",
     "LoraqConnectionError",
     "Producer",

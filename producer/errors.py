@@ -19,6 +19,10 @@ class JobValidationError(InvalidJob):
     """A job the producer refused before writing anything; the message is ``field: problem``."""
 
 
+class JobTooLargeError(JobValidationError):
+    """A job over the protocol's ``MAX_JOB_BYTES`` as JSON; nothing was written."""
+
+
 class LoraqConnectionError(ConnectionError):
     """Redis could not be reached (after the configured retries); names the URL."""
 

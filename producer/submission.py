@@ -16,9 +16,9 @@ import redis.exceptions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from typing_extensions import Unpack
 
-from producer.errors import JobValidationError
+from producer.errors import JobTooLargeError, JobValidationError
 from schemas import codec
-from schemas.jobs import GenerationParams, Job, JobId, is_entry_id
+from schemas.jobs import GenerationParams, Job, JobId, is_entry_id, oversized, too_large_message
 from schemas.keys import Keys
 from schemas.validation import InvalidJob, describe, validate_job
 
@@ -132,15 +132,20 @@ def enqueue_call(
 ) -> EnqueueCall:
     """The enqueue script's arguments for a prepared job (see ``producer.scripts.ENQUEUE``);
     ``owner`` goes to the record's ``owner`` field; with a ``rate``, the job's tenant's
-    bucket is checked and charged in the same script."""
+    bucket is checked and charged in the same script. A job over ``MAX_JOB_BYTES`` as
+    JSON raises :class:`JobTooLargeError` (the workers would refuse it unread)."""
     assert job.id is not None, "prepare_job() assigns an id"
+    payload = codec.dumps(job)
+    size = oversized(payload)
+    if size is not None:
+        raise JobTooLargeError(f"{job.id}: {too_large_message(size)}")
     created_at = time.time() if now is None else now
     metadata = codec.dumps(job.metadata) if job.metadata is not None else ""
     call = EnqueueCall(
         job_id=job.id,
         keys=[keys.jobs, keys.job(job.id)],
         args=[
-            codec.dumps(job),
+            payload,
             str(job_ttl_s),
             job.adapter or "",
             repr(created_at),

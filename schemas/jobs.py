@@ -26,6 +26,10 @@ ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ADAPTER_FIELD_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
 MAX_PROMPT_CHARS = 200_000
+# The `job` field of an entry, as UTF-8 JSON: checked before anything parses it, so that
+# a hostile entry (megabytes of `[],[],…`) costs no consumer seconds of parsing. The same
+# as the gateway's default body bound; a 200,000-character prompt fits even escaped.
+MAX_JOB_BYTES = 4 * 1024 * 1024
 MAX_MESSAGES = 256
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 128
@@ -51,6 +55,21 @@ def _not_another_jobs_key(job_id: str) -> str:
     if job_id.endswith(EVENTS_KEY_SUFFIX):
         raise ValueError(f"must not end in {EVENTS_KEY_SUFFIX!r} (another job's events key)")
     return job_id
+
+
+def oversized(payload: str | bytes) -> int | None:
+    """The UTF-8 size of a ``job`` field over :data:`MAX_JOB_BYTES`; None when it fits (a
+    text short enough in characters is not encoded to learn it)."""
+    if isinstance(payload, str):
+        if len(payload) * 4 <= MAX_JOB_BYTES:  # a character is at most four bytes
+            return None
+        payload = payload.encode("utf-8", "surrogatepass")
+    return len(payload) if len(payload) > MAX_JOB_BYTES else None
+
+
+def too_large_message(size: int) -> str:
+    """Why a job over the bound is refused; the same words from producer and worker."""
+    return f"job: {size} bytes as JSON, over the protocol's {MAX_JOB_BYTES} (MAX_JOB_BYTES)"
 
 
 def is_entry_id(job_id: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.jobs import Job
+from schemas.jobs import Job, oversized, too_large_message
 
 # How much of a client's text an error message quotes.
 MAX_QUOTED_CHARS = 64
@@ -118,7 +118,11 @@ def load_job_json(payload: str | bytes) -> Any:
 
 
 def parse_job(payload: str | bytes) -> Job:
-    """Decode and validate the ``job`` field of a stream entry; raises :class:`InvalidJob`."""
+    """Decode and validate the ``job`` field of a stream entry; raises :class:`InvalidJob`.
+    One over ``MAX_JOB_BYTES`` is refused before it is decoded."""
+    size = oversized(payload)
+    if size is not None:
+        raise InvalidJob(too_large_message(size))
     try:
         data = load_job_json(payload)
     except InvalidJob as exc:

@@ -9,7 +9,13 @@ import orjson
 import pytest
 import redis.exceptions
 
-from producer.errors import JobTimeoutError, JobValidationError, endpoint_of, mask_url
+from producer.errors import (
+    JobTimeoutError,
+    JobTooLargeError,
+    JobValidationError,
+    endpoint_of,
+    mask_url,
+)
 from producer.following import EventFollower, block_slice_s, final_record, parse_record
 from producer.progress import progress_bar
 from producer.scripts import cancel_args, cancel_took_effect
@@ -24,7 +30,7 @@ from producer.submission import (
     sort_replies,
 )
 from schemas import Job, JobEvent, JobStatus, Keys
-from schemas.jobs import JOB_ID_PATTERN, is_entry_id
+from schemas.jobs import JOB_ID_PATTERN, MAX_JOB_BYTES, is_entry_id
 from schemas.replicas import ConsumerHeartbeat
 from tests.terminal import Terminal
 
@@ -96,6 +102,17 @@ def test_enqueue_call_spells_keys_and_arguments() -> None:
 def test_enqueue_call_for_the_base_model_without_metadata() -> None:
     call = enqueue_call(KEYS, build_job("hi", id="j", adapter=""), job_ttl_s=60)
     assert call.args[2:] == ["", call.args[3], "", ""]
+
+
+def test_a_job_over_the_protocols_bound_is_refused_before_anything_is_written() -> None:
+    # Each message is within the schema's bounds; together they pass MAX_JOB_BYTES.
+    content = "x" * 100_000
+    messages = [{"role": "user", "content": content}] * (MAX_JOB_BYTES // len(content) + 1)
+    job = build_job(messages=messages, id="huge")
+    with pytest.raises(JobTooLargeError, match=r"^huge: job: \d+ bytes as JSON, over"):
+        enqueue_call(KEYS, job, job_ttl_s=60)
+    fits = build_job(messages=messages[:-2], id="fits")
+    assert enqueue_call(KEYS, fits, job_ttl_s=60).job_id == "fits"
 
 
 def test_sort_replies_puts_every_id_in_one_place() -> None:

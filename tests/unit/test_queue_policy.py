@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import ErrorType, Job, JobStatus
-from schemas.jobs import ADAPTER_NAME_PATTERN, MAX_NEW_TOKENS, MAX_PRIORITY, TENANT_PATTERN
+from schemas.jobs import (
+    ADAPTER_NAME_PATTERN,
+    MAX_JOB_BYTES,
+    MAX_NEW_TOKENS,
+    MAX_PRIORITY,
+    TENANT_PATTERN,
+)
 from workers.queue import policy
 from workers.serve.chunks import ChunkBuffer
 
@@ -73,6 +79,38 @@ def test_an_entry_without_job_field_is_rejected_under_its_entry_id() -> None:
     assert isinstance(rejected, policy.Rejected)
     assert rejected.job_id == ENTRY
     assert "no 'job' field" in rejected.message and "prompt" in rejected.message
+
+
+@pytest.mark.parametrize(
+    ("head", "job_id"),
+    [
+        ('{"id": "big-1", "prompt": "', "big-1"),
+        ('{"prompt": "x", "id": "big-1", "tags": "', ENTRY),  # not first: maybe nested
+        ('{"id": "1-1", "prompt": "', ENTRY),  # another producer's entry ID
+        ('["', ENTRY),
+    ],
+)
+def test_a_payload_over_the_bound_is_refused_unread(head: str, job_id: str) -> None:
+    # Not even JSON (the string never closes): a parser would say so, the bound comes first.
+    payload = head + "é" * (MAX_JOB_BYTES // 2)
+    fields = {"job": payload}
+    rejected = policy.parse_entry(ENTRY, fields)
+    assert isinstance(rejected, policy.Rejected)
+    assert rejected.job_id == job_id
+    size = len(payload.encode())
+    assert (
+        rejected.message
+        == f"job: {size} bytes as JSON, over the protocol's {MAX_JOB_BYTES} (MAX_JOB_BYTES)"
+    )
+    assert policy.claim_entry(ENTRY, fields) is None
+
+
+def test_a_payload_at_the_bound_is_parsed() -> None:
+    fields = entry({"id": "edge", "prompt": "hi", "metadata": {}})
+    padded = fields["job"][:-1] + " " * (MAX_JOB_BYTES - len(fields["job"])) + "}"
+    job = policy.parse_entry(ENTRY, {"job": padded})
+    assert isinstance(job, Job) and job.id == "edge"
+    assert policy.claim_entry(ENTRY, {"job": padded}) is not None
 
 
 # Values of each type a producer might send, some the schema coerces ("3", 2.0, true).

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from producer.durability import ReplicationTimeoutError
-from producer.errors import LoraqConnectionError
+from producer.errors import JobTooLargeError, LoraqConnectionError
 from schemas import ErrorType
 from workers.queue.runner import engine_error
 
@@ -110,11 +110,15 @@ def engine_errors() -> Iterator[None]:
 @contextmanager
 def queue_errors() -> Iterator[None]:
     """Turn a lost Redis connection, or jobs its replicas did not confirm in time
-    (``LORAQ_REDIS_MIN_REPLICAS``), into a quick 503."""
+    (``LORAQ_REDIS_MIN_REPLICAS``), into a quick 503; a job over the protocol's size
+    into a 413."""
     try:
         yield
     except LoraqConnectionError as exc:
         raise redis_unavailable(exc) from exc
+    except JobTooLargeError as exc:
+        # Only when LORAQ_MAX_BODY_BYTES is raised past the protocol's bound on a job.
+        raise ApiError(413, "payload_too_large", str(exc)) from exc
     except ReplicationTimeoutError as exc:
         message = f"the job queue did not confirm the job: {exc}; sending it again is safe"
         raise ApiError(503, "redis_unavailable", message) from exc

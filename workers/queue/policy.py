@@ -20,11 +20,16 @@ from schemas.jobs import (
     MAX_PRIORITY,
     TENANT_PATTERN,
     is_entry_id,
+    oversized,
+    too_large_message,
 )
 from schemas.validation import InvalidJob, clip, parse_job
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 JOB_FIELD = "job"
+# The id of a job too large to parse, read only where it is the object's first key: a
+# key further on could sit in a nested object, and finding out means parsing it all.
+_LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\]{1,128})"')
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ def parse_entry(
     A job without an ``id`` takes the entry ID, which is what its producer got back from
     XADD; so does a payload that cannot be read at all, and an entry with more than one
     ``job`` field (``repeated``): which of them is the job is anyone's guess, so none is.
+    A payload over ``MAX_JOB_BYTES`` is refused unread: its own ``id`` answers it only
+    when that is the object's first key (the Python producer writes it first).
     """
     payload = fields.get(JOB_FIELD)
     if payload is None:
@@ -94,6 +101,11 @@ def parse_entry(
     if JOB_FIELD in repeated:
         message = f"entry has more than one '{JOB_FIELD}' field; send exactly one"
         return Rejected(entry_id, message, payload)
+    size = oversized(payload)
+    if size is not None:
+        leading = _LEADING_ID.match(payload[:256])
+        data = {"id": leading.group(1)} if leading else None
+        return Rejected(recover_job_id(entry_id, data), too_large_message(size), payload)
     try:
         job = parse_job(payload)
     except InvalidJob as exc:
@@ -154,7 +166,7 @@ def claim_entry(entry_id: str, fields: Mapping[str, str]) -> Claim | None:
     schema does not know) is planned like any other and rejected when it starts.
     """
     payload = fields.get(JOB_FIELD)
-    if payload is None:
+    if payload is None or oversized(payload) is not None:
         return None
     try:
         data = orjson.loads(payload)

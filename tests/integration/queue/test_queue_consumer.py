@@ -221,3 +221,29 @@ async def test_the_consumer_trims_acknowledged_entries_and_keeps_pending_ones(
     await consumer.stop(5)
     assert [codec.as_text(i) for i, _ in r.xrange(keys.jobs)] == [held]
     assert r.xpending(keys.jobs, keys.group)["pending"] == 1
+
+
+async def test_an_entry_over_the_size_bound_is_failed_unread_beside_good_jobs(
+    client: aioredis.Redis, engine: Engine, r: redis.Redis, prefix: str
+) -> None:
+    # Megabytes of empty arrays: seconds for a JSON parser to build, refused by size.
+    hostile = b'{"id": "huge-1", "prompt": "hi", "pad": [' + b"[]," * 2_000_000 + b"[]]}"
+    keys = Keys(prefix)
+    consumer = make_consumer(client, engine, prefix, "c-0")
+    await consumer.store.ensure_group()
+    before = push(r, keys, 2)
+    r.xadd(keys.jobs, {"job": hostile})
+    ids = [*before, "huge-1", *push(r, keys, 2)]
+    consumer.start()
+    await wait_final(r, keys, ids)
+    consumer.raise_if_dead()
+    await consumer.stop(5)
+    record = {codec.as_text(k): codec.as_text(v) for k, v in r.hgetall(keys.job("huge-1")).items()}
+    assert record["status"] == "failed"
+    error = orjson.loads(record["error"])
+    assert error["type"] == "validation"
+    assert f"{len(hostile)} bytes as JSON, over the protocol's" in error["message"]
+    assert statuses(r, keys, [i for i in ids if i != "huge-1"]) == {"succeeded"}
+    assert r.xpending(keys.jobs, keys.group)["pending"] == 0
+    [(_, letter)] = r.xrange(keys.dead)
+    assert codec.decode_fields(letter)["id"] == "huge-1"
