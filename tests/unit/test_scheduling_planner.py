@@ -216,6 +216,18 @@ def test_a_drain_is_kept_from_plan_to_plan_until_its_job_starts() -> None:
     assert second.draining == first.draining
 
 
+def test_one_drain_serves_every_overdue_job_of_its_adapter() -> None:
+    views = [replica("r0", running={"a": 3, "b": 1}, slots=2)]
+    window = [job(f"old-{i}", "z", waited=PASSOVER_S + 1 + i) for i in range(3)]
+    window.append(job("old-y", "y", waited=PASSOVER_S + 1))
+    result = plan(window, views, limits(), now=NOW)
+    # "z" drains "b" (fewest running); "y", another adapter, drains "a".
+    assert sorted((d.adapter, key) for key, d in result.draining.items()) == [
+        ("a", "old-y"),
+        ("b", "old-2"),
+    ]
+
+
 def test_cold_adapters_of_waiting_jobs_are_hinted_to_their_home_replica() -> None:
     views = [replica("r0", running={"a": 1, "b": 1}), replica("r1", running={"c": 1, "d": 1})]
     window = [job("1", "x"), job("2", "y"), job("3", "a")]

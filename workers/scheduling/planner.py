@@ -13,7 +13,8 @@ The rules, strongest first:
    tenant that has not, and before every job of a lower priority.
    If no replica has a slot for its adapter, one replica stops taking new jobs of the
    adapter with the fewest jobs running there ("draining" it), so that a slot frees
-   within one job's run time; the choice is kept from plan to plan.
+   within one job's run time; the choice is kept from plan to plan. One drain per
+   adapter: its slot takes every overdue job of the adapter.
 3. **Priority.** Higher first.
 4. **Fair shares.** Within one priority (overdue jobs count at the top one), tenants
    take turns by their weighted share of generated tokens
@@ -165,6 +166,10 @@ def plan(
         return Plan(unplaced, {}, {}, _next_overdue(window, unplaced, limits, now))
     state = {view.id: _state_of(view) for view in replicas}
     kept = _valid_drains(draining or {}, state, {job.key for job in window})
+    # The adapters a drain already frees a slot for: one drain per adapter, however many
+    # of its jobs are overdue (a second would empty a slot the first one's load fills).
+    adapter_of = {job.key: job.adapter for job in window}
+    awaited = {adapter_of[key] for key in kept}
     starts: list[Dispatch] = []
     for job in _ordered(window, state, overdue, shares):
         if len(starts) >= limits.free:
@@ -180,10 +185,11 @@ def plan(
             if job.adapter is not None:
                 target.warm.add(job.adapter)
             kept.pop(job.key, None)
-        elif job.key in overdue and job.adapter is not None and job.key not in kept:
+        elif job.key in overdue and job.adapter is not None and job.adapter not in awaited:
             drain = _choose_drain(job.adapter, state, set(kept.values()))
             if drain is not None:
                 kept[job.key] = drain
+                awaited.add(job.adapter)
     started = {start.key for start in starts}
     return Plan(
         dispatch=tuple(starts),
