@@ -168,8 +168,7 @@ def plan(
     kept = _valid_drains(draining or {}, state, {job.key for job in window})
     # The adapters a drain already frees a slot for: one drain per adapter, however many
     # of its jobs are overdue (a second would empty a slot the first one's load fills).
-    adapter_of = {job.key: job.adapter for job in window}
-    awaited = {adapter_of[key] for key in kept}
+    awaited = {job.adapter for job in window if job.key in kept}
     starts: list[Dispatch] = []
     for job in _ordered(window, state, overdue, shares):
         if len(starts) >= limits.free:
