@@ -43,6 +43,27 @@ def writer(size: int, calls: list[int] | None = None):  # type: ignore[no-untype
     return write
 
 
+def test_an_entry_put_by_a_look_up_is_one_miss_and_its_first_read_no_hit(tmp_path: Path) -> None:
+    """Files a look-up fetched on its way go in whole from a staging folder the cache
+    gave, which is gone afterwards; the look-up's own first read of them is its miss's,
+    not a hit; a second put of the same entry writes nothing."""
+    cache = DiskCache(tmp_path, budget_bytes=10_000)
+    key, calls = entry_key("s3://bucket/a", "v1"), []
+    with cache.staging() as staging:
+        assert staging.parent == tmp_path / "tmp" and staging.is_dir()
+        cache.put(key, "s3://bucket/a", 100, writer(100, calls), fetched_s=0.25)
+    assert not staging.exists() and list((tmp_path / "tmp").iterdir()) == []
+    cache.put(key, "s3://bucket/a", 100, writer(100, calls), fetched_s=0.25)
+    assert calls == [1]
+    for _ in range(2):
+        lease = cache.lease(key)
+        assert lease is not None
+        lease.close()
+    stats = cache.stats
+    assert (stats.misses, stats.downloads, stats.hits) == (1, 1, 1)
+    assert stats.download_s_total >= 0.25  # the look-up's time is the download's
+
+
 def test_an_entry_is_fetched_once_then_leased(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, budget_bytes=10_000)
     calls: list[int] = []

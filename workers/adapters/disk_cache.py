@@ -79,6 +79,7 @@ class DiskCache:
         # Each entry's size as its manifest gave it (a key's files never change): the
         # budget check reads only the manifests of entries this process has not seen.
         self._sizes: dict[str, int] = {}
+        self._fresh: set[str] = set()  # put here, not leased since: see put()
         self._guard = threading.Lock()
         self.stats = DiskTierCounters()
         self._sweep_tmp()
@@ -98,7 +99,10 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 os.utime(folder / MANIFEST)  # its last use, for the LRU
             with self._guard:
-                self.stats.hits += 1
+                if key in self._fresh:
+                    self._fresh.discard(key)
+                else:
+                    self.stats.hits += 1
             return DiskLease(key, folder, fd)
         os.close(fd)
         return None
@@ -109,16 +113,53 @@ class DiskCache:
         fetching = self._open_lock(key, ".fetch")
         try:
             fcntl.flock(fetching, fcntl.LOCK_EX)  # one download per entry per node
-            if not self._intact(key, self._entries / key):
-                with self._guard:
-                    self.stats.misses += 1
-                self._download(key, source, size_bytes, write)
+            self._ensure(key, source, size_bytes, write)
             # Held for reading before the download lock goes: no evictor can slip between.
             fd = self._open_lock(key)
             fcntl.flock(fd, fcntl.LOCK_SH)
         finally:
             os.close(fetching)
         return DiskLease(key, self._entries / key, fd)
+
+    def put(
+        self, key: str, source: str, size_bytes: int, write: Writer, *, fetched_s: float
+    ) -> None:
+        """:meth:`fetch` without the hold: for files a look-up fetched on its way (in
+        ``fetched_s``, counted as download time), put in place before the look-up is
+        published to the node's other replicas. The next :meth:`lease` of ``key`` here
+        is this miss's read, not a hit."""
+        fetching = self._open_lock(key, ".fetch")
+        try:
+            fcntl.flock(fetching, fcntl.LOCK_EX)
+            if self._ensure(key, source, size_bytes, write, fetched_s=fetched_s):
+                with self._guard:
+                    self._fresh.add(key)
+        finally:
+            os.close(fetching)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """An empty folder beside the entries (so its files move in by ``rename``),
+        deleted with what is left in it at the end (or by the sweep, if this process
+        dies)."""
+        folder = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            self._remove_tree(folder)
+
+    def _ensure(
+        self, key: str, source: str, size_bytes: int, write: Writer, *, fetched_s: float = 0.0
+    ) -> bool:
+        """Download entry ``key`` unless it is there intact (the fetch lock held); whether
+        it was downloaded."""
+        if self._intact(key, self._entries / key):
+            return False
+        with self._guard:
+            self.stats.misses += 1
+        self._download(key, source, size_bytes, write, fetched_s)
+        return True
 
     def discard(self, key: str) -> bool:
         """Delete entry ``key`` now unless a process holds it; whether it went."""
@@ -133,13 +174,13 @@ class DiskCache:
         finally:
             os.close(fd)
 
-    def _download(self, key: str, source: str, size_bytes: int, write: Writer) -> None:
-        started = time.perf_counter()
+    def _download(
+        self, key: str, source: str, size_bytes: int, write: Writer, fetched_s: float
+    ) -> None:
+        started = time.perf_counter() - fetched_s
         if (self._entries / key).exists():
             self._delete_when_unread(key)
-        staging = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with self.staging() as staging:
             digests = write(staging)
             files = {
                 name: {"size": (staging / name).stat().st_size, "sha256": digest}
@@ -150,8 +191,6 @@ class DiskCache:
             with self._cache_lock():
                 used = self._make_room(size_bytes)
                 os.rename(staging, self._entries / key)
-        finally:
-            self._remove_tree(staging)
         with self._guard:
             self._verified.add(key)
             self.stats.bytes_used = used + size_bytes

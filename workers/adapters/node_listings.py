@@ -66,7 +66,7 @@ class NodeListings:
         self,
         uri: AdapterUri,
         max_age_s: float,
-        list_now: Callable[[], RemoteFolder | None],
+        list_now: Callable[[bool], RemoteFolder | None],
         *,
         unchanged: Callable[[RemoteFolder], bool] | None = None,
         relist_s: float = 0.0,
@@ -74,8 +74,11 @@ class NodeListings:
         """The node's listing of ``uri`` if the store vouched for it less than
         ``max_age_s`` ago; else, while its last full listing is recent enough (see the
         module's docstring), the same listing if ``unchanged(folder)``; else
-        ``list_now()``'s. Kept for the node's other replicas; ``None`` when the store has
-        no such folder. Raises what ``list_now`` or ``unchanged`` raise."""
+        ``list_now(first)``'s, ``first`` when the node has no listing of ``uri`` at all
+        (a look-up that may fetch the files on its way: it runs under the folder's lock,
+        so the node's other replicas, waiting, find them in place). Kept for the node's
+        other replicas; ``None`` when the store has no such folder. Raises what
+        ``list_now`` or ``unchanged`` raise."""
         key = hashlib.sha256(str(uri).encode()).hexdigest()[:32]
         lock = os.open(
             self._folder / f"stripe-{int(key, 16) % _STRIPES:03d}.lock",
@@ -97,7 +100,7 @@ class NodeListings:
             ):
                 listing = Listing(known.folder, known.listed_at, asked)
             else:
-                folder = list_now()
+                folder = list_now(known is None)
                 if folder is None:
                     self._path(key).unlink(missing_ok=True)
                     return None

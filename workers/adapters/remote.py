@@ -15,12 +15,17 @@ cost grows with the bucket on some S3-compatible stores (moto's server scans eve
 and a ``HEAD`` carries the size and tag a listing would. The folder is listed only when
 the standard names are absent (no ``adapter_config.json`` or no
 ``adapter_model.safetensors``: an unknown name, a ``.bin`` adapter, a broken folder), so
-what such a folder resolves to, and the errors it gives, are a listing's as before.
-Called on the resolver's download threads, never on an event loop or the model thread.
+what such a folder resolves to, and the errors it gives, are a listing's as before. A
+look-up that will be followed by a download (:meth:`RemoteStore.fetch_folder`, the
+node's first for a use) is a ``GET`` of each name instead: the answers carry the same
+size and tag, for the very bytes they bring, so a never-seen adapter costs one round of
+requests. Called on the resolver's download threads, never on an event loop or the
+model thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Mapping
@@ -45,6 +50,10 @@ _REQUESTS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loraq-store")
 # The names an S3 folder is looked up by before it is listed: a PEFT folder with
 # safetensors weights, and the optional files fetched when present.
 _BY_NAME = (CONFIG_FILE, WEIGHTS_FILES[0], *OPTIONAL_FILES)
+
+
+# What a look-up fetched on its way: each file's sha256 by name, the files in the folder given.
+Fetched = dict[str, str]
 
 
 class StoreUnreachable(Exception):
@@ -94,9 +103,38 @@ class RemoteStore:
         has none of them (not there). Raises :class:`StoreUnreachable` when the store
         does not answer and ``EngineError`` for a folder that cannot be an adapter."""
         fs = self._filesystem(uri.scheme)
+        return self._folder(uri, _call(lambda: _entries(fs, uri), uri))
+
+    def fetch_folder(self, uri: AdapterUri, dest: Path) -> tuple[RemoteFolder | None, Fetched]:
+        """:meth:`list_folder`'s answer, with the files already written into ``dest`` (an
+        empty folder of the caller's) and their sha256 where the look-up could fetch
+        them in the same requests: on S3, a ``GET`` of each standard name at once
+        instead of a ``HEAD`` (its answer carries the size and tag a ``HEAD`` would, for
+        the very bytes it brings). Nothing is fetched (an empty mapping, ``dest`` left
+        empty) for a folder that is listed, elsewhere than S3, or with a file too large
+        to stream here. On an error ``dest`` may hold files: the caller deletes it."""
+        if uri.scheme != "s3":
+            return self.list_folder(uri), {}
+        fs = self._filesystem(uri.scheme)
+        found = _call(lambda: _gets(fs, uri, dest, self._max_bytes), uri)
+        entries = {name: info for name, (info, _) in found.items()}
+        if CONFIG_FILE not in found or WEIGHTS_FILES[0] not in found:
+            entries = _call(lambda: _s3_listing(fs, uri), uri)
+        folder = self._folder(uri, entries)
+        fetched = {name: digest for name, (_, digest) in found.items() if digest}
+        if folder is None or fetched.keys() != {item.name for item in folder.files}:
+            # Listed, or a file too large to stream here: the tier downloads them all.
+            _empty(dest)
+            return folder, {}
+        return folder, fetched
+
+    def _folder(
+        self, uri: AdapterUri, entries: Mapping[str, Mapping[str, Any]]
+    ) -> RemoteFolder | None:
+        """The adapter folder ``entries`` (a look-up's answer by file name) make, checked."""
         found = [
             RemoteFile(name, int(info.get("size") or 0), _tag(info))
-            for name, info in _call(lambda: _entries(fs, uri), uri).items()
+            for name, info in entries.items()
             if name in ADAPTER_FILES and info.get("type", "file") == "file"
         ]
         names = {item.name for item in found}
@@ -279,13 +317,70 @@ def _head(fs: Any, scheme: str, path: str) -> Mapping[str, Any]:
         info: Mapping[str, Any] = fs.info(path)
         return info
     bucket, key, _ = fs.split_path(path)
-    out = fs.call_s3("head_object", Bucket=bucket, Key=key)
+    return _s3_info(fs.call_s3("head_object", Bucket=bucket, Key=key))
+
+
+def _s3_info(answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The size and tags of an S3 ``HEAD`` or ``GET`` answer."""
     return {
-        "size": out["ContentLength"],
-        "ETag": out.get("ETag", ""),
-        "VersionId": out.get("VersionId"),
+        "size": answer["ContentLength"],
+        "ETag": answer.get("ETag", ""),
+        "VersionId": answer.get("VersionId"),
         "type": "file",
     }
+
+
+def _gets(
+    fs: Any, uri: AdapterUri, dest: Path, max_bytes: int
+) -> dict[str, tuple[Mapping[str, Any], str]]:
+    """The files among the standard names that ``uri``'s S3 folder holds, each with its
+    size and tags and, when it was small enough to stream here (under the size bound and
+    s3fs's block size, past which :meth:`RemoteStore.download` fetches it in parts), its
+    bytes in ``dest`` and their sha256 ("" when not). One ``GET`` of each name, at once on
+    s3fs's loop. Raises the first failure other than a missing name, after every request
+    has ended (nothing is left writing into ``dest``)."""
+    import fsspec.asyn
+
+    stream_max = min(max_bytes, int(fs.default_block_size))
+
+    async def get(name: str) -> tuple[Mapping[str, Any], str] | None:
+        bucket, key, _ = fs.split_path(store_path(uri, name))
+        try:
+            answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        info, body = _s3_info(answer), answer["Body"]
+        try:
+            if info["size"] > stream_max:
+                return info, ""
+            digest = hashlib.sha256()
+            with (dest / name).open("wb") as sink:
+                while chunk := await body.read(_CHUNK):
+                    sink.write(chunk)
+                    digest.update(chunk)
+        finally:
+            body.close()
+        if (dest / name).stat().st_size != info["size"]:
+            raise StoreUnreachable(f"{name}: cut short")
+        return info, digest.hexdigest()
+
+    async def get_all() -> list[tuple[Mapping[str, Any], str] | BaseException | None]:
+        return await asyncio.gather(*(get(name) for name in _BY_NAME), return_exceptions=True)
+
+    answers = fsspec.asyn.sync(fs.loop, get_all)
+    found: dict[str, tuple[Mapping[str, Any], str]] = {}
+    for name, answer in zip(_BY_NAME, answers, strict=True):
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is not None:
+            found[name] = answer
+    return found
+
+
+def _empty(folder: Path) -> None:
+    """Delete the files a look-up left in ``folder``."""
+    for item in folder.iterdir():
+        item.unlink(missing_ok=True)
 
 
 # Where each library puts what changes with an object's bytes, most specific first.

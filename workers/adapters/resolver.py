@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -30,12 +31,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from schemas import ErrorType
+from schemas.adapter_uris import AdapterUri
 from schemas.replicas import DiskTierCounters
 from workers.adapters.catalogue import AdapterCatalogue, Location
 from workers.adapters.disk_cache import DiskCache, DiskLease, entry_key
 from workers.adapters.node_listings import NodeListings
 from workers.adapters.registry import not_registered
-from workers.adapters.remote import RemoteFolder, RemoteStore, StoreUnreachable
+from workers.adapters.remote import Fetched, RemoteFolder, RemoteStore, StoreUnreachable
 from workers.adapters.resolved import ResolvedAdapter, local_version
 from workers.errors import EngineError
 
@@ -105,7 +107,7 @@ class AdapterResolver:
     async def resolve(self, name: str) -> ResolvedAdapter:
         """The current version of ``name`` (looked up again when its listing is older
         than ``sync_s``). Downloads nothing."""
-        return (await self._resolution(name)).adapter
+        return (await self._resolution(name, fetch=False)).adapter
 
     def known(self, name: str) -> ResolvedAdapter | None:
         """The version of ``name`` this replica resolved last, however old (no I/O)."""
@@ -119,7 +121,7 @@ class AdapterResolver:
         evicted) until the block ends. A prefetch uses it as a job does: a hint for a
         waiting job revalidates its adapter ahead of it, so the job, starting within
         ``sync_s`` of that, does not wait for the store."""
-        resolution = await self._resolution(name)
+        resolution = await self._resolution(name, fetch=True)
         lease = await self._hold(resolution) if resolution.remote else None
         try:
             yield resolution.adapter
@@ -136,7 +138,9 @@ class AdapterResolver:
         """Stop the download threads (downloads under way finish)."""
         self._pool.shutdown(wait=False)
 
-    async def _resolution(self, name: str) -> _Resolution:
+    async def _resolution(self, name: str, *, fetch: bool) -> _Resolution:
+        """``name``'s resolution, looked up again past ``sync_s``; ``fetch``: a look-up
+        started here may bring the files too (see :meth:`_ask_store`)."""
         now = time.monotonic()
         known = self._resolved.get(name)
         if known is not None and known.expires > now:
@@ -146,7 +150,7 @@ class AdapterResolver:
             raise not_registered(name)
         pending = self._pending.get(name)
         if pending is None:
-            pending = asyncio.ensure_future(self._look_up(name))
+            pending = asyncio.ensure_future(self._look_up(name, fetch))
             self._pending[name] = pending
             pending.add_done_callback(lambda _: self._pending.pop(name, None))
         try:
@@ -159,11 +163,11 @@ class AdapterResolver:
         log.info("adapter %s: store unreachable; serving the version known", name)
         return known
 
-    async def _look_up(self, name: str) -> _Resolution:
+    async def _look_up(self, name: str, fetch: bool) -> _Resolution:
         try:
             location = await self._catalogue.locate(name)
             remote, expires = (
-                await self._list(location)
+                await self._list(location, fetch)
                 if location.uri is not None
                 else (None, time.monotonic() + self._sync_s)
             )
@@ -186,7 +190,7 @@ class AdapterResolver:
         _remember(self._resolved, name, resolution)
         return resolution
 
-    async def _list(self, location: Location) -> tuple[RemoteFolder, float]:
+    async def _list(self, location: Location, fetch: bool) -> tuple[RemoteFolder, float]:
         """The folder as the store last vouched for it (to this replica or another of the
         node's, within ``sync_s``: listed, or each file's ``HEAD`` unchanged) and when, on
         the monotonic clock, that expires here."""
@@ -202,7 +206,7 @@ class AdapterResolver:
             lambda: listings.get(
                 uri,
                 self._sync_s,
-                lambda: store.list_folder(uri),
+                lambda first: self._ask_store(uri, fetch=first and fetch),
                 unchanged=store.unchanged,
                 relist_s=self._relist_s,
             ),
@@ -213,6 +217,27 @@ class AdapterResolver:
         # Trusted for sync_s from when the store was asked, not from now.
         left = listing.checked_at + self._sync_s - time.time()
         return listing.folder, time.monotonic() + max(0.0, left)
+
+    def _ask_store(self, uri: AdapterUri, *, fetch: bool) -> RemoteFolder | None:
+        """The store's look-up of ``uri``. With ``fetch`` (the node's first look-up, for a
+        use) the files come in the same requests where the store allows it
+        (:meth:`RemoteStore.fetch_folder`) and go into the disk tier before the listing
+        is published: a never-seen adapter costs one round of requests, not a look-up
+        and then a download."""
+        store, disk = self._store, self._disk
+        assert store is not None and disk is not None
+        if not fetch:
+            return store.list_folder(uri)
+        with disk.staging() as staging:
+            started = time.perf_counter()
+            folder, fetched = store.fetch_folder(uri, staging)
+            if folder is not None and fetched:
+                key = entry_key(str(uri), folder.version)
+                spent = time.perf_counter() - started
+                disk.put(
+                    key, str(uri), folder.size_bytes, _mover(staging, fetched), fetched_s=spent
+                )
+        return folder
 
     async def _hold(self, resolution: _Resolution) -> DiskLease:
         disk, store, remote = self._disk, self._store, resolution.remote
@@ -260,3 +285,14 @@ def _remember(memory: OrderedDict[K, V], key: K, value: V) -> None:
 
 def _writer(store: RemoteStore, remote: RemoteFolder) -> Callable[[Path], dict[str, str]]:
     return lambda dest: store.download(remote, dest)
+
+
+def _mover(staging: Path, fetched: Fetched) -> Callable[[Path], dict[str, str]]:
+    """A disk-tier writer that moves files already fetched into ``staging`` in place."""
+
+    def move(dest: Path) -> dict[str, str]:
+        for name in fetched:
+            os.rename(staging / name, dest / name)
+        return dict(fetched)
+
+    return move

@@ -20,7 +20,7 @@ from tests.integration.adapters.conftest import DEMO_ADAPTERS, S3Server
 from workers.adapters.catalogue import AdapterCatalogue
 from workers.adapters.disk_cache import DiskCache
 from workers.adapters.registry import AdapterRegistry
-from workers.adapters.remote import RemoteFolder, RemoteStore
+from workers.adapters.remote import Fetched, RemoteFolder, RemoteStore
 from workers.adapters.resolved import ResolvedAdapter
 from workers.adapters.resolver import AdapterResolver, RetryPolicy
 from workers.engine.backend import Backend
@@ -120,11 +120,13 @@ async def settled(s3: S3Server, bucket: str, **expected: int) -> dict[str, int]:
 
 
 async def test_a_folder_is_found_by_its_file_names_not_listed(s3: S3Server, tmp_path: Path) -> None:
-    """A PEFT folder is looked up by a ``HEAD`` of each standard name (4, at once) and
-    its 2 files fetched, with no listing (moto scans the whole bucket for one); a folder
-    without those names (``.bin`` weights, an unknown name) is listed, as before, and an
-    unknown name's miss is remembered. The same folder resolves to the same version
-    when it is looked up again."""
+    """A PEFT folder is looked up by its standard names (4, at once), with no listing
+    (moto scans the whole bucket for one): the node's first look-up for a use is a
+    ``GET`` of each, which brings the 2 files with it (no second round to download);
+    a look-up that downloads nothing (``resolve``) or revalidates is a ``HEAD`` of each.
+    A folder without those names (``.bin`` weights, an unknown name) is listed, as
+    before, and an unknown name's miss is remembered. The same folder resolves to the
+    same version when it is looked up again."""
     bucket = s3.bucket()
     s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
     config = (DEMO_ADAPTERS / "upper" / "adapter_config.json").read_bytes()
@@ -136,8 +138,14 @@ async def test_a_folder_is_found_by_its_file_names_not_listed(s3: S3Server, tmp_
     try:
         async with replica.use("tenant") as adapter:
             files = sorted(path.name for path in adapter.folder.iterdir())
+            weights = (adapter.folder / "adapter_model.safetensors").read_bytes()
         assert files == ["MANIFEST.json", "adapter_config.json", "adapter_model.safetensors"]
-        assert await settled(s3, bucket, heads=4, gets=2) == {"listings": 0, "heads": 4, "gets": 2}
+        assert weights == (DEMO_ADAPTERS / "upper" / "adapter_model.safetensors").read_bytes()
+        # 4 GETs: the 2 files, and the 2 optional names the folder does not hold
+        assert await settled(s3, bucket, gets=4) == {"listings": 0, "heads": 0, "gets": 4}
+        stats = replica.disk_stats()
+        assert (stats.misses, stats.downloads, stats.hits) == (1, 1, 0)
+        assert list((tmp_path / "tmp").iterdir()) == []  # nothing left half-way
         old = await replica.resolve("old")
         assert old.version != adapter.version
         assert (await settled(s3, bucket, listings=1))["listings"] == 1
@@ -148,11 +156,40 @@ async def test_a_folder_is_found_by_its_file_names_not_listed(s3: S3Server, tmp_
         await asyncio.sleep(0.2)  # past the sync bound; relist_s=0: looked up in full
         async with replica.use("tenant") as again:
             assert again.key == adapter.key
-        # 4 HEADs per look-up (tenant twice, old, nobody once: its miss is remembered)
-        counts = await settled(s3, bucket, listings=2, heads=16)
-        assert counts == {"listings": 2, "heads": 16, "gets": 2}
+        # 4 HEADs per look-up that brings nothing (old, nobody once: its miss is
+        # remembered, tenant again), 4 GETs for tenant's first
+        counts = await settled(s3, bucket, listings=2, heads=12)
+        assert counts == {"listings": 2, "heads": 12, "gets": 4}
         assert store.listed == 4 and replica.disk_stats().downloads == 1
+        assert replica.disk_stats().hits == 1  # the second use read the entry
     finally:
+        replica.close()
+
+
+async def test_a_file_too_large_to_stream_in_the_look_up_is_downloaded_after_it(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A file over s3fs's block size is not streamed by the look-up's ``GET`` (the tier
+    downloads it in parts): the look-up then keeps nothing, and the folder is downloaded
+    whole after it, as for a listed folder."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "upper")
+    store = RemoteStore(timeout_s=2.0, max_bytes=2**30)
+    filesystem = store._filesystem("s3")  # fsspec's cached instance: put back below
+    block = filesystem.default_block_size
+    filesystem.default_block_size = 4096  # the config fits, the weights do not
+    replica = resolver(f"s3://{bucket}/adapters", tmp_path, store=store)
+    try:
+        async with replica.use("tenant") as adapter:
+            weights = (adapter.folder / "adapter_model.safetensors").read_bytes()
+        assert weights == (DEMO_ADAPTERS / "upper" / "adapter_model.safetensors").read_bytes()
+        # The look-up's 4 GETs, then the download's: the config, and the weights in parts
+        counts = await settled(s3, bucket, gets=4 + 2 + 1)
+        assert counts["listings"] == counts["heads"] == 0 and counts["gets"] > 4 + 2
+        assert replica.disk_stats().downloads == 1
+        assert list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        filesystem.default_block_size = block
         replica.close()
 
 
@@ -253,8 +290,8 @@ async def test_a_store_outage_serves_what_is_cached_and_fails_the_rest_cleanly(
 
 
 class CountingStore(RemoteStore):
-    """The real store, counting the listings and revalidations (a ``HEAD`` per file)
-    this replica asked it for."""
+    """The real store, counting the look-ups (with or without the files) and
+    revalidations (a ``HEAD`` per file) this replica asked it for."""
 
     listed = 0
     checked = 0
@@ -262,6 +299,10 @@ class CountingStore(RemoteStore):
     def list_folder(self, uri: AdapterUri) -> RemoteFolder | None:
         self.listed += 1
         return super().list_folder(uri)
+
+    def fetch_folder(self, uri: AdapterUri, dest: Path) -> tuple[RemoteFolder | None, Fetched]:
+        self.listed += 1
+        return super().fetch_folder(uri, dest)
 
     def unchanged(self, folder: RemoteFolder) -> bool:
         self.checked += 1
