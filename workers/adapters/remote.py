@@ -334,14 +334,18 @@ def _gets(
     fs: Any, uri: AdapterUri, dest: Path, max_bytes: int
 ) -> dict[str, tuple[Mapping[str, Any], str]]:
     """The files among the standard names that ``uri``'s S3 folder holds, each with its
-    size and tags and, when it was small enough to stream here (under the size bound and
-    s3fs's block size, past which :meth:`RemoteStore.download` fetches it in parts), its
-    bytes in ``dest`` and their sha256 ("" when not). One ``GET`` of each name, at once on
-    s3fs's loop. Raises the first failure other than a missing name, after every request
-    has ended (nothing is left writing into ``dest``)."""
+    size and tags and, when it was small enough to stream here, its bytes in ``dest`` and
+    their sha256 ("" when not). A file is streamed while the folder's files streamed so
+    far, with it, stay within the size bound (so a folder over it writes no more than the
+    bound before it is refused, as a ``HEAD`` would have refused it unread), and when it
+    is under s3fs's block size (past which :meth:`RemoteStore.download` fetches it in
+    parts). One ``GET`` of each name, at once on s3fs's loop. Raises the first failure
+    other than a missing name, after every request has ended (nothing is left writing
+    into ``dest``)."""
     import fsspec.asyn
 
-    stream_max = min(max_bytes, int(fs.default_block_size))
+    block = int(fs.default_block_size)
+    left = [max_bytes]  # the bound's bytes not yet taken by a streamed file (one loop)
 
     async def get(name: str) -> tuple[Mapping[str, Any], str] | None:
         bucket, key, _ = fs.split_path(store_path(uri, name))
@@ -351,8 +355,9 @@ def _gets(
             return None
         info, body = _s3_info(answer), answer["Body"]
         try:
-            if info["size"] > stream_max:
+            if info["size"] > min(block, left[0]):
                 return info, ""
+            left[0] -= info["size"]
             digest = hashlib.sha256()
             with (dest / name).open("wb") as sink:
                 while chunk := await body.read(_CHUNK):

@@ -239,6 +239,25 @@ async def test_bad_folders_fail_that_adapter_alone(s3: S3Server, tmp_path: Path)
         small.close()
 
 
+def test_a_look_up_writes_no_more_than_the_size_bound_of_a_folder_over_it(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Each file of the folder is under the bound, their sum is not: the look-up's
+    ``GET``s stream no more than the bound into the caller's folder before the folder is
+    refused (a ``HEAD`` refused it unread)."""
+    bucket = s3.bucket()
+    s3.upload(bucket, "adapters/good", DEMO_ADAPTERS / "upper")
+    sizes = [path.stat().st_size for path in (DEMO_ADAPTERS / "upper").iterdir()]
+    bound = max(sizes) + 1  # each file fits, the two do not
+    assert sum(sizes) > bound
+    store = RemoteStore(timeout_s=2.0, max_bytes=bound)
+    uri = parse_adapter_uri(f"s3://{bucket}/adapters/good")
+    with pytest.raises(EngineError) as caught:
+        store.fetch_folder(uri, tmp_path)
+    assert "over LORAQ_MAX_ADAPTER_MB" in caught.value.message
+    assert sum(path.stat().st_size for path in tmp_path.iterdir()) <= bound
+
+
 async def test_a_damaged_entry_is_fetched_again(s3: S3Server, tmp_path: Path) -> None:
     bucket = s3.bucket()
     s3.upload(bucket, "adapters/tenant", DEMO_ADAPTERS / "title")
