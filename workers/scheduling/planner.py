@@ -170,15 +170,21 @@ def plan(
     # of its jobs are overdue (a second would empty a slot the first one's load fills).
     awaited = {job.adapter for job in window if job.key in kept}
     starts: list[Dispatch] = []
-    for job in _ordered(window, state, overdue, shares):
-        if len(starts) >= limits.free:
+    # The replicas' free rows: a start takes one, nothing here frees one. With none left
+    # (or no free place) no job can start and none may drain (the headroom admits none
+    # with no place), so the window is not even ordered: a full fleet under a flood
+    # plans on every job's end.
+    rows = sum(max(0, limits.max_jobs - replica.jobs) for replica in state.values())
+    can_start = rows > 0 and limits.free > 0
+    for job in _ordered(window, state, overdue, shares) if can_start else ():
+        if len(starts) >= limits.free or rows == 0:
             break
-        rows = sum(max(0, limits.max_jobs - replica.jobs) for replica in state.values())
         if not headroom.admits(job, min(limits.free - len(starts), rows)):
             continue
         target = _place(job, state, limits, set(kept.values()))
         if target is not None:
             starts.append(Dispatch(job.key, target.id))
+            rows -= 1
             headroom.started(job)
             target.running[job.adapter] += 1
             if job.adapter is not None:
@@ -351,8 +357,11 @@ def _prefetch(
     """Adapters of waiting jobs held by no replica, each hinted to its rendezvous home
     (at most as many per replica as it has slots: more would evict each other)."""
     hints: dict[str, list[str]] = {replica_id: [] for replica_id in state}
+    room = sum(replica.slots for replica in state.values())  # hints still to give
     seen: set[str] = set()
     for job in window:
+        if room <= 0:
+            break
         adapter = job.adapter
         if job.key in started or adapter is None or adapter in seen:
             continue
@@ -362,6 +371,7 @@ def _prefetch(
         home = max(state.values(), key=lambda r: rendezvous_score(adapter, r.id))
         if len(hints[home.id]) < home.slots:
             hints[home.id].append(adapter)
+            room -= 1
     return {replica_id: tuple(names) for replica_id, names in hints.items() if names}
 
 
