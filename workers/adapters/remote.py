@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,22 +110,20 @@ class RemoteStore:
         empty folder of the caller's) and their sha256 where the look-up could fetch
         them in the same requests: on S3, a ``GET`` of each standard name at once
         instead of a ``HEAD`` (its answer carries the size and tag a ``HEAD`` would, for
-        the very bytes it brings). Nothing is fetched (an empty mapping, ``dest`` left
-        empty) for a folder that is listed, elsewhere than S3, or with a file too large
-        to stream here. On an error ``dest`` may hold files: the caller deletes it."""
+        the very bytes it brings). Nothing is fetched (an empty mapping) for a folder that
+        is listed, elsewhere than S3, or with a file too large to stream here. ``dest``
+        may then hold files, as after an error: the caller deletes it."""
         if uri.scheme != "s3":
             return self.list_folder(uri), {}
         fs = self._filesystem(uri.scheme)
         found = _call(lambda: _gets(fs, uri, dest, self._max_bytes), uri)
         entries = {name: info for name, (info, _) in found.items()}
-        if CONFIG_FILE not in found or WEIGHTS_FILES[0] not in found:
+        if not _found_by_name(found):
             entries = _call(lambda: _s3_listing(fs, uri), uri)
         folder = self._folder(uri, entries)
         fetched = {name: digest for name, (_, digest) in found.items() if digest}
         if folder is None or fetched.keys() != {item.name for item in folder.files}:
-            # Listed, or a file too large to stream here: the tier downloads them all.
-            _empty(dest)
-            return folder, {}
+            return folder, {}  # listed, or a file too large to stream here: all downloaded
         return folder, fetched
 
     def _folder(
@@ -265,7 +263,7 @@ def _entries(fs: Any, uri: AdapterUri) -> dict[str, Mapping[str, Any]]:
         return _heads(fs, uri, ADAPTER_FILES)
     if uri.scheme == "s3":
         found = _heads(fs, uri, _BY_NAME)
-        if CONFIG_FILE in found and WEIGHTS_FILES[0] in found:
+        if _found_by_name(found):
             return found
         return _s3_listing(fs, uri)
     try:
@@ -382,10 +380,11 @@ def _gets(
     return found
 
 
-def _empty(folder: Path) -> None:
-    """Delete the files a look-up left in ``folder``."""
-    for item in folder.iterdir():
-        item.unlink(missing_ok=True)
+def _found_by_name(names: Collection[str]) -> bool:
+    """Whether a look-up by the standard names found a PEFT folder with safetensors
+    weights; else the folder is listed (an unknown name, ``.bin`` weights, a broken
+    folder)."""
+    return CONFIG_FILE in names and WEIGHTS_FILES[0] in names
 
 
 # Where each library puts what changes with an object's bytes, most specific first.
