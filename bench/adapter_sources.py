@@ -28,13 +28,10 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,7 @@ import psutil
 import ray
 from ray import serve
 
+from bench import s3_server
 from bench.adapter_kit import generate_adapters
 from bench.queue import clean
 from bench.report import RESULTS, save, table
@@ -56,20 +54,12 @@ from workers.serve.start_failure import StartFailed
 from workers.settings import DEMO_DIR, WorkerSettings
 
 RUNS = ("local", "s3 cold", "s3 warm")
-# One request in the S3 server's log (werkzeug's): method and path with its query.
-REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/')
 
 
 def start_s3(port: int, log: Path) -> subprocess.Popen[bytes]:
     """moto's S3 server on ``port``, its request log in ``log``; the workers' credential
     chain pointed at it."""
-    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
+    server = s3_server.spawn(port, log)
     url = f"http://127.0.0.1:{port}"
     os.environ.update(
         {
@@ -80,13 +70,8 @@ def start_s3(port: int, log: Path) -> subprocess.Popen[bytes]:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
     )
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto_server did not start")
+    s3_server.wait_until_up(url)
+    return server
 
 
 def upload(folders: dict[str, Path], bucket: str) -> float:
@@ -157,21 +142,9 @@ def store_requests(log: Path, start: int, seconds: float) -> dict[str, float]:
     """The S3 server's requests logged past byte ``start`` of ``log``, by kind: listings
     (a ``GET`` of a bucket with a query), ``HEAD``s, object ``GET``s; and each per
     second over ``seconds``."""
-    counts = {"listings": 0, "heads": 0, "gets": 0}
     with log.open("rb") as lines:
         lines.seek(start)
-        for line in lines.read().decode(errors="replace").splitlines():
-            found = REQUEST.search(line)
-            if found is None:
-                continue
-            method, target = found.groups()
-            path, _, query = target.partition("?")
-            if method == "HEAD":
-                counts["heads"] += 1
-            elif method == "GET" and query and path.strip("/").count("/") == 0:
-                counts["listings"] += 1
-            elif method == "GET":
-                counts["gets"] += 1
+        counts = s3_server.request_counts(lines.read().decode(errors="replace"))
     return {**counts, **{f"{kind}_per_s": n / seconds for kind, n in counts.items()}}
 
 

@@ -4,12 +4,8 @@ the session on the loopback port the workers' environment already names."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,14 +14,13 @@ from typing import Any
 
 import pytest
 
+from bench import s3_server
 from tests.conftest import REPO
 
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 
 DEMO_ADAPTERS = REPO / "demo" / "adapters"
-# One request in the server's log (werkzeug's): method and path with its query.
-_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/')
 
 
 @dataclass
@@ -40,23 +35,7 @@ class S3Server:
     def requests(self, bucket: str) -> dict[str, int]:
         """The requests the server answered about ``bucket`` so far, by kind: listings
         (a ``GET`` of the bucket with a query), ``HEAD``s and ``GET``s of objects."""
-        counts = {"listings": 0, "heads": 0, "gets": 0}
-        for line in self.log.read_text(errors="replace").splitlines():
-            found = _REQUEST.search(line)
-            if found is None:
-                continue
-            method, target = found.groups()
-            path, _, query = target.partition("?")
-            parts = path.strip("/").split("/")
-            if parts[0] != bucket:
-                continue
-            if method == "HEAD" and len(parts) > 1:
-                counts["heads"] += 1
-            elif method == "GET" and len(parts) == 1 and query:
-                counts["listings"] += 1
-            elif method == "GET" and len(parts) > 1:
-                counts["gets"] += 1
-        return counts
+        return s3_server.request_counts(self.log.read_text(errors="replace"), bucket)
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.url)
@@ -86,29 +65,6 @@ class S3Server:
         self.process.wait(10)
 
 
-def _spawn(port: int, log: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-
-
-def _wait_until_up(url: str) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer at {url}")
-
-
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The S3 server at the address the workers' environment names (set before Ray
@@ -118,7 +74,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if host != "127.0.0.1" or not port.isdigit():
         pytest.skip(f"AWS_ENDPOINT_URL is {url!r}: these tests start their own S3 server")
     log = tmp_path_factory.mktemp("s3") / "requests.log"
-    server = S3Server(url, _spawn(int(port), log), int(port), log)
-    _wait_until_up(url)
+    server = S3Server(url, s3_server.spawn(int(port), log), int(port), log)
+    s3_server.wait_until_up(url)
     yield server
     server.stop()
