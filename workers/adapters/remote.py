@@ -343,9 +343,10 @@ def _gets(
     import fsspec.asyn
 
     block = int(fs.default_block_size)
-    left = [max_bytes]  # the bound's bytes not yet taken by a streamed file (one loop)
+    left = max_bytes  # the bound's bytes not yet taken by a streamed file (one loop)
 
     async def get(name: str) -> tuple[Mapping[str, Any], str] | None:
+        nonlocal left
         bucket, key, _ = fs.split_path(store_path(uri, name))
         try:
             answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
@@ -353,9 +354,9 @@ def _gets(
             return None
         info, body = _s3_info(answer), answer["Body"]
         try:
-            if info["size"] > min(block, left[0]):
+            if info["size"] > min(block, left):
                 return info, ""
-            left[0] -= info["size"]
+            left -= info["size"]
             digest = hashlib.sha256()
             with (dest / name).open("wb") as sink:
                 while chunk := await body.read(_CHUNK):
