@@ -122,6 +122,11 @@ class Backend(Protocol):
         """The backend's counters."""
         ...
 
+    def check_health(self) -> None:
+        """Raise :class:`EngineError` (``model_unavailable``) once this backend can run no
+        more rows (its engine process or model thread is gone for good)."""
+        ...
+
     async def close(self) -> None:
         """Finish the rows in flight, then stop."""
         ...

@@ -224,6 +224,11 @@ class Engine:
             rows_in_flight=in_flight,
         )
 
+    def check_health(self) -> None:
+        """Raise ``model_unavailable`` once the model thread has stopped: no row can run."""
+        if not self._model_thread.alive:
+            raise EngineError(ErrorType.MODEL_UNAVAILABLE, "the model thread stopped")
+
     async def close(self) -> None:
         """Finish the rows in flight, then stop the model thread."""
         await asyncio.to_thread(self._model_thread.close)

@@ -74,6 +74,11 @@ class ModelThread:
             self._queue.put(_Command(fn, future, label))
         return future
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs (it ends only after :meth:`close`)."""
+        return self._thread.is_alive()
+
     def timeline(self) -> list[TimelineEntry]:
         """The latest decode steps and commands of the model thread, oldest first."""
         with self._timeline_lock:

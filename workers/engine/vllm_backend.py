@@ -87,6 +87,10 @@ def _release_importer_frames() -> None:
         error.__traceback__ = None
 
 
+def _engine_lost() -> EngineError:
+    return EngineError(ErrorType.MODEL_UNAVAILABLE, "vLLM's engine core stopped")
+
+
 def _on_cpu(settings: WorkerSettings) -> bool:
     import torch
 
@@ -224,6 +228,12 @@ class VllmBackend:
             adapters_removed=c.adapters_removed,
         )
 
+    def check_health(self) -> None:
+        """Raise ``model_unavailable`` once vLLM's engine core is gone (it died, or
+        :meth:`close` stopped it): vLLM never restarts it, so no row can run here again."""
+        if self._llm is None or self._llm.errored:
+            raise _engine_lost()
+
     async def close(self) -> None:
         """Stop vLLM (rows still running are aborted) and its engine-core process."""
         self._llm.shutdown()
@@ -238,6 +248,7 @@ class VllmBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         prompt_ids = await asyncio.get_running_loop().run_in_executor(
             self._tokenize,
@@ -308,8 +319,13 @@ class VllmBackend:
                 token_ids=tokens,
                 logprobs=entries if wants_logprobs else None,
             )
+        except EngineDeadError:
+            # Not the job's fault: it runs again elsewhere (vLLM logged the cause).
+            raise _engine_lost() from None
         finally:
-            if reason is None:  # the caller left (or vLLM failed): free the row in vLLM
+            # The caller left (or vLLM refused the row): free the row in vLLM, which a
+            # dead engine core cannot do.
+            if reason is None and not self._llm.errored:
                 self._spawn(self._llm.abort(row_id))
             self._untrack(request, row_id, len(tokens))
 

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # How often a replica looks for a change of its device adapters (and beats if one came).
 DEVICE_WATCH_S = 0.25
+# How often a replica asks its backend whether it can still run rows.
+BACKEND_WATCH_S = 1.0
 
 
 class LoRAModel:
@@ -92,6 +94,10 @@ class LoRAModel:
             self._beat_if_changed, DEVICE_WATCH_S, f"device adapters of {self.replica}"
         )
         self._device_watch.start()
+        self._backend_watch = Periodic(
+            self._exit_if_backend_lost, BACKEND_WATCH_S, f"backend of {self.replica}"
+        )
+        self._backend_watch.start()
         self.adapters = ReplicaAdapters(resolver_of(settings, self._redis, self._keys), self.engine)
         self._registry_sync = Periodic(
             self.adapters.sync, settings.registry_sync_s, f"adapter versions of {self.replica}"
@@ -112,6 +118,18 @@ class LoRAModel:
         place jobs by them, and a beat every ``heartbeat_s`` alone is seconds late."""
         if frozenset(self._loaded_names()) != self._beat_adapters:
             await self.heartbeat.beat()
+
+    async def _exit_if_backend_lost(self) -> None:
+        """End this replica's process once its backend can run no more rows (vLLM's engine
+        core died), so that Serve starts another at once. Serve's own health check takes
+        three failed probes (30 s by default), while its router sends more jobs to a
+        replica that fails them fast. The jobs held here end as a killed replica's do:
+        ``model_unavailable``, and run again elsewhere."""
+        try:
+            self.engine.check_health()
+        except EngineError as exc:
+            log.error("model replica %s exits, its backend is gone: %s", self.replica, exc)
+            os._exit(1)
 
     def _heartbeat(self) -> ReplicaHeartbeat:
         adapters = self._loaded_names()
@@ -260,6 +278,7 @@ class LoRAModel:
         )
 
     async def __del__(self) -> None:
+        await self._backend_watch.stop()  # first: the backend's close is no loss
         await self._device_watch.stop()
         await self._metrics_reporter.stop()
         await self._registry_sync.stop()

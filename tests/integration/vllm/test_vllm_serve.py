@@ -133,24 +133,36 @@ def test_a_running_job_cancelled_stops(app: ChaosApp) -> None:
     assert record.result.text == streamed_text(events(app, job_id))
 
 
+def engine_core(replica: psutil.Process) -> psutil.Process:
+    """vLLM's engine-core process under ``replica``."""
+    cores = [c for c in replica.children(recursive=True) if c.name().startswith("VLLM::EngineCor")]
+    assert len(cores) == 1, [c.name() for c in replica.children(recursive=True)]
+    return cores[0]
+
+
 @pytest.mark.timeout(600)
-def test_sigkill_of_a_model_replica_with_100_jobs_in_flight(app: ChaosApp) -> None:
+@pytest.mark.parametrize("victim", ["model replica", "engine core"])
+def test_sigkill_of_a_model_replica_with_100_jobs_in_flight(app: ChaosApp, victim: str) -> None:
+    """The replica, or only vLLM's engine core under it (the replica then exits itself:
+    vLLM never restarts an engine core): either way Serve starts another replica, no job
+    is lost or answered twice, and no vLLM process is left behind."""
     app.wait_healthy()
     pids = app.model_pids()
-    victim = min(pids)
+    replica = psutil.Process(pids[min(pids)])
     # vLLM's engine core and worker run in child processes: they must die with it.
-    children = psutil.Process(pids[victim]).children(recursive=True)
+    children = replica.children(recursive=True)
     assert children, "the replica started no vLLM processes"
+    target = replica.pid if victim == "model replica" else engine_core(replica).pid
     started = time.monotonic()
     expected, left = app.under_way(seed=11)
-    kill(pids[victim], signal.SIGKILL)
+    kill(target, signal.SIGKILL)
     killed_at = time.time()
     # A vLLM replica took 48-173 s to come back on these two shared cores.
-    back_s = app.wait_replaced(app.model_pids, len(pids), pids[victim], timeout_s=360)
+    back_s = app.wait_replaced(app.model_pids, len(pids), replica.pid, timeout_s=360)
     app.wait_finished(list(expected), JOBS)
     orphans = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     with app.client() as client:
-        tally = account(client, app.keys, expected, "vLLM: SIGKILL model replica")
+        tally = account(client, app.keys, expected, f"vLLM: SIGKILL {victim}")
     tally.figures.update(
         left_at_kill=left,
         replica_back_s=back_s,
