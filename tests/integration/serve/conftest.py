@@ -8,6 +8,7 @@ under a key prefix of its own and removed when the run leaves the folder.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -19,15 +20,18 @@ import redis
 
 from demo.tasks import ADAPTER_RULES, expected_output, heldout_inputs
 from producer import Producer
-from schemas import FINAL_STATUSES, GenerationParams, JobRecord, Keys, codec
+from schemas import FINAL_STATUSES, ErrorType, GenerationParams, JobRecord, Keys, codec
 from tests.conftest import REPO
 from tests.integration.folder_apps import folder_shared
 from workers import launch
 from workers.engine.requests import GenerationRequest
+from workers.queue.runner import engine_error, unknown_error_type
 from workers.settings import WorkerSettings
 
 # The demo kit's outputs are one or two short words: a few tokens past them is enough.
 MAX_NEW_TOKENS = 16
+# Long enough for a model replica to be replaced (a vLLM one took up to 173 s here).
+REPLICA_BACK_S = 360.0
 DEMO_KIT = REPO / "demo" / "model"
 # Held-out inputs checked at the start of the run (see ``kit_prompts``).
 POOL_SIZE = 40
@@ -127,13 +131,25 @@ def prompts_right_on_every_model(handle: Any, size: int = POOL_SIZE) -> list[str
     inputs = heldout_inputs()[:size]
     pairs = [(model, text) for text in inputs for model in MODELS]
 
+    async def ask(model: str, text: str) -> str:
+        # A call that a replica's death failed is asked again (the queue would run its job
+        # again too): the pool is about the models' answers, not about replicas.
+        target = handle.options(multiplexed_model_id=model) if model else handle
+        params = GenerationParams(max_new_tokens=MAX_NEW_TOKENS)
+        deadline = time.monotonic() + REPLICA_BACK_S
+        while True:
+            try:
+                output = await target.generate.remote(GenerationRequest(model, text, params=params))
+                return str(output.text)
+            except Exception as exc:
+                known = engine_error(exc)
+                kind = known.type if known else unknown_error_type(exc)
+                if kind is not ErrorType.MODEL_UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(5)
+
     async def ask_all() -> list[str]:
-        calls = []
-        for model, text in pairs:
-            params = GenerationParams(max_new_tokens=MAX_NEW_TOKENS)
-            target = handle.options(multiplexed_model_id=model) if model else handle
-            calls.append(target.generate.remote(GenerationRequest(model, text, params=params)))
-        return [output.text for output in await asyncio.gather(*calls)]
+        return list(await asyncio.gather(*(ask(model, text) for model, text in pairs)))
 
     outputs = dict(zip(pairs, asyncio.run(ask_all()), strict=True))
     kept = [
