@@ -278,7 +278,7 @@ class LoRAModel:
         )
 
     async def __del__(self) -> None:
-        await self._backend_watch.stop()  # first: the backend's close is no loss
+        await self._backend_watch.stop()  # first: a closed backend is not a lost one
         await self._device_watch.stop()
         await self._metrics_reporter.stop()
         await self._registry_sync.stop()
