@@ -131,7 +131,7 @@ def prompts_right_on_every_model(handle: Any, size: int = POOL_SIZE) -> list[str
     inputs = heldout_inputs()[:size]
     pairs = [(model, text) for text in inputs for model in MODELS]
 
-    async def ask(model: str, text: str) -> str:
+    async def ask(model: str | None, text: str) -> str:
         # A call that a replica's death failed is asked again (the queue would run its job
         # again too): the pool is about the models' answers, not about replicas.
         target = handle.options(multiplexed_model_id=model) if model else handle
