@@ -131,6 +131,13 @@ def unknown_error_type(exc: BaseException) -> ErrorType:
     return ErrorType.MODEL_UNAVAILABLE if isinstance(exc, RayActorError) else ErrorType.INTERNAL
 
 
+def error_type(exc: BaseException) -> ErrorType:
+    """The protocol's type of any failure: its :class:`EngineError`'s, else
+    :func:`unknown_error_type`'s."""
+    known = engine_error(exc)
+    return known.type if known else unknown_error_type(exc)
+
+
 class JobRunner:
     """Runs one stream entry to its final, acknowledged status."""
 
@@ -315,7 +322,7 @@ class JobRunner:
         """End the job or set it up for another attempt; ``True`` to run it again."""
         known = engine_error(exc)
         plan = policy.after_failure(
-            error_type=known.type if known else unknown_error_type(exc),
+            error_type=error_type(exc),
             message=known.message if known else f"{type(exc).__name__}: {exc}",
             attempts=attempts,
             max_attempts=self.settings.max_attempts,

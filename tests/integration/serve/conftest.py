@@ -25,7 +25,7 @@ from tests.conftest import REPO
 from tests.integration.folder_apps import folder_shared
 from workers import launch
 from workers.engine.requests import GenerationRequest
-from workers.queue.runner import engine_error, unknown_error_type
+from workers.queue.runner import error_type
 from workers.settings import WorkerSettings
 
 # The demo kit's outputs are one or two short words: a few tokens past them is enough.
@@ -142,9 +142,8 @@ def prompts_right_on_every_model(handle: Any, size: int = POOL_SIZE) -> list[str
                 output = await target.generate.remote(GenerationRequest(model, text, params=params))
                 return str(output.text)
             except Exception as exc:
-                known = engine_error(exc)
-                kind = known.type if known else unknown_error_type(exc)
-                if kind is not ErrorType.MODEL_UNAVAILABLE or time.monotonic() > deadline:
+                replica_died = error_type(exc) is ErrorType.MODEL_UNAVAILABLE
+                if not replica_died or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(5)
 

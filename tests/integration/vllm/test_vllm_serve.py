@@ -133,10 +133,10 @@ def test_a_running_job_cancelled_stops(app: ChaosApp) -> None:
     assert record.result.text == streamed_text(events(app, job_id))
 
 
-def engine_core(replica: psutil.Process) -> psutil.Process:
-    """vLLM's engine-core process under ``replica``."""
-    cores = [c for c in replica.children(recursive=True) if c.name().startswith("VLLM::EngineCor")]
-    assert len(cores) == 1, [c.name() for c in replica.children(recursive=True)]
+def engine_core(children: list[psutil.Process]) -> psutil.Process:
+    """vLLM's engine-core process among a replica's ``children``."""
+    cores = [c for c in children if c.name().startswith("VLLM::EngineCor")]
+    assert len(cores) == 1, [c.name() for c in children]
     return cores[0]
 
 
@@ -152,7 +152,7 @@ def test_sigkill_of_a_model_replica_with_100_jobs_in_flight(app: ChaosApp, victi
     # vLLM's engine core and worker run in child processes: they must die with it.
     children = replica.children(recursive=True)
     assert children, "the replica started no vLLM processes"
-    target = replica.pid if victim == "model replica" else engine_core(replica).pid
+    target = replica.pid if victim == "model replica" else engine_core(children).pid
     started = time.monotonic()
     expected, left = app.under_way(seed=11)
     kill(target, signal.SIGKILL)
