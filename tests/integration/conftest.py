@@ -50,6 +50,9 @@ def ray_serve() -> Iterator[str]:
     port = free_port()
     allow_slow_proxy_start()
     ray.init(
+        # A Ray of the run's own: with no address, ray.init() would join the cluster last
+        # recorded on the machine (a `ray start` of someone else's) instead.
+        address="local",
         # Logical CPUs, for placement only: the session-long apps (Serve jobs, gateways,
         # chaos, metrics, autoscaling) must all fit beside each other; they idle mostly.
         num_cpus=max(8, os.cpu_count() or 1),

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import openai
 import pytest
+import ray
 from fastapi import FastAPI
 
 from tests.integration.gateway.conftest import API_KEYS, GatewayApp, bearer, gateway_settings
@@ -100,9 +101,12 @@ def test_openapi_document_declares_bearer_auth(secured_gateway: GatewayApp) -> N
 
 def test_keys_appear_in_no_log(secured_gateway: GatewayApp) -> None:
     assert not any(key in repr(secured_gateway.settings) for key in API_KEYS)
-    logs = Path("/tmp/ray/session_latest/logs")
+    # This run's own Ray session: /tmp/ray/session_latest is whichever Ray on the machine
+    # started last (another run's, or a test's subprocess cluster started without a
+    # temp dir of its own).
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     if not logs.is_dir():
-        pytest.skip("no Ray session logs at /tmp/ray/session_latest/logs")
+        pytest.skip(f"no Ray session logs at {logs}")
     for path in logs.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
